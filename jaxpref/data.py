@@ -1,0 +1,494 @@
+"""Read and validate LMSYS Chatbot Arena CSV files, and split them into train and validation sets.
+
+The competition files (``train.csv``, ``test.csv``) hold one comparison per record: an ``id``,
+three text cells (``prompt``, ``response_a``, ``response_b``) that are JSON lists of conversation
+turns, and in the training file three one-hot winner columns. Real exports contain quoted cells
+with newlines, very large cells, JSON ``null`` turns and extra columns, so the reader uses the
+:mod:`csv` module directly and reports every problem as a :class:`DataError` that names the file,
+the line where the record starts, and the column, so that a bad row in a 57k-row file can be found
+and fixed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pathlib
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "CLASS_NAMES",
+    "DEFAULT_TEST_CSV",
+    "DEFAULT_TRAIN_CSV",
+    "LABEL_COLUMNS",
+    "SAMPLE_DIR",
+    "TEXT_COLUMNS",
+    "DataError",
+    "read_arena_csv",
+    "split_train_valid",
+]
+
+LABEL_COLUMNS = ("winner_model_a", "winner_model_b", "winner_tie")
+"""The one-hot winner columns of a labelled file; ``label`` is the index of the one set to 1."""
+
+TEXT_COLUMNS = ("prompt", "response_a", "response_b")
+"""The text cells; each holds a JSON list of turns (strings, or null for a missing turn)."""
+
+CLASS_NAMES = LABEL_COLUMNS
+"""Class ``i`` of a model's output is ``CLASS_NAMES[i]``; also the submission's column names."""
+
+SAMPLE_DIR = pathlib.Path(__file__).resolve().parent / "sample_data"
+"""Folder of the embedded real sample files (see its README.md for source and licence)."""
+
+DEFAULT_TRAIN_CSV = SAMPLE_DIR / "arena_train.csv"
+"""1,000 real rows of the competition train.csv."""
+
+DEFAULT_TEST_CSV = SAMPLE_DIR / "arena_test.csv"
+"""The competition's real 3-row test.csv."""
+
+_ID_COLUMN = "id"
+_CSV_FIELD_LIMIT = 2**31 - 1  # cells can be megabytes; sys.maxsize overflows a C long on Windows.
+_LABEL_VALUES = {0.0: 0, 1.0: 1}
+
+
+class DataError(ValueError):
+    """A problem in an input file; the message names the file, line and column.
+
+    The parts are also kept as attributes (``path``, ``line``, ``column``, ``row_id``, ``detail``;
+    ``None`` where they do not apply) so that callers can report or test them. ``column`` is a
+    column name, or a tuple of names when the problem involves several columns.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        detail: str,
+        *,
+        line: int | None = None,
+        column: str | tuple[str, ...] | None = None,
+        row_id: str | None = None,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.detail = detail
+        self.line = line
+        self.column = column
+        self.row_id = row_id
+        where = self.path
+        if line is not None:
+            where += f", line {line}"
+            if row_id is not None:
+                where += f" (id {row_id})"
+        if isinstance(column, tuple):
+            where += ", columns " + ", ".join(repr(name) for name in column)
+        elif column is not None:
+            where += f", column {column!r}"
+        super().__init__(f"{where}: {detail}")
+
+
+def _raise_field_limit() -> None:
+    """Let the csv module read cells of any realistic size (its default limit is 128 KiB)."""
+    if csv.field_size_limit() < _CSV_FIELD_LIMIT:
+        csv.field_size_limit(min(_CSV_FIELD_LIMIT, sys.maxsize))
+
+
+def _parse_turns(cell: str) -> list[str | None]:
+    """Decode one text cell into its list of turns; raise ValueError describing what is wrong."""
+    try:
+        # strict=False: accept raw control characters (newlines, tabs) inside JSON strings,
+        # which hand-edited or re-exported files contain; they are still text.
+        value = json.loads(cell, strict=False)
+    except json.JSONDecodeError as err:
+        if not cell.strip():
+            raise ValueError("empty cell, expected a JSON list of turns") from None
+        raise ValueError(f"not valid JSON ({err})") from None
+    except RecursionError:
+        raise ValueError("not valid JSON (nested too deeply)") from None
+    if not isinstance(value, list):
+        raise ValueError(
+            f"expected a JSON list of turns (strings or null), got {_json_type(value)}"
+        )
+    if not value:
+        raise ValueError("empty list of turns, expected at least one turn")
+    for i, turn in enumerate(value):
+        if turn is not None and not isinstance(turn, str):
+            raise ValueError(f"turn {i} is {_json_type(turn)}, expected a string or null")
+    return value
+
+
+def _json_type(value: object) -> str:
+    """Name a decoded JSON value's type the way JSON does, with a short excerpt."""
+    if isinstance(value, bool):
+        kind = "a boolean"
+    elif isinstance(value, (int, float)):
+        kind = "a number"
+    elif isinstance(value, str):
+        kind = "a string"
+    elif isinstance(value, dict):
+        kind = "an object"
+    elif isinstance(value, list):
+        kind = "a list"
+    elif value is None:
+        return "null"
+    else:  # pragma: no cover - json.loads returns only the types above
+        kind = type(value).__name__
+    text = json.dumps(value, ensure_ascii=False)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{kind} ({text})"
+
+
+def _parse_winner(cell: str) -> int:
+    """Decode one winner cell ("0", "1", "0.0", "1.0", ...) to 0 or 1; raise ValueError if not."""
+    text = cell.strip()
+    if not text:
+        raise ValueError("empty cell, expected 0 or 1")
+    try:
+        number = float(text)
+    except ValueError:
+        raise ValueError(f"{cell!r} is not a number, expected 0 or 1") from None
+    if number not in _LABEL_VALUES:
+        raise ValueError(f"{cell!r} is not 0 or 1")
+    return _LABEL_VALUES[number]
+
+
+def read_arena_csv(path: str | os.PathLike, labelled: bool) -> pd.DataFrame:
+    """Read a Chatbot Arena CSV (competition ``train.csv`` or ``test.csv`` format) and validate it.
+
+    Args:
+        path: the CSV file. UTF-8, with or without a byte-order mark; LF or CRLF line endings;
+            quoted cells may span several lines.
+        labelled: ``True`` for training data, which must also hold the one-hot columns
+            ``LABEL_COLUMNS``; ``False`` for test data (winner columns, if any, are ignored).
+
+    Returns:
+        A DataFrame in file order with a fresh ``RangeIndex`` and the columns ``id`` (the string
+        exactly as written, so that a submission can repeat it verbatim), ``prompt``,
+        ``response_a`` and ``response_b`` (each a ``list[str | None]`` of turns), ``label``
+        (only when ``labelled``: 0, 1 or 2, the index in ``LABEL_COLUMNS`` of the winner) and
+        ``line`` (the 1-based line of the file where the record starts). Other columns in the
+        file, such as ``model_a`` and ``model_b``, are ignored.
+
+    Raises:
+        DataError: for any problem with the file (missing, unreadable, empty, not UTF-8, bad
+            header, a row with the wrong number of fields, malformed or wrongly shaped JSON, a
+            winner row that is not one-hot, an empty or duplicate id). The message names the file,
+            the line, the id where known, and the column.
+
+    Winner cells may be written as integers or floats ("1", "1.0"); any value other than 0 or 1
+    is an error. The prompt and response lists of a row are not required to have the same
+    length (the model code decides how to pair turns), and a turn may be JSON ``null``.
+    """
+    path_str = os.fspath(path)
+    required = (_ID_COLUMN, *TEXT_COLUMNS, *(LABEL_COLUMNS if labelled else ()))
+    _raise_field_limit()
+
+    try:
+        handle = open(path_str, encoding="utf-8-sig", newline="")
+    except FileNotFoundError:
+        raise DataError(path_str, "file not found") from None
+    except IsADirectoryError:
+        raise DataError(path_str, "is a directory, expected a CSV file") from None
+    except OSError as err:
+        raise DataError(path_str, f"cannot open file ({err.strerror or err})") from None
+
+    ids: list[str] = []
+    texts: dict[str, list[list[str | None]]] = {name: [] for name in TEXT_COLUMNS}
+    labels: list[int] = []
+    lines: list[int] = []
+    first_line_of_id: dict[str, int] = {}
+
+    with handle:
+        reader = csv.reader(handle, strict=True)
+        line = 1  # line where the record being read starts
+        try:
+            try:
+                header = next(reader)
+            except StopIteration:
+                raise DataError(path_str, "file is empty, expected a header line") from None
+            header = [name.strip() for name in header]
+            _check_header(path_str, header, required)
+            position = {name: header.index(name) for name in required}
+            n_fields = len(header)
+            label_positions = [position[name] for name in LABEL_COLUMNS] if labelled else []
+
+            line = reader.line_num + 1
+            for row in reader:
+                start, line = line, reader.line_num + 1
+                if not row:  # a blank line between records
+                    continue
+                row_id = row[position[_ID_COLUMN]] if len(row) > position[_ID_COLUMN] else None
+                if len(row) != n_fields:
+                    raise _field_count_error(path_str, header, row, start, row_id)
+                if not row_id or not row_id.strip():
+                    raise DataError(path_str, "empty id", line=start, column=_ID_COLUMN)
+                if row_id in first_line_of_id:
+                    raise DataError(
+                        path_str,
+                        f"duplicate id {row_id!r}, first seen on line {first_line_of_id[row_id]}",
+                        line=start,
+                        column=_ID_COLUMN,
+                    )
+                first_line_of_id[row_id] = start
+
+                for name in TEXT_COLUMNS:
+                    try:
+                        texts[name].append(_parse_turns(row[position[name]]))
+                    except ValueError as err:
+                        raise DataError(
+                            path_str, str(err), line=start, column=name, row_id=row_id
+                        ) from None
+
+                if labelled:
+                    labels.append(_parse_label(path_str, row, label_positions, start, row_id))
+                ids.append(row_id)
+                lines.append(start)
+        except csv.Error as err:
+            raise DataError(path_str, f"malformed CSV ({err})", line=line) from None
+        except UnicodeDecodeError as err:
+            # The decoder reads ahead in blocks, so find the offending line from the bytes.
+            bad_line = _first_non_utf8_line(path_str) or line
+            raise DataError(
+                path_str, f"not valid UTF-8 text ({err.reason})", line=bad_line
+            ) from None
+
+    if not ids:
+        raise DataError(path_str, "header line but no data rows after it", line=1)
+
+    columns: dict[str, Sequence[object]] = {_ID_COLUMN: ids}
+    for name in TEXT_COLUMNS:
+        columns[name] = _object_array(texts[name])
+    if labelled:
+        columns["label"] = np.asarray(labels, dtype=np.int64)
+    columns["line"] = np.asarray(lines, dtype=np.int64)
+    return pd.DataFrame(columns)
+
+
+def _field_count_error(
+    path: str, header: list[str], row: list[str], line: int, row_id: str | None
+) -> DataError:
+    """Describe a record whose field count differs from the header's, naming the columns."""
+    if len(row) < len(header):
+        absent = tuple(header[len(row) :])
+        detail = (
+            f"has {len(row)} fields but the header has {len(header)}: no value for "
+            f"{'this column' if len(absent) == 1 else 'these columns'}; "
+            "check the quoting of this record"
+        )
+    else:
+        absent = (header[-1],)
+        detail = (
+            f"has {len(row)} fields but the header has {len(header)}: "
+            f"{len(row) - len(header)} extra field(s) after the last column; "
+            "check the quoting of this record"
+        )
+    return DataError(
+        path, detail, line=line, column=absent if len(absent) > 1 else absent[0], row_id=row_id
+    )
+
+
+def _first_non_utf8_line(path: str) -> int | None:
+    """Return the 1-based physical line holding the first byte sequence that is not UTF-8."""
+    with open(path, "rb") as raw:
+        for number, data in enumerate(raw, start=1):
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return None
+
+
+def _object_array(values: list[list[str | None]]) -> np.ndarray:
+    """Pack lists into a 1-D object array so that pandas keeps each list as one cell."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def _check_header(path: str, header: list[str], required: tuple[str, ...]) -> None:
+    """Check that every required column is present exactly once (duplicates would be ambiguous)."""
+    missing = tuple(name for name in required if name not in header)
+    if missing:
+        found = ", ".join(repr(name) for name in header) or "none"
+        raise DataError(
+            path,
+            f"missing from the header (found: {found}; required: {', '.join(required)})",
+            line=1,
+            column=missing if len(missing) > 1 else missing[0],
+        )
+    for name in required:
+        if header.count(name) > 1:
+            raise DataError(
+                path, "column appears more than once in the header", line=1, column=name
+            )
+
+
+def _parse_label(path: str, row: list[str], positions: list[int], line: int, row_id: str) -> int:
+    """Turn the three winner cells of one row into a class index; they must be one-hot."""
+    values = []
+    for name, pos in zip(LABEL_COLUMNS, positions, strict=True):
+        try:
+            values.append(_parse_winner(row[pos]))
+        except ValueError as err:
+            raise DataError(path, str(err), line=line, column=name, row_id=row_id) from None
+    if sum(values) != 1:
+        shown = ", ".join(
+            f"{name}={row[pos]}" for name, pos in zip(LABEL_COLUMNS, positions, strict=True)
+        )
+        problem = (
+            "no winner column is 1" if sum(values) == 0 else "more than one winner column is 1"
+        )
+        raise DataError(
+            path,
+            f"{problem} ({shown}); exactly one must be 1",
+            line=line,
+            column=LABEL_COLUMNS,
+            row_id=row_id,
+        )
+    return values.index(1)
+
+
+def split_train_valid(
+    df: pd.DataFrame,
+    valid_fraction: float = 0.1,
+    seed: int = 0,
+    group_by_prompt: bool = False,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split labelled rows into a training and a validation set, stratified by ``label``.
+
+    Stratifying keeps the class balance (model A wins / model B wins / tie) the same on both
+    sides, so the validation log loss is comparable with the training one. With
+    ``group_by_prompt=True`` rows whose ``prompt`` lists are identical always land on the same
+    side (the same prompt is often asked many times in the arena), so validation measures
+    generalisation to new prompts rather than memorised ones; this uses
+    ``StratifiedGroupKFold(n_splits=round(1 / valid_fraction), shuffle=True,
+    random_state=seed)`` and takes its first fold as validation (for ``valid_fraction > 0.5``
+    the folds are sized from ``1 - valid_fraction`` and the sides swapped), so the validation
+    size is only approximately ``valid_fraction``.
+
+    If stratification is impossible (a class with fewer rows than needed, or more classes than
+    rows on a side), the split falls back to a seeded non-stratified one instead of failing;
+    grouping by prompt is still respected.
+
+    Args:
+        df: a frame from :func:`read_arena_csv` with ``labelled=True`` (needs ``label``, and
+            ``prompt`` when grouping).
+        valid_fraction: share of rows for validation, strictly between 0 and 1.
+        seed: random seed; the same seed and input give the same split.
+        group_by_prompt: keep identical prompts on one side.
+
+    Returns:
+        ``(train, valid)``: both non-empty, rows in their input order, index reset; together
+        they hold every input row exactly once.
+
+    Raises:
+        ValueError: ``valid_fraction`` outside (0, 1), a missing column, fewer than 2 rows, or
+            (when grouping) fewer than 2 distinct prompts.
+    """
+    if (
+        isinstance(valid_fraction, bool)
+        or not isinstance(valid_fraction, (int, float, np.integer, np.floating))
+        or not 0.0 < float(valid_fraction) < 1.0
+    ):
+        raise ValueError(
+            f"valid_fraction must be a number strictly between 0 and 1, got {valid_fraction!r}"
+        )
+    valid_fraction = float(valid_fraction)
+    needed = ["label", *(["prompt"] if group_by_prompt else [])]
+    missing = [name for name in needed if name not in df.columns]
+    if missing:
+        raise ValueError(
+            f"split_train_valid needs column(s) {', '.join(map(repr, missing))}; "
+            "read the data with read_arena_csv(..., labelled=True)"
+        )
+    n_rows = len(df)
+    if n_rows < 2:
+        raise ValueError(
+            f"need at least 2 rows to split into train and validation sets, got {n_rows}"
+        )
+    labels = df["label"].to_numpy()
+
+    if group_by_prompt:
+        valid_mask = _grouped_valid_mask(df["prompt"], labels, valid_fraction, seed)
+    else:
+        valid_mask = _plain_valid_mask(labels, valid_fraction, seed)
+
+    train = df[~valid_mask].reset_index(drop=True)
+    valid = df[valid_mask].reset_index(drop=True)
+    return train, valid
+
+
+def _plain_valid_mask(labels: np.ndarray, valid_fraction: float, seed: int) -> np.ndarray:
+    """Pick validation rows with ``train_test_split``; stratified when the class counts allow."""
+    from sklearn.model_selection import train_test_split
+
+    n_rows = len(labels)
+    n_valid = min(max(1, round(valid_fraction * n_rows)), n_rows - 1)
+    _, counts = np.unique(labels, return_counts=True)
+    can_stratify = counts.min() >= 2 and min(n_valid, n_rows - n_valid) >= len(counts)
+    _, valid_idx = train_test_split(
+        np.arange(n_rows),
+        test_size=n_valid,
+        random_state=seed,
+        shuffle=True,
+        stratify=labels if can_stratify else None,
+    )
+    mask = np.zeros(n_rows, dtype=bool)
+    mask[valid_idx] = True
+    return mask
+
+
+def _prompt_key(prompt: object) -> str:
+    """A canonical string for a prompt list, so that equal lists compare equal."""
+    return json.dumps(prompt, ensure_ascii=False, separators=(",", ":"))
+
+
+def _grouped_valid_mask(
+    prompts: pd.Series, labels: np.ndarray, valid_fraction: float, seed: int
+) -> np.ndarray:
+    """Pick validation rows so that no prompt is on both sides; stratified when possible."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n_rows = len(labels)
+    groups, uniques = pd.factorize(pd.Series([_prompt_key(p) for p in prompts], dtype=object))
+    n_groups = len(uniques)
+    if n_groups < 2:
+        raise ValueError(
+            "cannot split with group_by_prompt=True: every row has the same prompt, "
+            "so one side would be empty"
+        )
+    swap = valid_fraction > 0.5
+    fold_fraction = 1.0 - valid_fraction if swap else valid_fraction
+    n_splits = max(2, round(1.0 / fold_fraction))
+
+    _, counts = np.unique(labels, return_counts=True)
+    mask = None
+    if n_groups >= n_splits and counts.min() >= n_splits:
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        _, fold_idx = next(splitter.split(np.zeros(n_rows), labels, groups))
+        if 0 < len(fold_idx) < n_rows:
+            mask = np.zeros(n_rows, dtype=bool)
+            mask[fold_idx] = True
+    if mask is None:
+        mask = _random_group_fold(groups, n_groups, fold_fraction, seed)
+    return ~mask if swap else mask
+
+
+def _random_group_fold(groups: np.ndarray, n_groups: int, fraction: float, seed: int) -> np.ndarray:
+    """Non-stratified fallback: add whole groups, in a seeded random order, up to ``fraction``."""
+    n_rows = len(groups)
+    target = max(1, round(fraction * n_rows))
+    sizes = np.bincount(groups, minlength=n_groups)
+    order = np.random.default_rng(seed).permutation(n_groups)
+    chosen = np.zeros(n_groups, dtype=bool)
+    taken = 0
+    for group in order[:-1]:  # always leave at least one group for the other side
+        if taken >= target:
+            break
+        chosen[group] = True
+        taken += sizes[group]
+    return chosen[groups]

@@ -1,0 +1,93 @@
+"""The siamese preference model: one shared backbone encodes both sides, a head compares them.
+
+Inputs are (B, 2, L) per backbone input; both sides are folded into one (2B, L) backbone call
+(shared weights, one large matmul instead of two), mean-pooled over real tokens only, unfolded
+to (B, 2, H), and compared by a small head that outputs float32 softmax over
+(winner_model_a, winner_model_b, winner_tie).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+NUM_CLASSES = 3
+
+
+@keras.saving.register_keras_serializable(package="jaxpref")
+class FoldSides(keras.layers.Layer):
+    """(B, 2, L) -> (2B, L): both sides go through the backbone as one batch."""
+
+    def call(self, x):
+        return ops.reshape(x, (-1, ops.shape(x)[-1]))
+
+    def compute_output_shape(self, input_shape):
+        return (None, input_shape[-1])
+
+
+@keras.saving.register_keras_serializable(package="jaxpref")
+class MaskedMeanPool(keras.layers.Layer):
+    """Mean over real tokens; padding never dilutes the embedding."""
+
+    def call(self, hidden, padding_mask):
+        mask = ops.expand_dims(ops.cast(padding_mask, "float32"), -1)
+        total = ops.sum(ops.cast(hidden, "float32") * mask, axis=1)
+        return total / ops.maximum(ops.sum(mask, axis=1), 1.0)
+
+    def compute_output_shape(self, hidden_shape, padding_mask_shape):
+        return (hidden_shape[0], hidden_shape[-1])
+
+
+@keras.saving.register_keras_serializable(package="jaxpref")
+class UnfoldSides(keras.layers.Layer):
+    """(2B, H) -> side A (B, H) and side B (B, H)."""
+
+    def call(self, x):
+        pairs = ops.reshape(x, (-1, 2, ops.shape(x)[-1]))
+        return pairs[:, 0], pairs[:, 1]
+
+    def compute_output_shape(self, input_shape):
+        return (None, input_shape[-1]), (None, input_shape[-1])
+
+
+def sequence_output(outputs):
+    """Token embeddings from a backbone (BERT returns a dict, DeBERTa a tensor)."""
+    return outputs["sequence_output"] if isinstance(outputs, dict) else outputs
+
+
+def backbone_input_keys(backbone) -> tuple[str, ...]:
+    return tuple(backbone.input.keys())
+
+
+def build_model(backbone, dropout: float = 0.1) -> keras.Model:
+    """Siamese classifier around `backbone` (its LoRA/trainable state is left as it is)."""
+    keys = backbone_input_keys(backbone)
+    inputs = {key: keras.Input(shape=(2, None), dtype="int32", name=key) for key in keys}
+    folded = {key: FoldSides(name=f"fold_{key}")(inputs[key]) for key in keys}
+    hidden = sequence_output(backbone(folded))
+    pooled = MaskedMeanPool(name="mean_pool")(hidden, folded["padding_mask"])
+    side_a, side_b = UnfoldSides(name="unfold")(pooled)
+    features = keras.layers.Concatenate(name="compare")(
+        [side_a, side_b, side_a - side_b, side_a * side_b]
+    )
+    features = keras.layers.Dropout(dropout, name="head_dropout")(features)
+    logits = keras.layers.Dense(NUM_CLASSES, dtype="float32", name="logits")(features)
+    probs = keras.layers.Activation("softmax", dtype="float32", name="probs")(logits)
+    return keras.Model(inputs, probs, name="siamese_preference")
+
+
+def compile_model(
+    model: keras.Model, learning_rate: float = 1e-4, label_smoothing: float = 0.02
+) -> None:
+    """Adam + smoothed cross-entropy; `log_loss` is the unsmoothed competition metric."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        # Padding rows carry sample weight 0; average over the real rows only.
+        loss=keras.losses.CategoricalCrossentropy(
+            label_smoothing=label_smoothing, reduction="mean_with_sample_weight"
+        ),
+        metrics=[
+            keras.metrics.CategoricalCrossentropy(name="log_loss"),
+            keras.metrics.CategoricalAccuracy(name="accuracy"),
+        ],
+    )

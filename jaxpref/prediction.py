@@ -1,0 +1,101 @@
+"""Inference: rebuild a trained model from its run directory, predict, write submission.csv."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from jaxpref import backbones, data, distribution, pipeline, text
+from jaxpref.config import TrainConfig
+from jaxpref.training import BEST_CHECKPOINT_DIR, PRESET_DIR, set_precision
+
+
+class RunDirError(RuntimeError):
+    """The run directory lacks something inference needs."""
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        raise RunDirError(f"{path} is missing; is this the run directory of a finished training?")
+    return path
+
+
+def load_run(run_dir: str | os.PathLike):
+    """(model with the best weights, PairEncoder, TrainConfig) from a run directory.
+
+    The distribution must already be set (`distribution.set_data_parallel`) so that the
+    restored weights land on every device.
+    """
+    from jaxpref import model as model_lib
+
+    run_dir = Path(run_dir)
+    cfg = TrainConfig.from_json(_require(run_dir / "config.json"))
+    checkpoint = _require(run_dir / BEST_CHECKPOINT_DIR)
+    set_precision(cfg.precision)
+    preset = str(_require(run_dir / PRESET_DIR))
+    backbone = backbones.load_backbone(preset, dtype=cfg.precision, load_weights=False)
+    if cfg.lora_rank > 0:
+        backbone.enable_lora(cfg.lora_rank)
+    model = model_lib.build_model(backbone, dropout=cfg.dropout)
+    # Orbax restores into the compiled state tree (keras needs the optimizer attribute).
+    model_lib.compile_model(model, cfg.learning_rate or 1e-4, cfg.label_smoothing)
+    model.load_weights(str(checkpoint))
+    preprocessor = backbones.load_preprocessor(preset, cfg.sequence_length)
+    encoder = pipeline.PairEncoder(preprocessor, model_lib.backbone_input_keys(backbone))
+    return model, encoder, cfg
+
+
+def predict_frame(model, encoder, frame: pd.DataFrame, batch_size: int) -> np.ndarray:
+    """Class probabilities (n, 3) for every row of `frame`, in order; none dropped."""
+    ds = pipeline.make_dataset(text.format_pairs(frame), encoder, batch_size)
+    probs = np.asarray(model.predict(ds, verbose=1), dtype="float64")[: len(frame)]
+    if len(probs) != len(frame):
+        raise RuntimeError(f"predicted {len(probs)} rows for {len(frame)} inputs")
+    return probs
+
+
+def write_submission(ids, probs: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write `id,winner_model_a,winner_model_b,winner_tie` atomically (temp file + rename)."""
+    probs = np.asarray(probs, dtype="float64")
+    if not np.all(np.isfinite(probs)):
+        raise ValueError("predictions contain non-finite values")
+    probs = probs / probs.sum(axis=1, keepdims=True)
+    frame = pd.DataFrame(probs, columns=list(data.LABEL_COLUMNS))
+    frame.insert(0, "id", list(ids))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            frame.to_csv(handle, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def infer(
+    run_dir: str | os.PathLike,
+    test_csv: str | os.PathLike,
+    output: str | os.PathLike,
+    batch_size: int | None = None,
+    devices: str = "auto",
+    num_devices: int | None = None,
+) -> Path:
+    """Predict every row of `test_csv` with the run's best weights and write the submission."""
+    import jax
+
+    distribution.hide_accelerators_from_tensorflow()
+    frame = data.read_arena_csv(test_csv, labelled=False)
+    selected = distribution.select_devices(devices, num_devices)
+    distribution.set_data_parallel(selected)
+    model, encoder, cfg = load_run(run_dir)
+    batch_size = batch_size or cfg.batch_size
+    distribution.check_batch_size(batch_size, len(selected), jax.process_count())
+    probs = predict_frame(model, encoder, frame, batch_size)
+    return write_submission(frame["id"], probs, output)

@@ -1,0 +1,53 @@
+"""Turn an arena row into two (context, response) text pairs, one per side.
+
+Each side is read as the whole conversation that side's model took part in: every earlier turn
+(user prompt, then that model's reply) followed by the final user prompt form the *context*,
+and the model's final reply is the *response*. Single-turn rows give context = the prompt.
+Token-level truncation (keep the end of the context, the start of the response) happens in the
+input pipeline, where the tokenizer is; see `pipeline.truncate_pair`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+USER = "User: "
+ASSISTANT = "Assistant: "
+TURN_SEPARATOR = "\n\n"
+SIDES = ("a", "b")
+FEATURE_KEYS = ("context_a", "response_a", "context_b", "response_b")
+
+
+def _turn(text: str | None) -> str:
+    return "" if text is None else text
+
+
+def format_side(prompts: Sequence[str | None], responses: Sequence[str | None]) -> tuple[str, str]:
+    """(context, response) for one side; turns are interleaved prompt/response, nulls are empty."""
+    n = max(len(prompts), len(responses))
+    prompts = [*prompts, *[None] * (n - len(prompts))]
+    responses = [*responses, *[None] * (n - len(responses))]
+    if n <= 1:
+        return _turn(prompts[0] if prompts else None), _turn(responses[0] if responses else None)
+    earlier = [
+        f"{USER}{_turn(p)}\n{ASSISTANT}{_turn(r)}"
+        for p, r in zip(prompts[:-1], responses[:-1], strict=True)
+    ]
+    context = TURN_SEPARATOR.join([*earlier, f"{USER}{_turn(prompts[-1])}"])
+    return context, _turn(responses[-1])
+
+
+def format_pairs(df: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Text features for every row: context/response for side A and side B (object arrays)."""
+    columns: dict[str, list[str]] = {key: [] for key in FEATURE_KEYS}
+    for prompt, response_a, response_b in zip(
+        df["prompt"], df["response_a"], df["response_b"], strict=True
+    ):
+        for side, response in zip(SIDES, (response_a, response_b), strict=True):
+            context, reply = format_side(prompt, response)
+            columns[f"context_{side}"].append(context)
+            columns[f"response_{side}"].append(reply)
+    return {key: np.asarray(values, dtype=object) for key, values in columns.items()}

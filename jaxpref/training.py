@@ -1,0 +1,221 @@
+"""Training: data -> pipeline -> siamese model -> fit with the best weights kept by Orbax.
+
+A run directory holds everything inference needs:
+    config.json        resolved TrainConfig (automatic choices filled in)
+    preset/            keras-hub preset without weights: backbone config.json, tokenizer
+                       assets and preprocessor config (the weights live in the checkpoint)
+    checkpoints/best/  Orbax checkpoint of the weights with the lowest val_log_loss
+    split.csv          which rows were used for training and validation
+    history.csv        per-epoch metrics
+    summary.json       best epoch and validation log loss
+    train.log          the log
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from jaxpref import backbones, data, distribution, pipeline, text
+from jaxpref.config import TrainConfig, resolve_precision
+
+log = logging.getLogger("jaxpref")
+
+BEST_CHECKPOINT_DIR = "checkpoints/best"
+PRESET_DIR = "preset"
+
+
+def setup_logging(run_dir: Path | None, primary: bool = True) -> None:
+    """Log to stderr, and to run_dir/train.log on the primary process."""
+    log.setLevel(logging.INFO)
+    log.handlers.clear()
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    stream = logging.StreamHandler()
+    stream.setFormatter(fmt)
+    log.addHandler(stream)
+    if run_dir is not None and primary:
+        file = logging.FileHandler(run_dir / "train.log")
+        file.setFormatter(fmt)
+        log.addHandler(file)
+    log.propagate = False
+
+
+def prior_log_loss(train_labels: np.ndarray, valid_labels: np.ndarray) -> float:
+    """Log loss of always predicting the training class frequencies: the floor to beat."""
+    prior = np.bincount(train_labels, minlength=3) + 1.0
+    prior = prior / prior.sum()
+    return float(-np.mean(np.log(prior[valid_labels])))
+
+
+def epoch_logger():
+    """A Keras callback that writes one log line per epoch."""
+    import keras
+
+    def on_epoch_end(epoch, logs=None):
+        items = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items()))
+        log.info("epoch %d: %s", epoch + 1, items)
+
+    return keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
+
+
+def build_backbone(cfg: TrainConfig, dtype: str | None):
+    """Pretrained backbone with LoRA adapters (rank 0 = every weight trains)."""
+    backbone = backbones.load_backbone(cfg.preset, dtype=dtype)
+    backbones.check_sequence_length(backbone, cfg.sequence_length)
+    if cfg.lora_rank > 0:
+        backbone.enable_lora(cfg.lora_rank)
+    return backbone
+
+
+def set_precision(precision: str) -> None:
+    import keras
+
+    keras.config.set_dtype_policy(precision)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train per `cfg` on every selected device; returns the summary written to summary.json.
+
+    The process environment must already select the JAX backend and platform
+    (`distribution.configure_environment`), as the CLI does.
+    """
+    import jax
+    import keras
+
+    from jaxpref import model as model_lib
+
+    distribution.hide_accelerators_from_tensorflow()
+    devices = distribution.select_devices(cfg.devices, cfg.num_devices)
+    distribution.check_batch_size(cfg.batch_size, len(devices), jax.process_count())
+    distribution.set_data_parallel(devices)
+    keras.utils.set_random_seed(cfg.seed)
+    primary = jax.process_index() == 0
+
+    run_dir = Path(cfg.run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(run_dir, primary)
+    cfg = dataclasses.replace(
+        cfg,
+        run_dir=str(run_dir),
+        num_devices=len(devices),
+        precision=resolve_precision(cfg.precision, distribution.platform_of(devices)),
+        learning_rate=cfg.learning_rate or cfg.default_learning_rate(),
+    )
+    log.info(
+        "devices: %d x %s over %d process(es); global batch %d; precision %s",
+        len(devices),
+        distribution.platform_of(devices),
+        jax.process_count(),
+        cfg.batch_size,
+        cfg.precision,
+    )
+
+    frame = data.read_arena_csv(cfg.train_csv, labelled=True)
+    train_df, valid_df = data.split_train_valid(
+        frame, cfg.valid_fraction, cfg.seed, group_by_prompt=cfg.group_by_prompt
+    )
+    log.info(
+        "data: %s, %d rows -> %d train / %d validation",
+        cfg.train_csv,
+        len(frame),
+        len(train_df),
+        len(valid_df),
+    )
+    baseline = prior_log_loss(train_df["label"].to_numpy(), valid_df["label"].to_numpy())
+    log.info("class-prior validation log loss (the baseline to beat): %.4f", baseline)
+
+    set_precision(cfg.precision)
+    preprocessor = backbones.load_preprocessor(cfg.preset, cfg.sequence_length)
+    backbone = build_backbone(cfg, cfg.precision)
+    model = model_lib.build_model(backbone, dropout=cfg.dropout)
+    model_lib.compile_model(model, cfg.learning_rate, cfg.label_smoothing)
+    log.info(
+        "model: %s, %s parameters, %s trainable (LoRA rank %d)",
+        type(backbone).__name__,
+        f"{model.count_params():,}",
+        f"{sum(int(np.prod(v.shape)) for v in model.trainable_weights):,}",
+        cfg.lora_rank,
+    )
+
+    if primary:
+        cfg.to_json(run_dir / "config.json")
+        preprocessor.save_to_preset(str(run_dir / PRESET_DIR))
+        backbones.save_architecture(backbone, run_dir / PRESET_DIR)
+        split = pd.concat(
+            [train_df[["id"]].assign(split="train"), valid_df[["id"]].assign(split="valid")]
+        )
+        split.to_csv(run_dir / "split.csv", index=False)
+
+    encoder = pipeline.PairEncoder(preprocessor, model_lib.backbone_input_keys(backbone))
+    shard = {"process_index": jax.process_index(), "process_count": jax.process_count()}
+    train_ds = pipeline.make_dataset(
+        text.format_pairs(train_df),
+        encoder,
+        cfg.batch_size,
+        labels=train_df["label"].to_numpy(),
+        shuffle=True,
+        seed=cfg.seed,
+        **shard,
+    )
+    valid_ds = pipeline.make_dataset(
+        text.format_pairs(valid_df),
+        encoder,
+        cfg.batch_size,
+        labels=valid_df["label"].to_numpy(),
+        **shard,
+    )
+
+    callbacks = [
+        keras.callbacks.OrbaxCheckpoint(
+            str(run_dir / BEST_CHECKPOINT_DIR),
+            monitor="val_log_loss",
+            mode="min",
+            save_best_only=True,
+            save_weights_only=True,
+            max_to_keep=1,
+        ),
+        epoch_logger(),
+    ]
+    if primary:
+        callbacks.append(keras.callbacks.CSVLogger(str(run_dir / "history.csv")))
+    start = time.time()
+    history = model.fit(
+        train_ds,
+        validation_data=valid_ds,
+        epochs=cfg.epochs,
+        callbacks=callbacks,
+        shuffle=False,  # the pipeline reshuffles every epoch
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    val_losses = history.history["val_log_loss"]
+    best = int(np.argmin(val_losses))
+    summary = {
+        "best_epoch": best + 1,
+        "best_val_log_loss": float(val_losses[best]),
+        "best_val_accuracy": float(history.history["val_accuracy"][best]),
+        "prior_val_log_loss": baseline,
+        "epochs": cfg.epochs,
+        "train_rows": len(train_df),
+        "valid_rows": len(valid_df),
+        "train_seconds": round(time.time() - start, 1),
+    }
+    if not all(math.isfinite(v) for v in val_losses):
+        log.warning("non-finite validation loss seen: %s", val_losses)
+    if primary:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log.info(
+        "best val_log_loss %.4f at epoch %d (class prior %.4f); weights in %s",
+        summary["best_val_log_loss"],
+        summary["best_epoch"],
+        baseline,
+        run_dir / BEST_CHECKPOINT_DIR,
+    )
+    return summary

@@ -1,0 +1,48 @@
+"""Build a tiny, randomly initialised DeBERTa-v3 keras-hub preset for offline runs.
+
+Example: python scripts/make_tiny_preset.py --out runs/tiny_deberta
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from jaxpref.tiny_preset import (  # noqa: E402
+    SAMPLE_TRAIN_CSV,
+    arena_texts,
+    build_tiny_deberta_preset,
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="preset directory to write")
+    parser.add_argument("--csv", default=str(SAMPLE_TRAIN_CSV), help="arena CSV for the vocabulary")
+    parser.add_argument("--vocab-size", type=int, default=1000)
+    parser.add_argument("--hidden-dim", type=int, default=64)
+    parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--max-sequence-length", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    path = build_tiny_deberta_preset(
+        args.out,
+        arena_texts(args.csv),
+        vocab_size=args.vocab_size,
+        num_layers=args.num_layers,
+        hidden_dim=args.hidden_dim,
+        intermediate_dim=2 * args.hidden_dim,
+        max_sequence_length=args.max_sequence_length,
+        seed=args.seed,
+    )
+    print(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+import os
+
+os.environ["KERAS_BACKEND"] = "jax"
+
+import random  # noqa: E402
+
+import keras_hub  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from jaxpref.tiny_preset import SPECIAL_PIECES, build_tiny_deberta_preset  # noqa: E402
+
+HIDDEN_DIM = 32
+SEQ_LEN = 24
+
+
+def _synthetic_texts(n: int = 300, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    words = (
+        "the a model answer question prompt response better worse tie user assistant "
+        "python code explain why how what when write story poem list number data train "
+        "test good bad helpful short long clear wrong right first second"
+    ).split()
+    return [
+        " ".join(rng.choice(words) for _ in range(rng.randint(4, 12))).capitalize() + "."
+        for _ in range(n)
+    ]
+
+
+def _build(path):
+    return build_tiny_deberta_preset(
+        path,
+        _synthetic_texts(),
+        vocab_size=200,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=HIDDEN_DIM,
+        intermediate_dim=64,
+        max_sequence_length=64,
+        seed=0,
+    )
+
+
+@pytest.fixture(scope="module")
+def preset_dir(tmp_path_factory):
+    return _build(tmp_path_factory.mktemp("tiny") / "preset")
+
+
+def test_tokenizer_special_tokens(preset_dir):
+    tokenizer = keras_hub.models.Tokenizer.from_preset(str(preset_dir))
+    assert isinstance(tokenizer, keras_hub.models.DebertaV3Tokenizer)
+    for piece, index in SPECIAL_PIECES.items():
+        assert tokenizer.id_to_token(index) == piece
+    assert tokenizer.token_to_id("[MASK]") == tokenizer.mask_token_id
+    assert tokenizer.get_vocabulary()[tokenizer.mask_token_id] == "[MASK]"
+    assert tokenizer.vocabulary_size() <= 200 + 1
+
+
+def test_load_and_run(preset_dir):
+    backbone = keras_hub.models.Backbone.from_preset(str(preset_dir))
+    tokenizer = keras_hub.models.Tokenizer.from_preset(str(preset_dir))
+    assert isinstance(backbone, keras_hub.models.DebertaV3Backbone)
+    assert backbone.vocabulary_size == tokenizer.vocabulary_size()
+    preprocessor = keras_hub.models.TextClassifierPreprocessor.from_preset(
+        str(preset_dir), sequence_length=SEQ_LEN
+    )
+    x = preprocessor(x=(["a prompt", "write a poem"], ["a response", "the model answer"]))
+    assert x["token_ids"].shape == (2, SEQ_LEN)
+    assert x["padding_mask"].shape == (2, SEQ_LEN)
+    token_ids = np.asarray(x["token_ids"])
+    assert (token_ids[:, 0] == SPECIAL_PIECES["[CLS]"]).all()
+    assert (token_ids[~np.asarray(x["padding_mask"], bool)] == SPECIAL_PIECES["[PAD]"]).all()
+    out = np.asarray(backbone(x))
+    assert out.shape == (2, SEQ_LEN, HIDDEN_DIM)
+    assert np.isfinite(out).all()
+
+
+def test_same_seed_same_weights(preset_dir, tmp_path):
+    first = keras_hub.models.Backbone.from_preset(str(preset_dir)).get_weights()
+    second = keras_hub.models.Backbone.from_preset(str(_build(tmp_path / "again"))).get_weights()
+    assert len(first) == len(second)
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)
+    vocab = (preset_dir / "assets" / "tokenizer" / "vocabulary.spm").read_bytes()
+    assert (tmp_path / "again" / "assets" / "tokenizer" / "vocabulary.spm").read_bytes() == vocab
