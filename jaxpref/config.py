@@ -9,6 +9,10 @@ from pathlib import Path
 
 DEFAULT_PRESET = "deberta_v3_small_en"
 
+# Run-directory layout shared by training and inference.
+BEST_CHECKPOINT_DIR = "checkpoints/best"
+PRESET_DIR = "preset"
+
 
 @dataclasses.dataclass
 class TrainConfig:

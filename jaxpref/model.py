@@ -50,6 +50,11 @@ class UnfoldSides(keras.layers.Layer):
         return (None, input_shape[-1]), (None, input_shape[-1])
 
 
+def set_precision(precision: str) -> None:
+    """Global Keras dtype policy; call before building the backbone."""
+    keras.config.set_dtype_policy(precision)
+
+
 def sequence_output(outputs):
     """Token embeddings from a backbone (BERT returns a dict, DeBERTa a tensor)."""
     return outputs["sequence_output"] if isinstance(outputs, dict) else outputs
@@ -86,7 +91,8 @@ def compile_model(
         loss=keras.losses.CategoricalCrossentropy(
             label_smoothing=label_smoothing, reduction="mean_with_sample_weight"
         ),
-        metrics=[
+        # weighted_metrics (not metrics) honour the zero weight of padding rows.
+        weighted_metrics=[
             keras.metrics.CategoricalCrossentropy(name="log_loss"),
             keras.metrics.CategoricalAccuracy(name="accuracy"),
         ],

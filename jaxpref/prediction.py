@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -10,8 +11,7 @@ import numpy as np
 import pandas as pd
 
 from jaxpref import backbones, data, distribution, pipeline, text
-from jaxpref.config import TrainConfig
-from jaxpref.training import BEST_CHECKPOINT_DIR, PRESET_DIR, set_precision
+from jaxpref.config import BEST_CHECKPOINT_DIR, PRESET_DIR, TrainConfig
 
 
 class RunDirError(RuntimeError):
@@ -35,7 +35,7 @@ def load_run(run_dir: str | os.PathLike):
     run_dir = Path(run_dir)
     cfg = TrainConfig.from_json(_require(run_dir / "config.json"))
     checkpoint = _require(run_dir / BEST_CHECKPOINT_DIR)
-    set_precision(cfg.precision)
+    model_lib.set_precision(cfg.precision)
     preset = str(_require(run_dir / PRESET_DIR))
     backbone = backbones.load_backbone(preset, dtype=cfg.precision, load_weights=False)
     if cfg.lora_rank > 0:
@@ -52,7 +52,8 @@ def load_run(run_dir: str | os.PathLike):
 def predict_frame(model, encoder, frame: pd.DataFrame, batch_size: int) -> np.ndarray:
     """Class probabilities (n, 3) for every row of `frame`, in order; none dropped."""
     ds = pipeline.make_dataset(text.format_pairs(frame), encoder, batch_size)
-    probs = np.asarray(model.predict(ds, verbose=1), dtype="float64")[: len(frame)]
+    probs = model.predict(ds, verbose=1 if sys.stdout.isatty() else 0)
+    probs = np.asarray(probs, dtype="float64")[: len(frame)]
     if len(probs) != len(frame):
         raise RuntimeError(f"predicted {len(probs)} rows for {len(frame)} inputs")
     return probs

@@ -8,6 +8,7 @@ A run directory holds everything inference needs:
     split.csv          which rows were used for training and validation
     history.csv        per-epoch metrics
     summary.json       best epoch and validation log loss
+    valid_predictions.csv  the best weights' predictions for the validation rows
     train.log          the log
 """
 
@@ -24,13 +25,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from jaxpref import backbones, data, distribution, pipeline, text
-from jaxpref.config import TrainConfig, resolve_precision
+from jaxpref import backbones, data, distribution, pipeline, prediction, text
+from jaxpref.config import BEST_CHECKPOINT_DIR, PRESET_DIR, TrainConfig, resolve_precision
 
 log = logging.getLogger("jaxpref")
-
-BEST_CHECKPOINT_DIR = "checkpoints/best"
-PRESET_DIR = "preset"
 
 
 def setup_logging(run_dir: Path | None, primary: bool = True) -> None:
@@ -73,12 +71,6 @@ def build_backbone(cfg: TrainConfig, dtype: str | None):
     if cfg.lora_rank > 0:
         backbone.enable_lora(cfg.lora_rank)
     return backbone
-
-
-def set_precision(precision: str) -> None:
-    import keras
-
-    keras.config.set_dtype_policy(precision)
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -132,7 +124,7 @@ def train(cfg: TrainConfig) -> dict:
     baseline = prior_log_loss(train_df["label"].to_numpy(), valid_df["label"].to_numpy())
     log.info("class-prior validation log loss (the baseline to beat): %.4f", baseline)
 
-    set_precision(cfg.precision)
+    model_lib.set_precision(cfg.precision)
     preprocessor = backbones.load_preprocessor(cfg.preset, cfg.sequence_length)
     backbone = build_backbone(cfg, cfg.precision)
     model = model_lib.build_model(backbone, dropout=cfg.dropout)
@@ -209,7 +201,10 @@ def train(cfg: TrainConfig) -> dict:
     }
     if not all(math.isfinite(v) for v in val_losses):
         log.warning("non-finite validation loss seen: %s", val_losses)
+    model.load_weights(str(run_dir / BEST_CHECKPOINT_DIR))
+    valid_probs = prediction.predict_frame(model, encoder, valid_df, cfg.batch_size)
     if primary:
+        prediction.write_submission(valid_df["id"], valid_probs, run_dir / "valid_predictions.csv")
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log.info(
         "best val_log_loss %.4f at epoch %d (class prior %.4f); weights in %s",

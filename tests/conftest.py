@@ -1,0 +1,103 @@
+"""Shared fixtures. Tests run on CPU with 4 simulated XLA devices (set before JAX starts)."""
+
+import os
+
+os.environ["KERAS_BACKEND"] = "jax"
+os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+).strip()
+
+import csv  # noqa: E402
+import json  # noqa: E402
+import random  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from jaxpref import data  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_COLUMNS = [
+    "id",
+    "model_a",
+    "model_b",
+    "prompt",
+    "response_a",
+    "response_b",
+    *data.LABEL_COLUMNS,
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_preset(tmp_path_factory) -> Path:
+    """A tiny random DeBERTa-v3 keras-hub preset with a vocabulary trained on the arena sample."""
+    from jaxpref.tiny_preset import arena_texts, build_tiny_deberta_preset
+
+    return build_tiny_deberta_preset(
+        tmp_path_factory.mktemp("tiny_deberta"),
+        arena_texts(data.DEFAULT_TRAIN_CSV),
+        vocab_size=600,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=32,
+        intermediate_dim=64,
+        max_sequence_length=256,
+        seed=0,
+    )
+
+
+GOOD = ["excellent", "superb", "brilliant", "perfect"]
+BAD = ["terrible", "awful", "useless", "wrong"]
+FILLER = "the answer is that we can say this about the topic in question here".split()
+
+
+def write_learnable_csv(path: Path, rows: int, seed: int = 0) -> Path:
+    """Arena-format rows whose label follows from the text: a 'good' word beats a 'bad' one."""
+    rng = random.Random(seed)
+
+    def reply(good: bool) -> str:
+        words = rng.sample(FILLER, 5) + [rng.choice(GOOD if good else BAD)]
+        rng.shuffle(words)
+        return " ".join(words)
+
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(TRAIN_COLUMNS)
+        for i in range(rows):
+            label = i % 3
+            a_good, b_good = [
+                (True, False),
+                (False, True),
+                rng.choice([(True, True), (False, False)]),
+            ][label]
+            prompt = json.dumps([f"question {rng.randint(0, 999)} about the topic"])
+            onehot = [int(label == k) for k in range(3)]
+            writer.writerow(
+                [
+                    i + 1,
+                    "m1",
+                    "m2",
+                    prompt,
+                    json.dumps([reply(a_good)]),
+                    json.dumps([reply(b_good)]),
+                    *onehot,
+                ]
+            )
+    return path
+
+
+def run_script(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run scripts/<script> the way a user does, in a fresh process."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
+    )

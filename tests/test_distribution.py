@@ -1,0 +1,39 @@
+import jax
+import pytest
+
+from jaxpref import distribution
+
+
+def test_four_simulated_cpu_devices_are_visible():
+    assert len(distribution.select_devices("cpu", None)) == 4
+    assert len(distribution.select_devices("cpu", 2)) == 2
+
+
+def test_too_many_devices_is_a_clear_error():
+    with pytest.raises(distribution.DeviceError, match="--num-devices 9"):
+        distribution.select_devices("cpu", 9)
+
+
+def test_missing_platform_is_a_clear_error():
+    if any(d.platform == "gpu" for d in jax.devices()):
+        pytest.skip("a GPU is present")
+    with pytest.raises(distribution.DeviceError, match="no gpu devices"):
+        distribution.select_devices("gpu", None)
+
+
+def test_batch_must_split_evenly():
+    distribution.check_batch_size(8, 4)
+    with pytest.raises(distribution.DeviceError, match="multiple of 4"):
+        distribution.check_batch_size(6, 4)
+
+
+def test_environment_simulates_cpu_devices(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_foo=1 --xla_force_host_platform_device_count=2")
+    distribution.configure_environment("cpu", 8)
+    import os
+
+    assert os.environ["KERAS_BACKEND"] == "jax"
+    assert os.environ["JAX_PLATFORMS"] == "cpu"
+    assert os.environ["XLA_FLAGS"] == "--xla_foo=1 --xla_force_host_platform_device_count=8"
+    with pytest.raises(distribution.DeviceError):
+        distribution.configure_environment("cuda", None)

@@ -1,0 +1,70 @@
+import keras
+import numpy as np
+import pytest
+
+from jaxpref import backbones, pipeline, text
+from jaxpref import model as model_lib
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_preset):
+    keras.utils.set_random_seed(0)
+    backbone = backbones.load_backbone(str(tiny_preset))
+    preprocessor = backbones.load_preprocessor(str(tiny_preset), 24)
+    encoder = pipeline.PairEncoder(preprocessor, model_lib.backbone_input_keys(backbone))
+    return backbone, encoder
+
+
+def _batch(encoder, responses_b):
+    n = len(responses_b)
+    texts = {
+        "context_a": np.asarray(["what is two plus two"] * n, dtype=object),
+        "response_a": np.asarray(["it is four"] * n, dtype=object),
+        "context_b": np.asarray(["what is two plus two"] * n, dtype=object),
+        "response_b": np.asarray(responses_b, dtype=object),
+    }
+    assert set(texts) == set(text.FEATURE_KEYS)
+    (x,) = next(iter(pipeline.make_dataset(texts, encoder, n)))
+    return {k: v.numpy() for k, v in x.items()}
+
+
+def test_outputs_are_probabilities_over_three_classes(tiny):
+    backbone, encoder = tiny
+    model = model_lib.build_model(backbone, dropout=0.0)
+    probs = model.predict(_batch(encoder, ["five", "it is four", "no idea", "4"]), verbose=0)
+    assert probs.shape == (4, 3) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_one_backbone_shared_by_both_sides(tiny):
+    backbone, _ = tiny
+    model = model_lib.build_model(backbone, dropout=0.0)
+    hidden = backbone.get_config()["hidden_dim"]
+    head = 4 * hidden * 3 + 3
+    assert model.count_params() == backbone.count_params() + head
+
+
+def test_identical_sides_give_identical_embeddings(tiny):
+    backbone, encoder = tiny
+    model = model_lib.build_model(backbone, dropout=0.0)
+    x = _batch(encoder, ["it is four"])
+    pooled = keras.Model(model.inputs, model.get_layer("unfold").output)(x)
+    np.testing.assert_allclose(np.asarray(pooled[0]), np.asarray(pooled[1]), atol=1e-6)
+
+
+def test_masked_mean_pool_ignores_padding():
+    pool = model_lib.MaskedMeanPool()
+    hidden = np.array([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]], dtype="float32")
+    mask = np.array([[1, 1, 0]])
+    np.testing.assert_allclose(np.asarray(pool(hidden, mask)), [[2.0, 3.0]])
+    empty = np.asarray(pool(hidden, np.zeros((1, 3), "int32")))
+    assert np.isfinite(empty).all()
+
+
+def test_lora_freezes_the_backbone_but_the_head_trains(tiny_preset):
+    backbone = backbones.load_backbone(str(tiny_preset))
+    backbone.enable_lora(4)
+    model = model_lib.build_model(backbone)
+    names = [w.path for w in model.trainable_weights]
+    assert any("lora" in n for n in names) and any("logits" in n for n in names)
+    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) < model.count_params() / 4

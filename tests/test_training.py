@@ -1,0 +1,109 @@
+"""End to end on 4 simulated CPU devices: train -> best Orbax checkpoint -> reload -> submission."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import run_script, write_learnable_csv
+
+from jaxpref import data
+
+
+def _train(tiny_preset, run_dir, *extra):
+    result = run_script(
+        "train_jax.py", "--devices", "cpu", "--num-devices", "4", "--preset", str(tiny_preset),
+        "--run-dir", str(run_dir), "--batch-size", "8", "--sequence-length", "64", *extra,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def sample_run(tiny_preset, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("sample_run")
+    result = _train(tiny_preset, run_dir, "--epochs", "2", "--learning-rate", "3e-3")
+    return run_dir, result
+
+
+@pytest.mark.slow
+def test_run_directory_holds_everything_inference_needs(sample_run):
+    run_dir, result = sample_run
+    for name in ("config.json", "preset/config.json", "preset/tokenizer.json", "history.csv",
+                 "summary.json", "split.csv", "train.log", "valid_predictions.csv"):  # fmt: skip
+        assert (run_dir / name).exists(), name
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["num_devices"] == 4 and config["precision"] == "float32"
+    assert "best val_log_loss" in result.stderr
+    split = pd.read_csv(run_dir / "split.csv", dtype=str)
+    assert len(split) == 1000 and split["id"].is_unique  # every row used, none twice
+    assert (split["split"] == "valid").sum() == 100
+
+
+@pytest.mark.slow
+def test_checkpoint_is_the_epoch_with_best_val_log_loss(sample_run):
+    run_dir, _ = sample_run
+    history = pd.read_csv(run_dir / "history.csv")
+    assert len(history) == 2
+    best = int(history["val_log_loss"].idxmin())
+    steps = [p.name for p in (run_dir / "checkpoints" / "best").iterdir() if p.name.isdigit()]
+    assert steps == [str(history["epoch"][best])]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["best_epoch"] == best + 1
+    assert math.isclose(summary["best_val_log_loss"], history["val_log_loss"][best], rel_tol=1e-6)
+
+
+@pytest.mark.slow
+def test_reloaded_weights_reproduce_validation_predictions(sample_run, tmp_path):
+    """The best weights, restored from the run directory, give the same predictions."""
+    run_dir, _ = sample_run
+    split = pd.read_csv(run_dir / "split.csv", dtype=str)
+    train = data.read_arena_csv(data.DEFAULT_TRAIN_CSV, labelled=True)
+    valid_ids = set(split.loc[split["split"] == "valid", "id"])
+    raw = pd.read_csv(data.DEFAULT_TRAIN_CSV, dtype=str)
+    valid_csv = tmp_path / "valid.csv"
+    raw[raw["id"].isin(valid_ids)].to_csv(valid_csv, index=False)
+
+    out = tmp_path / "valid_sub.csv"
+    result = run_script("infer.py", "--devices", "cpu", "--num-devices", "4",
+                        "--run-dir", str(run_dir), "--test-csv", str(valid_csv),
+                        "--output", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    reloaded = pd.read_csv(out, dtype={"id": str}).set_index("id")
+    during = pd.read_csv(run_dir / "valid_predictions.csv", dtype={"id": str}).set_index("id")
+    assert sorted(reloaded.index) == sorted(during.index) == sorted(valid_ids)
+    np.testing.assert_allclose(reloaded.loc[during.index].to_numpy(), during.to_numpy(), atol=1e-5)
+
+    labels = train.set_index("id").loc[during.index, "label"].to_numpy()
+    log_loss = -np.mean(np.log(during.to_numpy()[np.arange(len(labels)), labels]))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert math.isclose(log_loss, summary["best_val_log_loss"], abs_tol=1e-4)
+
+
+@pytest.mark.slow
+def test_submission_for_real_test_csv_on_four_devices(sample_run, tmp_path):
+    run_dir, _ = sample_run
+    out = tmp_path / "submission.csv"
+    result = run_script("infer.py", "--devices", "cpu", "--num-devices", "4",
+                        "--run-dir", str(run_dir), "--output", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    sub = pd.read_csv(out, dtype={"id": str})
+    sample = pd.read_csv(data.SAMPLE_DIR / "arena_sample_submission.csv", dtype={"id": str})
+    assert list(sub.columns) == list(sample.columns)
+    assert sub["id"].tolist() == sample["id"].tolist() == ["136060", "211333", "1233961"]
+    probs = sub[list(data.LABEL_COLUMNS)].to_numpy()
+    assert np.isfinite(probs).all() and (probs > 0).all()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
+    assert not list(tmp_path.glob(".submission.csv.*"))  # no temp file left behind
+
+
+@pytest.mark.slow
+def test_learns_a_label_that_follows_from_the_text(tiny_preset, tmp_path):
+    csv_path = write_learnable_csv(tmp_path / "learnable.csv", rows=480)
+    run_dir = tmp_path / "run"
+    _train(tiny_preset, run_dir, "--train-csv", str(csv_path), "--epochs", "6",
+           "--learning-rate", "3e-3", "--valid-fraction", "0.2")  # fmt: skip
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["prior_val_log_loss"] > 1.09
+    assert summary["best_val_log_loss"] < 0.8, summary
