@@ -32,7 +32,7 @@ def load_run(run_dir: str | os.PathLike):
     """
     from jaxpref import model as model_lib
 
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).resolve()  # Orbax wants absolute paths
     cfg = TrainConfig.from_json(_require(run_dir / "config.json"))
     checkpoint = _require(run_dir / BEST_CHECKPOINT_DIR)
     model_lib.set_precision(cfg.precision)

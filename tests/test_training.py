@@ -2,11 +2,12 @@
 
 import json
 import math
+import os
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_script, write_learnable_csv
+from conftest import REPO, run_script, write_learnable_csv
 
 from jaxpref import data
 
@@ -85,8 +86,9 @@ def test_reloaded_weights_reproduce_validation_predictions(sample_run, tmp_path)
 def test_submission_for_real_test_csv_on_four_devices(sample_run, tmp_path):
     run_dir, _ = sample_run
     out = tmp_path / "submission.csv"
+    relative = os.path.relpath(run_dir, REPO)  # users pass relative run directories
     result = run_script("infer.py", "--devices", "cpu", "--num-devices", "4",
-                        "--run-dir", str(run_dir), "--output", str(out))  # fmt: skip
+                        "--run-dir", relative, "--output", str(out))  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     sub = pd.read_csv(out, dtype={"id": str})
     sample = pd.read_csv(data.SAMPLE_DIR / "arena_sample_submission.csv", dtype={"id": str})
