@@ -73,10 +73,16 @@ def build_backbone(cfg: TrainConfig, dtype: str | None):
     return backbone
 
 
-def train(cfg: TrainConfig) -> dict:
+def train(
+    cfg: TrainConfig,
+    train_df: pd.DataFrame | None = None,
+    valid_df: pd.DataFrame | None = None,
+) -> dict:
     """Train per `cfg` on every selected device; returns the summary written to summary.json.
 
-    The process environment must already select the JAX backend and platform
+    The split comes from `cfg.train_csv` unless both `train_df` and `valid_df` (frames as
+    returned by `data.read_arena_csv`) are given, as cross-validation does. The process
+    environment must already select the JAX backend and platform
     (`distribution.configure_environment`), as the CLI does.
     """
     import jax
@@ -110,17 +116,12 @@ def train(cfg: TrainConfig) -> dict:
         cfg.precision,
     )
 
-    frame = data.read_arena_csv(cfg.train_csv, labelled=True)
-    train_df, valid_df = data.split_train_valid(
-        frame, cfg.valid_fraction, cfg.seed, group_by_prompt=cfg.group_by_prompt
-    )
-    log.info(
-        "data: %s, %d rows -> %d train / %d validation",
-        cfg.train_csv,
-        len(frame),
-        len(train_df),
-        len(valid_df),
-    )
+    if train_df is None or valid_df is None:
+        frame = data.read_arena_csv(cfg.train_csv, labelled=True)
+        train_df, valid_df = data.split_train_valid(
+            frame, cfg.valid_fraction, cfg.seed, group_by_prompt=cfg.group_by_prompt
+        )
+    log.info("data: %s -> %d train / %d validation", cfg.train_csv, len(train_df), len(valid_df))
     baseline = prior_log_loss(train_df["label"].to_numpy(), valid_df["label"].to_numpy())
     log.info("class-prior validation log loss (the baseline to beat): %.4f", baseline)
 
