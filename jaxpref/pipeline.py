@@ -1,20 +1,34 @@
-"""tf.data input pipeline: text pairs -> tokenized (B, 2, L) batches for the siamese model.
+"""Input pipeline: text pairs -> tokens (once) -> length-bucketed (B, 2, T) batches via tf.data.
 
-The preset's own keras-hub tokenizer and segment packer run inside the pipeline (parallel map),
-tokens are cached, training data is reshuffled every epoch, and batches are prefetched.
-Each process reads only its shard of the rows and produces its share of every global batch.
-Rows are padded up to a whole number of global batches with zero-weight copies, so no row is
-dropped and every batch has the same static shape on every device (partial batches break
-sharded JAX steps, keras issue #21167).
+1. `tokenize` runs the preset's keras-hub tokenizer and segment packer inside a tf.data parallel
+   map, once per data set (and caches the result on disk, keyed by texts and tokenizer), keeping
+   the end of each conversation and the start of each response (`truncate_pair`).
+2. `plan_batches` groups rows of similar length into global batches, each padded only to its
+   bucket length (a small fixed set, so XLA compiles a bounded number of shapes). The plan is a
+   pure function of (lengths, seed, epoch): every process computes the same plan, a resumed run
+   sees the same order, and shuffling stays random across buckets between epochs. Rows left
+   over in a bucket move up to the next bucket; the final partial batch is filled with
+   zero-weight copies, so no row is dropped and every batch splits evenly over devices
+   (partial batches break sharded JAX steps, keras issue #21167).
+3. `make_dataset` turns a plan into a prefetched tf.data pipeline of this process's share of
+   every global batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import logging
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 
 from jaxpref.text import FEATURE_KEYS, SIDES
+
+log = logging.getLogger("jaxpref")
 
 TOKENIZE_CHUNK = 256
 
@@ -66,63 +80,219 @@ class PairEncoder:
         tokenizer = self.preprocessor.tokenizer
         context, response = truncate_pair(tokenizer(context), tokenizer(response), self.budget)
         token_ids, segment_ids = self.preprocessor.packer((context, response))
-        features = {
-            "token_ids": token_ids,
-            "padding_mask": token_ids != self.pad_id,
-            "segment_ids": segment_ids,
-        }
-        return {key: features[key] for key in self.input_keys}
+        return {"token_ids": token_ids, "segment_ids": segment_ids}
 
     def __call__(self, texts: dict) -> dict:
-        """{context_a, response_a, context_b, response_b} strings (N,) -> {key: (N, 2, L)}."""
+        """{context_a, ...} strings (N,) -> token_ids/segment_ids (N, 2, L), lengths (N, 2)."""
         import tensorflow as tf
 
         sides = [self.encode_side(texts[f"context_{s}"], texts[f"response_{s}"]) for s in SIDES]
-        return {key: tf.stack([side[key] for side in sides], axis=1) for key in self.input_keys}
+        out = {k: tf.stack([side[k] for side in sides], axis=1) for k in sides[0]}
+        out["lengths"] = tf.reduce_sum(tf.cast(out["token_ids"] != self.pad_id, tf.int32), -1)
+        return out
+
+    def fingerprint(self) -> str:
+        """Identifies the tokenization: preprocessor config and vocabulary."""
+        digest = hashlib.sha256(repr(self.preprocessor.get_config()).encode())
+        tokenizer = self.preprocessor.tokenizer
+        for attr in ("proto", "vocabulary", "merges"):
+            value = getattr(tokenizer, attr, None)
+            if value is not None:
+                digest.update(repr(value).encode() if not isinstance(value, bytes) else value)
+        return digest.hexdigest()[:16]
 
 
-def padded_indices(num_rows: int, global_batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row index and sample weight for every slot of a whole number of global batches."""
-    if num_rows < 1:
+@dataclasses.dataclass
+class TokenizedPairs:
+    """Both sides of every row, padded to the full sequence length; `lengths` are real tokens."""
+
+    token_ids: np.ndarray  # (N, 2, L) int32
+    segment_ids: np.ndarray  # (N, 2, L) int8
+    lengths: np.ndarray  # (N, 2) int32
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def row_lengths(self) -> np.ndarray:
+        """Tokens each row needs: the longer of its two sides."""
+        return self.lengths.max(axis=1)
+
+
+def _texts_digest(texts: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for key in FEATURE_KEYS:
+        for value in texts[key]:
+            digest.update(str(value).encode("utf-8", "surrogatepass"))
+            digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def default_cache_dir() -> Path | None:
+    """`JAXPREF_CACHE` or ~/.cache/jaxpref/tokens; JAXPREF_CACHE=off disables the cache."""
+    value = os.environ.get("JAXPREF_CACHE")
+    if value == "off":
+        return None
+    return Path(value) if value else Path.home() / ".cache" / "jaxpref" / "tokens"
+
+
+def tokenize(
+    texts: dict[str, np.ndarray],
+    encoder: PairEncoder,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> TokenizedPairs:
+    """Tokenize every row once (parallel tf.data map), reusing an on-disk cache when present."""
+    import tensorflow as tf
+
+    n = len(texts[FEATURE_KEYS[0]])
+    cache_file = None
+    if cache_dir is not None:
+        name = f"{encoder.fingerprint()}-{encoder.sequence_length}-{_texts_digest(texts)}.npz"
+        cache_file = Path(cache_dir) / name
+        if cache_file.exists():
+            with np.load(cache_file) as saved:
+                return TokenizedPairs(**{k: saved[k] for k in saved.files})
+    columns = {key: np.asarray(texts[key]).astype(str) for key in FEATURE_KEYS}
+    ds = tf.data.Dataset.from_tensor_slices(columns).batch(TOKENIZE_CHUNK)
+    ds = ds.map(encoder, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    parts: dict[str, list[np.ndarray]] = {"token_ids": [], "segment_ids": [], "lengths": []}
+    bar = None
+    if progress and n > TOKENIZE_CHUNK:
+        import keras
+
+        bar = keras.utils.Progbar(n, unit_name="row", verbose=1 if sys.stdout.isatty() else 2)
+    for chunk in ds.as_numpy_iterator():
+        parts["token_ids"].append(chunk["token_ids"].astype(np.int32))
+        parts["segment_ids"].append(chunk["segment_ids"].astype(np.int8))
+        parts["lengths"].append(chunk["lengths"].astype(np.int32))
+        if bar is not None:
+            bar.add(len(chunk["lengths"]))
+    tokens = TokenizedPairs(**{k: np.concatenate(v) for k, v in parts.items()})
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".tmp{os.getpid()}.npz")
+        np.savez(tmp, **dataclasses.asdict(tokens))
+        os.replace(tmp, cache_file)
+    return tokens
+
+
+def bucket_lengths(sequence_length: int) -> tuple[int, ...]:
+    """Padded lengths a batch may take: every 64 tokens up to 256, then every 128, then L.
+
+    About ten shapes at L=1024: few enough compilations, fine enough to waste little padding.
+    """
+    sizes = [*range(64, 257, 64), *range(384, sequence_length, 128)]
+    return (*[s for s in sizes if s < sequence_length], sequence_length)
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """One global batch: row indices, sample weights (0 = filler copy) and padded length."""
+
+    rows: np.ndarray
+    weights: np.ndarray
+    length: int
+
+
+def plan_batches(
+    lengths: np.ndarray,
+    global_batch_size: int,
+    buckets: Sequence[int],
+    shuffle: bool = False,
+    seed: int = 0,
+    epoch: int = 0,
+) -> list[Batch]:
+    """Group rows of similar length into global batches; identical on every process.
+
+    Without `shuffle`, rows keep ascending length order inside the plan (inference restores the
+    input order from `Batch.rows`). With it, rows are shuffled within buckets and batches across
+    buckets, differently for each epoch but reproducibly for a (seed, epoch).
+    """
+    lengths = np.asarray(lengths)
+    if len(lengths) < 1:
         raise ValueError("no rows to feed")
-    total = -(-num_rows // global_batch_size) * global_batch_size
-    slots = np.arange(total)
-    return slots % num_rows, (slots < num_rows).astype("float32")
+    rng = np.random.default_rng([seed, epoch])
+    bucket_of = np.searchsorted(np.asarray(buckets), lengths, side="left")
+    bucket_of = np.minimum(bucket_of, len(buckets) - 1)
+    batches: list[Batch] = []
+    carry = np.empty(0, dtype=np.int64)
+    for b, size in enumerate(buckets):
+        rows = np.flatnonzero(bucket_of == b)
+        rows = rng.permutation(rows) if shuffle else rows[np.argsort(lengths[rows], kind="stable")]
+        rows = np.concatenate([carry, rows])
+        full = len(rows) // global_batch_size * global_batch_size
+        for start in range(0, full, global_batch_size):
+            chunk = rows[start : start + global_batch_size]
+            batches.append(Batch(chunk, np.ones(len(chunk), np.float32), size))
+        carry = rows[full:]
+    if len(carry):
+        fill = global_batch_size - len(carry)
+        rows = np.concatenate([carry, np.resize(carry, fill)])
+        weights = np.concatenate([np.ones(len(carry)), np.zeros(fill)]).astype(np.float32)
+        batches.append(Batch(rows, weights, buckets[-1]))
+    if shuffle:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def padding_efficiency(tokens: TokenizedPairs, plan: Sequence[Batch]) -> float:
+    """Real tokens / computed tokens over a plan (filler rows count as computed)."""
+    real = sum(int(tokens.lengths[b.rows[b.weights > 0]].sum()) for b in plan)
+    computed = sum(2 * len(b.rows) * b.length for b in plan)
+    return real / computed
+
+
+def _local_batches(
+    tokens: TokenizedPairs,
+    plans: Sequence[Sequence[Batch]],
+    input_keys: Sequence[str],
+    labels: np.ndarray | None,
+    process_index: int,
+    process_count: int,
+) -> Iterator[tuple]:
+    for plan in plans:
+        for batch in plan:
+            share = len(batch.rows) // process_count
+            part = slice(process_index * share, (process_index + 1) * share)
+            rows, length = batch.rows[part], batch.length
+            positions = np.arange(length)
+            features = {
+                "token_ids": tokens.token_ids[rows, :, :length],
+                "padding_mask": (positions < tokens.lengths[rows][..., None]).astype(np.int32),
+                "segment_ids": tokens.segment_ids[rows, :, :length].astype(np.int32),
+            }
+            x = {key: features[key] for key in input_keys}
+            if labels is None:
+                yield (x,)
+            else:
+                yield x, np.eye(3, dtype=np.float32)[labels[rows]], batch.weights[part]
 
 
 def make_dataset(
-    texts: dict[str, np.ndarray],
-    encoder: PairEncoder,
-    global_batch_size: int,
+    tokens: TokenizedPairs,
+    plans: Sequence[Sequence[Batch]],
+    input_keys: Sequence[str],
     labels: np.ndarray | None = None,
-    shuffle: bool = False,
-    seed: int = 0,
     process_index: int = 0,
     process_count: int = 1,
 ):
-    """A batched tf.data pipeline of this process's share of `texts`.
+    """A tf.data pipeline of this process's share of every batch of `plans`, in order.
 
     Elements are `(x, y, sample_weight)` with labels, else `(x,)`; `x` maps the backbone's input
-    names to (B/process_count, 2, L) int32. Padding slots carry weight 0.
+    names to (B/process_count, 2, T) int32, T the batch's bucket length.
     """
     import tensorflow as tf
 
-    rows, weights = padded_indices(len(texts[FEATURE_KEYS[0]]), global_batch_size)
-    rows, weights = rows[process_index::process_count], weights[process_index::process_count]
-    local_batch = global_batch_size // process_count
-    columns = {key: texts[key][rows].astype(str) for key in FEATURE_KEYS}
-    ds = tf.data.Dataset.from_tensor_slices(columns)
-    ds = ds.batch(TOKENIZE_CHUNK).map(encoder, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.map(lambda x: {k: tf.cast(v, tf.int32) for k, v in x.items()}).unbatch()
-    extras = [tf.data.Dataset.from_tensor_slices(weights)]
+    keys = tuple(input_keys)
+    labels = None if labels is None else np.asarray(labels)
+    x_spec = {k: tf.TensorSpec((None, 2, None), tf.int32) for k in keys}
+    spec = (x_spec,)
     if labels is not None:
-        one_hot = np.eye(3, dtype="float32")[np.asarray(labels)[rows]]
-        extras.insert(0, tf.data.Dataset.from_tensor_slices(one_hot))
-    ds = tf.data.Dataset.zip((ds, *extras)).cache()
-    if shuffle:
-        ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
-    if labels is None:
-        ds = ds.map(lambda x, w: (x,))
-    ds = ds.batch(local_batch, drop_remainder=True)
-    ds = ds.apply(tf.data.experimental.assert_cardinality(len(rows) // local_batch))
+        spec = (x_spec, tf.TensorSpec((None, 3), tf.float32), tf.TensorSpec((None,), tf.float32))
+    ds = tf.data.Dataset.from_generator(
+        lambda: _local_batches(tokens, plans, keys, labels, process_index, process_count),
+        output_signature=spec,
+    )
+    steps = sum(len(plan) for plan in plans)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(steps))
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -49,14 +49,25 @@ def load_run(run_dir: str | os.PathLike):
     return model, encoder, cfg
 
 
+def predict_tokens(model, tokens: pipeline.TokenizedPairs, plan, input_keys) -> np.ndarray:
+    """Class probabilities (n, 3) for every tokenized row, in input order; none dropped."""
+    ds = pipeline.make_dataset(tokens, [plan], input_keys)
+    probs = np.asarray(model.predict(ds, verbose=1 if sys.stdout.isatty() else 0), "float64")
+    rows = np.concatenate([b.rows for b in plan])
+    real = np.concatenate([b.weights for b in plan]) > 0
+    out = np.full((len(tokens), probs.shape[1]), np.nan)
+    out[rows[real]] = probs[real]
+    if np.isnan(out).any():
+        raise RuntimeError("some rows received no prediction")
+    return out
+
+
 def predict_frame(model, encoder, frame: pd.DataFrame, batch_size: int) -> np.ndarray:
-    """Class probabilities (n, 3) for every row of `frame`, in order; none dropped."""
-    ds = pipeline.make_dataset(text.format_pairs(frame), encoder, batch_size)
-    probs = model.predict(ds, verbose=1 if sys.stdout.isatty() else 0)
-    probs = np.asarray(probs, dtype="float64")[: len(frame)]
-    if len(probs) != len(frame):
-        raise RuntimeError(f"predicted {len(probs)} rows for {len(frame)} inputs")
-    return probs
+    """Class probabilities (n, 3) for every row of `frame`, in order."""
+    tokens = pipeline.tokenize(text.format_pairs(frame), encoder, pipeline.default_cache_dir())
+    buckets = pipeline.bucket_lengths(encoder.sequence_length)
+    plan = pipeline.plan_batches(tokens.row_lengths(), batch_size, buckets)
+    return predict_tokens(model, tokens, plan, encoder.input_keys)
 
 
 def write_submission(ids, probs: np.ndarray, path: str | os.PathLike) -> Path:

@@ -148,23 +148,31 @@ def train(
         split.to_csv(run_dir / "split.csv", index=False)
 
     encoder = pipeline.PairEncoder(preprocessor, model_lib.backbone_input_keys(backbone))
+    cache = pipeline.default_cache_dir()
+    log.info("tokenizing (cache: %s)", cache or "off")
+    train_tokens = pipeline.tokenize(text.format_pairs(train_df), encoder, cache)
+    valid_tokens = pipeline.tokenize(text.format_pairs(valid_df), encoder, cache)
+    buckets = pipeline.bucket_lengths(cfg.sequence_length)
+    train_plans = [
+        pipeline.plan_batches(
+            train_tokens.row_lengths(), cfg.batch_size, buckets, True, cfg.seed, epoch
+        )
+        for epoch in range(cfg.epochs)
+    ]
+    valid_plan = pipeline.plan_batches(valid_tokens.row_lengths(), cfg.batch_size, buckets)
+    log.info(
+        "batches: %d per epoch, buckets %s; padding efficiency %.3f train, %.3f validation",
+        len(train_plans[0]),
+        list(buckets),
+        pipeline.padding_efficiency(train_tokens, train_plans[0]),
+        pipeline.padding_efficiency(valid_tokens, valid_plan),
+    )
     shard = {"process_index": jax.process_index(), "process_count": jax.process_count()}
-    train_ds = pipeline.make_dataset(
-        text.format_pairs(train_df),
-        encoder,
-        cfg.batch_size,
-        labels=train_df["label"].to_numpy(),
-        shuffle=True,
-        seed=cfg.seed,
-        **shard,
-    )
-    valid_ds = pipeline.make_dataset(
-        text.format_pairs(valid_df),
-        encoder,
-        cfg.batch_size,
-        labels=valid_df["label"].to_numpy(),
-        **shard,
-    )
+    keys = encoder.input_keys
+    train_labels = train_df["label"].to_numpy()
+    train_ds = pipeline.make_dataset(train_tokens, train_plans, keys, train_labels, **shard)
+    valid_labels = valid_df["label"].to_numpy()
+    valid_ds = pipeline.make_dataset(valid_tokens, [valid_plan], keys, valid_labels, **shard)
 
     callbacks = [
         keras.callbacks.OrbaxCheckpoint(
@@ -184,6 +192,7 @@ def train(
         train_ds,
         validation_data=valid_ds,
         epochs=cfg.epochs,
+        steps_per_epoch=len(train_plans[0]),
         callbacks=callbacks,
         shuffle=False,  # the pipeline reshuffles every epoch
         verbose=1 if sys.stdout.isatty() else 2,
@@ -203,7 +212,7 @@ def train(
     if not all(math.isfinite(v) for v in val_losses):
         log.warning("non-finite validation loss seen: %s", val_losses)
     model.load_weights(str(run_dir / BEST_CHECKPOINT_DIR))
-    valid_probs = prediction.predict_frame(model, encoder, valid_df, cfg.batch_size)
+    valid_probs = prediction.predict_tokens(model, valid_tokens, valid_plan, keys)
     if primary:
         prediction.write_submission(valid_df["id"], valid_probs, run_dir / "valid_predictions.csv")
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

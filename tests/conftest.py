@@ -1,10 +1,12 @@
 """Shared fixtures. Tests run on CPU with 4 simulated XLA devices (set before JAX starts)."""
 
 import os
+import tempfile
 
 os.environ["KERAS_BACKEND"] = "jax"
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ["JAXPREF_CACHE"] = tempfile.mkdtemp(prefix="jaxpref-test-cache-")
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 ).strip()

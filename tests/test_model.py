@@ -24,7 +24,9 @@ def _batch(encoder, responses_b):
         "response_b": np.asarray(responses_b, dtype=object),
     }
     assert set(texts) == set(text.FEATURE_KEYS)
-    (x,) = next(iter(pipeline.make_dataset(texts, encoder, n)))
+    tokens = pipeline.tokenize(texts, encoder, progress=False)
+    plan = [pipeline.Batch(np.arange(n), np.ones(n, np.float32), 24)]
+    (x,) = next(iter(pipeline.make_dataset(tokens, [plan], encoder.input_keys)))
     return {k: v.numpy() for k, v in x.items()}
 
 

@@ -20,18 +20,50 @@ def test_truncate_pair_leaves_short_pairs_alone():
     assert c.to_list() == [[1, 2, 3]] and r.to_list() == [[4, 5]]
 
 
-def test_padded_indices_cover_every_row_once_with_weight_one():
-    rows, weights = pipeline.padded_indices(10, 4)
-    assert len(rows) == 12
-    assert sorted(rows[weights == 1].tolist()) == list(range(10))
-    assert weights[10:].tolist() == [0.0, 0.0]
+def test_bucket_lengths_are_few_sorted_and_end_at_the_sequence_length():
+    assert pipeline.bucket_lengths(1024) == (64, 128, 192, 256, 384, 512, 640, 768, 896, 1024)
+    assert pipeline.bucket_lengths(100) == (64, 100)
+    assert pipeline.bucket_lengths(64) == (64,)
+
+
+def _rows(plan):
+    return np.concatenate([b.rows[b.weights > 0] for b in plan])
+
+
+def test_plan_covers_every_row_once_and_pads_only_the_last_batch():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(10, 1024, size=101)
+    plan = pipeline.plan_batches(lengths, 8, pipeline.bucket_lengths(1024))
+    assert sorted(_rows(plan).tolist()) == list(range(101))
+    assert len(plan) == 13 and all(len(b.rows) == 8 for b in plan)
+    assert sum(int((b.weights == 0).sum()) for b in plan) == 3
+    for b in plan:
+        assert (lengths[b.rows] <= b.length).all()  # nothing is cut by bucketing
+    served = lengths[np.concatenate([b.rows for b in plan])]
+    assert (np.diff([b.length for b in plan]) >= 0).all()  # inference order: short to long
+    assert served.max() <= plan[-1].length
+
+
+def test_shuffled_plans_are_reproducible_per_epoch_and_differ_between_epochs():
+    lengths = np.random.default_rng(1).integers(10, 512, size=64)
+    buckets = pipeline.bucket_lengths(512)
+    a = pipeline.plan_batches(lengths, 4, buckets, shuffle=True, seed=3, epoch=0)
+    b = pipeline.plan_batches(lengths, 4, buckets, shuffle=True, seed=3, epoch=0)
+    c = pipeline.plan_batches(lengths, 4, buckets, shuffle=True, seed=3, epoch=1)
+    assert [x.rows.tolist() for x in a] == [x.rows.tolist() for x in b]
+    assert [x.rows.tolist() for x in a] != [x.rows.tolist() for x in c]
+    assert sorted(_rows(c).tolist()) == list(range(64))
+    assert len({x.length for x in a}) > 1  # batches come from several buckets, mixed
+
+
+def test_plan_with_no_rows_is_an_error():
     with pytest.raises(ValueError):
-        pipeline.padded_indices(0, 4)
+        pipeline.plan_batches(np.array([], dtype=int), 4, (64,))
 
 
 @pytest.fixture(scope="module")
 def encoder(tiny_preset):
-    preprocessor = backbones.load_preprocessor(str(tiny_preset), 32)
+    preprocessor = backbones.load_preprocessor(str(tiny_preset), 96)
     return pipeline.PairEncoder(preprocessor, ("token_ids", "padding_mask"))
 
 
@@ -46,70 +78,78 @@ def _texts(n):
     }
 
 
-def test_dataset_shapes_labels_and_zero_weight_padding(encoder):
-    labels = np.array([0, 1, 2, 0, 1])
-    batches = list(pipeline.make_dataset(_texts(5), encoder, 4, labels=labels))
-    assert len(batches) == 2
-    for x, y, _ in batches:
-        assert set(x) == {"token_ids", "padding_mask"}
-        assert x["token_ids"].shape == (4, 2, 32) and x["token_ids"].dtype == tf.int32
-        assert y.shape == (4, 3)
-    weights = np.concatenate([w.numpy() for _, _, w in batches])
-    got = np.concatenate([y.numpy().argmax(1) for _, y, _ in batches])
-    assert weights.tolist() == [1, 1, 1, 1, 1, 0, 0, 0]
-    assert got[:5].tolist() == labels.tolist()
-
-
-def test_each_side_is_cls_context_sep_response_sep(encoder):
-    (x,) = next(iter(pipeline.make_dataset(_texts(1), encoder, 1)))
+def test_tokenize_shapes_lengths_and_special_tokens(encoder):
+    tokens = pipeline.tokenize(_texts(5), encoder, progress=False)
+    assert tokens.token_ids.shape == (5, 2, 96) and tokens.lengths.shape == (5, 2)
     tokenizer = encoder.preprocessor.tokenizer
-    ids = x["token_ids"].numpy()[0]
-    mask = x["padding_mask"].numpy()[0].astype(bool)
-    for side in range(2):
-        real = ids[side][mask[side]]
-        assert real[0] == tokenizer.cls_token_id and real[-1] == tokenizer.sep_token_id
-        assert (real == tokenizer.sep_token_id).sum() == 2
-        assert (ids[side][~mask[side]] == tokenizer.pad_token_id).all()
+    for row in range(5):
+        for side in range(2):
+            n = tokens.lengths[row, side]
+            real = tokens.token_ids[row, side, :n]
+            assert real[0] == tokenizer.cls_token_id and real[-1] == tokenizer.sep_token_id
+            assert (real == tokenizer.sep_token_id).sum() == 2
+            assert (tokens.token_ids[row, side, n:] == tokenizer.pad_token_id).all()
+
+
+def test_tokenize_cache_round_trips_and_is_keyed_by_text(encoder, tmp_path):
+    texts = _texts(4)
+    first = pipeline.tokenize(texts, encoder, tmp_path, progress=False)
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+    again = pipeline.tokenize(texts, encoder, tmp_path, progress=False)
+    np.testing.assert_array_equal(first.token_ids, again.token_ids)
+    changed = {**texts, "response_b": texts["response_b"][::-1].copy()}
+    pipeline.tokenize(changed, encoder, tmp_path, progress=False)
+    assert len(list(tmp_path.glob("*.npz"))) == 2
 
 
 def test_long_context_keeps_its_last_tokens(encoder):
     texts = {key: np.asarray(["short"], dtype=object) for key in text.FEATURE_KEYS}
-    long = " ".join(f"w{i}" for i in range(200)) + " omega"
+    long = " ".join(f"w{i}" for i in range(300)) + " omega"
     texts["context_a"] = np.asarray([long], dtype=object)
-    (x,) = next(iter(pipeline.make_dataset(texts, encoder, 1)))
+    tokens = pipeline.tokenize(texts, encoder, progress=False)
+    ids = tokens.token_ids[0, 0]
+    assert tokens.lengths[0, 0] == 96  # the budget is used up
     tokenizer = encoder.preprocessor.tokenizer
-    ids = x["token_ids"].numpy()[0, 0]
-    assert x["padding_mask"].numpy()[0, 0].all()  # the budget is used up
     full = np.asarray(tokenizer(long)).tolist()
     first_sep = ids.tolist().index(tokenizer.sep_token_id)
     assert ids[1:first_sep].tolist() == full[-(first_sep - 1) :]
 
 
-def test_processes_share_rows_without_overlap(encoder):
-    labels = np.arange(10) % 3
+def test_dataset_batches_are_cut_to_their_bucket_with_weights_and_labels(encoder):
     texts = _texts(10)
-    seen = []
-    for index in range(2):
-        ds = pipeline.make_dataset(
-            texts, encoder, 4, labels=labels, process_index=index, process_count=2
-        )
-        batches = list(ds)
-        assert len(batches) == 3 and all(b[0]["token_ids"].shape[0] == 2 for b in batches)
-        for x, _, w in batches:
-            for row, weight in zip(x["token_ids"].numpy(), w.numpy(), strict=True):
-                if weight:
-                    seen.append(tuple(row[0]))
-    expected = {
-        tuple(r[0])
-        for r in next(iter(pipeline.make_dataset(texts, encoder, 12)))[0]["token_ids"].numpy()
-    }
-    assert len(seen) == 10 and set(seen) == expected
+    tokens = pipeline.tokenize(texts, encoder, progress=False)
+    labels = np.arange(10) % 3
+    plan = pipeline.plan_batches(tokens.row_lengths(), 4, (32, 64, 96))
+    batches = list(pipeline.make_dataset(tokens, [plan], encoder.input_keys, labels))
+    assert len(batches) == len(plan) == 3
+    for (x, y, w), b in zip(batches, plan, strict=True):
+        assert x["token_ids"].shape == (4, 2, b.length) and x["token_ids"].dtype == tf.int32
+        mask = x["padding_mask"].numpy()
+        np.testing.assert_array_equal(mask.sum(-1), tokens.lengths[b.rows])
+        np.testing.assert_array_equal(y.numpy().argmax(1), labels[b.rows])
+        np.testing.assert_array_equal(w.numpy(), b.weights)
 
 
-def test_shuffle_changes_order_between_epochs_but_keeps_rows(encoder):
-    labels = np.arange(16) % 3
-    ds = pipeline.make_dataset(_texts(16), encoder, 4, labels=labels, shuffle=True, seed=1)
-    epochs = [np.concatenate([y.numpy().argmax(1) for _, y, _ in ds]) for _ in range(2)]
-    firsts = [[tuple(x["token_ids"].numpy()[0, 0]) for x, _, _ in ds] for _ in range(2)]
-    assert sorted(epochs[0].tolist()) == sorted(labels.tolist())
-    assert firsts[0] != firsts[1]
+def test_processes_each_feed_their_share_of_every_batch(encoder):
+    tokens = pipeline.tokenize(_texts(10), encoder, progress=False)
+    plan = pipeline.plan_batches(tokens.row_lengths(), 4, (32, 64, 96))
+    whole = list(pipeline.make_dataset(tokens, [plan], encoder.input_keys))
+    parts = [
+        list(pipeline.make_dataset(tokens, [plan], encoder.input_keys, None, i, 2))
+        for i in range(2)
+    ]
+    for step, (x,) in enumerate(whole):
+        halves = [parts[i][step][0]["token_ids"].numpy() for i in range(2)]
+        assert halves[0].shape[0] == 2
+        np.testing.assert_array_equal(np.concatenate(halves), x["token_ids"].numpy())
+
+
+def test_padding_efficiency_counts_real_over_computed_tokens(encoder):
+    short = {key: np.asarray([f"{key} row {i}" * (1 + 6 * (i % 2)) for i in range(8)], dtype=object)
+             for key in text.FEATURE_KEYS}  # fmt: skip
+    tokens = pipeline.tokenize(short, encoder, progress=False)
+    fixed = [pipeline.Batch(np.arange(8), np.ones(8, np.float32), 96)]
+    expected = tokens.lengths.sum() / (8 * 2 * 96)
+    assert pipeline.padding_efficiency(tokens, fixed) == pytest.approx(expected)
+    bucketed = pipeline.plan_batches(tokens.row_lengths(), 4, (32, 64, 96))
+    assert pipeline.padding_efficiency(tokens, bucketed) > expected
