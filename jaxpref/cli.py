@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from jaxpref import backbones, data, distribution, prediction
 from jaxpref.config import DEFAULT_PRESET, TrainConfig
@@ -37,6 +35,41 @@ def _device_flags(parser: argparse.ArgumentParser) -> None:
         help="use this many devices (default: all). With --devices cpu, N>1 splits the host "
         "CPU into N XLA devices to simulate several accelerators",
     )
+
+
+def _process_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "several processes/hosts",
+        "Run the same command on every host. Without these flags, JAX_COORDINATOR_ADDRESS, "
+        "JAX_NUM_PROCESSES, JAX_PROCESS_ID or a launcher JAX detects (SLURM, Open MPI, Cloud "
+        "TPU, GKE) are used; otherwise the run is one process.",
+    )
+    group.add_argument(
+        "--coordinator-address",
+        default=None,
+        help="HOST:PORT of process 0, reachable from every host",
+    )
+    group.add_argument("--num-processes", type=int, default=None, help="total processes")
+    group.add_argument("--process-id", type=int, default=None, help="this process, 0..N-1")
+    group.add_argument(
+        "--distributed-timeout",
+        type=int,
+        default=300,
+        help="seconds to wait for the other processes to join",
+    )
+    group.add_argument(
+        "--heartbeat-timeout",
+        type=int,
+        default=100,
+        help="seconds after which a silent process counts as dead and all exit",
+    )
+
+
+def _initialize_processes(args: argparse.Namespace) -> None:
+    distribution.initialize_processes(
+        args.coordinator_address, args.num_processes, args.process_id,
+        args.distributed_timeout, args.heartbeat_timeout,
+    )  # fmt: skip
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -86,6 +119,7 @@ def train_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     p.add_argument("--dropout", type=float, default=d.dropout)
+    _process_flags(p)
     return p
 
 
@@ -124,11 +158,12 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     args = train_parser().parse_args(argv)
     distribution.configure_environment(args.devices, args.num_devices)
     fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
-    fields["run_dir"] = args.run_dir or str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    fields["run_dir"] = args.run_dir or ""
 
     def go():
         from jaxpref import training
 
+        _initialize_processes(args)
         training.train(TrainConfig(**fields))
 
     return _run(go)
@@ -139,6 +174,7 @@ def infer_main(argv: Sequence[str] | None = None) -> int:
     distribution.configure_environment(args.devices, args.num_devices)
 
     def go():
+        _initialize_processes(args)
         path = prediction.infer(
             args.run_dir,
             args.test_csv,

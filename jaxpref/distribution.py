@@ -37,6 +37,59 @@ def configure_environment(devices: str, num_devices: int | None) -> None:
         os.environ["XLA_FLAGS"] = " ".join([*flags, flag])
 
 
+CLUSTER_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "OMPI_MCA_orte_hnp_uri", "TPU_WORKER_HOSTNAMES")
+
+
+def cluster_detected() -> bool:
+    """Whether a launcher JAX auto-detects started several processes (SLURM, MPI, TPU pods...)."""
+    if any(os.environ.get(v) for v in CLUSTER_VARIABLES):
+        return True
+    return "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1
+
+
+def initialize_processes(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    timeout: int = 300,
+    heartbeat_timeout: int = 100,
+) -> None:
+    """Join the other processes through JAX's own runtime (NCCL on GPU, gloo on CPU).
+
+    Explicit flags win; then `JAX_COORDINATOR_ADDRESS`/`JAX_NUM_PROCESSES`/`JAX_PROCESS_ID`;
+    then the launchers JAX detects (SLURM, Open MPI, Cloud TPU, GKE). One process and no
+    launcher: nothing to do. A process that dies is noticed within `heartbeat_timeout` seconds
+    and every other process then exits with an error instead of waiting forever.
+    """
+    import jax
+
+    num_processes = num_processes or _env_int("JAX_NUM_PROCESSES")
+    process_id = process_id if process_id is not None else _env_int("JAX_PROCESS_ID")
+    explicit = coordinator_address is not None or (num_processes or 1) > 1
+    if not explicit and not cluster_detected():
+        return
+    if os.environ.get("JAX_PLATFORMS", "") == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address,
+            num_processes=num_processes,
+            process_id=process_id,
+            initialization_timeout=timeout,
+            heartbeat_timeout_seconds=heartbeat_timeout,
+        )
+    except Exception as err:  # JAX raises several types here; all mean the same to a user.
+        raise DeviceError(
+            f"could not join the other processes (coordinator {coordinator_address or 'auto'}, "
+            f"{num_processes or 'auto'} processes, this is {process_id}): {err}"
+        ) from err
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value else None
+
+
 def hide_accelerators_from_tensorflow() -> None:
     """TensorFlow only runs tf.data here; keep it off the GPUs that JAX owns."""
     import tensorflow as tf
@@ -62,6 +115,8 @@ def select_devices(devices: str, num_devices: int | None) -> list:
     if num_devices is None:
         return list(found)
     if jax.process_count() > 1:
+        if devices == "cpu":
+            return list(found)  # --num-devices set each process's simulated CPU devices
         raise DeviceError("--num-devices cannot be combined with several processes")
     if num_devices < 1 or num_devices > len(found):
         raise DeviceError(

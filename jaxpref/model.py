@@ -50,6 +50,27 @@ class UnfoldSides(keras.layers.Layer):
         return (None, input_shape[-1]), (None, input_shape[-1])
 
 
+@keras.saving.register_keras_serializable(package="jaxpref")
+class SiameseModel(keras.Model):
+    """A functional model whose predictions are gathered onto every process.
+
+    Under multi-host data parallelism each process holds only its share of a global batch; the
+    predictions (B, 3) are tiny, so every process gets all of them and any can write files.
+    """
+
+    def predict_step(self, state, data):
+        import jax
+
+        outputs, non_trainable_variables = super().predict_step(state, data)
+        dist = keras.distribution.distribution()
+        if dist is not None:
+            everywhere = jax.sharding.NamedSharding(
+                dist.device_mesh.backend_mesh, jax.sharding.PartitionSpec()
+            )
+            outputs = jax.lax.with_sharding_constraint(outputs, everywhere)
+        return outputs, non_trainable_variables
+
+
 def set_precision(precision: str) -> None:
     """Global Keras dtype policy; call before building the backbone."""
     keras.config.set_dtype_policy(precision)
@@ -78,7 +99,7 @@ def build_model(backbone, dropout: float = 0.1) -> keras.Model:
     features = keras.layers.Dropout(dropout, name="head_dropout")(features)
     logits = keras.layers.Dense(NUM_CLASSES, dtype="float32", name="logits")(features)
     probs = keras.layers.Activation("softmax", dtype="float32", name="probs")(logits)
-    return keras.Model(inputs, probs, name="siamese_preference")
+    return SiameseModel(inputs, probs, name="siamese_preference")
 
 
 def compile_model(

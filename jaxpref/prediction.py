@@ -51,7 +51,11 @@ def load_run(run_dir: str | os.PathLike):
 
 def predict_tokens(model, tokens: pipeline.TokenizedPairs, plan, input_keys) -> np.ndarray:
     """Class probabilities (n, 3) for every tokenized row, in input order; none dropped."""
-    ds = pipeline.make_dataset(tokens, [plan], input_keys)
+    import jax
+
+    ds = pipeline.make_dataset(
+        tokens, [plan], input_keys, None, jax.process_index(), jax.process_count()
+    )
     probs = np.asarray(model.predict(ds, verbose=1 if sys.stdout.isatty() else 0), "float64")
     rows = np.concatenate([b.rows for b in plan])
     real = np.concatenate([b.weights for b in plan]) > 0

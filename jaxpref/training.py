@@ -97,6 +97,12 @@ def train(
     keras.utils.set_random_seed(cfg.seed)
     primary = jax.process_index() == 0
 
+    if not cfg.run_dir:
+        if jax.process_count() > 1:
+            raise distribution.DeviceError(
+                "--run-dir is required with several processes (a directory every host shares)"
+            )
+        cfg = dataclasses.replace(cfg, run_dir=str(Path("runs") / time.strftime("%Y%m%d-%H%M%S")))
     run_dir = Path(cfg.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir, primary)

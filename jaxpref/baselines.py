@@ -1,0 +1,161 @@
+"""Simple baselines that a preference model has to beat, scored with the same log loss.
+
+Three predictors of increasing strength, all fitted on the training rows only:
+
+- ``class_prior``: the training class frequencies for every row (the floor);
+- ``length_logreg``: multinomial logistic regression on length and markdown features of each
+  side's response (longer, better formatted answers win more often in the arena);
+- ``tfidf_length_logreg``: the same plus the difference of the two responses' TF-IDF vectors,
+  so that words, not only lengths, can move the prediction.
+
+They use scikit-learn only (no JAX or Keras), so they run anywhere in seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from jaxpref import text
+
+__all__ = [
+    "BASELINE_NAMES",
+    "TfidfLengthModel",
+    "class_prior",
+    "fit_baselines",
+    "length_features",
+    "predict_baselines",
+]
+
+BASELINE_NAMES = ("class_prior", "length_logreg", "tfidf_length_logreg")
+RANDOM_STATE = 0
+MAX_TFIDF_FEATURES = 20_000
+MAX_ITER = 2_000
+
+_LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s", re.MULTILINE)
+_HEADER = re.compile(r"^\s*#{1,6}\s", re.MULTILINE)
+
+
+@dataclasses.dataclass(frozen=True)
+class TfidfLengthModel:
+    """The fitted parts of the TF-IDF + length baseline."""
+
+    vectorizer: TfidfVectorizer
+    scaler: StandardScaler
+    classifier: LogisticRegression
+
+
+def class_prior(train_labels: np.ndarray) -> np.ndarray:
+    """Class frequencies (3,) with one added count per class, so no class gets probability 0.
+
+    The same smoothing as the trainer's ``prior_val_log_loss`` in ``summary.json``.
+    """
+    counts = np.bincount(np.asarray(train_labels), minlength=3)[:3] + 1.0
+    return counts / counts.sum()
+
+
+def _text_counts(response: str, context: str) -> list[int]:
+    return [
+        len(response),
+        len(response.split()),
+        response.count("\n") + 1 if response else 0,
+        response.count("```") // 2,
+        len(_HEADER.findall(response)),
+        len(_LIST_ITEM.findall(response)),
+        response.count("**") // 2,
+        len(context),
+    ]
+
+
+def _side_counts(pairs: dict[str, np.ndarray], side: str) -> np.ndarray:
+    rows = [
+        _text_counts(response, context)
+        for response, context in zip(
+            pairs[f"response_{side}"], pairs[f"context_{side}"], strict=True
+        )
+    ]
+    return np.log1p(np.asarray(rows, dtype=np.float64).reshape(len(rows), -1))
+
+
+def length_features(pairs: dict[str, np.ndarray]) -> np.ndarray:
+    """(n, 32) features from ``text.format_pairs`` output: per side, A−B and |A−B|, log1p scaled.
+
+    Per side: response characters, words, lines, code blocks, markdown headers, list items,
+    bold spans, and the context's characters. The signed difference lets a linear model prefer
+    the longer side; the absolute difference lets it predict ties when the sides look alike.
+    """
+    a = _side_counts(pairs, "a")
+    b = _side_counts(pairs, "b")
+    return np.hstack([a, b, a - b, np.abs(a - b)])
+
+
+def _logistic_regression(c: float = 1.0) -> LogisticRegression:
+    return LogisticRegression(C=c, max_iter=MAX_ITER, random_state=RANDOM_STATE)
+
+
+def _tfidf_design(model: TfidfLengthModel, pairs: dict, lengths: np.ndarray) -> sp.csr_matrix:
+    diff = model.vectorizer.transform(pairs["response_a"]) - model.vectorizer.transform(
+        pairs["response_b"]
+    )
+    return sp.hstack([diff, sp.csr_matrix(model.scaler.transform(lengths))], format="csr")
+
+
+def _class_probs(classifier, features) -> np.ndarray:
+    """(n, 3) probabilities, with zeros for a class absent from the training labels."""
+    probs = np.zeros((features.shape[0], 3))
+    probs[:, classifier.classes_] = classifier.predict_proba(features)
+    return probs
+
+
+def fit_baselines(train_df: pd.DataFrame) -> dict[str, object]:
+    """Fit every baseline on labelled rows (a ``data.read_arena_csv(..., labelled=True)`` frame).
+
+    Returns ``{name: fitted}`` for the names in ``BASELINE_NAMES``; deterministic.
+    """
+    labels = train_df["label"].to_numpy()
+    pairs = text.format_pairs(train_df)
+    lengths = length_features(pairs)
+
+    length_model = make_pipeline(StandardScaler(), _logistic_regression())
+    length_model.fit(lengths, labels)
+
+    vectorizer = TfidfVectorizer(
+        sublinear_tf=True, max_features=MAX_TFIDF_FEATURES, min_df=2, dtype=np.float32
+    )
+    vectorizer.fit(np.concatenate([pairs["response_a"], pairs["response_b"]]))
+    tfidf_model = TfidfLengthModel(
+        vectorizer, StandardScaler().fit(lengths), _logistic_regression()
+    )
+    tfidf_model.classifier.fit(_tfidf_design(tfidf_model, pairs, lengths), labels)
+
+    return {
+        "class_prior": class_prior(labels),
+        "length_logreg": length_model,
+        "tfidf_length_logreg": tfidf_model,
+    }
+
+
+def predict_baselines(fitted: dict[str, object], df: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Probabilities (n, 3) of every fitted baseline for the rows of ``df``, in row order."""
+    pairs = text.format_pairs(df)
+    lengths = length_features(pairs)
+    out: dict[str, np.ndarray] = {}
+    for name, model in fitted.items():
+        if name == "class_prior":
+            probs = np.tile(model, (len(df), 1))
+        elif name == "length_logreg":
+            probs = _class_probs(model, lengths)
+        elif name == "tfidf_length_logreg":
+            probs = _class_probs(model.classifier, _tfidf_design(model, pairs, lengths))
+        else:
+            raise ValueError(f"unknown baseline {name!r}; expected one of {BASELINE_NAMES}")
+        out[name] = np.asarray(probs, dtype=np.float64)
+    return out
