@@ -139,6 +139,7 @@ def infer_parser() -> argparse.ArgumentParser:
         default=None,
         help="global batch size (default: the training batch size)",
     )
+    _process_flags(p)
     return p
 
 
