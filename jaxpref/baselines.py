@@ -8,7 +8,8 @@ Three predictors of increasing strength, all fitted on the training rows only:
 - ``tfidf_length_logreg``: the same plus the difference of the two responses' TF-IDF vectors,
   so that words, not only lengths, can move the prediction.
 
-They use scikit-learn only (no JAX or Keras), so they run anywhere in seconds.
+They use scikit-learn only (no JAX or Keras): seconds on the 1,000-row sample, a few minutes
+on the competition's 57k rows, on CPU.
 """
 
 from __future__ import annotations
@@ -116,7 +117,9 @@ def _logistic_regression(c: float) -> LogisticRegression:
     return LogisticRegression(C=c, max_iter=MAX_ITER, random_state=RANDOM_STATE)
 
 
-def fit_logistic_regression(features, labels: np.ndarray) -> LogisticRegression:
+def fit_logistic_regression(
+    features: np.ndarray | sp.spmatrix, labels: np.ndarray
+) -> LogisticRegression:
     """Multinomial logistic regression with C from ``C_GRID``, picked on training rows only.
 
     One stratified fifth of the rows is held out; the C with the lowest log loss there is

@@ -7,8 +7,10 @@ Known failures (bad data, missing devices, unusable presets or run directories) 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from jaxpref import backbones, data, distribution, prediction
 from jaxpref.config import DEFAULT_PRESET, TrainConfig
@@ -19,6 +21,9 @@ USER_ERRORS = (
     backbones.PresetError,
     prediction.RunDirError,
 )
+
+
+PREEMPTED_EXIT = 143  # 128 + SIGTERM: stopped on request, state saved, resumable
 
 
 def _device_flags(parser: argparse.ArgumentParser) -> None:
@@ -119,6 +124,18 @@ def train_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     p.add_argument("--dropout", type=float, default=d.dropout)
+    p.add_argument(
+        "--save-every",
+        type=int,
+        default=None,
+        help="also save the resumable training state every N steps (default: each epoch end only)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --run-dir from its newest state checkpoint, with "
+        "its saved configuration and the same data order",
+    )
     _process_flags(p)
     return p
 
@@ -144,11 +161,16 @@ def infer_parser() -> argparse.ArgumentParser:
 
 
 def _run(fn) -> int:
+    from jaxpref import checkpoints  # imports Keras: only after the environment is set
+
     try:
         fn()
-    except USER_ERRORS as err:
+    except (*USER_ERRORS, checkpoints.ResumeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except checkpoints.Preempted as stop:
+        print(f"preempted: {stop}", file=sys.stderr)
+        return PREEMPTED_EXIT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -162,10 +184,23 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     fields["run_dir"] = args.run_dir or ""
 
     def go():
-        from jaxpref import training
+        from jaxpref import checkpoints, training
 
         _initialize_processes(args)
-        training.train(TrainConfig(**fields))
+        cfg = TrainConfig(**fields)
+        if args.resume:
+            saved = Path(args.run_dir or "") / "config.json"
+            if not args.run_dir or not saved.exists():
+                raise checkpoints.ResumeError(
+                    f"--resume needs --run-dir of an earlier run ({saved})"
+                )
+            cfg = dataclasses.replace(
+                TrainConfig.from_json(saved),
+                devices=args.devices,
+                num_devices=args.num_devices,
+                run_dir=args.run_dir,
+            )
+        training.train(cfg, resume=args.resume)
 
     return _run(go)
 

@@ -34,6 +34,7 @@ class TrainConfig:
     precision: str = "auto"
     label_smoothing: float = 0.02
     dropout: float = 0.1
+    save_every: int | None = None
 
     def default_learning_rate(self) -> float:
         """LoRA adapters want a larger step than full fine-tuning."""

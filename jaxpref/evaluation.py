@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from jaxpref import baselines, cli, data, distribution, prediction
 from jaxpref.config import TrainConfig
@@ -133,8 +134,9 @@ def score_table(
 
     Returns ``{"rows", "scores": {name: metrics}, "model_log_loss_se",
     "model_minus_baseline": {name: {"log_loss", "se"}}}``; the model comes first in
-    ``scores``. Differences are paired per row (model − baseline, negative = the model is
-    better), so their standard error is much smaller than either log loss's own.
+    ``scores``. Differences are taken per row (model − baseline, negative = the model is
+    better) and their standard error is that of the paired differences, which is what says
+    whether the model really beats a baseline on these rows.
     """
     model_losses = row_log_loss(model_probs, labels)
     scores = {MODEL: metrics(model_probs, labels)}
@@ -260,17 +262,17 @@ def learning_curves(history_csv: str | os.PathLike, path: str | os.PathLike) -> 
     epochs = history["epoch"].to_numpy() + 1
     figure = Figure(figsize=(10, 4), layout="constrained")
     losses, accuracies = figure.subplots(1, 2)
-    for axis, columns in (
-        (losses, ("log_loss", "val_log_loss", "loss", "val_loss")),
-        (accuracies, ("accuracy", "val_accuracy")),
-    ):
-        for column in columns:
-            if column in history.columns:
-                style = "--" if column.startswith("val_") else "-"
-                axis.plot(epochs, history[column], style, marker="o", label=column)
+    for axis, metric_names in ((losses, ("log_loss", "loss")), (accuracies, ("accuracy",))):
+        for color, name in enumerate(metric_names):
+            for column, style in ((name, "-"), (f"val_{name}", "--")):
+                if column in history.columns:
+                    axis.plot(
+                        epochs, history[column], style, color=f"C{color}", marker="o", label=column
+                    )
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.legend()
-    losses.set(title="loss (log_loss is the competition metric)", ylabel="loss")
+    losses.set(title="log_loss (competition metric); loss is label-smoothed", ylabel="loss")
     accuracies.set(title="accuracy", ylabel="accuracy")
     return _save(figure, path)
 

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from jaxpref import backbones, data, distribution, pipeline, prediction, text
+from jaxpref import backbones, checkpoints, data, distribution, pipeline, prediction, text
 from jaxpref.config import BEST_CHECKPOINT_DIR, PRESET_DIR, TrainConfig, resolve_precision
 
 log = logging.getLogger("jaxpref")
@@ -53,6 +54,21 @@ def prior_log_loss(train_labels: np.ndarray, valid_labels: np.ndarray) -> float:
     return float(-np.mean(np.log(prior[valid_labels])))
 
 
+def _forget_epochs_from(run_dir: Path, epoch: int) -> None:
+    """Before replaying epochs from `epoch` (0-based), drop what they wrote last time."""
+    best_dir = run_dir / BEST_CHECKPOINT_DIR
+    if best_dir.exists():
+        for step in best_dir.iterdir():
+            if step.name.isdigit() and int(step.name) >= epoch:
+                shutil.rmtree(step)
+    history = run_dir / "history.csv"
+    if history.exists() and history.stat().st_size:
+        frame = pd.read_csv(history)
+        frame[frame["epoch"] < epoch].to_csv(history, index=False)
+    elif history.exists():
+        history.unlink()
+
+
 def epoch_logger():
     """A Keras callback that writes one log line per epoch."""
     import keras
@@ -77,13 +93,15 @@ def train(
     cfg: TrainConfig,
     train_df: pd.DataFrame | None = None,
     valid_df: pd.DataFrame | None = None,
+    resume: bool = False,
 ) -> dict:
     """Train per `cfg` on every selected device; returns the summary written to summary.json.
 
     The split comes from `cfg.train_csv` unless both `train_df` and `valid_df` (frames as
     returned by `data.read_arena_csv`) are given, as cross-validation does. The process
     environment must already select the JAX backend and platform
-    (`distribution.configure_environment`), as the CLI does.
+    (`distribution.configure_environment`), as the CLI does. With `resume`, training continues
+    from the newest state checkpoint in `cfg.run_dir` with the same data order.
     """
     import jax
     import keras
@@ -104,6 +122,11 @@ def train(
             )
         cfg = dataclasses.replace(cfg, run_dir=str(Path("runs") / time.strftime("%Y%m%d-%H%M%S")))
     run_dir = Path(cfg.run_dir).resolve()
+    if not resume and (run_dir / "checkpoints").exists():
+        raise checkpoints.ResumeError(
+            f"{run_dir} already holds checkpoints; pass --resume to continue that run, "
+            "or choose another --run-dir"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir, primary)
     cfg = dataclasses.replace(
@@ -176,49 +199,82 @@ def train(
     shard = {"process_index": jax.process_index(), "process_count": jax.process_count()}
     keys = encoder.input_keys
     train_labels = train_df["label"].to_numpy()
-    train_ds = pipeline.make_dataset(train_tokens, train_plans, keys, train_labels, **shard)
-    valid_labels = valid_df["label"].to_numpy()
-    valid_ds = pipeline.make_dataset(valid_tokens, [valid_plan], keys, valid_labels, **shard)
-
-    callbacks = [
-        keras.callbacks.OrbaxCheckpoint(
-            str(run_dir / BEST_CHECKPOINT_DIR),
-            monitor="val_log_loss",
-            mode="min",
-            save_best_only=True,
-            save_weights_only=True,
-            max_to_keep=1,
-        ),
-        epoch_logger(),
-    ]
-    if primary:
-        callbacks.append(keras.callbacks.CSVLogger(str(run_dir / "history.csv")))
-    start = time.time()
-    history = model.fit(
-        train_ds,
-        validation_data=valid_ds,
-        epochs=cfg.epochs,
-        steps_per_epoch=len(train_plans[0]),
-        callbacks=callbacks,
-        shuffle=False,  # the pipeline reshuffles every epoch
-        verbose=1 if sys.stdout.isatty() else 2,
+    valid_ds = pipeline.make_dataset(
+        valid_tokens, [valid_plan], keys, valid_df["label"].to_numpy(), **shard
     )
-    val_losses = history.history["val_log_loss"]
-    best = int(np.argmin(val_losses))
+
+    steps = len(train_plans[0])
+    start_epoch, start_step, best, best_epoch = 0, 0, math.inf, 0
+    if resume:
+        meta = checkpoints.restore_state(model, run_dir)
+        start_epoch, start_step = meta["epoch"], meta["step_in_epoch"]
+        best = meta["best_val_log_loss"] if meta["best_val_log_loss"] is not None else math.inf
+        best_epoch = meta["best_epoch"]
+        log.info(
+            "resuming at epoch %d, step %d (best so far %.4f)", start_epoch + 1, start_step, best
+        )
+        if primary:
+            _forget_epochs_from(run_dir, start_epoch)
+    state = checkpoints.StateCheckpoint(
+        run_dir / checkpoints.STATE_DIR, steps, cfg.save_every, best, best_epoch
+    )
+
+    def fit(plans, first_epoch: int, last_epoch: int, steps_per_epoch: int) -> None:
+        callbacks = [
+            keras.callbacks.OrbaxCheckpoint(
+                str(run_dir / BEST_CHECKPOINT_DIR),
+                monitor="val_log_loss",
+                mode="min",
+                save_best_only=True,
+                save_weights_only=True,
+                max_to_keep=1,
+                initial_value_threshold=None if math.isinf(state.best) else state.best,
+            ),
+            state,
+            epoch_logger(),
+        ]
+        if primary:
+            callbacks.append(keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True))
+        model.fit(
+            pipeline.make_dataset(train_tokens, plans, keys, train_labels, **shard),
+            validation_data=valid_ds,
+            initial_epoch=first_epoch,
+            epochs=last_epoch,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=callbacks,
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+        if state.preempted:
+            raise checkpoints.Preempted(
+                f"stopped on SIGTERM; state saved in {run_dir / checkpoints.STATE_DIR}. "
+                f"Continue with: train_jax.py --resume --run-dir {run_dir}"
+            )
+
+    start = time.time()
+    if start_step:  # finish the interrupted epoch from the step where it stopped
+        fit(
+            [train_plans[start_epoch][start_step:]],
+            start_epoch,
+            start_epoch + 1,
+            steps - start_step,
+        )
+        start_epoch += 1
+    if start_epoch < cfg.epochs:
+        fit(train_plans[start_epoch:], start_epoch, cfg.epochs, steps)
+
+    model.load_weights(str(run_dir / BEST_CHECKPOINT_DIR))
+    valid_probs = prediction.predict_tokens(model, valid_tokens, valid_plan, keys)
+    valid_labels = valid_df["label"].to_numpy()
     summary = {
-        "best_epoch": best + 1,
-        "best_val_log_loss": float(val_losses[best]),
-        "best_val_accuracy": float(history.history["val_accuracy"][best]),
+        "best_epoch": state.best_epoch,
+        "best_val_log_loss": state.best,
+        "best_val_accuracy": float(np.mean(valid_probs.argmax(axis=1) == valid_labels)),
         "prior_val_log_loss": baseline,
         "epochs": cfg.epochs,
         "train_rows": len(train_df),
         "valid_rows": len(valid_df),
         "train_seconds": round(time.time() - start, 1),
     }
-    if not all(math.isfinite(v) for v in val_losses):
-        log.warning("non-finite validation loss seen: %s", val_losses)
-    model.load_weights(str(run_dir / BEST_CHECKPOINT_DIR))
-    valid_probs = prediction.predict_tokens(model, valid_tokens, valid_plan, keys)
     if primary:
         prediction.write_submission(valid_df["id"], valid_probs, run_dir / "valid_predictions.csv")
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -1,0 +1,161 @@
+"""Resumable training state: weights, optimizer, RNG and progress, saved with Orbax.
+
+`checkpoints/state/<global step>/` holds the model's trainable and non-trainable variables (the
+dropout RNG state among them) and the optimizer's variables; the checkpoint's custom metadata
+holds the epoch, the step inside it and the best validation log loss so far. Orbax writes each
+checkpoint to a temporary directory and renames it when complete, so a process killed during a
+save leaves the previous checkpoint intact. Every process takes part in a save (Orbax
+coordinates them); on several processes a preemption notice (SIGTERM) is agreed on through
+JAX's preemption sync point, so all save at the same step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+from pathlib import Path
+
+import keras
+
+log = logging.getLogger("jaxpref")
+
+STATE_DIR = "checkpoints/state"
+SAVED_PARTS = ("trainable_variables", "non_trainable_variables", "optimizer_variables")
+
+
+class ResumeError(RuntimeError):
+    """Nothing to resume, or a fresh run would overwrite an earlier one."""
+
+
+class Preempted(Exception):
+    """Training stopped on SIGTERM after saving its state; rerun with --resume."""
+
+
+def _checkpointer(directory: Path, keep: int = 2):
+    import orbax.checkpoint as oc
+
+    ocp = oc.v1
+    return ocp.training.Checkpointer(
+        directory=str(directory),
+        preservation_policy=ocp.training.preservation_policies.LatestN(keep),
+    )
+
+
+def _multiprocess() -> bool:
+    import jax
+
+    return jax.process_count() > 1
+
+
+class StateCheckpoint(keras.callbacks.Callback):
+    """Saves the full training state every `save_every` steps and at every epoch end.
+
+    `best` / `best_epoch` track the lowest `val_log_loss` seen, so a resumed run keeps choosing
+    the best checkpoint against the whole history. On SIGTERM the state is saved at the next
+    step boundary and training stops (`preempted` is set).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        steps_per_epoch: int,
+        save_every: int | None = None,
+        best: float = math.inf,
+        best_epoch: int = 0,
+    ):
+        super().__init__()
+        self.directory = Path(directory)
+        self.steps_per_epoch = steps_per_epoch
+        self.save_every = save_every
+        self.best = best
+        self.best_epoch = best_epoch
+        self.preempted = False
+        self._signalled = False
+        self._checkpointer = _checkpointer(self.directory)
+        self._previous_handler = None
+
+    def on_train_begin(self, logs=None):
+        if not _multiprocess():
+            self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def on_train_end(self, logs=None):
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)
+            self._previous_handler = None
+        self._checkpointer.wait()
+
+    def _on_sigterm(self, signum, frame):
+        self._signalled = True
+
+    def _preemption_requested(self, step: int) -> bool:
+        if _multiprocess():
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self._signalled
+
+    def _step(self) -> int:
+        return int(self.model.optimizer.iterations)
+
+    def save(self) -> int:
+        """Save now (blocking); returns the global step saved."""
+        model = self.model
+        step = self._step()
+        tree = model.get_state_tree()
+        state = {part: tree[part] for part in SAVED_PARTS if part in tree}
+        meta = {
+            "global_step": step,
+            "epoch": step // self.steps_per_epoch,
+            "step_in_epoch": step % self.steps_per_epoch,
+            "best_val_log_loss": None if math.isinf(self.best) else self.best,
+            "best_epoch": self.best_epoch,
+        }
+        self._checkpointer.save_checkpointables(
+            step, {"pytree": state}, custom_metadata=meta, force=True
+        )
+        self._checkpointer.wait()
+        return step
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self._step()
+        if self._preemption_requested(step):
+            saved = self.save()
+            log.warning("SIGTERM: saved the training state at step %d; stopping", saved)
+            self.preempted = True
+            self.model.stop_training = True
+            return
+        at_epoch_end = step % self.steps_per_epoch == 0
+        if self.save_every and step % self.save_every == 0 and not at_epoch_end:
+            self.save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = (logs or {}).get("val_log_loss")
+        if current is not None and current < self.best:
+            self.best, self.best_epoch = float(current), epoch + 1
+        if not self.preempted:
+            self.save()
+
+
+def latest_state(run_dir: Path) -> dict | None:
+    """Metadata of the newest complete state checkpoint, or None."""
+    directory = Path(run_dir) / STATE_DIR
+    if not directory.exists():
+        return None
+    checkpointer = _checkpointer(directory)
+    latest = checkpointer.latest
+    if latest is None:
+        return None
+    meta = dict(checkpointer.metadata(latest.step).custom_metadata or {})
+    meta["path"] = str(directory / str(latest.step))
+    return meta
+
+
+def restore_state(model: keras.Model, run_dir: Path) -> dict:
+    """Load the newest state checkpoint into a compiled model; returns its metadata."""
+    meta = latest_state(run_dir)
+    if meta is None:
+        raise ResumeError(f"no training state to resume in {Path(run_dir) / STATE_DIR}")
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(str(Path(run_dir) / STATE_DIR))  # Keras restores the newest step
+    return meta
