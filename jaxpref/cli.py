@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -160,6 +161,17 @@ def infer_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _leave_other_processes(code: int) -> None:
+    """With several processes, exit at once: JAX's shutdown barrier would keep this process
+    answering heartbeats while the others wait in a collective. Once it is gone, they stop
+    within --heartbeat-timeout."""
+    jax = sys.modules.get("jax")
+    if jax is not None and jax.process_count() > 1:
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(code)
+
+
 def _run(fn) -> int:
     from jaxpref import checkpoints  # imports Keras: only after the environment is set
 
@@ -167,6 +179,7 @@ def _run(fn) -> int:
         fn()
     except (*USER_ERRORS, checkpoints.ResumeError) as err:
         print(f"error: {err}", file=sys.stderr)
+        _leave_other_processes(2)
         return 2
     except checkpoints.Preempted as stop:
         print(f"preempted: {stop}", file=sys.stderr)

@@ -69,6 +69,14 @@ def _forget_epochs_from(run_dir: Path, epoch: int) -> None:
         history.unlink()
 
 
+def weights_fingerprint(model) -> str:
+    """Sum and sum of squares of every weight: a cheap check that replicas agree."""
+    values = [np.asarray(v.value, dtype=np.float64) for v in model.weights]
+    total = sum(float(v.sum()) for v in values)
+    squares = sum(float((v * v).sum()) for v in values)
+    return f"{total:.10e}/{squares:.10e}"
+
+
 def epoch_logger():
     """A Keras callback that writes one log line per epoch."""
     import keras
@@ -229,6 +237,9 @@ def train(
                 save_weights_only=True,
                 max_to_keep=1,
                 initial_value_threshold=None if math.isinf(state.best) else state.best,
+                # Synchronous: a background save would overlap the state save's multi-host
+                # barrier at the same epoch end.
+                save_on_background=False,
             ),
             state,
             epoch_logger(),
@@ -262,6 +273,7 @@ def train(
     if start_epoch < cfg.epochs:
         fit(train_plans[start_epoch:], start_epoch, cfg.epochs, steps)
 
+    log.info("final weights fingerprint (equal on every process): %s", weights_fingerprint(model))
     model.load_weights(str(run_dir / BEST_CHECKPOINT_DIR))
     valid_probs = prediction.predict_tokens(model, valid_tokens, valid_plan, keys)
     valid_labels = valid_df["label"].to_numpy()

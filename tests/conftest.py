@@ -103,3 +103,55 @@ def run_script(script: str, *args: str, timeout: int = 600) -> subprocess.Comple
         env=env,
         cwd=REPO,
     )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_script(script: str, *args: str, log: Path) -> subprocess.Popen:
+    """Start scripts/<script> in the background, output to `log` (the caller waits or kills)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    env["PYTHONUNBUFFERED"] = "1"
+    handle = open(log, "w")
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / script), *args],
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=REPO,
+    )
+
+
+def run_processes(script: str, args: list[str], count: int, logs: Path, timeout: int = 600):
+    """Run `count` processes of one job on 127.0.0.1; their exit codes (killed on timeout)."""
+    port = free_port()
+    procs = [
+        start_script(
+            script, *args, "--coordinator-address", f"127.0.0.1:{port}",
+            "--num-processes", str(count), "--process-id", str(i),
+            log=logs / f"{script}.{i}.log",
+        )
+        for i in range(count)
+    ]  # fmt: skip
+    try:
+        return [p.wait(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+@pytest.fixture(scope="session")
+def small_csv(tmp_path_factory) -> Path:
+    """The first 240 rows of the embedded sample: 27 steps an epoch at batch 8."""
+    import pandas as pd
+
+    path = tmp_path_factory.mktemp("small") / "train.csv"
+    pd.read_csv(data.DEFAULT_TRAIN_CSV, dtype=str).head(240).to_csv(path, index=False)
+    return path
