@@ -7,6 +7,8 @@ Order matters: `configure_environment` runs before JAX or Keras is imported, and
 from __future__ import annotations
 
 import os
+import socket
+import time
 
 PLATFORMS = ("auto", "cpu", "gpu", "tpu")
 
@@ -68,6 +70,9 @@ def initialize_processes(
     explicit = coordinator_address is not None or (num_processes or 1) > 1
     if not explicit and not cluster_detected():
         return
+    coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if coordinator_address and process_id:
+        wait_for_coordinator(coordinator_address, timeout)
     if os.environ.get("JAX_PLATFORMS", "") == "cpu":
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
@@ -83,6 +88,24 @@ def initialize_processes(
             f"could not join the other processes (coordinator {coordinator_address or 'auto'}, "
             f"{num_processes or 'auto'} processes, this is {process_id}): {err}"
         ) from err
+
+
+def wait_for_coordinator(address: str, timeout: float) -> None:
+    """Fail with a clear message, not JAX's abort, when process 0 cannot be reached."""
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+                return
+        except OSError as err:
+            if time.monotonic() > deadline:
+                raise DeviceError(
+                    f"could not join the other processes: coordinator {address} unreachable "
+                    f"for {timeout:.0f} s ({err}). Is process 0 running, and is the port open "
+                    "between the hosts?"
+                ) from None
+            time.sleep(0.5)
 
 
 def _env_int(name: str) -> int | None:

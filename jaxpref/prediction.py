@@ -30,12 +30,15 @@ def load_run(run_dir: str | os.PathLike):
     The distribution must already be set (`distribution.set_data_parallel`) so that the
     restored weights land on every device.
     """
+    import keras
+
     from jaxpref import model as model_lib
 
     run_dir = Path(run_dir).resolve()  # Orbax wants absolute paths
     cfg = TrainConfig.from_json(_require(run_dir / "config.json"))
     checkpoint = _require(run_dir / BEST_CHECKPOINT_DIR)
     model_lib.set_precision(cfg.precision)
+    keras.utils.set_random_seed(cfg.seed)  # identical initial values on every process
     preset = str(_require(run_dir / PRESET_DIR))
     backbone = backbones.load_backbone(preset, dtype=cfg.precision, load_weights=False)
     if cfg.lora_rank > 0:
