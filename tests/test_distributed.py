@@ -8,7 +8,7 @@ import numpy as np
 import orbax.checkpoint as oc
 import pandas as pd
 import pytest
-from conftest import free_port, run_processes, run_script, start_script
+from conftest import free_port, run_processes, run_script, start_script, tiny_run_args
 
 from jaxpref import data
 
@@ -16,11 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 def _args(tiny_preset, small_csv, run_dir):
-    return [
-        "--devices", "cpu", "--num-devices", "2", "--preset", str(tiny_preset),
-        "--train-csv", str(small_csv), "--run-dir", str(run_dir), "--epochs", "2",
-        "--batch-size", "8", "--sequence-length", "64", "--learning-rate", "3e-3",
-    ]  # fmt: skip
+    return [*tiny_run_args(tiny_preset, small_csv, run_dir)]
 
 
 def _final_weights(run_dir) -> dict:
@@ -41,9 +37,7 @@ def runs(tiny_preset, small_csv, tmp_path_factory):
     codes = run_processes("train_jax.py", _args(tiny_preset, small_csv, root / "2x2"), 2, root)
     seconds = time.time() - start
     assert codes == [0, 0], (root / "train_jax.py.1.log").read_text()[-3000:]
-    one = _args(tiny_preset, small_csv, root / "1x4")
-    one[one.index("--num-devices") + 1] = "4"
-    single = run_script("train_jax.py", *one)
+    single = run_script("train_jax.py", *tiny_run_args(tiny_preset, small_csv, root / "1x4", 4))
     assert single.returncode == 0, single.stderr[-3000:]
     return root, seconds
 

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import start_script
+from conftest import start_script, tiny_run_args
 
 from jaxpref import checkpoints
 
@@ -15,12 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 def _args(tiny_preset, small_csv, run_dir):
-    return [
-        "--devices", "cpu", "--num-devices", "2", "--preset", str(tiny_preset),
-        "--train-csv", str(small_csv), "--run-dir", str(run_dir), "--epochs", "2",
-        "--batch-size", "8", "--sequence-length", "64", "--save-every", "3",
-        "--learning-rate", "3e-3",
-    ]  # fmt: skip
+    return [*tiny_run_args(tiny_preset, small_csv, run_dir), "--save-every", "3"]
 
 
 def _wait_for_state(run_dir, min_step, proc, timeout=300):

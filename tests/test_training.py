@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, run_script, write_learnable_csv
+from conftest import REPO, run_script, tiny_run_args, write_learnable_csv
 
 from jaxpref import data
 
@@ -109,3 +109,21 @@ def test_learns_a_label_that_follows_from_the_text(tiny_preset, tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["prior_val_log_loss"] > 1.09
     assert summary["best_val_log_loss"] < 0.8, summary
+
+
+@pytest.mark.slow
+def test_extra_chosen_rejected_rows_join_training_only(tiny_preset, small_csv, tmp_path):
+    extra = tmp_path / "extra.jsonl"
+    lines = [
+        json.dumps({"chosen": f"\n\nHuman: q{i}\n\nAssistant: good answer {i}",
+                    "rejected": f"\n\nHuman: q{i}\n\nAssistant: bad {i}"})
+        for i in range(40)
+    ]  # fmt: skip
+    extra.write_text("\n".join(lines) + "\n")
+    run_dir = tmp_path / "run"
+    result = run_script("train_jax.py", *tiny_run_args(tiny_preset, small_csv, run_dir),
+                        "--epochs", "1", "--extra-train", str(extra))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    split = pd.read_csv(run_dir / "split.csv", dtype=str)
+    assert split["split"].value_counts().to_dict() == {"train": 216, "extra": 40, "valid": 24}
+    assert "extra training rows" in (run_dir / "train.log").read_text()
