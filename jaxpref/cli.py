@@ -132,6 +132,13 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     p.add_argument("--dropout", type=float, default=d.dropout)
     p.add_argument(
+        "--no-calibrate",
+        dest="calibrate",
+        action="store_false",
+        help="skip temperature scaling on the validation predictions (on by default; it never "
+        "makes the validation log loss worse)",
+    )
+    p.add_argument(
         "--save-every",
         type=int,
         default=None,

@@ -36,6 +36,7 @@ class TrainConfig:
     label_smoothing: float = 0.02
     dropout: float = 0.1
     save_every: int | None = None
+    calibrate: bool = True
 
     def default_learning_rate(self) -> float:
         """LoRA adapters want a larger step than full fine-tuning."""

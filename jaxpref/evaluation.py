@@ -26,7 +26,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from jaxpref import baselines, cli, data, distribution, prediction
+from jaxpref import baselines, calibration, cli, data, distribution, prediction
 from jaxpref.config import TrainConfig
 
 __all__ = [
@@ -204,6 +204,16 @@ def markdown_report(result: Mapping) -> str:
         f"Model log loss {model['log_loss']:.4f} ± {_number(result['model_log_loss_se'])} "
         f"(standard error over {result['rows']} rows).",
         "",
+    ]
+    if "calibration" in result:
+        cal = result["calibration"]
+        lines += [
+            f"Temperature scaling (T = {cal['temperature']:.3f}, fitted on the validation split): "
+            f"validation log loss {cal['val_log_loss_before']:.4f} before, "
+            f"{cal['val_log_loss_after']:.4f} after; the model row above is after.",
+            "",
+        ]
+    lines += [
         f"Model − baseline log loss, paired over the same rows (negative: the model is better): "
         f"{diffs}.",
         "",
@@ -322,7 +332,8 @@ def _predict_with_model(
     distribution.set_data_parallel(selected)
     model, encoder, cfg = prediction.load_run(run_dir)
     batch_size = -(-cfg.batch_size // len(selected)) * len(selected)
-    return prediction.predict_frame(model, encoder, frame, batch_size)
+    probs = prediction.predict_frame(model, encoder, frame, batch_size)
+    return calibration.apply_temperature(probs, calibration.load_temperature(run_dir))
 
 
 def evaluate_run(
@@ -375,6 +386,9 @@ def evaluate_run(
         **score_table(model_probs, baseline_probs, labels),
         "plots": plots,
     }
+    calibration_file = run_dir / calibration.CALIBRATION_FILE
+    if calibration_file.exists():
+        result["calibration"] = json.loads(calibration_file.read_text())
     (out_dir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "evaluation.md").write_text(markdown_report(result))
     return result

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from jaxpref import backbones, data, distribution, pipeline, text
+from jaxpref import backbones, calibration, data, distribution, pipeline, text
 from jaxpref.config import BEST_CHECKPOINT_DIR, PRESET_DIR, TrainConfig
 
 
@@ -117,4 +117,5 @@ def infer(
     batch_size = batch_size or cfg.batch_size
     distribution.check_batch_size(batch_size, len(selected), jax.process_count())
     probs = predict_frame(model, encoder, frame, batch_size)
+    probs = calibration.apply_temperature(probs, calibration.load_temperature(run_dir))
     return write_submission(frame["id"], probs, output)

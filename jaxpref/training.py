@@ -8,7 +8,8 @@ A run directory holds everything inference needs:
     split.csv          which rows were used for training and validation
     history.csv        per-epoch metrics
     summary.json       best epoch and validation log loss
-    valid_predictions.csv  the best weights' predictions for the validation rows
+    valid_predictions.csv  the best weights' (calibrated) predictions for the validation rows
+    calibration.json   the temperature fitted on them, with the log loss before and after
     train.log          the log
 """
 
@@ -28,6 +29,7 @@ import pandas as pd
 
 from jaxpref import (
     backbones,
+    calibration,
     checkpoints,
     data,
     distribution,
@@ -299,9 +301,21 @@ def train(
     model.load_weights(str(run_dir / BEST_CHECKPOINT_DIR))
     valid_probs = prediction.predict_tokens(model, valid_tokens, valid_plan, keys)
     valid_labels = valid_df["label"].to_numpy()
+    raw_loss = calibration.log_loss(valid_probs, valid_labels)
+    temperature = calibration.fit_temperature(valid_probs, valid_labels) if cfg.calibrate else 1.0
+    valid_probs = calibration.apply_temperature(valid_probs, temperature)
+    calibrated_loss = calibration.log_loss(valid_probs, valid_labels)
+    log.info(
+        "temperature scaling: T=%.3f, validation log loss %.4f -> %.4f",
+        temperature,
+        raw_loss,
+        calibrated_loss,
+    )
     summary = {
         "best_epoch": state.best_epoch,
         "best_val_log_loss": state.best,
+        "calibrated_val_log_loss": calibrated_loss,
+        "temperature": temperature,
         "best_val_accuracy": float(np.mean(valid_probs.argmax(axis=1) == valid_labels)),
         "prior_val_log_loss": baseline,
         "epochs": cfg.epochs,
@@ -310,6 +324,7 @@ def train(
         "train_seconds": round(time.time() - start, 1),
     }
     if primary:
+        calibration.save(run_dir, temperature, raw_loss, calibrated_loss)
         prediction.write_submission(valid_df["id"], valid_probs, run_dir / "valid_predictions.csv")
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log.info(

@@ -79,7 +79,12 @@ def test_reloaded_weights_reproduce_validation_predictions(sample_run, tmp_path)
     labels = train.set_index("id").loc[during.index, "label"].to_numpy()
     log_loss = -np.mean(np.log(during.to_numpy()[np.arange(len(labels)), labels]))
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert math.isclose(log_loss, summary["best_val_log_loss"], abs_tol=1e-4)
+    assert math.isclose(log_loss, summary["calibrated_val_log_loss"], abs_tol=1e-4)
+    calibration = json.loads((run_dir / "calibration.json").read_text())
+    assert math.isclose(
+        calibration["val_log_loss_before"], summary["best_val_log_loss"], abs_tol=1e-4
+    )
+    assert calibration["val_log_loss_after"] <= calibration["val_log_loss_before"] + 1e-12
 
 
 @pytest.mark.slow
