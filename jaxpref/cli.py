@@ -132,6 +132,17 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     p.add_argument("--dropout", type=float, default=d.dropout)
     p.add_argument(
+        "--head",
+        choices=["concat", "symmetric"],
+        default=d.head,
+        help="symmetric: predictions mirror exactly when A and B are swapped",
+    )
+    p.add_argument(
+        "--swap-augment",
+        action="store_true",
+        help="feed a random half of the training rows with A and B exchanged each epoch",
+    )
+    p.add_argument(
         "--no-calibrate",
         dest="calibrate",
         action="store_false",
@@ -169,6 +180,12 @@ def infer_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="global batch size (default: the training batch size)",
+    )
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="swap test-time augmentation: also predict each pair with A and B exchanged and "
+        "average in the mirrored prediction (twice the compute)",
     )
     _process_flags(p)
     return p
@@ -244,6 +261,7 @@ def infer_main(argv: Sequence[str] | None = None) -> int:
             args.batch_size,
             args.devices,
             args.num_devices,
+            args.tta,
         )
         print(f"wrote {path}")
 

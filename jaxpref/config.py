@@ -35,6 +35,8 @@ class TrainConfig:
     precision: str = "auto"
     label_smoothing: float = 0.02
     dropout: float = 0.1
+    head: str = "concat"
+    swap_augment: bool = False
     save_every: int | None = None
     calibrate: bool = True
 

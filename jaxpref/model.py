@@ -85,19 +85,65 @@ def backbone_input_keys(backbone) -> tuple[str, ...]:
     return tuple(backbone.input.keys())
 
 
-def build_model(backbone, dropout: float = 0.1) -> keras.Model:
-    """Siamese classifier around `backbone` (its LoRA/trainable state is left as it is)."""
+@keras.saving.register_keras_serializable(package="jaxpref")
+class SwapSymmetricHead(keras.layers.Layer):
+    """Logits that mirror exactly when the sides are swapped: P(A wins | A, B) = P(B wins | B, A).
+
+    One scorer rates "this side beats that one" from (this, that, this - that, this * that) and is
+    applied both ways; the tie scorer sees only swap-invariant features (a + b, |a - b|, a * b).
+    """
+
+    def __init__(self, dropout: float = 0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.dropout = dropout
+        self.drop = keras.layers.Dropout(dropout)
+        self.win = keras.layers.Dense(1, dtype="float32", name="win")
+        self.tie = keras.layers.Dense(1, dtype="float32", name="tie")
+
+    def call(self, a, b, training=None):
+        a, b = ops.cast(a, "float32"), ops.cast(b, "float32")
+        both = a * b
+
+        def beats(this, that):
+            features = ops.concatenate([this, that, this - that, both], axis=-1)
+            return self.win(self.drop(features, training=training))
+
+        tie_features = ops.concatenate([a + b, ops.abs(a - b), both], axis=-1)
+        tie = self.tie(self.drop(tie_features, training=training))
+        return ops.concatenate([beats(a, b), beats(b, a), tie], axis=-1)
+
+    def compute_output_shape(self, a_shape, b_shape):
+        return (a_shape[0], NUM_CLASSES)
+
+    def get_config(self):
+        return {**super().get_config(), "dropout": self.dropout}
+
+
+HEADS = ("concat", "symmetric")
+
+
+def build_model(backbone, dropout: float = 0.1, head: str = "concat") -> keras.Model:
+    """Siamese classifier around `backbone` (its LoRA/trainable state is left as it is).
+
+    `head="concat"`: a dense layer over [a, b, a - b, a * b]; `head="symmetric"`:
+    `SwapSymmetricHead`, whose predictions mirror exactly when A and B are swapped.
+    """
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
     keys = backbone_input_keys(backbone)
     inputs = {key: keras.Input(shape=(2, None), dtype="int32", name=key) for key in keys}
     folded = {key: FoldSides(name=f"fold_{key}")(inputs[key]) for key in keys}
     hidden = sequence_output(backbone(folded))
     pooled = MaskedMeanPool(name="mean_pool")(hidden, folded["padding_mask"])
     side_a, side_b = UnfoldSides(name="unfold")(pooled)
-    features = keras.layers.Concatenate(name="compare")(
-        [side_a, side_b, side_a - side_b, side_a * side_b]
-    )
-    features = keras.layers.Dropout(dropout, name="head_dropout")(features)
-    logits = keras.layers.Dense(NUM_CLASSES, dtype="float32", name="logits")(features)
+    if head == "symmetric":
+        logits = SwapSymmetricHead(dropout, name="logits")(side_a, side_b)
+    else:
+        features = keras.layers.Concatenate(name="compare")(
+            [side_a, side_b, side_a - side_b, side_a * side_b]
+        )
+        features = keras.layers.Dropout(dropout, name="head_dropout")(features)
+        logits = keras.layers.Dense(NUM_CLASSES, dtype="float32", name="logits")(features)
     probs = keras.layers.Activation("softmax", dtype="float32", name="probs")(logits)
     return SiameseModel(inputs, probs, name="siamese_preference")
 

@@ -192,6 +192,7 @@ class Batch:
     rows: np.ndarray
     weights: np.ndarray
     length: int
+    swap: np.ndarray | None = None  # rows fed with sides A and B exchanged (augmentation)
 
 
 def plan_batches(
@@ -201,12 +202,14 @@ def plan_batches(
     shuffle: bool = False,
     seed: int = 0,
     epoch: int = 0,
+    swap: bool = False,
 ) -> list[Batch]:
     """Group rows of similar length into global batches; identical on every process.
 
     Without `shuffle`, rows keep ascending length order inside the plan (inference restores the
     input order from `Batch.rows`). With it, rows are shuffled within buckets and batches across
-    buckets, differently for each epoch but reproducibly for a (seed, epoch).
+    buckets, differently for each epoch but reproducibly for a (seed, epoch). With `swap`, a
+    random half of the rows is fed with sides A and B exchanged (and labels to match).
     """
     lengths = np.asarray(lengths)
     if len(lengths) < 1:
@@ -232,6 +235,8 @@ def plan_batches(
         batches.append(Batch(rows, weights, buckets[-1]))
     if shuffle:
         batches = [batches[i] for i in rng.permutation(len(batches))]
+    if swap:
+        batches = [dataclasses.replace(b, swap=rng.random(len(b.rows)) < 0.5) for b in batches]
     return batches
 
 
@@ -240,6 +245,16 @@ def padding_efficiency(tokens: TokenizedPairs, plan: Sequence[Batch]) -> float:
     real = sum(int(tokens.lengths[b.rows[b.weights > 0]].sum()) for b in plan)
     computed = sum(2 * len(b.rows) * b.length for b in plan)
     return real / computed
+
+
+MIRROR = np.array([1, 0, 2])  # class index after swapping sides: A wins <-> B wins, tie stays
+
+
+def swap_sides(tokens: TokenizedPairs) -> TokenizedPairs:
+    """The same rows with sides A and B exchanged (for swap test-time augmentation)."""
+    return TokenizedPairs(
+        tokens.token_ids[:, ::-1], tokens.segment_ids[:, ::-1], tokens.lengths[:, ::-1]
+    )
 
 
 def _local_batches(
@@ -255,17 +270,25 @@ def _local_batches(
             share = len(batch.rows) // process_count
             part = slice(process_index * share, (process_index + 1) * share)
             rows, length = batch.rows[part], batch.length
+            sides = np.array([[0, 1]] * len(rows))
+            row_labels = None if labels is None else labels[rows]
+            if batch.swap is not None:
+                flip = batch.swap[part]
+                sides[flip] = [1, 0]
+                if row_labels is not None:
+                    row_labels = np.where(flip, MIRROR[row_labels], row_labels)
+            pick = (rows[:, None], sides)
             positions = np.arange(length)
             features = {
-                "token_ids": tokens.token_ids[rows, :, :length],
-                "padding_mask": (positions < tokens.lengths[rows][..., None]).astype(np.int32),
-                "segment_ids": tokens.segment_ids[rows, :, :length].astype(np.int32),
+                "token_ids": tokens.token_ids[pick][..., :length],
+                "padding_mask": (positions < tokens.lengths[pick][..., None]).astype(np.int32),
+                "segment_ids": tokens.segment_ids[pick][..., :length].astype(np.int32),
             }
             x = {key: features[key] for key in input_keys}
             if labels is None:
                 yield (x,)
             else:
-                yield x, np.eye(3, dtype=np.float32)[labels[rows]], batch.weights[part]
+                yield x, np.eye(3, dtype=np.float32)[row_labels], batch.weights[part]
 
 
 def make_dataset(

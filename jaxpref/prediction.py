@@ -43,7 +43,7 @@ def load_run(run_dir: str | os.PathLike):
     backbone = backbones.load_backbone(preset, dtype=cfg.precision, load_weights=False)
     if cfg.lora_rank > 0:
         backbone.enable_lora(cfg.lora_rank)
-    model = model_lib.build_model(backbone, dropout=cfg.dropout)
+    model = model_lib.build_model(backbone, dropout=cfg.dropout, head=cfg.head)
     # Orbax restores into the compiled state tree (keras needs the optimizer attribute).
     model_lib.compile_model(model, cfg.learning_rate or 1e-4, cfg.label_smoothing)
     model.load_weights(str(checkpoint))
@@ -52,8 +52,18 @@ def load_run(run_dir: str | os.PathLike):
     return model, encoder, cfg
 
 
-def predict_tokens(model, tokens: pipeline.TokenizedPairs, plan, input_keys) -> np.ndarray:
-    """Class probabilities (n, 3) for every tokenized row, in input order; none dropped."""
+def predict_tokens(
+    model, tokens: pipeline.TokenizedPairs, plan, input_keys, tta: bool = False
+) -> np.ndarray:
+    """Class probabilities (n, 3) for every tokenized row, in input order; none dropped.
+
+    With `tta`, each row is also predicted with its sides swapped, and the mirrored prediction
+    is averaged in: the result then mirrors exactly when A and B are swapped.
+    """
+    if tta:
+        direct = predict_tokens(model, tokens, plan, input_keys)
+        swapped = predict_tokens(model, pipeline.swap_sides(tokens), plan, input_keys)
+        return (direct + swapped[:, pipeline.MIRROR]) / 2
     import jax
 
     ds = pipeline.make_dataset(
@@ -69,12 +79,14 @@ def predict_tokens(model, tokens: pipeline.TokenizedPairs, plan, input_keys) -> 
     return out
 
 
-def predict_frame(model, encoder, frame: pd.DataFrame, batch_size: int) -> np.ndarray:
+def predict_frame(
+    model, encoder, frame: pd.DataFrame, batch_size: int, tta: bool = False
+) -> np.ndarray:
     """Class probabilities (n, 3) for every row of `frame`, in order."""
     tokens = pipeline.tokenize(text.format_pairs(frame), encoder, pipeline.default_cache_dir())
     buckets = pipeline.bucket_lengths(encoder.sequence_length)
     plan = pipeline.plan_batches(tokens.row_lengths(), batch_size, buckets)
-    return predict_tokens(model, tokens, plan, encoder.input_keys)
+    return predict_tokens(model, tokens, plan, encoder.input_keys, tta)
 
 
 def write_submission(ids, probs: np.ndarray, path: str | os.PathLike) -> Path:
@@ -105,6 +117,7 @@ def infer(
     batch_size: int | None = None,
     devices: str = "auto",
     num_devices: int | None = None,
+    tta: bool = False,
 ) -> Path:
     """Predict every row of `test_csv` with the run's best weights and write the submission."""
     import jax
@@ -116,6 +129,6 @@ def infer(
     model, encoder, cfg = load_run(run_dir)
     batch_size = batch_size or cfg.batch_size
     distribution.check_batch_size(batch_size, len(selected), jax.process_count())
-    probs = predict_frame(model, encoder, frame, batch_size)
+    probs = predict_frame(model, encoder, frame, batch_size, tta)
     probs = calibration.apply_temperature(probs, calibration.load_temperature(run_dir))
     return write_submission(frame["id"], probs, output)

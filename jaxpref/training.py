@@ -184,7 +184,7 @@ def train(
     model_lib.set_precision(cfg.precision)
     preprocessor = backbones.load_preprocessor(cfg.preset, cfg.sequence_length)
     backbone = build_backbone(cfg, cfg.precision)
-    model = model_lib.build_model(backbone, dropout=cfg.dropout)
+    model = model_lib.build_model(backbone, dropout=cfg.dropout, head=cfg.head)
     model_lib.compile_model(model, cfg.learning_rate, cfg.label_smoothing)
     log.info(
         "model: %s, %s parameters, %s trainable (LoRA rank %d)",
@@ -216,7 +216,13 @@ def train(
     buckets = pipeline.bucket_lengths(cfg.sequence_length)
     train_plans = [
         pipeline.plan_batches(
-            train_tokens.row_lengths(), cfg.batch_size, buckets, True, cfg.seed, epoch
+            train_tokens.row_lengths(),
+            cfg.batch_size,
+            buckets,
+            shuffle=True,
+            seed=cfg.seed,
+            epoch=epoch,
+            swap=cfg.swap_augment,
         )
         for epoch in range(cfg.epochs)
     ]

@@ -70,3 +70,41 @@ def test_lora_freezes_the_backbone_but_the_head_trains(tiny_preset):
     names = [w.path for w in model.trainable_weights]
     assert any("lora" in n for n in names) and any("logits" in n for n in names)
     assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) < model.count_params() / 4
+
+
+def _swapped(x):
+    return {k: v[:, ::-1] for k, v in x.items()}
+
+
+def test_symmetric_head_mirrors_exactly_when_sides_swap(tiny):
+    backbone, encoder = tiny
+    model = model_lib.build_model(backbone, dropout=0.0, head="symmetric")
+    x = _batch(encoder, ["five", "it is four", "no idea", "4"])
+    direct = model.predict(x, verbose=0)
+    swapped = model.predict(_swapped(x), verbose=0)
+    np.testing.assert_allclose(swapped, direct[:, [1, 0, 2]], atol=1e-6)
+    assert not np.allclose(direct[:, 0], direct[:, 1])  # not trivially uniform
+
+
+def test_swap_tta_makes_any_head_mirror_exactly(tiny):
+    from jaxpref import prediction
+
+    backbone, encoder = tiny
+    model = model_lib.build_model(backbone, dropout=0.0)
+    texts = {
+        "context_a": np.asarray(["q1", "q2"], dtype=object),
+        "response_a": np.asarray(["an answer", "yes"], dtype=object),
+        "context_b": np.asarray(["q1", "q2"], dtype=object),
+        "response_b": np.asarray(["another answer entirely", "no"], dtype=object),
+    }
+    tokens = pipeline.tokenize(texts, encoder, progress=False)
+    plan = pipeline.plan_batches(tokens.row_lengths(), 2, (24,))
+    keys = encoder.input_keys
+    plain = prediction.predict_tokens(model, tokens, plan, keys)
+    plain_swapped = prediction.predict_tokens(model, pipeline.swap_sides(tokens), plan, keys)
+    assert not np.allclose(plain_swapped, plain[:, [1, 0, 2]], atol=1e-4)  # the head is not
+    tta = prediction.predict_tokens(model, tokens, plan, keys, tta=True)
+    tta_swapped = prediction.predict_tokens(
+        model, pipeline.swap_sides(tokens), plan, keys, tta=True
+    )
+    np.testing.assert_allclose(tta_swapped, tta[:, [1, 0, 2]], atol=1e-9)

@@ -153,3 +153,27 @@ def test_padding_efficiency_counts_real_over_computed_tokens(encoder):
     assert pipeline.padding_efficiency(tokens, fixed) == pytest.approx(expected)
     bucketed = pipeline.plan_batches(tokens.row_lengths(), 4, (32, 64, 96))
     assert pipeline.padding_efficiency(tokens, bucketed) > expected
+
+
+def test_swap_augmentation_exchanges_sides_and_labels(encoder):
+    tokens = pipeline.tokenize(_texts(12), encoder, progress=False)
+    labels = np.arange(12) % 3
+    plan = pipeline.plan_batches(tokens.row_lengths(), 4, (32, 64, 96), True, 0, 0, swap=True)
+    flips = np.concatenate([b.swap for b in plan])
+    assert 0 < flips.sum() < len(flips)
+    for (x, y, _), b in zip(pipeline.make_dataset(tokens, [plan], encoder.input_keys, labels),
+                            plan, strict=True):  # fmt: skip
+        ids = x["token_ids"].numpy()
+        for i, (row, flip) in enumerate(zip(b.rows, b.swap, strict=True)):
+            a, bb = (1, 0) if flip else (0, 1)
+            np.testing.assert_array_equal(ids[i, 0], tokens.token_ids[row, a, : b.length])
+            np.testing.assert_array_equal(ids[i, 1], tokens.token_ids[row, bb, : b.length])
+            expected = pipeline.MIRROR[labels[row]] if flip else labels[row]
+            assert y.numpy()[i].argmax() == expected
+
+
+def test_swap_sides_exchanges_a_and_b(encoder):
+    tokens = pipeline.tokenize(_texts(3), encoder, progress=False)
+    swapped = pipeline.swap_sides(tokens)
+    np.testing.assert_array_equal(swapped.token_ids[:, 0], tokens.token_ids[:, 1])
+    np.testing.assert_array_equal(swapped.lengths[:, 1], tokens.lengths[:, 0])
