@@ -115,6 +115,13 @@ def train_parser() -> argparse.ArgumentParser:
         default=None,
         help="Adam learning rate (default: 1e-4 with LoRA, 1e-5 without)",
     )
+    p.add_argument(
+        "--schedule",
+        choices=["constant", "cosine"],
+        default=d.schedule,
+        help="cosine: linear warm-up over --warmup-fraction of the steps, then cosine decay to 0",
+    )
+    p.add_argument("--warmup-fraction", type=float, default=d.warmup_fraction)
     p.add_argument("--lora-rank", type=int, default=d.lora_rank, help="0 = full fine-tuning")
     p.add_argument("--valid-fraction", type=float, default=d.valid_fraction)
     p.add_argument(

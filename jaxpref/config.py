@@ -28,6 +28,8 @@ class TrainConfig:
     batch_size: int = 8
     sequence_length: int = 1024
     learning_rate: float | None = None
+    schedule: str = "constant"
+    warmup_fraction: float = 0.1
     lora_rank: int = 8
     valid_fraction: float = 0.1
     group_by_prompt: bool = False

@@ -185,7 +185,6 @@ def train(
     preprocessor = backbones.load_preprocessor(cfg.preset, cfg.sequence_length)
     backbone = build_backbone(cfg, cfg.precision)
     model = model_lib.build_model(backbone, dropout=cfg.dropout, head=cfg.head)
-    model_lib.compile_model(model, cfg.learning_rate, cfg.label_smoothing)
     log.info(
         "model: %s, %s parameters, %s trainable (LoRA rank %d)",
         type(backbone).__name__,
@@ -242,6 +241,10 @@ def train(
     )
 
     steps = len(train_plans[0])
+    rate = model_lib.learning_rate_schedule(
+        cfg.learning_rate, cfg.schedule, steps * cfg.epochs, cfg.warmup_fraction
+    )
+    model_lib.compile_model(model, rate, cfg.label_smoothing)
     start_epoch, start_step, best, best_epoch = 0, 0, math.inf, 0
     if resume:
         meta = checkpoints.restore_state(model, run_dir)

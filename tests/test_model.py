@@ -108,3 +108,16 @@ def test_swap_tta_makes_any_head_mirror_exactly(tiny):
         model, pipeline.swap_sides(tokens), plan, keys, tta=True
     )
     np.testing.assert_allclose(tta_swapped, tta[:, [1, 0, 2]], atol=1e-9)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    schedule = model_lib.learning_rate_schedule(1e-3, "cosine", total_steps=100)
+    rates = [float(schedule(step)) for step in (0, 5, 10, 55, 100)]
+    assert rates[0] == pytest.approx(0.0, abs=1e-9)
+    assert rates[1] == pytest.approx(5e-4, rel=1e-3)
+    assert rates[2] == pytest.approx(1e-3, rel=1e-3)
+    assert rates[3] == pytest.approx(5e-4, rel=1e-2)
+    assert rates[4] == pytest.approx(0.0, abs=1e-9)
+    assert model_lib.learning_rate_schedule(1e-3) == 1e-3
+    with pytest.raises(ValueError):
+        model_lib.learning_rate_schedule(1e-3, "linear")
