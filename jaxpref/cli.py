@@ -273,3 +273,25 @@ def infer_main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {path}")
 
     return _run(go)
+
+
+def crossval_main(argv: Sequence[str] | None = None) -> int:
+    parser = train_parser()
+    parser.prog = "cross_validate.py"
+    parser.description = (
+        "K-fold cross-validation grouped by prompt: train one run per fold under --run-dir and "
+        "report out-of-fold log loss beside the baselines (cv.md, cv.json)."
+    )
+    parser.add_argument("--folds", type=int, default=5, help="number of folds")
+    args = parser.parse_args(argv)
+    distribution.configure_environment(args.devices, args.num_devices)
+    fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    fields["run_dir"] = args.run_dir or f"runs/cv-{args.folds}fold"
+
+    def go():
+        from jaxpref import crossval
+
+        _initialize_processes(args)
+        crossval.cross_validate(TrainConfig(**fields), args.folds)
+
+    return _run(go)

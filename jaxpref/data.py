@@ -447,6 +447,12 @@ def _prompt_key(prompt: object) -> str:
     return json.dumps(prompt, ensure_ascii=False, separators=(",", ":"))
 
 
+def prompt_groups(frame: pd.DataFrame) -> np.ndarray:
+    """An integer group per row; rows with identical prompt lists share one."""
+    groups, _ = pd.factorize(pd.Series([_prompt_key(p) for p in frame["prompt"]], dtype=object))
+    return groups
+
+
 def _grouped_valid_mask(
     prompts: pd.Series, labels: np.ndarray, valid_fraction: float, seed: int
 ) -> np.ndarray:

@@ -1,0 +1,36 @@
+import json
+
+import numpy as np
+import pytest
+from conftest import run_script, tiny_run_args
+
+from jaxpref import crossval, data
+
+
+def test_folds_cover_every_row_once_and_never_split_a_prompt():
+    frame = data.read_arena_csv(data.DEFAULT_TRAIN_CSV, labelled=True)
+    folds = crossval.fold_indices(frame, 5, seed=0)
+    valid = np.concatenate([v for _, v in folds])
+    assert sorted(valid.tolist()) == list(range(len(frame)))
+    groups = data.prompt_groups(frame)
+    for train_rows, valid_rows in folds:
+        assert not set(groups[train_rows]) & set(groups[valid_rows])
+        assert len(train_rows) + len(valid_rows) == len(frame)
+    with pytest.raises(ValueError, match="at least 2"):
+        crossval.fold_indices(frame, 1, seed=0)
+
+
+@pytest.mark.slow
+def test_two_fold_cross_validation_scores_every_row_beside_the_baselines(
+    tiny_preset, small_csv, tmp_path
+):
+    args = tiny_run_args(tiny_preset, small_csv, tmp_path / "cv")
+    result = run_script("cross_validate.py", *args, "--epochs", "1", "--folds", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "cv" / "cv.json").read_text())
+    assert report["rows"] == 240 and report["folds"] == 2
+    assert set(report["scores"]) == {"model", "class_prior", "length_logreg", "tfidf_length_logreg"}
+    assert all(np.isfinite(s["log_loss"]) for s in report["scores"].values())
+    for fold in range(2):
+        assert (tmp_path / "cv" / f"fold{fold}" / "valid_predictions.csv").exists()
+    assert "| model |" in (tmp_path / "cv" / "cv.md").read_text()
