@@ -15,7 +15,6 @@ on the competition's 57k rows, on CPU.
 from __future__ import annotations
 
 import dataclasses
-import re
 
 import numpy as np
 import pandas as pd
@@ -48,9 +47,6 @@ C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
 """Inverse regularisation strengths tried; small data wants the small ones, 57k rows larger."""
 HELD_OUT_FOLDS = 5
 
-_LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s", re.MULTILINE)
-_HEADER = re.compile(r"^\s*#{1,6}\s", re.MULTILINE)
-
 
 @dataclasses.dataclass(frozen=True)
 class LengthModel:
@@ -78,29 +74,6 @@ def class_prior(train_labels: np.ndarray) -> np.ndarray:
     return counts / counts.sum()
 
 
-def _text_counts(response: str, context: str) -> list[int]:
-    return [
-        len(response),
-        len(response.split()),
-        response.count("\n") + 1 if response else 0,
-        response.count("```") // 2,
-        len(_HEADER.findall(response)),
-        len(_LIST_ITEM.findall(response)),
-        response.count("**") // 2,
-        len(context),
-    ]
-
-
-def _side_counts(pairs: dict[str, np.ndarray], side: str) -> np.ndarray:
-    rows = [
-        _text_counts(response, context)
-        for response, context in zip(
-            pairs[f"response_{side}"], pairs[f"context_{side}"], strict=True
-        )
-    ]
-    return np.log1p(np.asarray(rows, dtype=np.float64).reshape(len(rows), -1))
-
-
 def length_features(pairs: dict[str, np.ndarray]) -> np.ndarray:
     """(n, 32) features from ``text.format_pairs`` output: per side, A−B and |A−B|, log1p scaled.
 
@@ -108,8 +81,8 @@ def length_features(pairs: dict[str, np.ndarray]) -> np.ndarray:
     bold spans, and the context's characters. The signed difference lets a linear model prefer
     the longer side; the absolute difference lets it predict ties when the sides look alike.
     """
-    a = _side_counts(pairs, "a")
-    b = _side_counts(pairs, "b")
+    a = text.side_counts(pairs, "a")
+    b = text.side_counts(pairs, "b")
     return np.hstack([a, b, a - b, np.abs(a - b)])
 
 

@@ -145,6 +145,12 @@ def train_parser() -> argparse.ArgumentParser:
         help="symmetric: predictions mirror exactly when A and B are swapped",
     )
     p.add_argument(
+        "--side-features",
+        action="store_true",
+        help="feed each side's cheap features (lengths, line, markdown and code-block counts) "
+        "to the head beside its embedding",
+    )
+    p.add_argument(
         "--swap-augment",
         action="store_true",
         help="feed a random half of the training rows with A and B exchanged each epoch",

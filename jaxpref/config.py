@@ -39,6 +39,7 @@ class TrainConfig:
     dropout: float = 0.1
     head: str = "concat"
     swap_augment: bool = False
+    side_features: bool = False
     save_every: int | None = None
     calibrate: bool = True
 

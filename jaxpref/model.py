@@ -11,6 +11,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from jaxpref.pipeline import SIDE_FEATURES
+
 NUM_CLASSES = 3
 
 
@@ -122,11 +124,15 @@ class SwapSymmetricHead(keras.layers.Layer):
 HEADS = ("concat", "symmetric")
 
 
-def build_model(backbone, dropout: float = 0.1, head: str = "concat") -> keras.Model:
+def build_model(
+    backbone, dropout: float = 0.1, head: str = "concat", side_features: int = 0
+) -> keras.Model:
     """Siamese classifier around `backbone` (its LoRA/trainable state is left as it is).
 
     `head="concat"`: a dense layer over [a, b, a - b, a * b]; `head="symmetric"`:
     `SwapSymmetricHead`, whose predictions mirror exactly when A and B are swapped.
+    `side_features=F` adds an input (B, 2, F) of per-side features (lengths, markdown counts),
+    projected by one shared layer and joined to each side's embedding.
     """
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
@@ -136,6 +142,16 @@ def build_model(backbone, dropout: float = 0.1, head: str = "concat") -> keras.M
     hidden = sequence_output(backbone(folded))
     pooled = MaskedMeanPool(name="mean_pool")(hidden, folded["padding_mask"])
     side_a, side_b = UnfoldSides(name="unfold")(pooled)
+    if side_features:
+        extra = keras.Input(shape=(2, side_features), dtype="float32", name=SIDE_FEATURES)
+        inputs[SIDE_FEATURES] = extra
+        project = keras.layers.Dense(16, activation="tanh", dtype="float32", name="side_proj")
+        side_a = keras.layers.Concatenate(name="with_features_a")(
+            [ops.cast(side_a, "float32"), project(extra[:, 0])]
+        )
+        side_b = keras.layers.Concatenate(name="with_features_b")(
+            [ops.cast(side_b, "float32"), project(extra[:, 1])]
+        )
     if head == "symmetric":
         logits = SwapSymmetricHead(dropout, name="logits")(side_a, side_b)
     else:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxpref.text import FEATURE_KEYS, SIDES
+from jaxpref.text import FEATURE_KEYS, SIDE_COUNTS, SIDES, side_counts
 
 log = logging.getLogger("jaxpref")
 
@@ -250,6 +250,19 @@ def padding_efficiency(tokens: TokenizedPairs, plan: Sequence[Batch]) -> float:
 MIRROR = np.array([1, 0, 2])  # class index after swapping sides: A wins <-> B wins, tie stays
 
 
+SIDE_FEATURES = "side_features"
+NUM_SIDE_FEATURES = len(SIDE_COUNTS) + 1
+
+
+def side_features(texts: dict[str, np.ndarray], tokens: TokenizedPairs) -> np.ndarray:
+    """(n, 2, 9) per-side features for the head: `text.side_counts` plus log1p(token length)."""
+    sides = [
+        np.hstack([side_counts(texts, s), np.log1p(tokens.lengths[:, i : i + 1])])
+        for i, s in enumerate(SIDES)
+    ]
+    return np.stack(sides, axis=1).astype(np.float32)
+
+
 def swap_sides(tokens: TokenizedPairs) -> TokenizedPairs:
     """The same rows with sides A and B exchanged (for swap test-time augmentation)."""
     return TokenizedPairs(
@@ -264,6 +277,7 @@ def _local_batches(
     labels: np.ndarray | None,
     process_index: int,
     process_count: int,
+    extra: np.ndarray | None = None,
 ) -> Iterator[tuple]:
     for plan in plans:
         for batch in plan:
@@ -285,6 +299,8 @@ def _local_batches(
                 "segment_ids": tokens.segment_ids[pick][..., :length].astype(np.int32),
             }
             x = {key: features[key] for key in input_keys}
+            if extra is not None:
+                x[SIDE_FEATURES] = extra[pick]
             if labels is None:
                 yield (x,)
             else:
@@ -298,22 +314,26 @@ def make_dataset(
     labels: np.ndarray | None = None,
     process_index: int = 0,
     process_count: int = 1,
+    extra: np.ndarray | None = None,
 ):
     """A tf.data pipeline of this process's share of every batch of `plans`, in order.
 
     Elements are `(x, y, sample_weight)` with labels, else `(x,)`; `x` maps the backbone's input
-    names to (B/process_count, 2, T) int32, T the batch's bucket length.
+    names to (B/process_count, 2, T) int32, T the batch's bucket length, and, when `extra`
+    (n, 2, F) side features are given, `side_features` to (B/process_count, 2, F) float32.
     """
     import tensorflow as tf
 
     keys = tuple(input_keys)
     labels = None if labels is None else np.asarray(labels)
     x_spec = {k: tf.TensorSpec((None, 2, None), tf.int32) for k in keys}
+    if extra is not None:
+        x_spec[SIDE_FEATURES] = tf.TensorSpec((None, 2, extra.shape[-1]), tf.float32)
     spec = (x_spec,)
     if labels is not None:
         spec = (x_spec, tf.TensorSpec((None, 3), tf.float32), tf.TensorSpec((None,), tf.float32))
     ds = tf.data.Dataset.from_generator(
-        lambda: _local_batches(tokens, plans, keys, labels, process_index, process_count),
+        lambda: _local_batches(tokens, plans, keys, labels, process_index, process_count, extra),
         output_signature=spec,
     )
     steps = sum(len(plan) for plan in plans)

@@ -43,7 +43,12 @@ def load_run(run_dir: str | os.PathLike):
     backbone = backbones.load_backbone(preset, dtype=cfg.precision, load_weights=False)
     if cfg.lora_rank > 0:
         backbone.enable_lora(cfg.lora_rank)
-    model = model_lib.build_model(backbone, dropout=cfg.dropout, head=cfg.head)
+    model = model_lib.build_model(
+        backbone,
+        dropout=cfg.dropout,
+        head=cfg.head,
+        side_features=pipeline.NUM_SIDE_FEATURES if cfg.side_features else 0,
+    )
     # Orbax restores into the compiled state tree (keras needs the optimizer attribute).
     model_lib.compile_model(model, cfg.learning_rate or 1e-4, cfg.label_smoothing)
     model.load_weights(str(checkpoint))
@@ -53,21 +58,30 @@ def load_run(run_dir: str | os.PathLike):
 
 
 def predict_tokens(
-    model, tokens: pipeline.TokenizedPairs, plan, input_keys, tta: bool = False
+    model,
+    tokens: pipeline.TokenizedPairs,
+    plan,
+    input_keys,
+    tta: bool = False,
+    extra: np.ndarray | None = None,
 ) -> np.ndarray:
     """Class probabilities (n, 3) for every tokenized row, in input order; none dropped.
 
-    With `tta`, each row is also predicted with its sides swapped, and the mirrored prediction
-    is averaged in: the result then mirrors exactly when A and B are swapped.
+    `extra` holds the per-side features for models built with them. With `tta`, each row is
+    also predicted with its sides swapped and the mirrored prediction averaged in: the result
+    then mirrors exactly when A and B are swapped.
     """
     if tta:
-        direct = predict_tokens(model, tokens, plan, input_keys)
-        swapped = predict_tokens(model, pipeline.swap_sides(tokens), plan, input_keys)
+        direct = predict_tokens(model, tokens, plan, input_keys, extra=extra)
+        swapped_extra = None if extra is None else extra[:, ::-1]
+        swapped = predict_tokens(
+            model, pipeline.swap_sides(tokens), plan, input_keys, extra=swapped_extra
+        )
         return (direct + swapped[:, pipeline.MIRROR]) / 2
     import jax
 
     ds = pipeline.make_dataset(
-        tokens, [plan], input_keys, None, jax.process_index(), jax.process_count()
+        tokens, [plan], input_keys, None, jax.process_index(), jax.process_count(), extra
     )
     probs = np.asarray(model.predict(ds, verbose=1 if sys.stdout.isatty() else 0), "float64")
     rows = np.concatenate([b.rows for b in plan])
@@ -83,10 +97,14 @@ def predict_frame(
     model, encoder, frame: pd.DataFrame, batch_size: int, tta: bool = False
 ) -> np.ndarray:
     """Class probabilities (n, 3) for every row of `frame`, in order."""
-    tokens = pipeline.tokenize(text.format_pairs(frame), encoder, pipeline.default_cache_dir())
+    texts = text.format_pairs(frame)
+    tokens = pipeline.tokenize(texts, encoder, pipeline.default_cache_dir())
+    extra = None
+    if pipeline.SIDE_FEATURES in model.input:
+        extra = pipeline.side_features(texts, tokens)
     buckets = pipeline.bucket_lengths(encoder.sequence_length)
     plan = pipeline.plan_batches(tokens.row_lengths(), batch_size, buckets)
-    return predict_tokens(model, tokens, plan, encoder.input_keys, tta)
+    return predict_tokens(model, tokens, plan, encoder.input_keys, tta, extra)
 
 
 def write_submission(ids, probs: np.ndarray, path: str | os.PathLike) -> Path:

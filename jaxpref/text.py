@@ -9,6 +9,7 @@ input pipeline, where the tokenizer is; see `pipeline.truncate_pair`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -51,3 +52,35 @@ def format_pairs(df: pd.DataFrame) -> dict[str, np.ndarray]:
             columns[f"context_{side}"].append(context)
             columns[f"response_{side}"].append(reply)
     return {key: np.asarray(values, dtype=object) for key, values in columns.items()}
+
+
+_LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s", re.MULTILINE)
+_HEADER = re.compile(r"^\s*#{1,6}\s", re.MULTILINE)
+SIDE_COUNTS = (
+    "response_chars", "response_words", "response_lines", "code_blocks", "headers",
+    "list_items", "bold_spans", "context_chars",
+)  # fmt: skip
+
+
+def _text_counts(response: str, context: str) -> list[int]:
+    return [
+        len(response),
+        len(response.split()),
+        response.count("\n") + 1 if response else 0,
+        response.count("```") // 2,
+        len(_HEADER.findall(response)),
+        len(_LIST_ITEM.findall(response)),
+        response.count("**") // 2,
+        len(context),
+    ]
+
+
+def side_counts(pairs: dict[str, np.ndarray], side: str) -> np.ndarray:
+    """(n, 8) log1p-scaled surface counts of one side (`SIDE_COUNTS`): cheap, telling features."""
+    rows = [
+        _text_counts(response, context)
+        for response, context in zip(
+            pairs[f"response_{side}"], pairs[f"context_{side}"], strict=True
+        )
+    ]
+    return np.log1p(np.asarray(rows, dtype=np.float64).reshape(len(rows), -1))

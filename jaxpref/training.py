@@ -184,7 +184,12 @@ def train(
     model_lib.set_precision(cfg.precision)
     preprocessor = backbones.load_preprocessor(cfg.preset, cfg.sequence_length)
     backbone = build_backbone(cfg, cfg.precision)
-    model = model_lib.build_model(backbone, dropout=cfg.dropout, head=cfg.head)
+    model = model_lib.build_model(
+        backbone,
+        dropout=cfg.dropout,
+        head=cfg.head,
+        side_features=pipeline.NUM_SIDE_FEATURES if cfg.side_features else 0,
+    )
     log.info(
         "model: %s, %s parameters, %s trainable (LoRA rank %d)",
         type(backbone).__name__,
@@ -210,8 +215,13 @@ def train(
     encoder = pipeline.PairEncoder(preprocessor, model_lib.backbone_input_keys(backbone))
     cache = pipeline.default_cache_dir()
     log.info("tokenizing (cache: %s)", cache or "off")
-    train_tokens = pipeline.tokenize(text.format_pairs(train_df), encoder, cache)
-    valid_tokens = pipeline.tokenize(text.format_pairs(valid_df), encoder, cache)
+    train_texts, valid_texts = text.format_pairs(train_df), text.format_pairs(valid_df)
+    train_tokens = pipeline.tokenize(train_texts, encoder, cache)
+    valid_tokens = pipeline.tokenize(valid_texts, encoder, cache)
+    train_extra = valid_extra = None
+    if cfg.side_features:
+        train_extra = pipeline.side_features(train_texts, train_tokens)
+        valid_extra = pipeline.side_features(valid_texts, valid_tokens)
     buckets = pipeline.bucket_lengths(cfg.sequence_length)
     train_plans = [
         pipeline.plan_batches(
@@ -237,7 +247,7 @@ def train(
     keys = encoder.input_keys
     train_labels = train_df["label"].to_numpy()
     valid_ds = pipeline.make_dataset(
-        valid_tokens, [valid_plan], keys, valid_df["label"].to_numpy(), **shard
+        valid_tokens, [valid_plan], keys, valid_df["label"].to_numpy(), **shard, extra=valid_extra
     )
 
     steps = len(train_plans[0])
@@ -280,7 +290,9 @@ def train(
         if primary:
             callbacks.append(keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True))
         model.fit(
-            pipeline.make_dataset(train_tokens, plans, keys, train_labels, **shard),
+            pipeline.make_dataset(
+                train_tokens, plans, keys, train_labels, **shard, extra=train_extra
+            ),
             validation_data=valid_ds,
             initial_epoch=first_epoch,
             epochs=last_epoch,
@@ -308,7 +320,9 @@ def train(
 
     log.info("final weights fingerprint (equal on every process): %s", weights_fingerprint(model))
     model.load_weights(str(run_dir / BEST_CHECKPOINT_DIR))
-    valid_probs = prediction.predict_tokens(model, valid_tokens, valid_plan, keys)
+    valid_probs = prediction.predict_tokens(
+        model, valid_tokens, valid_plan, keys, extra=valid_extra
+    )
     valid_labels = valid_df["label"].to_numpy()
     raw_loss = calibration.log_loss(valid_probs, valid_labels)
     temperature = calibration.fit_temperature(valid_probs, valid_labels) if cfg.calibrate else 1.0

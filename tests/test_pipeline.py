@@ -177,3 +177,22 @@ def test_swap_sides_exchanges_a_and_b(encoder):
     swapped = pipeline.swap_sides(tokens)
     np.testing.assert_array_equal(swapped.token_ids[:, 0], tokens.token_ids[:, 1])
     np.testing.assert_array_equal(swapped.lengths[:, 1], tokens.lengths[:, 0])
+
+
+def test_side_features_describe_each_side_and_follow_swaps(encoder):
+    texts = _texts(6)
+    texts["response_b"] = np.asarray(["# Title\n- a\n- b\n```x```"] * 6, dtype=object)
+    tokens = pipeline.tokenize(texts, encoder, progress=False)
+    extra = pipeline.side_features(texts, tokens)
+    assert extra.shape == (6, 2, pipeline.NUM_SIDE_FEATURES) and extra.dtype == np.float32
+    np.testing.assert_allclose(extra[:, :, -1], np.log1p(tokens.lengths))
+    headers = text.SIDE_COUNTS.index("headers")
+    assert (extra[:, 1, headers] == np.float32(np.log1p(1))).all() and (
+        extra[:, 0, headers] == 0
+    ).all()
+    plan = pipeline.plan_batches(tokens.row_lengths(), 2, (32, 64, 96), True, 0, 0, swap=True)
+    ds = pipeline.make_dataset(tokens, [plan], encoder.input_keys, np.zeros(6, int), extra=extra)
+    for (x, _, _), b in zip(ds, plan, strict=True):
+        for i, (row, flip) in enumerate(zip(b.rows, b.swap, strict=True)):
+            expected = extra[row, ::-1] if flip else extra[row]
+            np.testing.assert_array_equal(x[pipeline.SIDE_FEATURES].numpy()[i], expected)

@@ -132,3 +132,23 @@ def test_extra_chosen_rejected_rows_join_training_only(tiny_preset, small_csv, t
     split = pd.read_csv(run_dir / "split.csv", dtype=str)
     assert split["split"].value_counts().to_dict() == {"train": 216, "extra": 40, "valid": 24}
     assert "extra training rows" in (run_dir / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_quality_options_train_and_reload(tiny_preset, small_csv, tmp_path):
+    """Symmetric head + swap augmentation + side features + cosine schedule, end to end."""
+    run_dir = tmp_path / "run"
+    flags = ["--epochs", "1", "--head", "symmetric", "--swap-augment", "--side-features",
+             "--schedule", "cosine"]  # fmt: skip
+    result = run_script("train_jax.py", *tiny_run_args(tiny_preset, small_csv, run_dir), *flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outputs = {}
+    for name, extra in (("plain", []), ("tta", ["--tta"])):
+        out = tmp_path / f"{name}.csv"
+        infer = run_script("infer.py", "--devices", "cpu", "--num-devices", "2", "--run-dir",
+                           str(run_dir), "--output", str(out), *extra)  # fmt: skip
+        assert infer.returncode == 0, infer.stderr[-3000:]
+        outputs[name] = pd.read_csv(out, dtype={"id": str})
+    cols = list(data.LABEL_COLUMNS)
+    # A symmetric head already mirrors exactly, so swap TTA changes nothing.
+    np.testing.assert_allclose(outputs["tta"][cols], outputs["plain"][cols], atol=1e-6)
