@@ -350,6 +350,10 @@ def train(
         calibration.save(run_dir, temperature, raw_loss, calibrated_loss)
         prediction.write_submission(valid_df["id"], valid_probs, run_dir / "valid_predictions.csv")
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("jaxpref: run files written")
     log.info(
         "best val_log_loss %.4f at epoch %d (class prior %.4f); weights in %s",
         summary["best_val_log_loss"],
