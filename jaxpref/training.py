@@ -297,6 +297,7 @@ def train(
             initial_epoch=first_epoch,
             epochs=last_epoch,
             steps_per_epoch=steps_per_epoch,
+            shuffle=False,  # the batch plans already shuffle, per epoch
             callbacks=callbacks,
             verbose=1 if sys.stdout.isatty() else 2,
         )
