@@ -1,0 +1,314 @@
+"""Measure jaxpref's own path for one configuration in this process; print one JSON line.
+
+Tokenize once -> length-bucketed batch plans -> tf.data -> siamese model (both sides in one
+backbone call, masked mean pooling) on keras.distribution.DataParallel over JAX devices,
+with jaxpref's defaults (LoRA rank 8, Adam 1e-4, float32 on CPU, bf16 on accelerators).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import numpy as np
+from benchlib import (
+    emit,
+    epoch_timer,
+    fail,
+    load_frame,
+    median,
+    model_flops,
+    path_arguments,
+    peak_flops,
+    rates,
+    timed,
+)
+
+from jaxpref import backbones, distribution, pipeline, text
+from jaxpref.config import TrainConfig, resolve_precision
+
+
+def parse_args(argv: list[str] | None = None):
+    parser = path_arguments(__doc__.splitlines()[0])
+    parser.add_argument("--devices", default="cpu", choices=("cpu", "gpu", "tpu"))
+    parser.add_argument("--num-devices", type=int, default=None, help="default: all")
+    parser.add_argument("--lora-rank", type=int, default=TrainConfig.lora_rank)
+    parser.add_argument("--pipeline", action="store_true", help="also time the input pipeline")
+    parser.add_argument("--peak-flops", type=float, default=None, help="per device, FLOP/s")
+    return parser.parse_args(argv)
+
+
+def subset(tokens: pipeline.TokenizedPairs, rows: np.ndarray) -> pipeline.TokenizedPairs:
+    return pipeline.TokenizedPairs(
+        tokens.token_ids[rows], tokens.segment_ids[rows], tokens.lengths[rows]
+    )
+
+
+def sample_plan(plan, batches: int) -> list[pipeline.Batch]:
+    """`batches` evenly spaced batches of the length-sorted plan.
+
+    A capped epoch with the same mix of padded lengths as the whole epoch (all of it when
+    `batches` is at least the plan's length).
+    """
+    ordered = sorted(plan, key=lambda b: b.length)
+    if batches >= len(ordered):
+        return ordered
+    return [ordered[i] for i in np.linspace(0, len(ordered) - 1, batches).round().astype(int)]
+
+
+def epoch_plans(sample, epochs: int, seed: int) -> list[list[pipeline.Batch]]:
+    """The sampled batches in a fresh order per epoch, each epoch opening with the same length.
+
+    Keras re-creates the metric variables at every epoch start, and the JAX train step then
+    compiles once more for that first batch's shape; opening every epoch with the same padded
+    length keeps that to one compilation, done during the warm-up.
+    """
+    common = Counter(b.length for b in sample).most_common(1)[0][0]
+    plans = []
+    for epoch in range(epochs):
+        order = np.random.default_rng([seed, epoch]).permutation(len(sample))
+        plan = [sample[i] for i in order]
+        first = next(i for i, b in enumerate(plan) if b.length == common)
+        plans.append([plan[first], *plan[:first], *plan[first + 1 :]])
+    return plans
+
+
+def warmup_plan(plan) -> list[pipeline.Batch]:
+    """One batch of every padded length in `plan`, its first batch first and also second.
+
+    The first step compiles for the freshly built variables, the later ones for the variables
+    the train step returns; the first length needs both.
+    """
+    seen: dict[int, pipeline.Batch] = {}
+    for batch in plan:
+        seen.setdefault(batch.length, batch)
+    return [plan[0], *seen.values()]
+
+
+def real_rows(plan) -> np.ndarray:
+    return np.concatenate([b.rows[b.weights > 0] for b in plan])
+
+
+def side_efficiency(lengths: np.ndarray, plan) -> float:
+    """Real / computed tokens of a plan over single sequences (one side per row)."""
+    real = sum(int(lengths[b.rows[b.weights > 0]].sum()) for b in plan)
+    return real / sum(len(b.rows) * b.length for b in plan)
+
+
+def padding_analysis(tokens, batch_size: int, buckets, sequence_length: int) -> dict:
+    """Where the padding goes, and what other batch plans would give on the same tokens.
+
+    pair_bound: both sides of a row share one padded length (the longer side's), so even
+    exact per-row padding cannot beat it. per_side_*: plans that bucket the 2N sides
+    independently (the backbone sees them as one (2B, T) batch anyway).
+    """
+    fine = (*range(32, sequence_length, 32), sequence_length)
+    rows = tokens.row_lengths()
+    sides = tokens.lengths.reshape(-1)
+
+    def pairs(bks) -> float:
+        return pipeline.padding_efficiency(
+            tokens, pipeline.plan_batches(rows, batch_size, bks, True)
+        )
+
+    def per_side(bks) -> float:
+        return side_efficiency(sides, pipeline.plan_batches(sides, 2 * batch_size, bks, True))
+
+    return {
+        "pair_bound": float(tokens.lengths.sum() / (2 * rows.sum())),
+        "buckets_every_32": pairs(fine),
+        "per_side_buckets": per_side(buckets),
+        "per_side_buckets_every_32": per_side(fine),
+    }
+
+
+def count_compiles(counter: list[int]) -> None:
+    """Count XLA compilations (of anything) into counter[0] from now on."""
+    import jax
+
+    def listener(event: str, duration: float, **kwargs) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            counter[0] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+
+
+def computed_tokens(plan) -> int:
+    return sum(2 * len(b.rows) * b.length for b in plan)
+
+
+def time_pipeline(tokens, plans, keys, labels) -> dict:
+    """Batches/s of make_dataset from tokens already in memory (no model)."""
+    start = time.perf_counter()
+    batches = sum(1 for _ in pipeline.make_dataset(tokens, plans, keys, labels))
+    seconds = time.perf_counter() - start
+    return {
+        "batches": batches,
+        "seconds": seconds,
+        "batches_per_s": batches / seconds,
+        "pairs_per_s": sum(len(b.rows) for plan in plans for b in plan) / seconds,
+        "computed_tokens_per_s": sum(computed_tokens(p) for p in plans) / seconds,
+    }
+
+
+def build(args, precision: str):
+    """Backbone with LoRA, siamese model, compiled as jaxpref trains it."""
+    from jaxpref import model as model_lib
+
+    backbone = backbones.load_backbone(args.preset, dtype=precision)
+    backbones.check_sequence_length(backbone, args.sequence_length)
+    if args.lora_rank > 0:
+        backbone.enable_lora(args.lora_rank)
+    model = model_lib.build_model(backbone)
+    cfg = TrainConfig(lora_rank=args.lora_rank)
+    model_lib.compile_model(model, cfg.default_learning_rate(), cfg.label_smoothing)
+    return backbone, model
+
+
+def fit(model, tokens, labels, plans, keys, epochs: int, callbacks=()) -> None:
+    """model.fit over `plans`, one per epoch (tf.data input: Keras never reshuffles it)."""
+    steps = len(plans[0])
+    ds = pipeline.make_dataset(tokens, plans, keys, labels)
+    model.fit(ds, epochs=epochs, steps_per_epoch=steps, callbacks=list(callbacks), verbose=0)
+
+
+def train(model, tokens, labels, plans, keys) -> dict:
+    """Warm-up (one step of every shape, then a one-step epoch), then one timed epoch per plan.
+
+    The one-step epoch compiles the variant Keras needs at each epoch start (fresh metric
+    variables); the timed epochs then compile nothing (`timed_compiles` checks it).
+    """
+    warm = warmup_plan(plans[0])
+    compiles = [0]
+    count_compiles(compiles)
+    start = time.perf_counter()
+    fit(model, tokens, labels, [warm], keys, 1)
+    fit(model, tokens, labels, [warm[:1]], keys, 1)
+    warmup_s = time.perf_counter() - start
+    warmup_compiles = compiles[0]
+    times: list[float] = []
+    cpu_times: list[float] = []
+    fit(model, tokens, labels, plans, keys, len(plans), [epoch_timer(times, cpu_times)])
+    return {
+        "warmup_s": warmup_s,
+        "warmup_steps": len(warm) + 1,
+        "warmup_compiles": warmup_compiles,
+        "timed_compiles": compiles[0] - warmup_compiles,
+        "epoch_s": times,
+        "epoch_cpu_s": cpu_times,
+    }
+
+
+def infer(model, tokens, batch_size: int, buckets, keys, repeats: int) -> dict:
+    """predict_tokens over a length-sorted plan: one warm-up pass, then `repeats` timed ones.
+
+    Swap test-time augmentation (a second pass with sides A and B exchanged) is timed once.
+    """
+    from jaxpref import prediction
+
+    plan = pipeline.plan_batches(tokens.row_lengths(), batch_size, buckets)
+    prediction.predict_tokens(model, tokens, plan, keys)
+    times, _ = timed(lambda: prediction.predict_tokens(model, tokens, plan, keys), repeats)
+    tta_s, _ = timed(lambda: prediction.predict_tokens(model, tokens, plan, keys, tta=True), 1)
+    result = {
+        "seconds": times,
+        "padding_efficiency": pipeline.padding_efficiency(tokens, plan),
+        "swap_tta": {"seconds": tta_s[0], "pairs_per_s": len(tokens) / tta_s[0]},
+    }
+    real, computed = int(tokens.lengths.sum()), computed_tokens(plan)
+    return result | rates(len(tokens), real, computed, median(times))
+
+
+def setup_devices(args) -> tuple[list, str]:
+    """Distribution first: it must exist before any Keras object (the preprocessor is one)."""
+    distribution.configure_environment(args.devices, args.num_devices)
+    try:
+        distribution.hide_accelerators_from_tensorflow()
+        devices = distribution.select_devices(args.devices, args.num_devices)
+        distribution.check_batch_size(args.batch_size, len(devices))
+    except distribution.DeviceError as err:
+        fail(str(err))
+    distribution.set_data_parallel(devices)
+    precision = resolve_precision("auto", distribution.platform_of(devices))
+    from jaxpref import model as model_lib
+
+    model_lib.set_precision(precision)
+    return devices, precision
+
+
+def measure(args) -> dict:
+    devices, precision = setup_devices(args)
+    frame = load_frame()
+    try:
+        preprocessor = backbones.load_preprocessor(args.preset, args.sequence_length)
+        from jaxpref import model as model_lib
+
+        backbone, model = build(args, precision)
+    except backbones.PresetError as err:
+        fail(str(err))
+    keys = model_lib.backbone_input_keys(backbone)
+    encoder = pipeline.PairEncoder(preprocessor, keys)
+    texts = text.format_pairs(frame)
+    tokenize_s, all_tokens = timed(lambda: pipeline.tokenize(texts, encoder, None, False), 1)
+    buckets = pipeline.bucket_lengths(args.sequence_length)
+    full_plan = pipeline.plan_batches(all_tokens.row_lengths(), args.batch_size, buckets, True)
+
+    labels = frame["label"].to_numpy()
+    sample = sample_plan(full_plan, -(-args.rows // args.batch_size))
+    plans = epoch_plans(sample, args.epochs, args.seed)
+    rows = real_rows(sample)
+    result = {
+        "path": "jaxpref",
+        "devices": f"{len(devices)} x {devices[0].device_kind}",
+        "precision": precision,
+        "lora_rank": args.lora_rank,
+        "backbone": type(backbone).__name__,
+        "backbone_config": {k: v for k, v in backbone.get_config().items() if k != "dtype"},
+        "params": model.count_params(),
+        "trainable_params": sum(int(np.prod(w.shape)) for w in model.trainable_weights),
+        "rows_total": len(frame),
+        "mean_real_tokens_per_side": float(all_tokens.lengths.mean()),
+        "padding_efficiency": pipeline.padding_efficiency(all_tokens, full_plan),
+        "buckets": list(buckets),
+        "padding_analysis": padding_analysis(
+            all_tokens, args.batch_size, buckets, args.sequence_length
+        ),
+        "tokenize": {
+            "cache": "off",
+            "seconds": tokenize_s[0],
+            "pairs_per_s": len(frame) / tokenize_s[0],
+            "real_tokens_per_s": int(all_tokens.lengths.sum()) / tokenize_s[0],
+        },
+    }
+    if args.pipeline:
+        result["make_dataset"] = time_pipeline(all_tokens, plans, keys, labels)
+
+    timing = train(model, all_tokens, labels, plans, keys)
+    epoch_s = median(timing["epoch_s"])
+    lengths = [b.length for b in sample for _ in range(2 * len(b.rows))]
+    result["train"] = timing | {
+        "rows_per_epoch": len(rows),
+        "steps_per_epoch": len(sample),
+        "median_epoch_s": epoch_s,
+        "padding_efficiency": pipeline.padding_efficiency(all_tokens, sample),
+        "model_flops_per_s": model_flops(backbone, lengths) / epoch_s,
+    }
+    real = int(all_tokens.lengths[rows].sum())
+    result["train"] |= rates(len(rows), real, computed_tokens(sample), epoch_s)
+    peak = args.peak_flops or peak_flops(devices[0].device_kind)
+    if peak and devices[0].platform != "cpu":
+        result["train"]["peak_flops"] = peak * len(devices)
+        result["train"]["mfu"] = result["train"]["model_flops_per_s"] / (peak * len(devices))
+    if args.infer_repeats:
+        tokens = subset(all_tokens, rows)
+        result["infer"] = infer(model, tokens, args.batch_size, buckets, keys, args.infer_repeats)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    emit(measure(args) | {"args": vars(args)})
+
+
+if __name__ == "__main__":
+    main()
