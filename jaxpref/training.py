@@ -82,9 +82,9 @@ def _forget_epochs_from(run_dir: Path, epoch: int) -> None:
 
 def weights_fingerprint(model) -> str:
     """Sum and sum of squares of every weight: a cheap check that replicas agree."""
-    values = [np.asarray(v.value, dtype=np.float64) for v in model.weights]
-    total = sum(float(v.sum()) for v in values)
-    squares = sum(float((v * v).sum()) for v in values)
+    values = [np.asarray(v.value, dtype=np.float32).ravel() for v in model.weights]
+    total = sum(float(np.sum(v, dtype=np.float64)) for v in values)
+    squares = sum(float(np.einsum("i,i->", v, v, dtype=np.float64)) for v in values)
     return f"{total:.10e}/{squares:.10e}"
 
 
