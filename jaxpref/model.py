@@ -14,6 +14,7 @@ from keras import ops
 from jaxpref.pipeline import SIDE_FEATURES
 
 NUM_CLASSES = 3
+STANDARDIZE = "side_standardize"
 
 
 @keras.saving.register_keras_serializable(package="jaxpref")
@@ -121,6 +122,31 @@ class SwapSymmetricHead(keras.layers.Layer):
         return {**super().get_config(), "dropout": self.dropout}
 
 
+@keras.saving.register_keras_serializable(package="jaxpref")
+class Standardize(keras.layers.Layer):
+    """(x - mean) / std per feature, with mean and std fitted on the training split.
+
+    Raw log-counts (~0-9) would saturate the tanh projection; the statistics are non-trainable
+    weights, so they are checkpointed and restored with the model.
+    """
+
+    def build(self, input_shape):
+        shape = (input_shape[-1],)
+        self.mean = self.add_weight(shape=shape, initializer="zeros", trainable=False, name="mean")
+        self.std = self.add_weight(shape=shape, initializer="ones", trainable=False, name="std")
+
+    def fit(self, features) -> None:
+        """Set the statistics from (..., F) training features."""
+        import numpy as np
+
+        flat = np.asarray(features, np.float64).reshape(-1, features.shape[-1])
+        self.mean.assign(flat.mean(axis=0).astype("float32"))
+        self.std.assign(np.maximum(flat.std(axis=0), 1e-3).astype("float32"))
+
+    def call(self, x):
+        return (ops.cast(x, "float32") - self.mean) / self.std
+
+
 HEADS = ("concat", "symmetric")
 
 
@@ -132,7 +158,8 @@ def build_model(
     `head="concat"`: a dense layer over [a, b, a - b, a * b]; `head="symmetric"`:
     `SwapSymmetricHead`, whose predictions mirror exactly when A and B are swapped.
     `side_features=F` adds an input (B, 2, F) of per-side features (lengths, markdown counts),
-    projected by one shared layer and joined to each side's embedding.
+    standardized (`fit_side_features` sets the statistics), projected by one shared layer and
+    joined to each side's embedding.
     """
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
@@ -145,6 +172,7 @@ def build_model(
     if side_features:
         extra = keras.Input(shape=(2, side_features), dtype="float32", name=SIDE_FEATURES)
         inputs[SIDE_FEATURES] = extra
+        extra = Standardize(dtype="float32", name=STANDARDIZE)(extra)
         project = keras.layers.Dense(16, activation="tanh", dtype="float32", name="side_proj")
         side_a = keras.layers.Concatenate(name="with_features_a")(
             [ops.cast(side_a, "float32"), project(extra[:, 0])]
@@ -162,6 +190,11 @@ def build_model(
         logits = keras.layers.Dense(NUM_CLASSES, dtype="float32", name="logits")(features)
     probs = keras.layers.Activation("softmax", dtype="float32", name="probs")(logits)
     return SiameseModel(inputs, probs, name="siamese_preference")
+
+
+def fit_side_features(model: keras.Model, features) -> None:
+    """Fit the side-feature standardization on the training split's (n, 2, F) features."""
+    model.get_layer(STANDARDIZE).fit(features)
 
 
 SCHEDULES = ("constant", "cosine")

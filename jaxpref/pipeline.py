@@ -208,8 +208,9 @@ def plan_batches(
 
     Without `shuffle`, rows keep ascending length order inside the plan (inference restores the
     input order from `Batch.rows`). With it, rows are shuffled within buckets and batches across
-    buckets, differently for each epoch but reproducibly for a (seed, epoch). With `swap`, a
-    random half of the rows is fed with sides A and B exchanged (and labels to match).
+    buckets, differently for each epoch but reproducibly for a (seed, epoch), every epoch
+    opening with a batch of its shortest padded length (no recompilation at epoch starts). With
+    `swap`, a random half of the rows is fed with sides A and B exchanged (and labels to match).
     """
     lengths = np.asarray(lengths)
     if len(lengths) < 1:
@@ -235,6 +236,11 @@ def plan_batches(
         batches.append(Batch(rows, weights, buckets[-1]))
     if shuffle:
         batches = [batches[i] for i in rng.permutation(len(batches))]
+        # Keras resets its metric variables at each epoch start, and on one device JAX then
+        # compiles the train step again for the epoch's first shape unless that shape opened an
+        # epoch before: every epoch opens with the same (the shortest) padded length.
+        first = min(range(len(batches)), key=lambda i: batches[i].length)
+        batches.insert(0, batches.pop(first))
     if swap:
         batches = [dataclasses.replace(b, swap=rng.random(len(b.rows)) < 0.5) for b in batches]
     return batches

@@ -88,15 +88,55 @@ def weights_fingerprint(model) -> str:
     return f"{total:.10e}/{squares:.10e}"
 
 
+_COMPILES = [0]
+
+
+def _count_compiles(event: str, duration: float, **kwargs) -> None:
+    if event == "/jax/core/compile/backend_compile_duration":
+        _COMPILES[0] += 1
+
+
+def compile_counter():
+    """A function returning how many XLA compilations happened since its previous call."""
+    import jax
+
+    if not getattr(_count_compiles, "registered", False):
+        jax.monitoring.register_event_duration_secs_listener(_count_compiles)
+        _count_compiles.registered = True
+    seen = [_COMPILES[0]]
+
+    def since_last() -> int:
+        new = _COMPILES[0] - seen[0]
+        seen[0] = _COMPILES[0]
+        return new
+
+    return since_last
+
+
 def epoch_logger():
-    """A Keras callback that writes one log line per epoch."""
+    """A Keras callback that writes one log line per epoch, with its XLA compilations.
+
+    Every padded length compiles the train step once; later epochs should compile nothing.
+    """
     import keras
+
+    compiles = compile_counter()
+    started = [time.time()]
+
+    def on_epoch_begin(epoch, logs=None):
+        started[0] = time.time()
 
     def on_epoch_end(epoch, logs=None):
         items = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items()))
-        log.info("epoch %d: %s", epoch + 1, items)
+        log.info(
+            "epoch %d: %s (%.0f s, %d XLA compilations)",
+            epoch + 1,
+            items,
+            time.time() - started[0],
+            compiles(),
+        )
 
-    return keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
+    return keras.callbacks.LambdaCallback(on_epoch_begin=on_epoch_begin, on_epoch_end=on_epoch_end)
 
 
 def build_backbone(cfg: TrainConfig, dtype: str | None):
@@ -222,6 +262,7 @@ def train(
     if cfg.side_features:
         train_extra = pipeline.side_features(train_texts, train_tokens)
         valid_extra = pipeline.side_features(valid_texts, valid_tokens)
+        model_lib.fit_side_features(model, train_extra)
     buckets = pipeline.bucket_lengths(cfg.sequence_length)
     train_plans = [
         pipeline.plan_batches(

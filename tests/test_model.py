@@ -121,3 +121,14 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     assert model_lib.learning_rate_schedule(1e-3) == 1e-3
     with pytest.raises(ValueError):
         model_lib.learning_rate_schedule(1e-3, "linear")
+
+
+def test_side_features_are_standardized_with_training_statistics():
+    layer = model_lib.Standardize(dtype="float32")
+    features = np.random.default_rng(0).normal(7.0, 3.0, size=(50, 2, 4)).astype(np.float32)
+    layer.build(features.shape)
+    layer.fit(features)
+    out = np.asarray(layer(features)).reshape(-1, 4)
+    np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(out.std(axis=0), 1.0, atol=1e-4)
+    assert not layer.trainable_weights and len(layer.non_trainable_weights) == 2

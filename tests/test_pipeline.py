@@ -56,6 +56,15 @@ def test_shuffled_plans_are_reproducible_per_epoch_and_differ_between_epochs():
     assert len({x.length for x in a}) > 1  # batches come from several buckets, mixed
 
 
+def test_every_epoch_opens_with_the_same_padded_length():
+    """Keras resets metrics per epoch; a fixed first shape avoids one compilation per epoch."""
+    lengths = np.random.default_rng(2).integers(10, 1024, size=200)
+    buckets = pipeline.bucket_lengths(1024)
+    plans = [pipeline.plan_batches(lengths, 8, buckets, shuffle=True, epoch=e) for e in range(6)]
+    assert {plan[0].length for plan in plans} == {min(b.length for b in plans[0])}
+    assert len({tuple(b.length for b in plan[1:]) for plan in plans}) == 6
+
+
 def test_plan_with_no_rows_is_an_error():
     with pytest.raises(ValueError):
         pipeline.plan_batches(np.array([], dtype=int), 4, (64,))

@@ -142,13 +142,20 @@ def test_quality_options_train_and_reload(tiny_preset, small_csv, tmp_path):
              "--schedule", "cosine"]  # fmt: skip
     result = run_script("train_jax.py", *tiny_run_args(tiny_preset, small_csv, run_dir), *flags)
     assert result.returncode == 0, result.stderr[-3000:]
+    split = pd.read_csv(run_dir / "split.csv", dtype=str)
+    raw = pd.read_csv(small_csv, dtype=str)
+    valid_csv = tmp_path / "valid.csv"
+    raw[raw["id"].isin(split.loc[split["split"] == "valid", "id"])].to_csv(valid_csv, index=False)
     outputs = {}
     for name, extra in (("plain", []), ("tta", ["--tta"])):
         out = tmp_path / f"{name}.csv"
         infer = run_script("infer.py", "--devices", "cpu", "--num-devices", "2", "--run-dir",
-                           str(run_dir), "--output", str(out), *extra)  # fmt: skip
+                           str(run_dir), "--test-csv", str(valid_csv), "--output", str(out),
+                           *extra)  # fmt: skip
         assert infer.returncode == 0, infer.stderr[-3000:]
-        outputs[name] = pd.read_csv(out, dtype={"id": str})
-    cols = list(data.LABEL_COLUMNS)
+        outputs[name] = pd.read_csv(out, dtype={"id": str}).set_index("id")
+    # The restored model (side-feature statistics included) reproduces training's predictions.
+    during = pd.read_csv(run_dir / "valid_predictions.csv", dtype={"id": str}).set_index("id")
+    np.testing.assert_allclose(outputs["plain"].loc[during.index], during, atol=1e-5)
     # A symmetric head already mirrors exactly, so swap TTA changes nothing.
-    np.testing.assert_allclose(outputs["tta"][cols], outputs["plain"][cols], atol=1e-6)
+    np.testing.assert_allclose(outputs["tta"], outputs["plain"], atol=1e-6)
