@@ -146,13 +146,15 @@ def train_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--side-features",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=d.side_features,
         help="feed each side's cheap features (lengths, line, markdown and code-block counts) "
         "to the head beside its embedding",
     )
     p.add_argument(
         "--swap-augment",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=d.swap_augment,
         help="feed a random half of the training rows with A and B exchanged each epoch",
     )
     p.add_argument(

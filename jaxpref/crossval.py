@@ -53,6 +53,14 @@ def cross_validate(cfg: TrainConfig, folds: int) -> dict:
         fold_cfg = dataclasses.replace(cfg, run_dir=str(root / f"fold{fold}"))
         train_df = frame.iloc[train_rows].reset_index(drop=True)
         valid_df = frame.iloc[valid_rows].reset_index(drop=True)
+        training.setup_logging(None)  # stderr only; each fold's run logs to its own train.log
+        log.info(
+            "fold %d/%d: %d train / %d validation rows",
+            fold + 1,
+            folds,
+            len(train_df),
+            len(valid_df),
+        )
         training.train(fold_cfg, train_df, valid_df)
         model_probs[valid_rows] = _fold_predictions(Path(fold_cfg.run_dir), valid_df["id"])
         fitted = baselines.fit_baselines(train_df)
@@ -70,5 +78,6 @@ def cross_validate(cfg: TrainConfig, folds: int) -> dict:
         f"# {folds}-fold cross-validation (grouped by prompt) of `{cfg.train_csv}`\n\n"
         f"{result['rows']} out-of-fold rows.\n\n{table}\n"
     )
+    training.setup_logging(None)
     log.info("cross-validation, %d folds:\n%s", folds, table)
     return result

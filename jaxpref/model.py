@@ -158,8 +158,8 @@ def build_model(
     `head="concat"`: a dense layer over [a, b, a - b, a * b]; `head="symmetric"`:
     `SwapSymmetricHead`, whose predictions mirror exactly when A and B are swapped.
     `side_features=F` adds an input (B, 2, F) of per-side features (lengths, markdown counts),
-    standardized (`fit_side_features` sets the statistics), projected by one shared layer and
-    joined to each side's embedding.
+    standardized (`fit_side_features` sets the statistics) and joined to each side's embedding
+    both as they are and through one shared tanh projection.
     """
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
@@ -174,11 +174,13 @@ def build_model(
         inputs[SIDE_FEATURES] = extra
         extra = Standardize(dtype="float32", name=STANDARDIZE)(extra)
         project = keras.layers.Dense(16, activation="tanh", dtype="float32", name="side_proj")
+        # The standardized features also go in as they are, so the head holds the
+        # length-feature logistic regression (A, B, A - B, |A - B|) as a special case.
         side_a = keras.layers.Concatenate(name="with_features_a")(
-            [ops.cast(side_a, "float32"), project(extra[:, 0])]
+            [ops.cast(side_a, "float32"), project(extra[:, 0]), extra[:, 0]]
         )
         side_b = keras.layers.Concatenate(name="with_features_b")(
-            [ops.cast(side_b, "float32"), project(extra[:, 1])]
+            [ops.cast(side_b, "float32"), project(extra[:, 1]), extra[:, 1]]
         )
     if head == "symmetric":
         logits = SwapSymmetricHead(dropout, name="logits")(side_a, side_b)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxpref.text import FEATURE_KEYS, SIDE_COUNTS, SIDES, side_counts
+from jaxpref.text import FEATURE_KEYS, SIDE_COUNTS, SIDES, side_counts, turn_counts
 
 log = logging.getLogger("jaxpref")
 
@@ -257,13 +257,20 @@ MIRROR = np.array([1, 0, 2])  # class index after swapping sides: A wins <-> B w
 
 
 SIDE_FEATURES = "side_features"
-NUM_SIDE_FEATURES = len(SIDE_COUNTS) + 1
+NUM_SIDE_FEATURES = len(SIDE_COUNTS) + 2
 
 
 def side_features(texts: dict[str, np.ndarray], tokens: TokenizedPairs) -> np.ndarray:
-    """(n, 2, 9) per-side features for the head: `text.side_counts` plus log1p(token length)."""
+    """(n, 2, 10) per-side features for the head, log1p-scaled: `text.side_counts`, the token
+    length and the number of user turns."""
     sides = [
-        np.hstack([side_counts(texts, s), np.log1p(tokens.lengths[:, i : i + 1])])
+        np.hstack(
+            [
+                side_counts(texts, s),
+                np.log1p(tokens.lengths[:, i : i + 1]),
+                np.log1p(turn_counts(texts, s))[:, None],
+            ]
+        )
         for i, s in enumerate(SIDES)
     ]
     return np.stack(sides, axis=1).astype(np.float32)

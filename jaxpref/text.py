@@ -84,3 +84,12 @@ def side_counts(pairs: dict[str, np.ndarray], side: str) -> np.ndarray:
         )
     ]
     return np.log1p(np.asarray(rows, dtype=np.float64).reshape(len(rows), -1))
+
+
+def turn_counts(pairs: dict[str, np.ndarray], side: str) -> np.ndarray:
+    """(n,) user turns in each row's conversation, read back from the context `format_side` built.
+
+    A prompt that itself contains a blank line followed by "User: " would count as one turn more.
+    """
+    marker = TURN_SEPARATOR + USER
+    return np.asarray([str(c).count(marker) + 1 for c in pairs[f"context_{side}"]], np.float64)

@@ -194,7 +194,8 @@ def test_side_features_describe_each_side_and_follow_swaps(encoder):
     tokens = pipeline.tokenize(texts, encoder, progress=False)
     extra = pipeline.side_features(texts, tokens)
     assert extra.shape == (6, 2, pipeline.NUM_SIDE_FEATURES) and extra.dtype == np.float32
-    np.testing.assert_allclose(extra[:, :, -1], np.log1p(tokens.lengths))
+    np.testing.assert_allclose(extra[:, :, -2], np.log1p(tokens.lengths))
+    np.testing.assert_allclose(extra[:, :, -1], np.log1p(1))  # one user turn
     headers = text.SIDE_COUNTS.index("headers")
     assert (extra[:, 1, headers] == np.float32(np.log1p(1))).all() and (
         extra[:, 0, headers] == 0

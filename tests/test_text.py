@@ -44,3 +44,10 @@ def test_format_pairs_sides_follow_their_columns():
     frame = pd.DataFrame({"prompt": [["q"]], "response_a": [["A!"]], "response_b": [["B!"]]})
     pairs = text.format_pairs(frame)
     assert pairs["response_a"][0] == "A!" and pairs["response_b"][0] == "B!"
+
+
+def test_turn_counts_read_the_conversation_length_back():
+    single = text.format_side(["hi"], ["hello"])
+    three = text.format_side(["a", "b", "c"], ["x", "y", "z"])
+    pairs = {"context_a": np.asarray([single[0], three[0]], dtype=object)}
+    np.testing.assert_array_equal(text.turn_counts(pairs, "a"), [1, 3])
