@@ -95,30 +95,62 @@ def side_efficiency(lengths: np.ndarray, plan) -> float:
     return real / sum(len(b.rows) * b.length for b in plan)
 
 
+def split_sides_plan(lengths: np.ndarray, batch_size: int, buckets, seed: int = 0) -> list:
+    """(rows, short length, long length) batches of a layout jaxpref does not use.
+
+    Each pair's shorter side would go into one (B, Ls) backbone call and its longer side into
+    a (B, Ll) call, Ls and Ll each the bucket of their batch maximum; rows are grouped by
+    (long bucket, short bucket). Every (Ls, Ll) combination is a shape to compile.
+    """
+    bks = np.asarray(buckets)
+    short = np.searchsorted(bks, lengths.min(axis=1))
+    long = np.searchsorted(bks, lengths.max(axis=1))
+    tie = np.random.default_rng(seed).random(len(lengths))
+    order = np.lexsort((tie, short, long))
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return [(c, int(bks[short[c].max()]), int(bks[long[c].max()])) for c in chunks]
+
+
 def padding_analysis(tokens, batch_size: int, buckets, sequence_length: int) -> dict:
-    """Where the padding goes, and what other batch plans would give on the same tokens.
+    """Padding efficiency and compiled shapes of other batch layouts on the same tokens.
 
     pair_bound: both sides of a row share one padded length (the longer side's), so even
-    exact per-row padding cannot beat it. per_side_*: plans that bucket the 2N sides
-    independently (the backbone sees them as one (2B, T) batch anyway).
+    exact per-row padding cannot beat it. pair_*: jaxpref's layout (one (2B, T) call).
+    split_sides_*: a pair's shorter and longer sides in two calls (`split_sides_plan`).
+    unpaired_sides_*: the 2N sides bucketed independently, ignoring which pair they belong to:
+    a bound no pairwise loss can use directly.
     """
     fine = (*range(32, sequence_length, 32), sequence_length)
     rows = tokens.row_lengths()
     sides = tokens.lengths.reshape(-1)
 
-    def pairs(bks) -> float:
-        return pipeline.padding_efficiency(
-            tokens, pipeline.plan_batches(rows, batch_size, bks, True)
-        )
+    def pairs(bks) -> dict:
+        plan = pipeline.plan_batches(rows, batch_size, bks, True)
+        return {
+            "efficiency": pipeline.padding_efficiency(tokens, plan),
+            "shapes": len({b.length for b in plan}),
+        }
 
-    def per_side(bks) -> float:
-        return side_efficiency(sides, pipeline.plan_batches(sides, 2 * batch_size, bks, True))
+    def split(bks) -> dict:
+        plan = split_sides_plan(tokens.lengths, batch_size, bks)
+        computed = sum(batch_size * (ls + ll) for _, ls, ll in plan)
+        return {
+            "efficiency": float(tokens.lengths.sum() / computed),
+            "shapes": len({(ls, ll) for _, ls, ll in plan}),
+        }
+
+    def unpaired(bks) -> dict:
+        plan = pipeline.plan_batches(sides, 2 * batch_size, bks, True)
+        return {"efficiency": side_efficiency(sides, plan), "shapes": len({b.length for b in plan})}
 
     return {
         "pair_bound": float(tokens.lengths.sum() / (2 * rows.sum())),
-        "buckets_every_32": pairs(fine),
-        "per_side_buckets": per_side(buckets),
-        "per_side_buckets_every_32": per_side(fine),
+        "pair_buckets": pairs(buckets),
+        "pair_buckets_every_32": pairs(fine),
+        "split_sides_buckets": split(buckets),
+        "split_sides_buckets_every_32": split(fine),
+        "unpaired_sides_buckets": unpaired(buckets),
+        "unpaired_sides_buckets_every_32": unpaired(fine),
     }
 
 

@@ -282,7 +282,12 @@ def padding_lines(cases: list[dict]) -> list[str]:
     for case in cases:
         analysis = case["jaxpref"].get("padding_analysis")
         if analysis and case["case"]["lora_rank"]:
-            items = ", ".join(f"{k} {v:.3f}" for k, v in analysis.items())
+            items = ", ".join(
+                f"{k} {v['efficiency']:.3f} ({v['shapes']} shapes)"
+                if isinstance(v, dict)
+                else f"{k} {v:.3f}"
+                for k, v in analysis.items()
+            )
             eff = case["jaxpref"]["padding_efficiency"]
             lines.append(f"padding, {case['case']['name']}: jaxpref plan {eff:.3f}; {items}")
     return lines
