@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import run_script, tiny_run_args
 
@@ -20,6 +21,14 @@ def test_folds_cover_every_row_once_and_never_split_a_prompt():
         crossval.fold_indices(frame, 1, seed=0)
 
 
+def test_epoch_log_losses_weigh_each_fold_by_its_rows(tmp_path):
+    for fold, losses in enumerate(([1.0, 0.5], [2.0, 1.1])):
+        (tmp_path / f"fold{fold}").mkdir()
+        history = pd.DataFrame({"epoch": [1, 0], "val_log_loss": losses[::-1]})
+        history.to_csv(tmp_path / f"fold{fold}" / "history.csv", index=False)
+    np.testing.assert_allclose(crossval.epoch_log_losses(tmp_path, [30, 10]), [1.25, 0.65])
+
+
 @pytest.mark.slow
 def test_two_fold_cross_validation_scores_every_row_beside_the_baselines(
     tiny_preset, small_csv, tmp_path
@@ -33,4 +42,6 @@ def test_two_fold_cross_validation_scores_every_row_beside_the_baselines(
     assert all(np.isfinite(s["log_loss"]) for s in report["scores"].values())
     for fold in range(2):
         assert (tmp_path / "cv" / f"fold{fold}" / "valid_predictions.csv").exists()
-    assert "| model |" in (tmp_path / "cv" / "cv.md").read_text()
+    assert len(report["epoch_log_loss"]) == 1 and np.isfinite(report["epoch_log_loss"][0])
+    text = (tmp_path / "cv" / "cv.md").read_text()
+    assert "| model |" in text and "model − tfidf_length_logreg" in text
