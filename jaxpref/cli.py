@@ -113,7 +113,7 @@ def train_parser() -> argparse.ArgumentParser:
         "--learning-rate",
         type=float,
         default=None,
-        help="Adam learning rate (default: 1e-4 with LoRA, 1e-5 without)",
+        help="peak Adam learning rate (default: 2e-3 with LoRA, 1e-5 without)",
     )
     p.add_argument(
         "--schedule",
