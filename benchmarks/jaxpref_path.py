@@ -154,17 +154,6 @@ def padding_analysis(tokens, batch_size: int, buckets, sequence_length: int) -> 
     }
 
 
-def count_compiles(counter: list[int]) -> None:
-    """Count XLA compilations (of anything) into counter[0] from now on."""
-    import jax
-
-    def listener(event: str, duration: float, **kwargs) -> None:
-        if event == "/jax/core/compile/backend_compile_duration":
-            counter[0] += 1
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-
-
 def computed_tokens(plan) -> int:
     return sum(2 * len(b.rows) * b.length for b in plan)
 
@@ -211,13 +200,14 @@ def train(model, tokens, labels, plans, keys) -> dict:
     variables); the timed epochs then compile nothing (`timed_compiles` checks it).
     """
     warm = warmup_plan(plans[0])
-    compiles = [0]
-    count_compiles(compiles)
+    from jaxpref import training  # imports Keras: only once the backend is chosen
+
+    compiles = training.compile_counter()
     start = time.perf_counter()
     fit(model, tokens, labels, [warm], keys, 1)
     fit(model, tokens, labels, [warm[:1]], keys, 1)
     warmup_s = time.perf_counter() - start
-    warmup_compiles = compiles[0]
+    warmup_compiles = compiles()
     times: list[float] = []
     cpu_times: list[float] = []
     fit(model, tokens, labels, plans, keys, len(plans), [epoch_timer(times, cpu_times)])
@@ -225,7 +215,7 @@ def train(model, tokens, labels, plans, keys) -> dict:
         "warmup_s": warmup_s,
         "warmup_steps": len(warm) + 1,
         "warmup_compiles": warmup_compiles,
-        "timed_compiles": compiles[0] - warmup_compiles,
+        "timed_compiles": compiles(),
         "epoch_s": times,
         "epoch_cpu_s": cpu_times,
     }

@@ -16,6 +16,7 @@ A run directory holds everything inference needs:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -96,13 +97,16 @@ def _count_compiles(event: str, duration: float, **kwargs) -> None:
         _COMPILES[0] += 1
 
 
-def compile_counter():
-    """A function returning how many XLA compilations happened since its previous call."""
+@functools.cache
+def _listen_for_compiles() -> None:
     import jax
 
-    if not getattr(_count_compiles, "registered", False):
-        jax.monitoring.register_event_duration_secs_listener(_count_compiles)
-        _count_compiles.registered = True
+    jax.monitoring.register_event_duration_secs_listener(_count_compiles)
+
+
+def compile_counter():
+    """A function returning how many XLA compilations happened since its previous call."""
+    _listen_for_compiles()
     seen = [_COMPILES[0]]
 
     def since_last() -> int:
