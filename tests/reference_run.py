@@ -1,0 +1,60 @@
+"""A fixed, seeded tiny-DeBERTa training run whose validation predictions must never drift.
+
+`python tests/reference_run.py OUT_DIR` builds the tiny preset, trains through the command line
+(2 devices, 2 epochs, default modelling flags) and prints where `valid_predictions.csv` is.
+`tests/fixtures/reference_valid_predictions.csv` was recorded by this script at commit a101e1b,
+before the package was restructured; `test_reference.py` reruns it and compares (<= 1e-6), so a
+refactoring that changes behaviour fails.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ROWS = 240
+
+
+def reference_run(out: Path) -> Path:
+    """Train the reference run under `out`; returns its valid_predictions.csv."""
+    import pandas as pd
+
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    env["KERAS_BACKEND"] = "jax"
+    env["JAXPREF_CACHE"] = "off"
+    preset = out / "preset"
+    subprocess.run(
+        [sys.executable, "-c", BUILD_PRESET, str(preset)], check=True, env=env, cwd=REPO
+    )
+    from jaxpref import data
+
+    train_csv = out / "train.csv"
+    pd.read_csv(data.DEFAULT_TRAIN_CSV, dtype=str).head(ROWS).to_csv(train_csv, index=False)
+    run_dir = out / "run"
+    subprocess.run(
+        [
+            sys.executable, str(REPO / "scripts" / "train_jax.py"),
+            "--devices", "cpu", "--num-devices", "2", "--preset", str(preset),
+            "--train-csv", str(train_csv), "--run-dir", str(run_dir), "--epochs", "2",
+            "--batch-size", "8", "--sequence-length", "64", "--learning-rate", "3e-3",
+        ],
+        check=True, env=env, cwd=REPO,
+    )  # fmt: skip
+    return run_dir / "valid_predictions.csv"
+
+
+BUILD_PRESET = """
+import sys
+from jaxpref import data
+from jaxpref.tiny_preset import arena_texts, build_tiny_deberta_preset
+build_tiny_deberta_preset(
+    sys.argv[1], arena_texts(data.DEFAULT_TRAIN_CSV), vocab_size=600, num_layers=1, num_heads=2,
+    hidden_dim=32, intermediate_dim=64, max_sequence_length=256, seed=0,
+)
+"""
+
+if __name__ == "__main__":
+    print(reference_run(Path(sys.argv[1]).resolve()))
