@@ -24,15 +24,15 @@ from benchlib import (
     timed,
 )
 
-from jaxpref import backbones, distribution, pipeline, text
-from jaxpref.config import TrainConfig, resolve_precision
+from jaxpref import backbones, distribution, monitoring, pipeline, text
+from jaxpref.config import ModelConfig, OptimConfig, default_learning_rate, resolve_precision
 
 
 def parse_args(argv: list[str] | None = None):
     parser = path_arguments(__doc__.splitlines()[0])
     parser.add_argument("--devices", default="cpu", choices=("cpu", "gpu", "tpu"))
     parser.add_argument("--num-devices", type=int, default=None, help="default: all")
-    parser.add_argument("--lora-rank", type=int, default=TrainConfig.lora_rank)
+    parser.add_argument("--lora-rank", type=int, default=ModelConfig.lora_rank)
     parser.add_argument("--pipeline", action="store_true", help="also time the input pipeline")
     parser.add_argument("--peak-flops", type=float, default=None, help="per device, FLOP/s")
     return parser.parse_args(argv)
@@ -173,17 +173,18 @@ def time_pipeline(tokens, plans, keys, labels) -> dict:
 
 
 def build(args, precision: str):
-    """Backbone with LoRA, siamese model, compiled as jaxpref trains it."""
+    """The siamese model (concat head, no side features) compiled as jaxpref trains it."""
     from jaxpref import model as model_lib
+    from jaxpref import optimization
 
-    backbone = backbones.load_backbone(args.preset, dtype=precision)
-    backbones.check_sequence_length(backbone, args.sequence_length)
-    if args.lora_rank > 0:
-        backbone.enable_lora(args.lora_rank)
-    model = model_lib.build_model(backbone)
-    cfg = TrainConfig(lora_rank=args.lora_rank)
-    model_lib.compile_model(model, cfg.default_learning_rate(), cfg.label_smoothing)
-    return backbone, model
+    cfg = ModelConfig(
+        preset=args.preset, head="concat", side_features=False, lora_rank=args.lora_rank,
+        precision=precision,
+    )  # fmt: skip
+    model = model_lib.build_model(cfg, args.sequence_length)
+    rate = default_learning_rate(args.lora_rank)
+    optimization.compile_model(model, rate, OptimConfig().label_smoothing)
+    return model.backbone, model
 
 
 def fit(model, tokens, labels, plans, keys, epochs: int, callbacks=()) -> None:
@@ -200,9 +201,7 @@ def train(model, tokens, labels, plans, keys) -> dict:
     variables); the timed epochs then compile nothing (`timed_compiles` checks it).
     """
     warm = warmup_plan(plans[0])
-    from jaxpref import training  # imports Keras: only once the backend is chosen
-
-    compiles = training.compile_counter()
+    compiles = monitoring.compile_counter()
     start = time.perf_counter()
     fit(model, tokens, labels, [warm], keys, 1)
     fit(model, tokens, labels, [warm[:1]], keys, 1)
@@ -245,17 +244,10 @@ def setup_devices(args) -> tuple[list, str]:
     """Distribution first: it must exist before any Keras object (the preprocessor is one)."""
     distribution.configure_environment(args.devices, args.num_devices)
     try:
-        distribution.hide_accelerators_from_tensorflow()
-        devices = distribution.select_devices(args.devices, args.num_devices)
-        distribution.check_batch_size(args.batch_size, len(devices))
+        devices = distribution.setup(args.devices, args.num_devices, args.batch_size)
     except distribution.DeviceError as err:
         fail(str(err))
-    distribution.set_data_parallel(devices)
-    precision = resolve_precision("auto", distribution.platform_of(devices))
-    from jaxpref import model as model_lib
-
-    model_lib.set_precision(precision)
-    return devices, precision
+    return devices, resolve_precision("auto", distribution.platform_of(devices))
 
 
 def measure(args) -> dict:
@@ -263,12 +255,10 @@ def measure(args) -> dict:
     frame = load_frame()
     try:
         preprocessor = backbones.load_preprocessor(args.preset, args.sequence_length)
-        from jaxpref import model as model_lib
-
         backbone, model = build(args, precision)
     except backbones.PresetError as err:
         fail(str(err))
-    keys = model_lib.backbone_input_keys(backbone)
+    keys = model.backbone_input_keys
     encoder = pipeline.PairEncoder(preprocessor, keys)
     texts = text.format_pairs(frame)
     tokenize_s, all_tokens = timed(lambda: pipeline.tokenize(texts, encoder, None, False), 1)

@@ -19,7 +19,6 @@ from jaxpref_path import padding_analysis
 from run import build_tiny_preset, markdown
 
 from jaxpref import backbones, pipeline, text
-from jaxpref import model as model_lib
 from jaxpref.data import DEFAULT_TRAIN_CSV, read_arena_csv
 
 
@@ -34,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def analyse(preset: str, sequence_lengths: list[int], batch_sizes: list[int]) -> list[dict]:
     backbone = backbones.load_backbone(preset, load_weights=False)
-    keys = model_lib.backbone_input_keys(backbone)
+    keys = tuple(backbone.input.keys())
     texts = text.format_pairs(read_arena_csv(DEFAULT_TRAIN_CSV, labelled=True))
     rows = []
     for length in sequence_lengths:

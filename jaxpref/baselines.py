@@ -21,18 +21,18 @@ import pandas as pd
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from jaxpref import text
+from jaxpref.data import NUM_CLASSES
+from jaxpref.metrics import class_prior, log_loss
 
 __all__ = [
     "BASELINE_NAMES",
     "LengthModel",
     "TfidfLengthModel",
-    "class_prior",
     "fit_baselines",
     "fit_logistic_regression",
     "length_features",
@@ -65,15 +65,6 @@ class TfidfLengthModel:
     classifier: LogisticRegression
 
 
-def class_prior(train_labels: np.ndarray) -> np.ndarray:
-    """Class frequencies (3,) with one added count per class, so no class gets probability 0.
-
-    The same smoothing as the trainer's ``prior_val_log_loss`` in ``summary.json``.
-    """
-    counts = np.bincount(np.asarray(train_labels), minlength=3)[:3] + 1.0
-    return counts / counts.sum()
-
-
 def length_features(pairs: dict[str, np.ndarray]) -> np.ndarray:
     """(n, 32) features from ``text.format_pairs`` output: per side, A−B and |A−B|, log1p scaled.
 
@@ -104,8 +95,7 @@ def fit_logistic_regression(
 
     def held_out_log_loss(c: float) -> float:
         model = _logistic_regression(c).fit(features[fit_rows], labels[fit_rows])
-        probs = model.predict_proba(features[held_rows])
-        return log_loss(labels[held_rows], probs, labels=model.classes_)
+        return log_loss(class_probabilities(model, features[held_rows]), labels[held_rows])
 
     return _logistic_regression(min(C_GRID, key=held_out_log_loss)).fit(features, labels)
 
@@ -118,9 +108,9 @@ def _tfidf_design(
     return sp.hstack([diff, sp.csr_matrix(scaler.transform(lengths))], format="csr")
 
 
-def _class_probs(classifier, features) -> np.ndarray:
+def class_probabilities(classifier, features) -> np.ndarray:
     """(n, 3) probabilities, with zeros for a class absent from the training labels."""
-    probs = np.zeros((features.shape[0], 3))
+    probs = np.zeros((features.shape[0], NUM_CLASSES))
     probs[:, classifier.classes_] = classifier.predict_proba(features)
     return probs
 
@@ -161,10 +151,10 @@ def predict_baselines(fitted: dict[str, object], df: pd.DataFrame) -> dict[str, 
         if name == "class_prior":
             probs = np.tile(model, (len(df), 1))
         elif name == "length_logreg":
-            probs = _class_probs(model.classifier, model.scaler.transform(lengths))
+            probs = class_probabilities(model.classifier, model.scaler.transform(lengths))
         elif name == "tfidf_length_logreg":
             design = _tfidf_design(model.vectorizer, model.scaler, pairs, lengths)
-            probs = _class_probs(model.classifier, design)
+            probs = class_probabilities(model.classifier, design)
         else:
             raise ValueError(f"unknown baseline {name!r}; expected one of {BASELINE_NAMES}")
         out[name] = np.asarray(probs, dtype=np.float64)

@@ -7,28 +7,31 @@ search range, so the fitted T never makes the validation log loss worse.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-CALIBRATION_FILE = "calibration.json"
-EPS = 1e-15
+from jaxpref.metrics import CLIP, log_loss
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """A fitted temperature and the validation log loss before and after applying it."""
+
+    temperature: float
+    before: float
+    after: float
 
 
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     """softmax(log(p) / T), row by row."""
-    logits = np.log(np.clip(np.asarray(probs, dtype=np.float64), EPS, 1.0)) / temperature
+    logits = np.log(np.clip(np.asarray(probs, dtype=np.float64), CLIP, 1.0)) / temperature
     logits -= logits.max(axis=1, keepdims=True)
     scaled = np.exp(logits)
     return scaled / scaled.sum(axis=1, keepdims=True)
-
-
-def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
-    probs = np.clip(np.asarray(probs, dtype=np.float64), EPS, 1.0)
-    probs = probs / probs.sum(axis=1, keepdims=True)
-    return float(-np.mean(np.log(probs[np.arange(len(labels)), labels])))
 
 
 def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -54,16 +57,23 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(min(candidates, key=candidates.get)))
 
 
-def save(run_dir: str | os.PathLike, temperature: float, before: float, after: float) -> None:
+def calibrate(probs: np.ndarray, labels: np.ndarray, enabled: bool = True) -> Calibration:
+    """Fit the temperature (T = 1 when not `enabled`) and score it on the same rows."""
+    temperature = fit_temperature(probs, labels) if enabled else 1.0
+    before = log_loss(probs, labels)
+    return Calibration(temperature, before, log_loss(apply_temperature(probs, temperature), labels))
+
+
+def save(path: str | os.PathLike, fitted: Calibration) -> None:
     record = {
-        "temperature": temperature,
-        "val_log_loss_before": before,
-        "val_log_loss_after": after,
+        "temperature": fitted.temperature,
+        "val_log_loss_before": fitted.before,
+        "val_log_loss_after": fitted.after,
     }
-    (Path(run_dir) / CALIBRATION_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    Path(path).write_text(json.dumps(record, indent=2) + "\n")
 
 
-def load_temperature(run_dir: str | os.PathLike) -> float:
-    """The run's fitted temperature, 1.0 when it has none."""
-    path = Path(run_dir) / CALIBRATION_FILE
+def load_temperature(path: str | os.PathLike) -> float:
+    """The temperature saved at `path` (a run's calibration.json), 1.0 when there is none."""
+    path = Path(path)
     return float(json.loads(path.read_text())["temperature"]) if path.exists() else 1.0

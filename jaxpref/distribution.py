@@ -10,7 +10,7 @@ import os
 import socket
 import time
 
-PLATFORMS = ("auto", "cpu", "gpu", "tpu")
+from jaxpref.config import PLATFORMS
 
 
 class DeviceError(RuntimeError):
@@ -174,3 +174,27 @@ def set_data_parallel(devices: list) -> None:
 
 def platform_of(devices: list) -> str:
     return devices[0].platform
+
+
+def setup(devices: str, num_devices: int | None, batch_size: int | None) -> list:
+    """Everything before the first Keras object: TensorFlow kept off the accelerators, the
+    devices selected, the global batch (when given) checked against them, data parallelism set.
+    Returns the selected devices."""
+    import jax
+
+    hide_accelerators_from_tensorflow()
+    selected = select_devices(devices, num_devices)
+    if batch_size is not None:
+        check_batch_size(batch_size, len(selected), jax.process_count())
+    set_data_parallel(selected)
+    return selected
+
+
+def sync_processes(name: str) -> None:
+    """Wait until every process reaches this point (no-op with one process)."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

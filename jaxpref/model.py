@@ -1,19 +1,28 @@
-"""The siamese preference model: one shared backbone encodes both sides, a head compares them.
+"""Preference models: backbone + LoRA + head, built from one `ModelConfig` by `build_model`.
 
-Inputs are (B, 2, L) per backbone input; both sides are folded into one (2B, L) backbone call
-(shared weights, one large matmul instead of two), mean-pooled over real tokens only, unfolded
-to (B, 2, H), and compared by a small head that outputs float32 softmax over
-(winner_model_a, winner_model_b, winner_tie).
+An architecture is a `PreferenceModel` subclass registered in `ARCHITECTURES`; it takes a
+keras-hub backbone and its own settings, builds a functional model whose output is a float32
+softmax over (winner_model_a, winner_model_b, winner_tie), and round-trips through
+`get_config`/`from_config` (the backbone serialized inside, as keras-hub tasks do). A new
+architecture (e.g. a cross-encoder reading both responses in one sequence) is a new subclass
+and registry entry; a new backbone family is whatever `backbones.load_backbone` returns.
+
+`SiameseModel`: inputs are (B, 2, L) per backbone input; both sides are folded into one (2B, L)
+backbone call (shared weights, one large matmul instead of two), mean-pooled over real tokens
+only, unfolded to (B, 2, H), and compared by a small head.
 """
 
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
-from jaxpref.pipeline import SIDE_FEATURES
+from jaxpref import backbones, pipeline
+from jaxpref.config import ModelConfig
+from jaxpref.data import NUM_CLASSES
+from jaxpref.pipeline import NUM_SIDE_FEATURES, SIDE_FEATURES
 
-NUM_CLASSES = 3
 STANDARDIZE = "side_standardize"
 
 
@@ -51,41 +60,6 @@ class UnfoldSides(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (None, input_shape[-1]), (None, input_shape[-1])
-
-
-@keras.saving.register_keras_serializable(package="jaxpref")
-class SiameseModel(keras.Model):
-    """A functional model whose predictions are gathered onto every process.
-
-    Under multi-host data parallelism each process holds only its share of a global batch; the
-    predictions (B, 3) are tiny, so every process gets all of them and any can write files.
-    """
-
-    def predict_step(self, state, data):
-        import jax
-
-        outputs, non_trainable_variables = super().predict_step(state, data)
-        dist = keras.distribution.distribution()
-        if dist is not None:
-            everywhere = jax.sharding.NamedSharding(
-                dist.device_mesh.backend_mesh, jax.sharding.PartitionSpec()
-            )
-            outputs = jax.lax.with_sharding_constraint(outputs, everywhere)
-        return outputs, non_trainable_variables
-
-
-def set_precision(precision: str) -> None:
-    """Global Keras dtype policy; call before building the backbone."""
-    keras.config.set_dtype_policy(precision)
-
-
-def sequence_output(outputs):
-    """Token embeddings from a backbone (BERT returns a dict, DeBERTa a tensor)."""
-    return outputs["sequence_output"] if isinstance(outputs, dict) else outputs
-
-
-def backbone_input_keys(backbone) -> tuple[str, ...]:
-    return tuple(backbone.input.keys())
 
 
 @keras.saving.register_keras_serializable(package="jaxpref")
@@ -137,8 +111,6 @@ class Standardize(keras.layers.Layer):
 
     def fit(self, features) -> None:
         """Set the statistics from (..., F) training features."""
-        import numpy as np
-
         flat = np.asarray(features, np.float64).reshape(-1, features.shape[-1])
         self.mean.assign(flat.mean(axis=0).astype("float32"))
         self.std.assign(np.maximum(flat.std(axis=0), 1e-3).astype("float32"))
@@ -147,92 +119,181 @@ class Standardize(keras.layers.Layer):
         return (ops.cast(x, "float32") - self.mean) / self.std
 
 
-HEADS = ("concat", "symmetric")
+def sequence_output(outputs):
+    """Token embeddings from a backbone (BERT returns a dict, DeBERTa a tensor)."""
+    return outputs["sequence_output"] if isinstance(outputs, dict) else outputs
 
 
-def build_model(
-    backbone, dropout: float = 0.1, head: str = "concat", side_features: int = 0
-) -> keras.Model:
-    """Siamese classifier around `backbone` (its LoRA/trainable state is left as it is).
+class PreferenceModel(keras.Model):
+    """Base of every architecture: LoRA on the backbone, config round-trip, gathered predictions.
+
+    A subclass builds its graph, calls `super().__init__(inputs=..., outputs=...)`, then sets
+    `backbone`, `lora_rank`, `side_features` and its own settings, adding the latter to
+    `get_config`.
+    """
+
+    @property
+    def backbone_input_keys(self) -> tuple[str, ...]:
+        return tuple(self.backbone.input.keys())
+
+    def fit_side_features(self, features: np.ndarray) -> None:
+        """Fit the side-feature standardization on the training split's (n, 2, F) features."""
+        self.get_layer(STANDARDIZE).fit(features)
+
+    def predict_step(self, state, data):
+        """Gather the (B, 3) predictions onto every process, so any process can write files.
+
+        Under multi-host data parallelism each process holds only its share of a global batch.
+        """
+        import jax
+
+        outputs, non_trainable_variables = super().predict_step(state, data)
+        dist = keras.distribution.distribution()
+        if dist is not None:
+            everywhere = jax.sharding.NamedSharding(
+                dist.device_mesh.backend_mesh, jax.sharding.PartitionSpec()
+            )
+            outputs = jax.lax.with_sharding_constraint(outputs, everywhere)
+        return outputs, non_trainable_variables
+
+    def get_config(self):
+        # Not chained to Functional.get_config: that nested graph cannot rebuild a subclass.
+        return {
+            "backbone": keras.layers.serialize(self.backbone),
+            "lora_rank": self.lora_rank,
+            "side_features": self.side_features,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config["backbone"], dict):
+            config["backbone"] = keras.layers.deserialize(config["backbone"])
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="jaxpref")
+class SiameseModel(PreferenceModel):
+    """One shared backbone encodes each side; a head compares the two mean-pooled embeddings.
 
     `head="concat"`: a dense layer over [a, b, a - b, a * b]; `head="symmetric"`:
     `SwapSymmetricHead`, whose predictions mirror exactly when A and B are swapped.
     `side_features=F` adds an input (B, 2, F) of per-side features (lengths, markdown counts),
     standardized (`fit_side_features` sets the statistics) and joined to each side's embedding
-    both as they are and through one shared tanh projection.
+    both as they are and through one shared tanh projection. `lora_rank > 0` freezes the
+    backbone and trains rank-`lora_rank` adapters (keras-hub's default target layers).
     """
-    if head not in HEADS:
-        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-    keys = backbone_input_keys(backbone)
-    inputs = {key: keras.Input(shape=(2, None), dtype="int32", name=key) for key in keys}
-    folded = {key: FoldSides(name=f"fold_{key}")(inputs[key]) for key in keys}
-    hidden = sequence_output(backbone(folded))
-    pooled = MaskedMeanPool(name="mean_pool")(hidden, folded["padding_mask"])
-    side_a, side_b = UnfoldSides(name="unfold")(pooled)
-    if side_features:
-        extra = keras.Input(shape=(2, side_features), dtype="float32", name=SIDE_FEATURES)
-        inputs[SIDE_FEATURES] = extra
-        extra = Standardize(dtype="float32", name=STANDARDIZE)(extra)
-        project = keras.layers.Dense(16, activation="tanh", dtype="float32", name="side_proj")
-        # The standardized features also go in as they are, so the head holds the
-        # length-feature logistic regression (A, B, A - B, |A - B|) as a special case.
-        side_a = keras.layers.Concatenate(name="with_features_a")(
-            [ops.cast(side_a, "float32"), project(extra[:, 0]), extra[:, 0]]
-        )
-        side_b = keras.layers.Concatenate(name="with_features_b")(
-            [ops.cast(side_b, "float32"), project(extra[:, 1]), extra[:, 1]]
-        )
-    if head == "symmetric":
-        logits = SwapSymmetricHead(dropout, name="logits")(side_a, side_b)
-    else:
-        features = keras.layers.Concatenate(name="compare")(
-            [side_a, side_b, side_a - side_b, side_a * side_b]
-        )
-        features = keras.layers.Dropout(dropout, name="head_dropout")(features)
-        logits = keras.layers.Dense(NUM_CLASSES, dtype="float32", name="logits")(features)
-    probs = keras.layers.Activation("softmax", dtype="float32", name="probs")(logits)
-    return SiameseModel(inputs, probs, name="siamese_preference")
+
+    def __init__(
+        self,
+        backbone,
+        lora_rank: int = 0,
+        head: str = "concat",
+        dropout: float = 0.1,
+        side_features: int = 0,
+        name: str = "siamese_preference",
+        **kwargs,
+    ):
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {tuple(HEADS)}, got {head!r}")
+        if lora_rank > 0:
+            backbone.enable_lora(lora_rank)
+
+        # === Functional Model ===
+        keys = tuple(backbone.input.keys())
+        inputs = {key: keras.Input(shape=(2, None), dtype="int32", name=key) for key in keys}
+        folded = {key: FoldSides(name=f"fold_{key}")(inputs[key]) for key in keys}
+        hidden = sequence_output(backbone(folded))
+        pooled = MaskedMeanPool(name="mean_pool")(hidden, folded["padding_mask"])
+        side_a, side_b = UnfoldSides(name="unfold")(pooled)
+        if side_features:
+            inputs[SIDE_FEATURES] = keras.Input(
+                shape=(2, side_features), dtype="float32", name=SIDE_FEATURES
+            )
+            side_a, side_b = with_side_features(inputs[SIDE_FEATURES], side_a, side_b)
+        logits = HEADS[head](side_a, side_b, dropout)
+        probs = keras.layers.Activation("softmax", dtype="float32", name="probs")(logits)
+        super().__init__(inputs=inputs, outputs=probs, name=name, **kwargs)
+
+        # === Config ===
+        self.backbone = backbone
+        self.lora_rank = lora_rank
+        self.head = head
+        self.dropout = dropout
+        self.side_features = side_features
+
+    def get_config(self):
+        return {**super().get_config(), "head": self.head, "dropout": self.dropout}
 
 
-def fit_side_features(model: keras.Model, features) -> None:
-    """Fit the side-feature standardization on the training split's (n, 2, F) features."""
-    model.get_layer(STANDARDIZE).fit(features)
+def with_side_features(features, side_a, side_b):
+    """Each side's embedding joined with its standardized features, raw and tanh-projected.
+
+    The raw standardized features make the head hold the length-feature logistic regression
+    (A, B, A - B, |A - B|) as a special case.
+    """
+    features = Standardize(dtype="float32", name=STANDARDIZE)(features)
+    project = keras.layers.Dense(16, activation="tanh", dtype="float32", name="side_proj")
+    side_a = keras.layers.Concatenate(name="with_features_a")(
+        [ops.cast(side_a, "float32"), project(features[:, 0]), features[:, 0]]
+    )
+    side_b = keras.layers.Concatenate(name="with_features_b")(
+        [ops.cast(side_b, "float32"), project(features[:, 1]), features[:, 1]]
+    )
+    return side_a, side_b
 
 
-SCHEDULES = ("constant", "cosine")
+def symmetric_head(side_a, side_b, dropout: float):
+    return SwapSymmetricHead(dropout, name="logits")(side_a, side_b)
 
 
-def learning_rate_schedule(
-    peak: float, schedule: str = "constant", total_steps: int = 0, warmup_fraction: float = 0.1
-):
-    """A constant rate, or linear warm-up to `peak` followed by cosine decay to zero."""
-    if schedule == "constant":
-        return peak
-    if schedule != "cosine":
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-    warmup = int(total_steps * warmup_fraction)
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0,
-        decay_steps=max(total_steps - warmup, 1),
-        warmup_target=peak,
-        warmup_steps=warmup,
+def concat_head(side_a, side_b, dropout: float):
+    features = keras.layers.Concatenate(name="compare")(
+        [side_a, side_b, side_a - side_b, side_a * side_b]
+    )
+    features = keras.layers.Dropout(dropout, name="head_dropout")(features)
+    return keras.layers.Dense(NUM_CLASSES, dtype="float32", name="logits")(features)
+
+
+HEADS = {"symmetric": symmetric_head, "concat": concat_head}
+ARCHITECTURES: dict[str, type[PreferenceModel]] = {"siamese": SiameseModel}
+
+
+def set_precision(precision: str) -> None:
+    """Global Keras dtype policy; call before building the backbone."""
+    keras.config.set_dtype_policy(precision)
+
+
+def build_model(
+    cfg: ModelConfig, sequence_length: int, preset: str | None = None, load_weights: bool = True
+) -> PreferenceModel:
+    """The `cfg.architecture` model around the backbone of `preset` (default `cfg.preset`).
+
+    `cfg.precision` must be resolved (not "auto"). Inference passes a run's weightless preset
+    copy with `load_weights=False`; the trained weights then come from its checkpoint.
+    """
+    set_precision(cfg.precision)
+    backbone = backbones.load_backbone(
+        preset or cfg.preset, dtype=cfg.precision, load_weights=load_weights
+    )
+    backbones.check_sequence_length(backbone, sequence_length)
+    return ARCHITECTURES[cfg.architecture](
+        backbone,
+        lora_rank=cfg.lora_rank,
+        head=cfg.head,
+        dropout=cfg.dropout,
+        side_features=NUM_SIDE_FEATURES if cfg.side_features else 0,
     )
 
 
-def compile_model(model: keras.Model, learning_rate=1e-4, label_smoothing: float = 0.02) -> None:
-    """Adam + smoothed cross-entropy; `log_loss` is the unsmoothed competition metric.
+def build_encoder(model: PreferenceModel, preset: str, sequence_length: int):
+    """The tokenizer and packer that feed `model`: the preset's own preprocessor."""
+    preprocessor = backbones.load_preprocessor(preset, sequence_length)
+    return pipeline.PairEncoder(preprocessor, model.backbone_input_keys)
 
-    `learning_rate` is a float or a `keras.optimizers.schedules.LearningRateSchedule`.
-    """
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        # Padding rows carry sample weight 0; average over the real rows only.
-        loss=keras.losses.CategoricalCrossentropy(
-            label_smoothing=label_smoothing, reduction="mean_with_sample_weight"
-        ),
-        # weighted_metrics (not metrics) honour the zero weight of padding rows.
-        weighted_metrics=[
-            keras.metrics.CategoricalCrossentropy(name="log_loss"),
-            keras.metrics.CategoricalAccuracy(name="accuracy"),
-        ],
-    )
+
+def parameter_counts(model: keras.Model) -> tuple[int, int]:
+    """(all parameters, trainable parameters)."""
+    trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+    return model.count_params(), trainable

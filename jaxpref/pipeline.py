@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxpref.data import MIRROR, NUM_CLASSES
 from jaxpref.text import FEATURE_KEYS, SIDE_COUNTS, SIDES, side_counts, turn_counts
 
 log = logging.getLogger("jaxpref")
@@ -253,9 +254,6 @@ def padding_efficiency(tokens: TokenizedPairs, plan: Sequence[Batch]) -> float:
     return real / computed
 
 
-MIRROR = np.array([1, 0, 2])  # class index after swapping sides: A wins <-> B wins, tie stays
-
-
 SIDE_FEATURES = "side_features"
 NUM_SIDE_FEATURES = len(SIDE_COUNTS) + 2
 
@@ -303,7 +301,7 @@ def _local_batches(
                 flip = batch.swap[part]
                 sides[flip] = [1, 0]
                 if row_labels is not None:
-                    row_labels = np.where(flip, MIRROR[row_labels], row_labels)
+                    row_labels = np.where(flip, np.asarray(MIRROR)[row_labels], row_labels)
             pick = (rows[:, None], sides)
             positions = np.arange(length)
             features = {
@@ -317,7 +315,7 @@ def _local_batches(
             if labels is None:
                 yield (x,)
             else:
-                yield x, np.eye(3, dtype=np.float32)[row_labels], batch.weights[part]
+                yield x, np.eye(NUM_CLASSES, dtype=np.float32)[row_labels], batch.weights[part]
 
 
 def make_dataset(
@@ -344,7 +342,8 @@ def make_dataset(
         x_spec[SIDE_FEATURES] = tf.TensorSpec((None, 2, extra.shape[-1]), tf.float32)
     spec = (x_spec,)
     if labels is not None:
-        spec = (x_spec, tf.TensorSpec((None, 3), tf.float32), tf.TensorSpec((None,), tf.float32))
+        y_spec = tf.TensorSpec((None, NUM_CLASSES), tf.float32)
+        spec = (x_spec, y_spec, tf.TensorSpec((None,), tf.float32))
     ds = tf.data.Dataset.from_generator(
         lambda: _local_batches(tokens, plans, keys, labels, process_index, process_count, extra),
         output_signature=spec,

@@ -10,50 +10,35 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from jaxpref import backbones, calibration, data, distribution, pipeline, text
-from jaxpref.config import BEST_CHECKPOINT_DIR, PRESET_DIR, TrainConfig
-
-
-class RunDirError(RuntimeError):
-    """The run directory lacks something inference needs."""
-
-
-def _require(path: Path) -> Path:
-    if not path.exists():
-        raise RunDirError(f"{path} is missing; is this the run directory of a finished training?")
-    return path
+from jaxpref import calibration, data, distribution, pipeline, text
+from jaxpref.config import TrainConfig
+from jaxpref.rundir import RunDir
 
 
 def load_run(run_dir: str | os.PathLike):
-    """(model with the best weights, PairEncoder, TrainConfig) from a run directory.
+    """(model with the best weights, its encoder, TrainConfig) from a run directory.
 
-    The distribution must already be set (`distribution.set_data_parallel`) so that the
-    restored weights land on every device.
+    The distribution must already be set (`distribution.setup`) so that the restored weights
+    land on every device.
     """
     import keras
 
     from jaxpref import model as model_lib
+    from jaxpref import optimization
 
-    run_dir = Path(run_dir).resolve()  # Orbax wants absolute paths
-    cfg = TrainConfig.from_json(_require(run_dir / "config.json"))
-    checkpoint = _require(run_dir / BEST_CHECKPOINT_DIR)
-    model_lib.set_precision(cfg.precision)
-    keras.utils.set_random_seed(cfg.seed)  # identical initial values on every process
-    preset = str(_require(run_dir / PRESET_DIR))
-    backbone = backbones.load_backbone(preset, dtype=cfg.precision, load_weights=False)
-    if cfg.lora_rank > 0:
-        backbone.enable_lora(cfg.lora_rank)
+    paths = RunDir(run_dir)
+    cfg = TrainConfig.from_json(paths.require(paths.config))
+    checkpoint = paths.require(paths.best_checkpoints)
+    preset = str(paths.require(paths.preset))
+    keras.utils.set_random_seed(cfg.run.seed)  # identical initial values on every process
     model = model_lib.build_model(
-        backbone,
-        dropout=cfg.dropout,
-        head=cfg.head,
-        side_features=pipeline.NUM_SIDE_FEATURES if cfg.side_features else 0,
+        cfg.model, cfg.data.sequence_length, preset=preset, load_weights=False
     )
-    # Orbax restores into the compiled state tree (keras needs the optimizer attribute).
-    model_lib.compile_model(model, cfg.learning_rate or 1e-4, cfg.label_smoothing)
+    # Orbax restores into the compiled state tree (keras needs the optimizer attribute); the
+    # optimizer itself is never stepped here.
+    optimization.compile_model(model)
     model.load_weights(str(checkpoint))
-    preprocessor = backbones.load_preprocessor(preset, cfg.sequence_length)
-    encoder = pipeline.PairEncoder(preprocessor, model_lib.backbone_input_keys(backbone))
+    encoder = model_lib.build_encoder(model, preset, cfg.data.sequence_length)
     return model, encoder, cfg
 
 
@@ -77,7 +62,7 @@ def predict_tokens(
         swapped = predict_tokens(
             model, pipeline.swap_sides(tokens), plan, input_keys, extra=swapped_extra
         )
-        return (direct + swapped[:, pipeline.MIRROR]) / 2
+        return (direct + swapped[:, list(data.MIRROR)]) / 2
     import jax
 
     ds = pipeline.make_dataset(
@@ -99,12 +84,31 @@ def predict_frame(
     """Class probabilities (n, 3) for every row of `frame`, in order."""
     texts = text.format_pairs(frame)
     tokens = pipeline.tokenize(texts, encoder, pipeline.default_cache_dir())
-    extra = None
-    if pipeline.SIDE_FEATURES in model.input:
-        extra = pipeline.side_features(texts, tokens)
+    extra = pipeline.side_features(texts, tokens) if model.side_features else None
     buckets = pipeline.bucket_lengths(encoder.sequence_length)
     plan = pipeline.plan_batches(tokens.row_lengths(), batch_size, buckets)
     return predict_tokens(model, tokens, plan, encoder.input_keys, tta, extra)
+
+
+def predict_run(
+    run_dir: str | os.PathLike,
+    frame: pd.DataFrame,
+    batch_size: int | None = None,
+    devices: str = "auto",
+    num_devices: int | None = None,
+    tta: bool = False,
+) -> np.ndarray:
+    """Calibrated probabilities (n, 3) of a run's best weights for every row of `frame`.
+
+    `batch_size` defaults to the training batch rounded up to a multiple of the devices.
+    """
+    selected = distribution.setup(devices, num_devices, batch_size)
+    model, encoder, cfg = load_run(run_dir)
+    if batch_size is None:
+        batch_size = -(-cfg.optim.batch_size // len(selected)) * len(selected)
+    probs = predict_frame(model, encoder, frame, batch_size, tta)
+    paths = RunDir(run_dir)
+    return calibration.apply_temperature(probs, calibration.load_temperature(paths.calibration))
 
 
 def write_submission(ids, probs: np.ndarray, path: str | os.PathLike) -> Path:
@@ -138,15 +142,6 @@ def infer(
     tta: bool = False,
 ) -> Path:
     """Predict every row of `test_csv` with the run's best weights and write the submission."""
-    import jax
-
-    distribution.hide_accelerators_from_tensorflow()
     frame = data.read_arena_csv(test_csv, labelled=False)
-    selected = distribution.select_devices(devices, num_devices)
-    distribution.set_data_parallel(selected)
-    model, encoder, cfg = load_run(run_dir)
-    batch_size = batch_size or cfg.batch_size
-    distribution.check_batch_size(batch_size, len(selected), jax.process_count())
-    probs = predict_frame(model, encoder, frame, batch_size, tta)
-    probs = calibration.apply_temperature(probs, calibration.load_temperature(run_dir))
+    probs = predict_run(run_dir, frame, batch_size, devices, num_devices, tta)
     return write_submission(frame["id"], probs, output)

@@ -2,7 +2,7 @@
 
 import sys
 
-from jaxpref.evaluation import evaluate_main
+from jaxpref.cli import evaluate_main
 
 if __name__ == "__main__":
     sys.exit(evaluate_main())

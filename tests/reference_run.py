@@ -26,9 +26,7 @@ def reference_run(out: Path) -> Path:
     env["KERAS_BACKEND"] = "jax"
     env["JAXPREF_CACHE"] = "off"
     preset = out / "preset"
-    subprocess.run(
-        [sys.executable, "-c", BUILD_PRESET, str(preset)], check=True, env=env, cwd=REPO
-    )
+    subprocess.run([sys.executable, "-c", BUILD_PRESET, str(preset)], check=True, env=env, cwd=REPO)
     from jaxpref import data
 
     train_csv = out / "train.csv"

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from conftest import write_learnable_csv
 
-from jaxpref import baselines, data, text
+from jaxpref import baselines, data, metrics, text
 
 
 def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -49,14 +49,14 @@ def test_class_prior_log_loss_is_the_cross_entropy_of_smoothed_frequencies(
     prior = counts / counts.sum()
     valid_share = np.bincount(valid["label"], minlength=3) / len(valid)
     by_hand = -float(np.sum(valid_share * np.log(prior)))
-    np.testing.assert_allclose(baselines.class_prior(train["label"].to_numpy()), prior)
+    np.testing.assert_allclose(metrics.class_prior(train["label"].to_numpy()), prior)
     assert log_loss(sample_predictions["class_prior"], valid["label"].to_numpy()) == (
         pytest.approx(by_hand, rel=1e-12)
     )
 
 
 def test_class_prior_never_gives_zero_to_an_unseen_class():
-    prior = baselines.class_prior(np.array([0, 0, 1]))
+    prior = metrics.class_prior(np.array([0, 0, 1]))
     np.testing.assert_allclose(prior, [3 / 6, 2 / 6, 1 / 6])
 
 

@@ -26,7 +26,8 @@ def test_defaults_work_without_flags():
     args = cli.train_parser().parse_args([])
     assert args.preset == "deberta_v3_small_en" and args.sequence_length == 1024
     assert args.valid_fraction == 0.1 and args.lora_rank == 8
-    assert args.train_csv.endswith("arena_train.csv")
+    cfg = cli.config_from_args(args)
+    assert cfg.data.train_csv == "" and cfg.model.head == "symmetric" and cfg.run.calibrate
     assert cli.infer_parser().parse_args(["--run-dir", "r"]).test_csv.endswith("arena_test.csv")
 
 

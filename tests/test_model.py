@@ -2,8 +2,9 @@ import keras
 import numpy as np
 import pytest
 
-from jaxpref import backbones, pipeline, text
+from jaxpref import backbones, optimization, pipeline, text
 from jaxpref import model as model_lib
+from jaxpref.config import ModelConfig
 
 
 @pytest.fixture(scope="module")
@@ -11,7 +12,7 @@ def tiny(tiny_preset):
     keras.utils.set_random_seed(0)
     backbone = backbones.load_backbone(str(tiny_preset))
     preprocessor = backbones.load_preprocessor(str(tiny_preset), 24)
-    encoder = pipeline.PairEncoder(preprocessor, model_lib.backbone_input_keys(backbone))
+    encoder = pipeline.PairEncoder(preprocessor, tuple(backbone.input.keys()))
     return backbone, encoder
 
 
@@ -32,7 +33,7 @@ def _batch(encoder, responses_b):
 
 def test_outputs_are_probabilities_over_three_classes(tiny):
     backbone, encoder = tiny
-    model = model_lib.build_model(backbone, dropout=0.0)
+    model = model_lib.SiameseModel(backbone, dropout=0.0)
     probs = model.predict(_batch(encoder, ["five", "it is four", "no idea", "4"]), verbose=0)
     assert probs.shape == (4, 3) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
@@ -40,7 +41,7 @@ def test_outputs_are_probabilities_over_three_classes(tiny):
 
 def test_one_backbone_shared_by_both_sides(tiny):
     backbone, _ = tiny
-    model = model_lib.build_model(backbone, dropout=0.0)
+    model = model_lib.SiameseModel(backbone, dropout=0.0)
     hidden = backbone.get_config()["hidden_dim"]
     head = 4 * hidden * 3 + 3
     assert model.count_params() == backbone.count_params() + head
@@ -48,7 +49,7 @@ def test_one_backbone_shared_by_both_sides(tiny):
 
 def test_identical_sides_give_identical_embeddings(tiny):
     backbone, encoder = tiny
-    model = model_lib.build_model(backbone, dropout=0.0)
+    model = model_lib.SiameseModel(backbone, dropout=0.0)
     x = _batch(encoder, ["it is four"])
     pooled = keras.Model(model.inputs, model.get_layer("unfold").output)(x)
     np.testing.assert_allclose(np.asarray(pooled[0]), np.asarray(pooled[1]), atol=1e-6)
@@ -65,8 +66,7 @@ def test_masked_mean_pool_ignores_padding():
 
 def test_lora_freezes_the_backbone_but_the_head_trains(tiny_preset):
     backbone = backbones.load_backbone(str(tiny_preset))
-    backbone.enable_lora(4)
-    model = model_lib.build_model(backbone)
+    model = model_lib.SiameseModel(backbone, lora_rank=4)
     names = [w.path for w in model.trainable_weights]
     assert any("lora" in n for n in names) and any("logits" in n for n in names)
     assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) < model.count_params() / 4
@@ -78,7 +78,7 @@ def _swapped(x):
 
 def test_symmetric_head_mirrors_exactly_when_sides_swap(tiny):
     backbone, encoder = tiny
-    model = model_lib.build_model(backbone, dropout=0.0, head="symmetric")
+    model = model_lib.SiameseModel(backbone, dropout=0.0, head="symmetric")
     x = _batch(encoder, ["five", "it is four", "no idea", "4"])
     direct = model.predict(x, verbose=0)
     swapped = model.predict(_swapped(x), verbose=0)
@@ -90,7 +90,7 @@ def test_swap_tta_makes_any_head_mirror_exactly(tiny):
     from jaxpref import prediction
 
     backbone, encoder = tiny
-    model = model_lib.build_model(backbone, dropout=0.0)
+    model = model_lib.SiameseModel(backbone, dropout=0.0)
     texts = {
         "context_a": np.asarray(["q1", "q2"], dtype=object),
         "response_a": np.asarray(["an answer", "yes"], dtype=object),
@@ -111,16 +111,16 @@ def test_swap_tta_makes_any_head_mirror_exactly(tiny):
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
-    schedule = model_lib.learning_rate_schedule(1e-3, "cosine", total_steps=100)
+    schedule = optimization.learning_rate_schedule(1e-3, "cosine", total_steps=100)
     rates = [float(schedule(step)) for step in (0, 5, 10, 55, 100)]
     assert rates[0] == pytest.approx(0.0, abs=1e-9)
     assert rates[1] == pytest.approx(5e-4, rel=1e-3)
     assert rates[2] == pytest.approx(1e-3, rel=1e-3)
     assert rates[3] == pytest.approx(5e-4, rel=1e-2)
     assert rates[4] == pytest.approx(0.0, abs=1e-9)
-    assert model_lib.learning_rate_schedule(1e-3) == 1e-3
+    assert optimization.learning_rate_schedule(1e-3) == 1e-3
     with pytest.raises(ValueError):
-        model_lib.learning_rate_schedule(1e-3, "linear")
+        optimization.learning_rate_schedule(1e-3, "linear")
 
 
 def test_side_features_are_standardized_with_training_statistics():
@@ -132,3 +132,24 @@ def test_side_features_are_standardized_with_training_statistics():
     np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-5)
     np.testing.assert_allclose(out.std(axis=0), 1.0, atol=1e-4)
     assert not layer.trainable_weights and len(layer.non_trainable_weights) == 2
+
+
+def test_factory_builds_from_config_and_the_config_round_trips(tiny_preset):
+    cfg = ModelConfig(preset=str(tiny_preset), lora_rank=2, dropout=0.2, precision="float32")
+    model = model_lib.build_model(cfg, sequence_length=64)
+    assert isinstance(model, model_lib.SiameseModel)
+    assert (model.head, model.lora_rank, model.side_features) == ("symmetric", 2, 10)
+    config = model.get_config()
+    rebuilt = model_lib.SiameseModel.from_config(config)
+    assert rebuilt.get_config() == config
+    assert [w.path for w in rebuilt.weights] == [w.path for w in model.weights]
+    shapes = [w.shape for w in model.trainable_weights]
+    assert [w.shape for w in rebuilt.trainable_weights] == shapes
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+    assert type(again) is model_lib.SiameseModel and again.get_config() == config
+
+
+def test_factory_refuses_an_unknown_head(tiny_preset):
+    backbone = backbones.load_backbone(str(tiny_preset))
+    with pytest.raises(ValueError, match="head must be one of"):
+        model_lib.SiameseModel(backbone, head="bilinear")

@@ -1,4 +1,4 @@
-"""Behaviour pinned across refactorings: the seeded reference run predicts what it did at a101e1b."""
+"""Behaviour pinned across refactorings: the seeded reference run predicts as at a101e1b."""
 
 import numpy as np
 import pandas as pd

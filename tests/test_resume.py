@@ -10,6 +10,12 @@ import pytest
 from conftest import start_script, tiny_run_args
 
 from jaxpref import checkpoints
+from jaxpref.rundir import RunDir
+
+
+def latest(run_dir):
+    return checkpoints.latest_state(RunDir(run_dir).state_checkpoints)
+
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +27,7 @@ def _args(tiny_preset, small_csv, run_dir):
 def _wait_for_state(run_dir, min_step, proc, timeout=300):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        meta = checkpoints.latest_state(run_dir) if (run_dir / "checkpoints").exists() else None
+        meta = latest(run_dir) if (run_dir / "checkpoints").exists() else None
         if meta and meta["global_step"] >= min_step:
             return meta
         assert proc.poll() is None, "training ended before it could be interrupted"
@@ -81,7 +87,7 @@ def test_sigterm_saves_exits_143_and_resumes(uninterrupted, tiny_preset, small_c
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 143, log.read_text()[-3000:]
     assert "train_jax.py --resume --run-dir" in log.read_text()
-    saved = checkpoints.latest_state(run_dir)
+    saved = latest(run_dir)
     assert saved["global_step"] >= 6
     _resume(run_dir, tmp_path)
     _same_result(uninterrupted, run_dir)
@@ -91,9 +97,9 @@ def test_unfinished_save_is_ignored_and_the_previous_checkpoint_resumes(uninterr
     """What a kill during a save leaves behind: Orbax's temporary directory, never committed."""
     run_dir = tmp_path / "run"
     shutil.copytree(uninterrupted, run_dir)
-    state = run_dir / checkpoints.STATE_DIR
+    state = RunDir(run_dir).state_checkpoints
     shutil.rmtree(state / "54")  # back to the mid-epoch checkpoint of epoch 2
-    meta = checkpoints.latest_state(run_dir)
+    meta = latest(run_dir)
     partial = state / "57.orbax-checkpoint-tmp-1795970000000"
     shutil.copytree(state / str(meta["global_step"]), partial)
     for marker in partial.rglob("commit_success.txt"):
@@ -101,7 +107,7 @@ def test_unfinished_save_is_ignored_and_the_previous_checkpoint_resumes(uninterr
     for data_file in (partial / "pytree").rglob("*"):
         if data_file.is_file():
             data_file.write_bytes(data_file.read_bytes()[:10])  # torn write
-    assert checkpoints.latest_state(run_dir)["global_step"] == meta["global_step"]
+    assert latest(run_dir)["global_step"] == meta["global_step"]
     history = pd.read_csv(run_dir / "history.csv")
     history[history["epoch"] < 1].to_csv(run_dir / "history.csv", index=False)
     _resume(run_dir, tmp_path)

@@ -1,0 +1,105 @@
+"""Scores: log loss, accuracy, ECE, class prior, paired comparisons."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from jaxpref import data, metrics, report
+
+
+def test_perfect_predictions():
+    labels = np.array([0, 1, 2, 2, 1])
+    m = metrics.scores(np.eye(3)[labels], labels)
+    assert m["log_loss"] == pytest.approx(0.0, abs=1e-12)
+    assert m["ece"] == pytest.approx(0.0, abs=1e-12)
+    assert m["accuracy"] == 1.0 and m["rows"] == 5
+    assert m["confusion_matrix"] == [[1, 0, 0], [0, 2, 0], [0, 0, 2]]
+
+
+def test_uniform_predictions():
+    labels = np.array([0, 1, 2, 0])
+    m = metrics.scores(np.full((4, 3), 1 / 3), labels)
+    assert m["log_loss"] == pytest.approx(math.log(3))
+    assert m["per_class_log_loss"] == pytest.approx(dict.fromkeys(data.CLASS_NAMES, math.log(3)))
+    assert m["accuracy"] == 0.5  # ties in argmax go to class 0
+    assert m["ece"] == pytest.approx(0.5 - 1 / 3)
+
+
+def test_confusion_matrix_and_per_class_log_loss_by_hand():
+    probs = np.array(
+        [
+            [0.7, 0.2, 0.1],
+            [0.3, 0.6, 0.1],
+            [0.2, 0.5, 0.3],
+            [0.1, 0.1, 0.8],
+            [0.5, 0.2, 0.3],
+            [0.2, 0.2, 0.6],
+        ]
+    )
+    labels = np.array([0, 0, 1, 2, 2, 2])
+    m = metrics.scores(probs, labels)
+    assert m["confusion_matrix"] == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    per_class = m["per_class_log_loss"]
+    assert per_class["winner_model_a"] == pytest.approx(-(math.log(0.7) + math.log(0.3)) / 2)
+    assert per_class["winner_model_b"] == pytest.approx(-math.log(0.5))
+    tie = -(math.log(0.8) + math.log(0.3) + math.log(0.6)) / 3
+    assert per_class["winner_tie"] == pytest.approx(tie)
+    assert m["log_loss"] == pytest.approx(-np.mean(np.log([0.7, 0.3, 0.5, 0.8, 0.3, 0.6])))
+
+
+def test_ece_by_hand_over_fifteen_bins():
+    probs = np.array([[0.9, 0.05, 0.05], [0.02, 0.95, 0.03], [0.5, 0.3, 0.2], [0.2, 0.5, 0.3]])
+    labels = np.array([0, 0, 0, 1])
+    # bins [13/15, 14/15): 0.9, right; [14/15, 1]: 0.95, wrong; [7/15, 8/15): 0.5 twice, right
+    expected = 0.25 * abs(1 - 0.9) + 0.25 * abs(0 - 0.95) + 0.5 * abs(1 - 0.5)
+    assert metrics.expected_calibration_error(probs, labels) == pytest.approx(expected)
+
+
+def test_log_loss_clips_zeros_and_renormalises_rows():
+    labels = np.array([0, 1])
+    zero = metrics.scores(np.array([[0.0, 0.5, 0.5], [0.0, 1.0, 0.0]]), labels)
+    assert zero["log_loss"] == pytest.approx((-math.log(1e-15) + 0.0) / 2, rel=1e-6)
+    unnormalised = metrics.scores(np.array([[2.0, 1.0, 1.0], [1.0, 1.0, 2.0]]), labels)
+    assert unnormalised["log_loss"] == pytest.approx(-(math.log(0.5) + math.log(0.25)) / 2)
+
+
+def test_absent_class_has_no_per_class_loss_and_json_stays_valid():
+    m = metrics.scores(np.array([[0.6, 0.3, 0.1]]), np.array([0]))
+    assert m["per_class_log_loss"]["winner_tie"] is None
+    json.loads(json.dumps(m, allow_nan=False))
+
+
+@pytest.mark.parametrize(
+    ("probs", "labels"),
+    [
+        (np.ones((2, 2)), [0, 1]),
+        (np.ones((2, 3)), [0]),
+        (np.ones((1, 3)), [3]),
+        (np.zeros((1, 3)), [0]),
+        (np.array([[0.5, np.nan, 0.5]]), [0]),
+    ],
+)
+def test_bad_inputs_are_refused(probs, labels):
+    with pytest.raises(ValueError):
+        metrics.scores(probs, np.asarray(labels))
+
+
+def test_score_table_pairs_rows():
+    labels = np.array([0, 1, 2, 0, 1])
+    model = np.array(
+        [[0.6, 0.2, 0.2], [0.2, 0.6, 0.2], [0.3, 0.3, 0.4], [0.4, 0.3, 0.3], [0.5, 0.3, 0.2]]
+    )
+    uniform = np.full((5, 3), 1 / 3)
+    table = metrics.score_table(model, {"uniform": uniform, "same": model}, labels)
+    assert list(table["scores"]) == ["model", "uniform", "same"] and table["rows"] == 5
+    losses = -np.log(model[np.arange(5), labels])
+    assert table["model_log_loss_se"] == pytest.approx(np.std(losses, ddof=1) / math.sqrt(5))
+    assert table["model_minus_baseline"]["uniform"]["log_loss"] == pytest.approx(
+        losses.mean() - math.log(3)
+    )
+    assert table["model_minus_baseline"]["same"] == {"log_loss": 0.0, "se": 0.0}
+    markdown = report.markdown_table(table["scores"])
+    assert markdown.count("\n") == 4 and "| uniform | 1.0986 |" in markdown
