@@ -22,7 +22,8 @@ from jaxpref.rundir import ResumeError
 
 log = logging.getLogger("jaxpref")
 
-SAVED_PARTS = ("trainable_variables", "non_trainable_variables", "optimizer_variables")
+WEIGHT_PARTS = ("trainable_variables", "non_trainable_variables")
+SAVED_PARTS = (*WEIGHT_PARTS, "optimizer_variables")
 
 
 def _checkpointer(directory: Path, keep: int = 2):
@@ -42,11 +43,14 @@ def _multiprocess() -> bool:
 
 
 class StateCheckpoint(keras.callbacks.Callback):
-    """Saves the full training state every `save_every` steps and at every epoch end.
+    """Saves the full training state every `save_every` steps and at every epoch end, and the
+    weights of the best epoch.
 
     `best` / `best_epoch` track the lowest `val_log_loss` seen, so a resumed run keeps choosing
-    the best checkpoint against the whole history. On SIGTERM the state is saved at the next
-    step boundary and training stops (`preempted` is set).
+    the best checkpoint against the whole history; an epoch that improves on it saves its
+    weights (trainable and non-trainable, no optimizer) to `best_directory/<epoch>` (1-based,
+    only the newest kept), before the state that records it. On SIGTERM the state is saved at
+    the next step boundary and training stops (`preempted` is set).
     """
 
     def __init__(
@@ -56,6 +60,7 @@ class StateCheckpoint(keras.callbacks.Callback):
         save_every: int | None = None,
         best: float = math.inf,
         best_epoch: int = 0,
+        best_directory: Path | None = None,
     ):
         super().__init__()
         self.directory = Path(directory)
@@ -66,6 +71,9 @@ class StateCheckpoint(keras.callbacks.Callback):
         self.preempted = False
         self._signalled = False
         self._checkpointer = _checkpointer(self.directory)
+        self._best_checkpointer = (
+            _checkpointer(Path(best_directory), keep=1) if best_directory else None
+        )
         self._previous_handler = None
 
     def on_train_begin(self, logs=None):
@@ -77,6 +85,8 @@ class StateCheckpoint(keras.callbacks.Callback):
             signal.signal(signal.SIGTERM, self._previous_handler)
             self._previous_handler = None
         self._checkpointer.wait()
+        if self._best_checkpointer is not None:
+            self._best_checkpointer.wait()
 
     def _on_sigterm(self, signum, frame):
         self._signalled = True
@@ -110,6 +120,13 @@ class StateCheckpoint(keras.callbacks.Callback):
         self._checkpointer.wait()
         return step
 
+    def save_weights(self, epoch: int) -> None:
+        """Save the model's weights as the best so far, under its 1-based epoch (blocking)."""
+        tree = self.model.get_state_tree()
+        weights = {part: tree[part] for part in WEIGHT_PARTS if part in tree}
+        self._best_checkpointer.save_checkpointables(epoch, {"pytree": weights}, force=True)
+        self._best_checkpointer.wait()
+
     def on_train_batch_end(self, batch, logs=None):
         step = self._step()
         if self._preemption_requested(step):
@@ -126,6 +143,8 @@ class StateCheckpoint(keras.callbacks.Callback):
         current = (logs or {}).get("val_log_loss")
         if current is not None and current < self.best:
             self.best, self.best_epoch = float(current), epoch + 1
+            if self._best_checkpointer is not None:
+                self.save_weights(self.best_epoch)
         if not self.preempted:
             self.save()
 

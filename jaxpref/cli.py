@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Collection, Sequence
 
-from jaxpref import backbones, data, distribution
+from jaxpref import backbones, data, distribution, monitoring
 from jaxpref.config import GROUPS, ConfigError, DeviceConfig, TrainConfig, flag_name
 from jaxpref.rundir import Preempted, ResumeError, RunDir, RunDirError
 
@@ -29,32 +29,46 @@ PREEMPTED_EXIT = 143  # 128 + SIGTERM: stopped on request, state saved, resumabl
 TYPES = {"int": int, "float": float, "str": str}
 
 
-def add_field_flag(group, field: dataclasses.Field) -> None:
-    """One flag for one config field, its help ending with the default, stated once."""
+def add_field_flag(group, field: dataclasses.Field, given_only: bool = False) -> None:
+    """One flag for one config field, its help ending with the default, stated once.
+
+    With `given_only` the flag sets its attribute only when it is on the command line, so
+    flags can override a config file (and `--resume` can tell which were given).
+    """
     meta = field.metadata
-    shown = meta["shown"] if meta["shown"] is not None else field.default
     kind = str(field.type).split()[0]
+    default = argparse.SUPPRESS if given_only else field.default
     if kind == "bool":
-        # default=None keeps BooleanOptionalAction from appending a second default.
+        shown = "on" if field.default else "off"
+        # A default of SUPPRESS keeps BooleanOptionalAction from appending a second default.
         group.add_argument(
-            flag_name(field), action=argparse.BooleanOptionalAction, default=None,
-            help=f"{meta['help']} (default: {'on' if field.default else 'off'})",
+            flag_name(field), action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+            help=f"{meta['help']} (default: {shown})",
         )  # fmt: skip
-        group.set_defaults(**{field.name: field.default})
+        if not given_only:
+            group.set_defaults(**{field.name: field.default})
         return
+    shown = meta["shown"] if meta["shown"] is not None else field.default
     group.add_argument(
-        flag_name(field), type=TYPES[kind], default=field.default, choices=meta["choices"],
+        flag_name(field), type=TYPES[kind], default=default, choices=meta["choices"],
         help=f"{meta['help']} (default: {shown})",
     )  # fmt: skip
 
 
 def add_config_flags(parser: argparse.ArgumentParser, exclude: Collection[str] = ()) -> None:
-    """A flag for every TrainConfig field not in `exclude`, grouped as the config is."""
+    """`--config FILE` and a flag for every TrainConfig field not in `exclude`, grouped as the
+    config is; flags override the file, the file overrides the defaults."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="settings from a YAML or JSON file (a run's config.json too), nested in the groups "
+        "below or flat; flags override it",
+    )
     for name, kind in GROUPS.items():
         group = parser.add_argument_group(name, kind.__doc__)
         for field in dataclasses.fields(kind):
             if field.name not in exclude:
-                add_field_flag(group, field)
+                add_field_flag(group, field, given_only=True)
 
 
 def add_device_flags(parser: argparse.ArgumentParser) -> None:
@@ -84,13 +98,28 @@ def add_process_flags(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show debug lines and the start-up output of TensorFlow, absl and CUDA",
+    )
+
+
 def add_trained_run_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", required=True, help="directory written by train_jax.py")
 
 
+def given_settings(args: argparse.Namespace) -> dict:
+    """The config fields set on the command line."""
+    names = {field.name for field, _, _ in TrainConfig().fields()}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig the parsed flags describe, validated."""
-    return TrainConfig.from_flat(vars(args)).validate()
+    """Defaults, then `--config FILE`, then the flags given; validated."""
+    base = TrainConfig.from_file(args.config) if args.config else TrainConfig()
+    return base.replace(**given_settings(args)).validate()
 
 
 def train_flags(p: argparse.ArgumentParser) -> None:
@@ -157,7 +186,8 @@ def leave_other_processes(code: int) -> None:
     answering heartbeats while the others wait in a collective. Once it is gone, they stop
     within --heartbeat-timeout."""
     jax = sys.modules.get("jax")
-    if jax is not None and jax.process_count() > 1:
+    # is_initialized, not process_count(): that would retry a backend that just failed.
+    if jax is not None and jax.distributed.is_initialized():
         sys.stderr.flush()
         sys.stdout.flush()
         os._exit(code)
@@ -180,30 +210,66 @@ def run_command(fn: Callable[[], None]) -> int:
     return 0
 
 
-def resumed_config(args: argparse.Namespace) -> TrainConfig:
-    """The saved config of the run in --run-dir, on this invocation's devices."""
-    saved = RunDir(args.run_dir or "").config
-    if not args.run_dir or not saved.exists():
+RESUME_MAY_CHANGE = ("run_dir", "devices", "num_devices")
+
+
+def resumed_config(args: argparse.Namespace, wanted: TrainConfig) -> TrainConfig:
+    """The saved config of the run in --run-dir, on this invocation's devices.
+
+    Any other setting given (by flag or --config) that differs from the saved one is refused:
+    a resumed run replays the same data order with the same model.
+    """
+    run_dir = wanted.run.run_dir
+    saved = RunDir(run_dir or ".").config
+    if not run_dir or not saved.exists():
         raise ResumeError(f"--resume needs --run-dir of an earlier run ({saved})")
-    return TrainConfig.from_json(saved).replace(
-        devices=args.devices, num_devices=args.num_devices, run_dir=args.run_dir
-    )
+    cfg = TrainConfig.from_json(saved)
+    given = TrainConfig.from_file(args.config).flat() if args.config else {}
+    given.update(given_settings(args))
+    differ = [
+        f"--{name.replace('_', '-')} {value} (saved: {cfg.flat()[name]})"
+        for name, value in given.items()
+        if name not in RESUME_MAY_CHANGE and value != cfg.flat()[name]
+    ]
+    if differ:
+        raise ConfigError(
+            f"--resume continues {run_dir} with its saved settings, but these differ: "
+            f"{'; '.join(differ)}. Drop them, or start a new --run-dir."
+        )
+    return cfg.replace(**{k: wanted.flat()[k] for k in RESUME_MAY_CHANGE})
 
 
 def run_with_environment(
     args: argparse.Namespace, body: Callable[[argparse.Namespace], None]
 ) -> int:
-    """Set the JAX environment before anything imports JAX, then run `body(args)`."""
-    distribution.configure_environment(args.devices, args.num_devices)
-    return run_command(lambda: body(args))
+    """Resolve the settings, set the JAX environment before anything imports JAX, load the
+    frameworks quietly, then run `body(args)`; training commands find their TrainConfig in
+    `args.train_config`."""
+    if args.verbose:
+        os.environ["JAXPREF_VERBOSE"] = "1"
+    monitoring.setup_logging()
+
+    def go():
+        devices = args
+        if "config" in vars(args):
+            args.train_config = config_from_args(args)
+            devices = args.train_config.devices
+        distribution.configure_environment(devices.devices, devices.num_devices)
+        with monitoring.native_stderr_captured():
+            distribution.load_frameworks()
+        body(args)
+
+    return run_command(go)
 
 
 def train(args: argparse.Namespace) -> None:
     from jaxpref import training
 
-    cfg = config_from_args(args)
+    cfg = args.train_config
+    if args.resume:
+        cfg = resumed_config(args, cfg)
     initialize_processes(args)
-    training.train(resumed_config(args) if args.resume else cfg, resume=args.resume)
+    training.train(cfg, resume=args.resume)
 
 
 def infer(args: argparse.Namespace) -> None:
@@ -233,7 +299,7 @@ def evaluate(args: argparse.Namespace) -> None:
 def cross_validate(args: argparse.Namespace) -> None:
     from jaxpref import crossval
 
-    cfg = config_from_args(args)
+    cfg = args.train_config
     cfg = cfg.replace(run_dir=cfg.run.run_dir or f"runs/cv-{args.folds}fold")
     initialize_processes(args)
     crossval.cross_validate(cfg, args.folds)
@@ -285,6 +351,7 @@ def command_parser(name: str) -> argparse.ArgumentParser:
     command = COMMANDS[name]
     parser = argparse.ArgumentParser(command.script, description=command.description)
     command.add_flags(parser)
+    add_verbose_flag(parser)
     return parser
 
 
@@ -322,6 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, command in COMMANDS.items():
         sub = commands.add_parser(name, help=command.description, description=command.description)
         command.add_flags(sub)
+        add_verbose_flag(sub)
     args = parser.parse_args(argv)
     return run_with_environment(args, COMMANDS[args.command].run)
 

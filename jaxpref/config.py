@@ -63,6 +63,15 @@ class RunConfig:
     calibrate: bool = option(
         True, "fit a temperature on the validation predictions, applied at inference"
     )
+    log_every: float = option(
+        30.0,
+        "seconds between progress lines (step, pairs/s, tokens/s, loss, learning rate, ETA) "
+        "when the output is not a terminal, where the progress bar is shown instead",
+        above=0,
+    )
+    tensorboard: bool = option(
+        True, "write TensorBoard event files to RUN/tensorboard (primary process)"
+    )
 
 
 @dataclasses.dataclass
@@ -179,12 +188,16 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> TrainConfig:
-        """From nested groups, or the flat layout of earlier versions; unknown keys are ignored."""
+    def from_dict(cls, values: dict, source: str | None = None) -> TrainConfig:
+        """From nested groups, or the flat layout of earlier versions. Unknown keys are ignored,
+        unless `source` (a file name for the message) asks for them to be refused."""
         flat = dict(values)
         for group in GROUPS:
             if isinstance(flat.get(group), dict):
                 flat.update(flat.pop(group))
+        unknown = sorted(set(flat) - {f.name for f, _, _ in cls().fields()})
+        if source is not None and unknown:
+            raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}")
         return cls.from_flat(flat)
 
     @classmethod
@@ -223,6 +236,27 @@ class TrainConfig:
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> TrainConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> TrainConfig:
+        """A user's config file: YAML (.yaml/.yml) or JSON (a run's config.json, say), nested in
+        groups or flat; unknown settings and unreadable files are one-line ConfigErrors."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+            if path.suffix in (".yaml", ".yml"):
+                import yaml
+
+                values = yaml.safe_load(text)
+            else:
+                values = json.loads(text)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{path}: cannot read this config file ({err})") from None
+        except Exception as err:  # yaml.YAMLError, without importing yaml for JSON files
+            raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings")
+        return cls.from_dict(values, source=str(path))
 
 
 def flag_name(field: dataclasses.Field) -> str:

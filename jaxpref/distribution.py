@@ -113,6 +113,14 @@ def _env_int(name: str) -> int | None:
     return int(value) if value else None
 
 
+def load_frameworks() -> None:
+    """Import TensorFlow (tf.data only, kept off the accelerators), Keras and keras-hub once, so
+    their start-up output can be held back (`monitoring.native_stderr_captured`)."""
+    hide_accelerators_from_tensorflow()
+    import keras  # noqa: F401
+    import keras_hub  # noqa: F401
+
+
 def hide_accelerators_from_tensorflow() -> None:
     """TensorFlow only runs tf.data here; keep it off the GPUs that JAX owns."""
     import tensorflow as tf

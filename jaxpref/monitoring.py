@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +20,14 @@ log = logging.getLogger("jaxpref")
 _COMPILES = [0]
 
 
+def verbose() -> bool:
+    """`--verbose` (JAXPREF_VERBOSE=1): debug lines and the native libraries' start-up output."""
+    return os.environ.get("JAXPREF_VERBOSE") == "1"
+
+
 def setup_logging(log_file: Path | None = None) -> None:
     """Log to stderr, and to `log_file` when given (the primary process's train.log)."""
-    log.setLevel(logging.INFO)
+    log.setLevel(logging.DEBUG if verbose() else logging.INFO)
     log.handlers.clear()
     fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
     handlers: list[logging.Handler] = [logging.StreamHandler()]
@@ -54,27 +64,22 @@ def compile_counter() -> Callable[[], int]:
     return since_last
 
 
-def epoch_logger():
-    """A Keras callback that writes one log line per epoch, with its XLA compilations.
+def tensorboard_name(metric: str) -> str:
+    """Keras' `val_log_loss` -> `validation/log_loss`, `loss` -> `train/loss`."""
+    if metric.startswith("val_"):
+        return f"validation/{metric[4:]}"
+    return f"train/{metric}"
 
-    Every padded length compiles the train step once; later epochs should compile nothing.
-    """
-    import keras
 
-    compiles = compile_counter()
-    started = [time.time()]
+def tf_summary():
+    import tensorflow as tf
 
-    def on_epoch_begin(epoch, logs=None):
-        started[0] = time.time()
+    return tf.summary
 
-    def on_epoch_end(epoch, logs=None):
-        items = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items()))
-        seconds = time.time() - started[0]
-        log.info(
-            "epoch %d: %s (%.0f s, %d XLA compilations)", epoch + 1, items, seconds, compiles()
-        )
 
-    return keras.callbacks.LambdaCallback(on_epoch_begin=on_epoch_begin, on_epoch_end=on_epoch_end)
+def tensorboard_writer(directory: Path | None):
+    """A TensorBoard event-file writer for `directory` (None: no writer)."""
+    return None if directory is None else tf_summary().create_file_writer(str(directory))
 
 
 def weights_fingerprint(model) -> str:
@@ -83,3 +88,104 @@ def weights_fingerprint(model) -> str:
     total = sum(float(np.sum(v, dtype=np.float64)) for v in values)
     squares = sum(float(np.einsum("i,i->", v, v, dtype=np.float64)) for v in values)
     return f"{total:.10e}/{squares:.10e}"
+
+
+@contextlib.contextmanager
+def native_stderr_captured() -> Iterator[None]:
+    """Hold what C++ libraries write to file descriptor 2 while the block runs (TensorFlow's and
+    absl's start-up lines, CUDA probes) and log it at debug level; `verbose()` lets it through."""
+    if verbose():
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            held = sink.read().decode("utf-8", "replace").strip()
+            if held:
+                log.debug("start-up output of native libraries:\n%s", held)
+
+
+class Progress:
+    """Throughput and ETA of a run of steps: pairs/s, tokens/s, time left."""
+
+    def __init__(self, total_steps: int):
+        self.total_steps = total_steps
+        self.started = time.monotonic()
+        self.steps = self.pairs = self.tokens = 0
+
+    def add(self, pairs: int, tokens: int) -> None:
+        self.steps += 1
+        self.pairs += pairs
+        self.tokens += tokens
+
+    def rates(self) -> dict[str, float]:
+        seconds = max(time.monotonic() - self.started, 1e-9)
+        left = (self.total_steps - self.steps) * seconds / max(self.steps, 1)
+        return {
+            "pairs_per_s": self.pairs / seconds,
+            "tokens_per_s": self.tokens / seconds,
+            "eta_s": left,
+        }
+
+
+def duration(seconds: float) -> str:
+    """H:MM:SS."""
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def environment_record(devices: Sequence | None = None) -> dict:
+    """What a bug report or a repeated run needs: versions, devices, git commit, command line."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    record = {
+        "jaxpref": installed("jaxpref"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": {name: installed(name) for name in RECORDED_PACKAGES},
+        "git_commit": git_commit(Path(__file__).resolve().parent),
+        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+    }
+    if devices is not None:
+        import jax
+
+        record["devices"] = {
+            "platform": devices[0].platform,
+            "kind": devices[0].device_kind,
+            "count": len(devices),
+            "processes": jax.process_count(),
+        }
+    return record
+
+
+RECORDED_PACKAGES = (
+    "jax", "jaxlib", "keras", "keras-hub", "tensorflow", "tensorflow-text", "orbax-checkpoint",
+    "numpy", "pandas", "scikit-learn",
+)  # fmt: skip
+
+
+def git_commit(directory: Path) -> str | None:
+    """The commit checked out where jaxpref's code lives (None outside a git checkout)."""
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(directory), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None

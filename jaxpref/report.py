@@ -146,7 +146,7 @@ def learning_curves(history_csv: str | os.PathLike, path: str | os.PathLike) -> 
     history = pd.read_csv(history_csv)
     if history.empty or "epoch" not in history.columns:
         raise ValueError(f"{history_csv}: no epochs recorded")
-    epochs = history["epoch"].to_numpy() + 1
+    epochs = history["epoch"].to_numpy()
     figure = Figure(figsize=(10, 4), layout="constrained")
     losses, accuracies = figure.subplots(1, 2)
     for axis, metric_names in ((losses, ("log_loss", "loss")), (accuracies, ("accuracy",))):

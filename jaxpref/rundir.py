@@ -5,14 +5,16 @@ RUN/
   config.json            resolved TrainConfig (automatic choices filled in)
   preset/                keras-hub preset without weights: backbone config.json, tokenizer,
                          preprocessor (the trained weights live in the checkpoints)
-  checkpoints/best/<e>/  Orbax checkpoint of the weights with the lowest val_log_loss (epoch e+1)
+  checkpoints/best/<e>/  weights of epoch e (numbered from 1) with the lowest val_log_loss
   checkpoints/state/<s>/ resumable state at global step s (weights, optimizer, RNG, progress)
   split.csv              id -> train / valid / extra
-  history.csv            per-epoch loss, log_loss, accuracy (train and validation)
+  history.csv            per epoch (1-based): loss, log_loss, accuracy (train and validation)
   valid_predictions.csv  the best weights' calibrated predictions for the validation rows
   calibration.json       the temperature fitted on them, with the log loss before and after
   summary.json           best epoch, best val_log_loss, the class-prior baseline, timings
   train.log              the log
+  env.json               versions, devices, processes, git commit and command line of the run
+  tensorboard/           TensorBoard event files: losses, accuracy, learning rate, pairs/s
   evaluation/            report of `evaluate.py` (evaluation.md/.json, plots)
 ```
 
@@ -58,6 +60,8 @@ class RunDir:
     calibration = property(lambda self: self.root / "calibration.json")
     summary = property(lambda self: self.root / "summary.json")
     log = property(lambda self: self.root / "train.log")
+    env = property(lambda self: self.root / "env.json")
+    tensorboard = property(lambda self: self.root / "tensorboard")
     evaluation = property(lambda self: self.root / "evaluation")
 
     def has_checkpoints(self) -> bool:

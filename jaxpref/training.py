@@ -43,6 +43,7 @@ class Run:
 
     cfg: TrainConfig
     paths: RunDir
+    devices: list
     primary: bool
     process_index: int
     process_count: int
@@ -71,6 +72,7 @@ class Inputs:
     input_keys: tuple[str, ...]
     train_extra: np.ndarray | None = None
     valid_extra: np.ndarray | None = None
+    padding_efficiency: float | None = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -171,7 +173,7 @@ def start_run(cfg: TrainConfig, resume: bool) -> Run:
         "devices: %d x %s over %d process(es); global batch %d; precision %s",
         len(selected), platform, jax.process_count(), cfg.optim.batch_size, cfg.model.precision,
     )  # fmt: skip
-    return Run(cfg, paths, primary, jax.process_index(), jax.process_count())
+    return Run(cfg, paths, selected, primary, jax.process_index(), jax.process_count())
 
 
 def load_splits(
@@ -213,12 +215,14 @@ def build_model(cfg: TrainConfig):
 
 
 def save_run_files(run: Run, splits: Splits, model, encoder) -> None:
-    """config.json, the weightless preset and split.csv (primary process only)."""
+    """config.json, env.json, the weightless preset and split.csv (primary process only)."""
     from jaxpref import backbones
 
     if not run.primary:
         return
     run.cfg.to_json(run.paths.config)
+    environment = monitoring.environment_record(run.devices)
+    run.paths.env.write_text(json.dumps(environment, indent=2) + "\n")
     encoder.preprocessor.save_to_preset(str(run.paths.preset))
     backbones.save_architecture(model.backbone, run.paths.preset)
     split = pd.concat(
@@ -253,16 +257,16 @@ def build_inputs(cfg: TrainConfig, splits: Splits, encoder, model) -> Inputs:
         for epoch in range(cfg.optim.epochs)
     ]  # fmt: skip
     valid_plan = pipeline.plan_batches(valid_tokens.row_lengths(), cfg.optim.batch_size, buckets)
+    efficiency = pipeline.padding_efficiency(train_tokens, train_plans[0])
     log.info(
         "batches: %d per epoch, buckets %s; padding efficiency %.3f train, %.3f validation",
-        len(train_plans[0]), list(buckets),
-        pipeline.padding_efficiency(train_tokens, train_plans[0]),
+        len(train_plans[0]), list(buckets), efficiency,
         pipeline.padding_efficiency(valid_tokens, valid_plan),
     )  # fmt: skip
     return Inputs(
         train_tokens, valid_tokens, train_df["label"].to_numpy(),
         splits.valid["label"].to_numpy(), train_plans, valid_plan, encoder.input_keys,
-        train_extra, valid_extra,
+        train_extra, valid_extra, efficiency,
     )  # fmt: skip
 
 
@@ -294,16 +298,17 @@ def restore_progress(model, run: Run) -> Progress:
     return progress
 
 
-def forget_epochs_from(paths: RunDir, epoch: int) -> None:
-    """Before replaying epochs from `epoch` (0-based), drop what they wrote last time."""
+def forget_epochs_from(paths: RunDir, done: int) -> None:
+    """Before replaying the epochs after the first `done`, drop what they wrote last time
+    (best checkpoints and history rows are numbered from 1)."""
     if paths.best_checkpoints.exists():
         for step in paths.best_checkpoints.iterdir():
-            if step.name.isdigit() and int(step.name) >= epoch:
+            if step.name.isdigit() and int(step.name) > done:
                 shutil.rmtree(step)
     history = paths.history
     if history.exists() and history.stat().st_size:
         frame = pd.read_csv(history)
-        frame[frame["epoch"] < epoch].to_csv(history, index=False)
+        frame[frame["epoch"] <= done].to_csv(history, index=False)
     elif history.exists():
         history.unlink()
 
@@ -327,7 +332,7 @@ def fit(model, run: Run, inputs: Inputs, progress: Progress) -> checkpoints.Stat
     steps = inputs.steps_per_epoch
     state = checkpoints.StateCheckpoint(
         run.paths.state_checkpoints, steps, run.cfg.run.save_every, progress.best,
-        progress.best_epoch,
+        progress.best_epoch, run.paths.best_checkpoints,
     )  # fmt: skip
     valid_ds = inputs.dataset("valid", [inputs.valid_plan], run)
     for segment in fit_segments(run.cfg.optim.epochs, progress):
@@ -342,8 +347,8 @@ def fit(model, run: Run, inputs: Inputs, progress: Progress) -> checkpoints.Stat
             epochs=segment.last_epoch,
             steps_per_epoch=steps - segment.skip_steps,
             shuffle=False,  # the batch plans already shuffle, per epoch
-            callbacks=training_callbacks(run, state),
-            verbose=1 if sys.stdout.isatty() else 2,
+            callbacks=training_callbacks(run, state, [b for plan in plans for b in plan], inputs),
+            verbose=1 if sys.stdout.isatty() else 0,
         )
         if state.preempted:
             raise Preempted(
@@ -353,38 +358,33 @@ def fit(model, run: Run, inputs: Inputs, progress: Progress) -> checkpoints.Stat
     return state
 
 
-def training_callbacks(run: Run, state: checkpoints.StateCheckpoint) -> list:
-    """Best-weights checkpoint, resumable state, epoch log and (primary) history.csv."""
-    import keras
+def training_callbacks(
+    run: Run, state: checkpoints.StateCheckpoint, batches: list, inputs: Inputs
+) -> list:
+    """Progress and TensorBoard, history.csv, then best weights and resumable state.
 
-    callbacks = [
-        keras.callbacks.OrbaxCheckpoint(
-            str(run.paths.best_checkpoints),
-            monitor="val_log_loss",
-            mode="min",
-            save_best_only=True,
-            save_weights_only=True,
-            max_to_keep=1,
-            initial_value_threshold=None if math.isinf(state.best) else state.best,
-            # Synchronous: a background save would overlap the state save's multi-host
-            # barrier at the same epoch end.
-            save_on_background=False,
-        ),
-        state,
-        monitoring.epoch_logger(),
-    ]
-    if run.primary:
-        callbacks.append(keras.callbacks.CSVLogger(str(run.paths.history), append=True))
-    return callbacks
+    history.csv gets an epoch's row before the state that records the epoch is saved, so a
+    process killed in between replays that epoch and rewrites the row.
+    """
+    from jaxpref.callbacks import HistoryWriter, RunMonitor
+
+    monitor = RunMonitor(
+        batches,
+        log_every=None if sys.stdout.isatty() or not run.primary else run.cfg.run.log_every,
+        tensorboard_dir=run.paths.tensorboard if run.cfg.run.tensorboard and run.primary else None,
+        padding_efficiency=inputs.padding_efficiency,
+    )
+    history = [HistoryWriter(run.paths.history)] if run.primary else []
+    return [monitor, *history, state]
 
 
 def finish(model, run: Run, splits: Splits, inputs: Inputs, state, seconds: float) -> dict:
     """Restore the best weights, calibrate on validation, write the run's result files."""
-    log.info(
+    log.debug(
         "final weights fingerprint (equal on every process): %s",
         monitoring.weights_fingerprint(model),
     )
-    model.load_weights(str(run.paths.best_checkpoints))
+    model.load_weights(str(run.paths.best_checkpoints))  # the newest step: the best epoch
     valid_probs = prediction.predict_tokens(
         model, inputs.valid_tokens, inputs.valid_plan, inputs.input_keys,
         extra=inputs.valid_extra,

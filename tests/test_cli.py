@@ -1,9 +1,12 @@
 """The command-line contract: documented flags, and one-line errors instead of tracebacks."""
 
+import re
+
 import pytest
 from conftest import run_script
 
 from jaxpref import cli
+from jaxpref.config import ConfigError
 
 TRAIN_FLAGS = [
     "--devices", "--num-devices", "--preset", "--train-csv", "--run-dir", "--epochs",
@@ -23,10 +26,9 @@ def test_help_documents_every_contract_flag(parser, flags):
 
 
 def test_defaults_work_without_flags():
-    args = cli.train_parser().parse_args([])
-    assert args.preset == "deberta_v3_small_en" and args.sequence_length == 1024
-    assert args.valid_fraction == 0.1 and args.lora_rank == 8
-    cfg = cli.config_from_args(args)
+    cfg = cli.config_from_args(cli.train_parser().parse_args([]))
+    assert cfg.model.preset == "deberta_v3_small_en" and cfg.data.sequence_length == 1024
+    assert cfg.data.valid_fraction == 0.1 and cfg.model.lora_rank == 8
     assert cfg.data.train_csv == "" and cfg.model.head == "symmetric" and cfg.run.calibrate
     assert cli.infer_parser().parse_args(["--run-dir", "r"]).test_csv.endswith("arena_test.csv")
 
@@ -60,3 +62,51 @@ def test_missing_run_dir_is_a_clear_error(tmp_path):
     result = run_script("infer.py", "--devices", "cpu", "--run-dir", str(tmp_path))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "config.json is missing" in result.stderr
+
+
+def test_config_file_round_trips_a_runs_config_and_flags_override_it(tmp_path):
+    from jaxpref.config import TrainConfig
+
+    saved = TrainConfig().replace(
+        run_dir="/runs/a", train_csv="/data/train.csv", lora_rank=4, learning_rate=1e-3,
+        precision="float32", num_devices=2, head="concat", side_features=False,
+    )  # fmt: skip
+    saved.to_json(tmp_path / "config.json")
+    args = cli.train_parser().parse_args(["--config", str(tmp_path / "config.json")])
+    assert cli.config_from_args(args) == saved
+    args = cli.train_parser().parse_args(
+        ["--config", str(tmp_path / "config.json"), "--lora-rank", "2", "--no-calibrate"]
+    )
+    assert cli.config_from_args(args) == saved.replace(lora_rank=2, calibrate=False)
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("lora_rank: 16\nmodel:\n  dropout: 0.3\n")
+    args = cli.train_parser().parse_args(["--config", str(flat)])
+    cfg = cli.config_from_args(args)
+    assert (cfg.model.lora_rank, cfg.model.dropout, cfg.optim.epochs) == (16, 0.3, 2)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("lora_rnak: 4\n", "unknown setting(s) lora_rnak"),
+        ("- 1\n- 2\n", "expected a mapping"),
+        ("epochs: [1\n", "not valid YAML"),
+        ("epochs: 0\n", "--epochs 0: must be at least 1"),
+    ],
+)
+def test_bad_config_files_are_one_line_errors(tmp_path, content, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    args = cli.train_parser().parse_args(["--config", str(path)])
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        cli.config_from_args(args)
+
+
+def test_help_states_each_default_once():
+    for parser in (cli.train_parser, cli.infer_parser, cli.evaluate_parser, cli.crossval_parser):
+        text = " ".join(parser().format_help().split())
+        for line in text.split(" --"):
+            assert line.count("(default:") <= 1, line
+    train = " ".join(cli.train_parser().format_help().split())
+    assert "--epochs EPOCHS training epochs (default: 2)" in train
+    assert "(default: none)" in train and "(default: )" not in train

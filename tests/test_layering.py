@@ -18,7 +18,7 @@ LAYERS = [
         "backbones", "baselines", "calibration", "distribution", "hh_rlhf", "metrics",
         "monitoring", "optimization", "pipeline", "report", "tiny_preset",
     },
-    {"checkpoints", "model"},
+    {"callbacks", "checkpoints", "model"},
     {"crossval", "evaluation", "prediction", "training"},
     {"cli"},
 ]  # fmt: skip

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -24,7 +25,9 @@ def _train(tiny_preset, run_dir, *extra):
 @pytest.fixture(scope="module")
 def sample_run(tiny_preset, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("sample_run")
-    result = _train(tiny_preset, run_dir, "--epochs", "2", "--learning-rate", "3e-3")
+    result = _train(
+        tiny_preset, run_dir, "--epochs", "2", "--learning-rate", "3e-3", "--log-every", "0.2"
+    )
     return run_dir, result
 
 
@@ -40,6 +43,46 @@ def test_run_directory_holds_everything_inference_needs(sample_run):
     split = pd.read_csv(run_dir / "split.csv", dtype=str)
     assert len(split) == 1000 and split["id"].is_unique  # every row used, none twice
     assert (split["split"] == "valid").sum() == 100
+
+
+def tensorboard_scalars(directory) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value)]} from the TensorBoard event files under `directory`."""
+    import tensorflow as tf
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(directory.glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                number = float(tf.make_ndarray(value.tensor))
+                scalars.setdefault(value.tag, []).append((event.step, number))
+    return scalars
+
+
+@pytest.mark.slow
+def test_the_run_can_be_watched(sample_run):
+    """Outside a terminal: jaxpref's own lines first, progress during the first epoch, one line
+    per epoch; TensorBoard scalars equal to history.csv; env.json for a bug report."""
+    run_dir, result = sample_run
+    lines = result.stderr.splitlines()
+    assert re.match(r"\d\d:\d\d:\d\d devices: 4 x cpu", lines[0]), lines[:3]
+    first_epoch_end = next(i for i, line in enumerate(lines) if " epoch 1: " in line)
+    progress = [line for line in lines[:first_epoch_end] if "epoch 1/2 step " in line]
+    assert progress and all(k in progress[0] for k in ("pairs/s", "tokens/s", "lr ", "ETA"))
+    assert sum(" epoch 2: " in line for line in lines) == 1
+
+    scalars = tensorboard_scalars(run_dir / "tensorboard")
+    wanted = {"train/loss", "train/log_loss", "train/accuracy", "validation/log_loss",
+              "validation/accuracy", "train/learning_rate", "train/pairs_per_s",
+              "train/padding_efficiency"}  # fmt: skip
+    assert wanted <= set(scalars), sorted(scalars)
+    history = pd.read_csv(run_dir / "history.csv")
+    logged = [v for _, v in scalars["validation/log_loss"]]
+    np.testing.assert_allclose(logged, history["val_log_loss"], rtol=1e-6)
+
+    env = json.loads((run_dir / "env.json").read_text())
+    assert env["devices"] == {"platform": "cpu", "kind": "cpu", "count": 4, "processes": 1}
+    assert env["packages"]["keras"] and env["packages"]["jax"] and env["python"]
+    assert env["command"][0] == "train_jax.py" and "--run-dir" in env["command"]
 
 
 @pytest.mark.slow

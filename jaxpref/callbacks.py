@@ -1,0 +1,123 @@
+"""Keras callbacks that watch a training run: progress lines, TensorBoard, history.csv."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras
+
+from jaxpref.monitoring import (
+    Progress,
+    compile_counter,
+    duration,
+    tensorboard_name,
+    tensorboard_writer,
+    tf_summary,
+)
+
+log = logging.getLogger("jaxpref")
+
+
+class RunMonitor(keras.callbacks.Callback):
+    """Watches `model.fit` over `batches` (the global batches it feeds, in order).
+
+    Every `log_every` seconds (None: never; the Keras bar shows progress in a terminal) it logs
+    step, epoch, pairs/s, computed tokens/s, loss, learning rate and ETA; after each epoch one
+    line with the epoch's metrics and XLA compilations (every padded length compiles the train
+    step once; later epochs should compile nothing). With `tensorboard_dir` the same figures,
+    the validation metrics and the padding efficiency go to TensorBoard event files.
+    """
+
+    def __init__(
+        self,
+        batches: Sequence,
+        log_every: float | None = None,
+        tensorboard_dir: Path | None = None,
+        padding_efficiency: float | None = None,
+    ):
+        super().__init__()
+        self.batches = batches
+        self.log_every = log_every
+        self.tensorboard_dir = tensorboard_dir
+        self.padding_efficiency = padding_efficiency
+
+    def on_train_begin(self, logs=None):
+        self.compiles = compile_counter()
+        self.writer = tensorboard_writer(self.tensorboard_dir)
+        self.position = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.started = epoch, time.monotonic()
+        self.progress = Progress(self.params["steps"])
+        self.last_line = self.started
+
+    def on_train_batch_end(self, step, logs=None):
+        batch = self.batches[self.position]
+        self.position += 1
+        self.progress.add(int((batch.weights > 0).sum()), 2 * len(batch.rows) * batch.length)
+        if self.log_every is not None and time.monotonic() - self.last_line >= self.log_every:
+            self.last_line = time.monotonic()
+            self.report(step + 1, (logs or {}).get("loss"))
+
+    def report(self, step: int, loss: float | None) -> None:
+        rates, rate = self.progress.rates(), self.learning_rate()
+        log.info(
+            "epoch %d/%d step %d/%d: loss %s, lr %.3g, %.1f pairs/s, %.0f tokens/s, ETA %s",
+            self.epoch + 1, self.params["epochs"], step, self.params["steps"],
+            "?" if loss is None else f"{float(loss):.4f}", rate, rates["pairs_per_s"],
+            rates["tokens_per_s"], duration(rates["eta_s"]),
+        )  # fmt: skip
+        self.write({"train/learning_rate": rate, "train/pairs_per_s": rates["pairs_per_s"]})
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        items = " ".join(f"{k}={v:.4f}" for k, v in sorted(logs.items()))
+        seconds = time.monotonic() - self.started
+        log.info(
+            "epoch %d: %s (%.0f s, %d XLA compilations)", epoch + 1, items, seconds,
+            self.compiles(),
+        )  # fmt: skip
+        scalars = {tensorboard_name(k): v for k, v in logs.items()}
+        scalars["train/pairs_per_s"] = self.progress.rates()["pairs_per_s"]
+        scalars["train/learning_rate"] = self.learning_rate()
+        if self.padding_efficiency is not None:
+            scalars["train/padding_efficiency"] = self.padding_efficiency
+        self.write(scalars)
+
+    def on_train_end(self, logs=None):
+        if self.writer is not None:
+            self.writer.close()
+
+    def learning_rate(self) -> float:
+        return float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+    def write(self, scalars: dict[str, float]) -> None:
+        if self.writer is None:
+            return
+        with self.writer.as_default(step=int(self.model.optimizer.iterations)):
+            for name, value in scalars.items():
+                tf_summary().scalar(name, float(value))
+        self.writer.flush()
+
+
+class HistoryWriter(keras.callbacks.Callback):
+    """Appends one row per epoch to history.csv: `epoch` (1-based, as every log line counts)
+    and each metric Keras reports."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = Path(path)
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in sorted((logs or {}).items())}}
+        new = not self.path.exists() or not self.path.stat().st_size
+        with open(self.path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow({k: "nan" if math.isnan(v) else v for k, v in row.items()})
