@@ -15,7 +15,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "jaxpref"
 LAYERS = [
     {"config", "data", "text", "rundir"},
     {
-        "backbones", "baselines", "calibration", "distribution", "hh_rlhf", "metrics",
+        "backbones", "baselines", "calibration", "distribution", "hf_deberta", "hh_rlhf",
+        "metrics", "torch_pickle",
         "monitoring", "optimization", "pipeline", "report", "tiny_preset",
     },
     {"callbacks", "checkpoints", "model"},

@@ -38,7 +38,7 @@ def test_run_directory_holds_everything_inference_needs(sample_run):
                  "summary.json", "split.csv", "train.log", "valid_predictions.csv"):  # fmt: skip
         assert (run_dir / name).exists(), name
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["num_devices"] == 4 and config["precision"] == "float32"
+    assert config["devices"]["num_devices"] == 4 and config["model"]["precision"] == "float32"
     assert "best val_log_loss" in result.stderr
     split = pd.read_csv(run_dir / "split.csv", dtype=str)
     assert len(split) == 1000 and split["id"].is_unique  # every row used, none twice
