@@ -32,7 +32,6 @@ __all__ = [
     "SAMPLE_DIR",
     "TEXT_COLUMNS",
     "DataError",
-    "clean_text",
     "decode_json",
     "json_type",
     "object_array",
@@ -63,6 +62,7 @@ _ID_COLUMN = "id"
 _CSV_FIELD_LIMIT = 2**31 - 1  # cells can be megabytes; sys.maxsize overflows a C long on Windows.
 _LABEL_VALUES = {0.0: 0, 1.0: 1}
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # in JSON source: may decode to one
 _SCALAR_MODES = ("text", "error")
 
 log = logging.getLogger(__name__)
@@ -130,21 +130,29 @@ def decode_json(text: str) -> object:
     """``json.loads`` that accepts raw control characters in strings; ValueError when invalid.
 
     Raw newlines and tabs inside JSON strings, which hand-edited or re-exported files contain,
-    are still text. Every failure (syntax, nesting too deep, a number too long for Python's
-    integer conversion) is a ValueError whose message starts "not valid JSON".
+    are still text. An unpaired surrogate escape (``\\ud83d`` without its low half) becomes
+    U+FFFD: decoded as is, it gives a string the tokenizer cannot encode as UTF-8. Every failure
+    (syntax, nesting too deep, a number too long for Python's integer conversion) is a
+    ValueError whose message starts "not valid JSON".
     """
     try:
-        return json.loads(text, strict=False)
+        value = json.loads(text, strict=False)
+        return _replace_lone_surrogates(value) if _SURROGATE_ESCAPE.search(text) else value
     except RecursionError:
         raise ValueError("not valid JSON (nested too deeply)") from None
     except ValueError as err:  # JSONDecodeError, or int() refusing a number of over 4300 digits
         raise ValueError(f"not valid JSON ({err})") from None
 
 
-def clean_text(text: str) -> str:
-    """``text`` with every lone UTF-16 surrogate (from an unpaired ``\\ud83d`` JSON escape, say)
-    replaced by U+FFFD, so that it encodes as UTF-8 for the tokenizer."""
-    return _LONE_SURROGATE.sub("\ufffd", text)
+def _replace_lone_surrogates(value: object) -> object:
+    """``value`` with each lone surrogate in its strings (and keys) replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_replace_lone_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {_replace_lone_surrogates(k): _replace_lone_surrogates(v) for k, v in value.items()}
+    return value
 
 
 def json_type(value: object) -> str:
@@ -161,9 +169,9 @@ def json_type(value: object) -> str:
         kind = "a list"
     elif value is None:
         return "null"
-    else:  # pragma: no cover - json.loads returns only the types above
+    else:  # not from JSON: a Parquet cell can be bytes, a date, ...
         kind = type(value).__name__
-    text = json.dumps(value, ensure_ascii=False)
+    text = json.dumps(value, ensure_ascii=False, default=repr)
     if len(text) > 40:
         text = text[:37] + "..."
     return f"{kind} ({text})"
@@ -198,7 +206,7 @@ def _parse_turns(cell: str, scalars_as_text: bool) -> tuple[list[str | None], bo
             turn, converted = json.dumps(turn), True
         if turn is not None and not isinstance(turn, str):
             raise ValueError(f"turn {i} is {json_type(turn)}, expected a string or null")
-        turns.append(None if turn is None else clean_text(turn))
+        turns.append(turn)
     return turns, converted
 
 
@@ -253,9 +261,8 @@ def read_arena_csv(
 
     Winner cells may be written as integers or floats ("1", "1.0"); any value other than 0 or 1
     is an error. The prompt and response lists of a row are not required to have the same
-    length (the model code decides how to pair turns), and a turn may be JSON ``null``. Lone
-    UTF-16 surrogates from unpaired ``\\uD800``-style escapes become U+FFFD (see
-    :func:`clean_text`).
+    length (the model code decides how to pair turns), and a turn may be JSON ``null``. An
+    unpaired surrogate escape becomes U+FFFD (see :func:`decode_json`).
     """
     path_str = os.fspath(path)
     if scalars is None:
@@ -327,6 +334,9 @@ def _csv_records(
         except StopIteration:
             raise DataError(path, "file is empty, expected a header line") from None
         header = [name.strip() for name in header]
+        if any("\x00" in name for name in header):
+            detail = "not valid UTF-8 text (NUL characters in the header: a UTF-16 file?)"
+            raise DataError(path, detail, line=1)
         _check_header(path, header, required)
         position = {name: header.index(name) for name in required}
         line = reader.line_num + 1

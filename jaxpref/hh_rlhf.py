@@ -36,7 +36,6 @@ import pandas as pd
 from jaxpref.data import (
     TEXT_COLUMNS,
     DataError,
-    clean_text,
     decode_json,
     json_type,
     object_array,
@@ -138,8 +137,7 @@ def _turns_to_row(chosen: Turns, rejected: Turns, rng: np.random.Generator) -> d
     differ (HH-RLHF has such pairs), the prompt is the chosen dialogue's human turns and each
     side keeps its own assistant turns; all three lists are padded with empty strings to the
     longer dialogue's turn count, so that they line up turn by turn. (A padded side's final
-    reply is then empty for :func:`jaxpref.text.format_side`, so such rows are noisy.) Lone
-    surrogates become U+FFFD (:func:`jaxpref.data.clean_text`).
+    reply is then empty for :func:`jaxpref.text.format_side`, so such rows are noisy.)
     """
     n_turns = max(len(chosen), len(rejected))
     prompt = _padded([human for human, _ in chosen], n_turns)
@@ -159,8 +157,8 @@ def _turns_to_row(chosen: Turns, rejected: Turns, rng: np.random.Generator) -> d
 
 
 def _padded(texts: list[str], n: int) -> list[str]:
-    """``texts`` cleaned and extended with empty strings to length ``n``."""
-    return [clean_text(text) for text in texts] + [""] * (n - len(texts))
+    """``texts`` extended with empty strings to length ``n``."""
+    return texts + [""] * (n - len(texts))
 
 
 def read_chosen_rejected(
@@ -280,9 +278,10 @@ def _parquet_records(path: str, handle: IO[bytes]) -> Iterator[tuple[int, dict]]
                 for record in batch.to_pylist():
                     number += 1
                     yield number, record
-    except (pyarrow.ArrowException, OSError) as err:
+    except (pyarrow.ArrowException, OSError, UnicodeDecodeError) as err:  # a corrupt file
         where = {"line": number + 1, "unit": "row"} if number else {}
-        raise DataError(path, f"not a readable Parquet file ({err})", **where) from None
+        reason = " ".join(str(err).split())  # Arrow's messages can span lines
+        raise DataError(path, f"not a readable Parquet file ({reason})", **where) from None
     if missing:
         found = ", ".join(map(repr, names)) or "none"
         raise DataError(path, f"missing column (found: {found})", column=missing[0])

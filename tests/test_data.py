@@ -730,3 +730,12 @@ def test_huge_json_number_is_not_valid_json(tmp_path):
     with pytest.raises(DataError, match="not valid JSON") as info:
         read_arena_csv(path, labelled=False)
     assert_names(info.value, path, 2, "prompt")
+
+
+def test_utf16_without_bom_names_the_encoding(tmp_path):
+    """Fuzzing: UTF-16-LE text is valid UTF-8 (NULs), and was reported as a header problem."""
+    path = tmp_path / "u16.csv"
+    path.write_bytes(write_train(tmp_path, [train_row("1")]).read_text().encode("utf-16-le"))
+    with pytest.raises(DataError, match="UTF-16") as info:
+        read_arena_csv(path, labelled=True)
+    assert_names(info.value, path, 1, None)

@@ -412,16 +412,43 @@ def test_parquet_missing_column(tmp_path):
     assert "'score'" in str(info.value)
 
 
-def test_parquet_detected_by_magic_and_corrupt_parquet(tmp_path):
-    source = FIXTURES / "trl_standard.parquet"
+def test_parquet_detected_by_magic_bytes(tmp_path):
     renamed = tmp_path / "pairs.data"
-    renamed.write_bytes(source.read_bytes())
+    renamed.write_bytes((FIXTURES / "trl_standard.parquet").read_bytes())
     assert len(read_chosen_rejected(renamed)) == 2
-    broken = tmp_path / "broken.parquet"
-    broken.write_bytes(source.read_bytes()[:-20])
+
+
+def flipped(content: bytes, where: float, mask: int) -> bytes:
+    """``content`` with the byte at fraction ``where`` of its length XOR-ed with ``mask``."""
+    at = int(where * len(content))
+    return content[:at] + bytes([content[at] ^ mask]) + content[at + 1 :]
+
+
+@pytest.mark.parametrize(
+    ("name", "corrupt"),
+    [
+        ("trl_standard.parquet", lambda b: b[:-20]),
+        # Regressions found by fuzzing: a message spanning lines (a missing first byte), and a
+        # UnicodeDecodeError escaping pyarrow (a corrupt string value, a corrupt column name).
+        ("trl_standard.parquet", lambda b: b[1:]),
+        ("trl_standard.parquet", lambda b: flipped(b, 0.0625, 128)),
+        ("trl_conversational_implicit.parquet", lambda b: flipped(b, 0.40234375, 128)),
+    ],
+)
+def test_corrupt_parquet_is_a_one_line_data_error(tmp_path, name, corrupt):
+    broken = tmp_path / name
+    broken.write_bytes(corrupt((FIXTURES / name).read_bytes()))
     with pytest.raises(DataError, match="not a readable Parquet file") as info:
         read_chosen_rejected(broken)
-    assert str(broken) in str(info.value)
+    assert str(broken) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_parquet_binary_cell_is_a_type_error(tmp_path):
+    """Regression (fuzzing): naming a bytes value's type raised TypeError in json.dumps."""
+    path = write_parquet(tmp_path / "b.parquet", [{"chosen": b"\xff", "rejected": "y"}])
+    with pytest.raises(DataError, match="got bytes") as info:
+        read_chosen_rejected(path)
+    assert (info.value.line, info.value.column) == (1, "chosen")
 
 
 def test_parquet_without_pyarrow_names_the_extra(tmp_path, monkeypatch):
