@@ -24,6 +24,7 @@ thus be concatenated to arena training rows. Texts are stripped of surrounding w
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import re
 import zlib
@@ -216,10 +217,9 @@ def read_chosen_rejected(
     )
 
 
-def _records(path: str, handle: IO[bytes]) -> tuple[Iterator[tuple[int, dict]], str]:
+def _records(path: str, handle: io.BufferedReader) -> tuple[Iterator[tuple[int, dict]], str]:
     """(iterator of (1-based number, record), "line" or "row") for a JSON-lines or Parquet file."""
-    head = handle.read(4)
-    handle.seek(0)
+    head = handle.peek(4)[:4]
     if path.endswith(".parquet") or head == _PARQUET_MAGIC:
         return _parquet_records(path, handle), "row"
     if path.endswith(".gz") or head.startswith(_GZIP_MAGIC):
