@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import pathlib
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import IO, Literal
 
 import numpy as np
 import pandas as pd
@@ -31,6 +34,10 @@ __all__ = [
     "SAMPLE_DIR",
     "TEXT_COLUMNS",
     "DataError",
+    "decode_json",
+    "json_type",
+    "object_array",
+    "open_input",
     "read_arena_csv",
     "split_train_valid",
 ]
@@ -61,6 +68,11 @@ DEFAULT_TEST_CSV = SAMPLE_DIR / "arena_test.csv"
 _ID_COLUMN = "id"
 _CSV_FIELD_LIMIT = 2**31 - 1  # cells can be megabytes; sys.maxsize overflows a C long on Windows.
 _LABEL_VALUES = {0.0: 0, 1.0: 1}
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # in JSON source: may decode to one
+_SCALAR_MODES = ("text", "error")
+
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -68,7 +80,8 @@ class DataError(ValueError):
 
     The parts are also kept as attributes (``path``, ``line``, ``column``, ``row_id``, ``detail``;
     ``None`` where they do not apply) so that callers can report or test them. ``column`` is a
-    column name, or a tuple of names when the problem involves several columns.
+    column name, or a tuple of names when the problem involves several columns. ``unit`` names
+    what ``line`` counts: ``"line"`` in text files, ``"row"`` (1-based) in Parquet files.
     """
 
     def __init__(
@@ -79,15 +92,17 @@ class DataError(ValueError):
         line: int | None = None,
         column: str | tuple[str, ...] | None = None,
         row_id: str | None = None,
+        unit: str = "line",
     ) -> None:
         self.path = os.fspath(path)
         self.detail = detail
         self.line = line
         self.column = column
         self.row_id = row_id
+        self.unit = unit
         where = self.path
         if line is not None:
-            where += f", line {line}"
+            where += f", {unit} {line}"
             if row_id is not None:
                 where += f" (id {row_id})"
         if isinstance(column, tuple):
@@ -103,31 +118,51 @@ def _raise_field_limit() -> None:
         csv.field_size_limit(min(_CSV_FIELD_LIMIT, sys.maxsize))
 
 
-def _parse_turns(cell: str) -> list[str | None]:
-    """Decode one text cell into its list of turns; raise ValueError describing what is wrong."""
+def open_input(path: str, expected: str, mode: str = "r", **kwargs: object) -> IO:
+    """``open(path, mode, **kwargs)``; a missing, directory or unreadable path is a DataError.
+
+    ``expected`` names the kind of file wanted (for example ``"a CSV file"``) in the message.
+    """
     try:
-        # strict=False: accept raw control characters (newlines, tabs) inside JSON strings,
-        # which hand-edited or re-exported files contain; they are still text.
-        value = json.loads(cell, strict=False)
-    except json.JSONDecodeError as err:
-        if not cell.strip():
-            raise ValueError("empty cell, expected a JSON list of turns") from None
-        raise ValueError(f"not valid JSON ({err})") from None
+        return open(path, mode, **kwargs)
+    except FileNotFoundError:
+        raise DataError(path, "file not found") from None
+    except IsADirectoryError:
+        raise DataError(path, f"is a directory, expected {expected}") from None
+    except OSError as err:
+        raise DataError(path, f"cannot open file ({err.strerror or err})") from None
+
+
+def decode_json(text: str) -> object:
+    """``json.loads`` that accepts raw control characters in strings; ValueError when invalid.
+
+    Raw newlines and tabs inside JSON strings, which hand-edited or re-exported files contain,
+    are still text. An unpaired surrogate escape (``\\ud83d`` without its low half) becomes
+    U+FFFD: decoded as is, it gives a string the tokenizer cannot encode as UTF-8. Every failure
+    (syntax, nesting too deep, a number too long for Python's integer conversion) is a
+    ValueError whose message starts "not valid JSON".
+    """
+    try:
+        value = json.loads(text, strict=False)
+        return _replace_lone_surrogates(value) if _SURROGATE_ESCAPE.search(text) else value
     except RecursionError:
         raise ValueError("not valid JSON (nested too deeply)") from None
-    if not isinstance(value, list):
-        raise ValueError(
-            f"expected a JSON list of turns (strings or null), got {_json_type(value)}"
-        )
-    if not value:
-        raise ValueError("empty list of turns, expected at least one turn")
-    for i, turn in enumerate(value):
-        if turn is not None and not isinstance(turn, str):
-            raise ValueError(f"turn {i} is {_json_type(turn)}, expected a string or null")
+    except ValueError as err:  # JSONDecodeError, or int() refusing a number of over 4300 digits
+        raise ValueError(f"not valid JSON ({err})") from None
+
+
+def _replace_lone_surrogates(value: object) -> object:
+    """``value`` with each lone surrogate in its strings (and keys) replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_replace_lone_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {_replace_lone_surrogates(k): _replace_lone_surrogates(v) for k, v in value.items()}
     return value
 
 
-def _json_type(value: object) -> str:
+def json_type(value: object) -> str:
     """Name a decoded JSON value's type the way JSON does, with a short excerpt."""
     if isinstance(value, bool):
         kind = "a boolean"
@@ -141,12 +176,45 @@ def _json_type(value: object) -> str:
         kind = "a list"
     elif value is None:
         return "null"
-    else:  # pragma: no cover - json.loads returns only the types above
+    else:  # not from JSON: a Parquet cell can be bytes, a date, ...
         kind = type(value).__name__
-    text = json.dumps(value, ensure_ascii=False)
+    text = json.dumps(value, ensure_ascii=False, default=repr)
     if len(text) > 40:
         text = text[:37] + "..."
     return f"{kind} ({text})"
+
+
+def object_array(values: Sequence[object]) -> np.ndarray:
+    """Pack values (lists) into a 1-D object array so that pandas keeps each one as one cell."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def _parse_turns(cell: str, scalars_as_text: bool) -> tuple[list[str | None], bool]:
+    """Decode one text cell into its list of turns; raise ValueError describing what is wrong.
+
+    With ``scalars_as_text``, a JSON number or boolean turn becomes its JSON text and a cell that
+    is one JSON scalar becomes a one-turn list; the flag returned says whether that happened.
+    """
+    if not cell.strip():
+        raise ValueError("empty cell, expected a JSON list of turns")
+    value = decode_json(cell)
+    converted = False
+    if scalars_as_text and (value is None or isinstance(value, (str, int, float))):
+        value, converted = [value], True
+    if not isinstance(value, list):
+        raise ValueError(f"expected a JSON list of turns (strings or null), got {json_type(value)}")
+    if not value:
+        raise ValueError("empty list of turns, expected at least one turn")
+    turns: list[str | None] = []
+    for i, turn in enumerate(value):
+        if scalars_as_text and isinstance(turn, (int, float)):  # bool is an int
+            turn, converted = json.dumps(turn), True
+        if turn is not None and not isinstance(turn, str):
+            raise ValueError(f"turn {i} is {json_type(turn)}, expected a string or null")
+        turns.append(turn)
+    return turns, converted
 
 
 def _parse_winner(cell: str) -> int:
@@ -163,7 +231,11 @@ def _parse_winner(cell: str) -> int:
     return _LABEL_VALUES[number]
 
 
-def read_arena_csv(path: str | os.PathLike, labelled: bool) -> pd.DataFrame:
+def read_arena_csv(
+    path: str | os.PathLike,
+    labelled: bool,
+    scalars: Literal["text", "error"] | None = None,
+) -> pd.DataFrame:
     """Read a Chatbot Arena CSV (competition ``train.csv`` or ``test.csv`` format) and validate it.
 
     Args:
@@ -171,6 +243,13 @@ def read_arena_csv(path: str | os.PathLike, labelled: bool) -> pd.DataFrame:
             quoted cells may span several lines.
         labelled: ``True`` for training data, which must also hold the one-hot columns
             ``LABEL_COLUMNS``; ``False`` for test data (winner columns, if any, are ignored).
+        scalars: how to read a text cell holding JSON numbers or booleans (``[42]``,
+            ``[true]``) or a single JSON scalar instead of a list (``42``, ``"text"``):
+            ``"text"`` reads each such value as its JSON text (``"42"``, ``"true"``) and a
+            lone scalar as a one-turn list, logs a warning with the number of such cells and
+            where the first one is, and stores the number in ``frame.attrs["scalar_cells"]``;
+            ``"error"`` raises DataError. The default, ``None``, is ``"error"`` for labelled
+            (training) data and ``"text"`` otherwise, so that inference predicts every row.
 
     Returns:
         A DataFrame in file order with a fresh ``RangeIndex`` and the columns ``id`` (the string
@@ -185,94 +264,118 @@ def read_arena_csv(path: str | os.PathLike, labelled: bool) -> pd.DataFrame:
             header, a row with the wrong number of fields, malformed or wrongly shaped JSON, a
             winner row that is not one-hot, an empty or duplicate id). The message names the file,
             the line, the id where known, and the column.
+        ValueError: ``scalars`` is not ``"text"``, ``"error"`` or ``None``.
 
     Winner cells may be written as integers or floats ("1", "1.0"); any value other than 0 or 1
     is an error. The prompt and response lists of a row are not required to have the same
-    length (the model code decides how to pair turns), and a turn may be JSON ``null``.
+    length (the model code decides how to pair turns), and a turn may be JSON ``null``. An
+    unpaired surrogate escape becomes U+FFFD (see :func:`decode_json`).
     """
     path_str = os.fspath(path)
+    if scalars is None:
+        scalars = "error" if labelled else "text"
+    if scalars not in _SCALAR_MODES:
+        raise ValueError(f"scalars must be 'text', 'error' or None, got {scalars!r}")
     required = (_ID_COLUMN, *TEXT_COLUMNS, *(LABEL_COLUMNS if labelled else ()))
-    _raise_field_limit()
-
-    try:
-        handle = open(path_str, encoding="utf-8-sig", newline="")
-    except FileNotFoundError:
-        raise DataError(path_str, "file not found") from None
-    except IsADirectoryError:
-        raise DataError(path_str, "is a directory, expected a CSV file") from None
-    except OSError as err:
-        raise DataError(path_str, f"cannot open file ({err.strerror or err})") from None
-
     ids: list[str] = []
     texts: dict[str, list[list[str | None]]] = {name: [] for name in TEXT_COLUMNS}
     labels: list[int] = []
     lines: list[int] = []
     first_line_of_id: dict[str, int] = {}
+    scalar_cells: list[tuple[int, str]] = []  # (line, column) read with scalars="text"
 
-    with handle:
-        reader = csv.reader(handle, strict=True)
-        line = 1  # line where the record being read starts
-        try:
-            try:
-                header = next(reader)
-            except StopIteration:
-                raise DataError(path_str, "file is empty, expected a header line") from None
-            header = [name.strip() for name in header]
-            _check_header(path_str, header, required)
-            position = {name: header.index(name) for name in required}
-            n_fields = len(header)
-            label_positions = [position[name] for name in LABEL_COLUMNS] if labelled else []
-
-            line = reader.line_num + 1
-            for row in reader:
-                start, line = line, reader.line_num + 1
-                if not row:  # a blank line between records
-                    continue
-                row_id = row[position[_ID_COLUMN]] if len(row) > position[_ID_COLUMN] else None
-                if len(row) != n_fields:
-                    raise _field_count_error(path_str, header, row, start, row_id)
-                if not row_id or not row_id.strip():
-                    raise DataError(path_str, "empty id", line=start, column=_ID_COLUMN)
-                if row_id in first_line_of_id:
+    with open_input(path_str, "a CSV file", encoding="utf-8-sig", newline="") as handle:
+        for start, cells in _csv_records(path_str, handle, required):
+            row_id = cells[_ID_COLUMN]
+            _check_id(path_str, row_id, start, first_line_of_id)
+            for name in TEXT_COLUMNS:
+                try:
+                    turns, converted = _parse_turns(cells[name], scalars == "text")
+                except ValueError as err:
                     raise DataError(
-                        path_str,
-                        f"duplicate id {row_id!r}, first seen on line {first_line_of_id[row_id]}",
-                        line=start,
-                        column=_ID_COLUMN,
-                    )
-                first_line_of_id[row_id] = start
-
-                for name in TEXT_COLUMNS:
-                    try:
-                        texts[name].append(_parse_turns(row[position[name]]))
-                    except ValueError as err:
-                        raise DataError(
-                            path_str, str(err), line=start, column=name, row_id=row_id
-                        ) from None
-
-                if labelled:
-                    labels.append(_parse_label(path_str, row, label_positions, start, row_id))
-                ids.append(row_id)
-                lines.append(start)
-        except csv.Error as err:
-            raise DataError(path_str, f"malformed CSV ({err})", line=line) from None
-        except UnicodeDecodeError as err:
-            # The decoder reads ahead in blocks, so find the offending line from the bytes.
-            bad_line = _first_non_utf8_line(path_str) or line
-            raise DataError(
-                path_str, f"not valid UTF-8 text ({err.reason})", line=bad_line
-            ) from None
+                        path_str, str(err), line=start, column=name, row_id=row_id
+                    ) from None
+                texts[name].append(turns)
+                if converted:
+                    scalar_cells.append((start, name))
+            if labelled:
+                labels.append(_parse_label(path_str, cells, start, row_id))
+            ids.append(row_id)
+            lines.append(start)
 
     if not ids:
         raise DataError(path_str, "header line but no data rows after it", line=1)
-
+    if scalar_cells:
+        log.warning(
+            "%s: read %d text cell(s) holding JSON numbers, booleans or a lone scalar as text; "
+            "the first is on line %d, column %r",
+            path_str,
+            len(scalar_cells),
+            *scalar_cells[0],
+        )
     columns: dict[str, Sequence[object]] = {_ID_COLUMN: ids}
     for name in TEXT_COLUMNS:
-        columns[name] = _object_array(texts[name])
+        columns[name] = object_array(texts[name])
     if labelled:
         columns["label"] = np.asarray(labels, dtype=np.int64)
     columns["line"] = np.asarray(lines, dtype=np.int64)
-    return pd.DataFrame(columns)
+    frame = pd.DataFrame(columns)
+    frame.attrs["scalar_cells"] = len(scalar_cells)
+    return frame
+
+
+def _csv_records(
+    path: str, handle: IO[str], required: tuple[str, ...]
+) -> Iterator[tuple[int, dict[str, str]]]:
+    """Yield (line where the record starts, {required column: cell}) for each record.
+
+    Blank lines are skipped. A bad header, a record with the wrong number of fields, malformed
+    CSV and text that is not UTF-8 raise DataError.
+    """
+    _raise_field_limit()
+    reader = csv.reader(handle, strict=True)
+    line = 1  # line where the record being read starts
+    try:
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise DataError(path, "file is empty, expected a header line") from None
+        header = [name.strip() for name in header]
+        if any("\x00" in name for name in header):
+            detail = "not valid UTF-8 text (NUL characters in the header: a UTF-16 file?)"
+            raise DataError(path, detail, line=1)
+        _check_header(path, header, required)
+        position = {name: header.index(name) for name in required}
+        line = reader.line_num + 1
+        for row in reader:
+            start, line = line, reader.line_num + 1
+            if not row:  # a blank line between records
+                continue
+            if len(row) != len(header):
+                id_at = position[_ID_COLUMN]
+                row_id = row[id_at] if len(row) > id_at else None
+                raise _field_count_error(path, header, row, start, row_id)
+            yield start, {name: row[at] for name, at in position.items()}
+    except csv.Error as err:
+        raise DataError(path, f"malformed CSV ({err})", line=line) from None
+    except UnicodeDecodeError as err:
+        # The decoder reads ahead in blocks, so find the offending line from the bytes.
+        bad_line = _first_non_utf8_line(path) or line
+        raise DataError(path, f"not valid UTF-8 text ({err.reason})", line=bad_line) from None
+
+
+def _check_id(path: str, row_id: str, line: int, first_line_of_id: dict[str, int]) -> None:
+    """Check that ``row_id`` is not blank and not seen before, then record its line."""
+    if not row_id.strip():
+        raise DataError(path, "empty id", line=line, column=_ID_COLUMN)
+    if row_id in first_line_of_id:
+        raise DataError(
+            path,
+            f"duplicate id {row_id!r}, first seen on line {first_line_of_id[row_id]}",
+            line=line,
+            column=_ID_COLUMN,
+        )
+    first_line_of_id[row_id] = line
 
 
 def _field_count_error(
@@ -309,13 +412,6 @@ def _first_non_utf8_line(path: str) -> int | None:
     return None
 
 
-def _object_array(values: list[list[str | None]]) -> np.ndarray:
-    """Pack lists into a 1-D object array so that pandas keeps each list as one cell."""
-    out = np.empty(len(values), dtype=object)
-    out[:] = values
-    return out
-
-
 def _check_header(path: str, header: list[str], required: tuple[str, ...]) -> None:
     """Check that every required column is present exactly once (duplicates would be ambiguous)."""
     missing = tuple(name for name in required if name not in header)
@@ -334,18 +430,16 @@ def _check_header(path: str, header: list[str], required: tuple[str, ...]) -> No
             )
 
 
-def _parse_label(path: str, row: list[str], positions: list[int], line: int, row_id: str) -> int:
+def _parse_label(path: str, cells: dict[str, str], line: int, row_id: str) -> int:
     """Turn the three winner cells of one row into a class index; they must be one-hot."""
     values = []
-    for name, pos in zip(LABEL_COLUMNS, positions, strict=True):
+    for name in LABEL_COLUMNS:
         try:
-            values.append(_parse_winner(row[pos]))
+            values.append(_parse_winner(cells[name]))
         except ValueError as err:
             raise DataError(path, str(err), line=line, column=name, row_id=row_id) from None
     if sum(values) != 1:
-        shown = ", ".join(
-            f"{name}={row[pos]}" for name, pos in zip(LABEL_COLUMNS, positions, strict=True)
-        )
+        shown = ", ".join(f"{name}={cells[name]}" for name in LABEL_COLUMNS)
         problem = (
             "no winner column is 1" if sum(values) == 0 else "more than one winner column is 1"
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -658,3 +659,83 @@ def test_group_by_prompt_with_one_prompt_fails():
 def test_split_needs_label_column(arena):
     with pytest.raises(ValueError, match="'label'"):
         split_train_valid(arena.drop(columns="label"))
+
+
+# --------------------------------------------------------------------------- scalars, regressions
+
+SCALAR_CELLS = {"prompt": "[true]", "response_a": '["a", 42, -1.5, null]', "response_b": "7"}
+
+
+def test_unlabelled_reads_json_scalars_as_text_and_warns(tmp_path, caplog):
+    rows = [train_row("1"), train_row("2", **SCALAR_CELLS), train_row("3", response_b='"b"')]
+    path = write_train(tmp_path, rows)
+    with caplog.at_level(logging.WARNING, logger="jaxpref.data"):
+        frame = read_arena_csv(path, labelled=False)
+    assert list(frame["id"]) == ["1", "2", "3"]
+    assert frame["prompt"][1] == ["true"]
+    assert frame["response_a"][1] == ["a", "42", "-1.5", None]
+    assert frame["response_b"][1] == ["7"]
+    assert frame["response_b"][2] == ["b"]
+    assert frame.attrs["scalar_cells"] == 4
+    [record] = caplog.records
+    message = record.getMessage()
+    assert str(path) in message and "read 4 text cell(s)" in message
+    assert "line 3, column 'prompt'" in message
+
+
+def test_plain_file_reports_no_scalar_cells(tmp_path, caplog):
+    path = write_train(tmp_path, [train_row("1")])
+    with caplog.at_level(logging.WARNING, logger="jaxpref.data"):
+        frame = read_arena_csv(path, labelled=False)
+    assert frame.attrs["scalar_cells"] == 0
+    assert not caplog.records
+
+
+def test_labelled_is_strict_unless_asked(tmp_path):
+    path = write_train(tmp_path, [train_row("1"), train_row("2", **SCALAR_CELLS)])
+    with pytest.raises(DataError, match="turn 0 is a boolean") as info:
+        read_arena_csv(path, labelled=True)
+    assert_names(info.value, path, 3, "prompt")
+    frame = read_arena_csv(path, labelled=True, scalars="text")
+    assert frame["response_a"][1] == ["a", "42", "-1.5", None]
+    assert list(frame["label"]) == [0, 0]
+    with pytest.raises(DataError, match="turn 0 is a boolean"):
+        read_arena_csv(path, labelled=False, scalars="error")
+
+
+@pytest.mark.parametrize("cell", ['[{"a": 1}]', '[["x"]]', "[]", "{}", "oops"])
+def test_scalars_as_text_still_rejects_non_scalars(tmp_path, cell):
+    path = write_train(tmp_path, [train_row("1", prompt=cell)])
+    with pytest.raises(DataError) as info:
+        read_arena_csv(path, labelled=False)
+    assert_names(info.value, path, 2, "prompt")
+
+
+def test_bad_scalars_mode(tmp_path):
+    with pytest.raises(ValueError, match="scalars must be"):
+        read_arena_csv(write_train(tmp_path, [train_row("1")]), labelled=False, scalars="skip")
+
+
+def test_lone_surrogate_becomes_replacement_character(tmp_path):
+    """Regression (fuzzing): an unpaired \\ud83d escape gave text that TensorFlow cannot encode."""
+    cell = '["pet \\ud83d", "\\ud83d\\udc3e ok", "\\udc3e"]'
+    path = write_train(tmp_path, [train_row("1", response_a=cell)])
+    frame = read_arena_csv(path, labelled=True)
+    assert frame["response_a"][0] == ["pet \ufffd", "\U0001f43e ok", "\ufffd"]
+    assert all(turn.encode("utf-8") for turn in frame["response_a"][0])
+
+
+def test_huge_json_number_is_not_valid_json(tmp_path):
+    path = write_train(tmp_path, [train_row("1", prompt="[" + "9" * 5000 + "]")])
+    with pytest.raises(DataError, match="not valid JSON") as info:
+        read_arena_csv(path, labelled=False)
+    assert_names(info.value, path, 2, "prompt")
+
+
+def test_utf16_without_bom_names_the_encoding(tmp_path):
+    """Fuzzing: UTF-16-LE text is valid UTF-8 (NULs), and was reported as a header problem."""
+    path = tmp_path / "u16.csv"
+    path.write_bytes(write_train(tmp_path, [train_row("1")]).read_text().encode("utf-16-le"))
+    with pytest.raises(DataError, match="UTF-16") as info:
+        read_arena_csv(path, labelled=True)
+    assert_names(info.value, path, 1, None)

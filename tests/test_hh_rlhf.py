@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -180,7 +182,7 @@ def test_deterministic_for_a_seed_and_balanced(tmp_path):
     ("line", "column", "message"),
     [
         ("{not json", None, "not valid JSON"),
-        ('["chosen", "rejected"]', None, "expected a JSON object, got an array"),
+        ('["chosen", "rejected"]', None, "expected a JSON object, got a list"),
         (json.dumps({"chosen": dialogue("q", "a")}), "rejected", "missing field"),
         (json.dumps({"chosen": 3, "rejected": dialogue("q", "a")}), "chosen", "a number"),
         (json.dumps({"chosen": dialogue("q", "a"), "rejected": None}), "rejected", "null"),
@@ -224,3 +226,234 @@ def test_missing_file_and_bad_gzip(tmp_path):
     with pytest.raises(DataError, match="gzip") as info:
         read_chosen_rejected(fake)
     assert str(fake) in str(info.value)
+
+
+def test_huge_json_number_is_a_data_error(tmp_path):
+    """Regression: int() refuses over 4,300 digits with a ValueError that escaped the reader."""
+    path = write_jsonl(tmp_path / "big.jsonl", ['{"chosen": ' + "9" * 5000 + ', "rejected": ""}'])
+    with pytest.raises(DataError, match="not valid JSON") as info:
+        read_chosen_rejected(path)
+    assert info.value.line == 1
+
+
+def test_lone_surrogate_becomes_replacement_character(tmp_path):
+    """Regression (fuzzing): an unpaired \\ud83d escape gave text that TensorFlow cannot encode."""
+    line = json.dumps({"chosen": dialogue("q", "ok"), "rejected": dialogue("q", "x")})
+    path = write_jsonl(tmp_path / "s.jsonl", [line.replace("x", "\\ud83d x \\ud83d\\udc3e")])
+    frame = read_chosen_rejected(path)
+    replies = {frame["response_a"][0][-1], frame["response_b"][0][-1]}
+    assert replies == {"ok", "\ufffd x \U0001f43e"}
+
+
+# TRL formats and Parquet
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TRL_FILES = [
+    "trl_standard.jsonl",
+    "trl_standard_implicit.jsonl",
+    "trl_conversational.jsonl",
+    "trl_conversational_implicit.jsonl",
+    "trl_standard.parquet",
+    "trl_conversational_implicit.parquet",
+]
+
+
+def chosen_and_rejected(frame: pd.DataFrame) -> list[tuple[list, list, list]]:
+    """(prompt, chosen replies, rejected replies) per row, undoing the random A/B order."""
+    out = []
+    for row in frame.itertuples():
+        a, b = row.response_a, row.response_b
+        out.append((row.prompt, *((a, b) if row.label == 0 else (b, a))))
+    return out
+
+
+def test_hh_fixture_rows():
+    rows = chosen_and_rejected(read_chosen_rejected(FIXTURES / "hh_rlhf.jsonl"))
+    assert rows == [
+        (["What color is the sky on a clear day?"], ["Blue."], ["Green, mostly."]),
+        (['Translate "thank you" into French.'], ["Merci."], ["Danke — that's German."]),
+        (["Name a prime number.", "Another one?"], ["7.", "11."], ["7.", "12."]),
+    ]
+
+
+@pytest.mark.parametrize("name", TRL_FILES)
+def test_every_format_gives_the_hh_rows(name):
+    """Each fixture holds the HH fixture's pairs (standard ones: the single-turn two)."""
+    expected = read_chosen_rejected(FIXTURES / "hh_rlhf.jsonl", seed=3, id_prefix="x")
+    frame = read_chosen_rejected(FIXTURES / name, seed=3, id_prefix="x")
+    expected = expected.head(len(frame))
+    assert len(frame) == (2 if "standard" in name else 3)
+    pd.testing.assert_frame_equal(frame, expected)
+
+
+def test_parquet_matches_arena_dtypes():
+    frame = read_chosen_rejected(FIXTURES / "trl_conversational_implicit.parquet")
+    arena = read_arena_csv(DEFAULT_TRAIN_CSV, labelled=True)
+    assert frame.dtypes.to_dict() == arena.dtypes.to_dict()
+    assert list(frame["line"]) == [1, 2, 3]
+    assert all(isinstance(t, str) for turns in frame["response_a"] for t in turns)
+
+
+@pytest.mark.parametrize(
+    ("chosen", "rejected", "prompt", "replies"),
+    [
+        ("The sky is blue.", "The sky is black.", "The sky is", ("blue.", "black.")),
+        ("The sky", "The sky is blue", "The sky", ("", "is blue")),
+        ("Yes.", "No.", "", ("Yes.", "No.")),
+        ("Same text", "Same text", "Same text", ("", "")),
+    ],
+)
+def test_implicit_prompt_is_shared_prefix_at_word_boundary(
+    tmp_path, chosen, rejected, prompt, replies
+):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"chosen": chosen, "rejected": rejected}])
+    rows = chosen_and_rejected(read_chosen_rejected(path))
+    assert rows == [([prompt], [replies[0]], [replies[1]])]
+
+
+def test_prompt_extracted_hh_keeps_turns(tmp_path):
+    record = {
+        "prompt": dialogue("q1", "r1", "q2") + "\n\nAssistant:",
+        "chosen": " a",
+        "rejected": " b",
+    }
+    path = write_jsonl(tmp_path / "p.jsonl", [record])
+    assert chosen_and_rejected(read_chosen_rejected(path)) == [
+        (["q1", "q2"], ["r1", "a"], ["r1", "b"])
+    ]
+
+
+def test_system_messages_join_the_first_user_turn(tmp_path):
+    system = {"role": "system", "content": "Be brief."}
+    record = {
+        "prompt": [system, {"role": "user", "content": "Hi?"}],
+        "chosen": [{"role": "assistant", "content": "Hello."}],
+        "rejected": [{"role": "assistant", "content": "Greetings to you."}],
+    }
+    path = write_jsonl(tmp_path / "p.jsonl", [record])
+    assert chosen_and_rejected(read_chosen_rejected(path)) == [
+        (["Be brief.\n\nHi?"], ["Hello."], ["Greetings to you."])
+    ]
+
+
+USER = {"role": "user", "content": "q"}
+REPLY = {"role": "assistant", "content": "a"}
+
+
+@pytest.mark.parametrize(
+    ("record", "column", "message"),
+    [
+        ({"chosen": [USER, {"role": "bot", "content": "a"}], "rejected": [USER, REPLY]},
+         "chosen", "message 1 has role 'bot'"),
+        ({"chosen": [USER, REPLY], "rejected": [USER, {"role": 3, "content": "a"}]},
+         "rejected", "message 1 has role a number"),
+        ({"chosen": [USER, {"content": "a"}], "rejected": [USER, REPLY]},
+         "chosen", "message 1 has no 'role'"),
+        ({"chosen": [USER, REPLY], "rejected": [{"role": "user"}, REPLY]},
+         "rejected", "message 0 has no 'content'"),
+        ({"chosen": [USER, {"role": "assistant", "content": 7}], "rejected": [USER, REPLY]},
+         "chosen", "message 1 content is a number"),
+        ({"chosen": [USER, {"role": "assistant", "content": None}], "rejected": [USER, REPLY]},
+         "chosen", "content is null"),
+        ({"chosen": [USER, {"role": "assistant", "content": [{"type": "text"}]}],
+          "rejected": [USER, REPLY]}, "chosen", "content is a list"),
+        ({"chosen": [USER, "a"], "rejected": [USER, REPLY]}, "chosen", "message 1 is a string"),
+        ({"chosen": [], "rejected": [USER, REPLY]}, "chosen", "empty list of messages"),
+        ({"prompt": [], "chosen": [REPLY], "rejected": [REPLY]}, "prompt", "empty list"),
+        ({"chosen": [USER, REPLY], "rejected": [{"role": "system", "content": "s"}]},
+         "rejected", "only 'system'"),
+        ({"chosen": [USER, REPLY, {"role": "system", "content": "s"}], "rejected": [USER, REPLY]},
+         "chosen", "'system' message after"),
+        ({"chosen": [REPLY, USER, REPLY], "rejected": [USER, REPLY]},
+         "chosen", "starts with an 'assistant'"),
+        ({"chosen": [USER, REPLY], "rejected": [USER]}, "rejected", "no 'assistant'"),
+        ({"chosen": [USER, REPLY], "rejected": "a"}, "rejected", "a string but 'chosen' is a list"),
+        ({"prompt": "q", "chosen": [REPLY], "rejected": [REPLY]}, "prompt", "is a string but"),
+        ({"prompt": 5, "chosen": "a", "rejected": "b"}, "prompt", "is a number (5) but"),
+        ({"chosen": {"a": 1}, "rejected": "b"}, "chosen", "got an object"),
+        ({"prompt": "q", "rejected": "b"}, "chosen", "missing field"),
+    ],
+)  # fmt: skip
+def test_malformed_trl_record_names_file_line_and_field(tmp_path, record, column, message):
+    path = write_jsonl(tmp_path / "bad.jsonl", [pair(0), json.dumps(record)])
+    with pytest.raises(DataError, match=re.escape(message)) as info:
+        read_chosen_rejected(path)
+    err = info.value
+    assert (err.path, err.line, err.column) == (str(path), 2, column)
+    assert str(err).startswith(f"{path}, line 2, column {column!r}: ")
+    assert "\n" not in str(err)
+
+
+def write_parquet(path: Path, records: list[dict]) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(records), path)
+    return path
+
+
+def test_parquet_error_names_row_and_field(tmp_path):
+    records = [
+        {"chosen": [USER, REPLY], "rejected": [USER, REPLY]},
+        {"chosen": [USER, REPLY], "rejected": [USER, {"role": "bot", "content": "x"}]},
+    ]
+    path = write_parquet(tmp_path / "bad.parquet", records)
+    with pytest.raises(DataError, match="role 'bot'") as info:
+        read_chosen_rejected(path)
+    assert (info.value.line, info.value.column, info.value.unit) == (2, "rejected", "row")
+    assert str(info.value).startswith(f"{path}, row 2, column 'rejected': message 1")
+
+
+def test_parquet_missing_column(tmp_path):
+    path = write_parquet(tmp_path / "p.parquet", [{"prompt": "q", "chosen": "a", "score": 1}])
+    with pytest.raises(DataError, match="missing column") as info:
+        read_chosen_rejected(path)
+    assert info.value.column == "rejected"
+    assert "'score'" in str(info.value)
+
+
+def test_parquet_detected_by_magic_bytes(tmp_path):
+    renamed = tmp_path / "pairs.data"
+    renamed.write_bytes((FIXTURES / "trl_standard.parquet").read_bytes())
+    assert len(read_chosen_rejected(renamed)) == 2
+
+
+def flipped(content: bytes, where: float, mask: int) -> bytes:
+    """``content`` with the byte at fraction ``where`` of its length XOR-ed with ``mask``."""
+    at = int(where * len(content))
+    return content[:at] + bytes([content[at] ^ mask]) + content[at + 1 :]
+
+
+@pytest.mark.parametrize(
+    ("name", "corrupt"),
+    [
+        ("trl_standard.parquet", lambda b: b[:-20]),
+        # Regressions found by fuzzing: a message spanning lines (a missing first byte), and a
+        # UnicodeDecodeError escaping pyarrow (a corrupt string value, a corrupt column name).
+        ("trl_standard.parquet", lambda b: b[1:]),
+        ("trl_standard.parquet", lambda b: flipped(b, 0.0625, 128)),
+        ("trl_conversational_implicit.parquet", lambda b: flipped(b, 0.40234375, 128)),
+    ],
+)
+def test_corrupt_parquet_is_a_one_line_data_error(tmp_path, name, corrupt):
+    broken = tmp_path / name
+    broken.write_bytes(corrupt((FIXTURES / name).read_bytes()))
+    with pytest.raises(DataError, match="not a readable Parquet file") as info:
+        read_chosen_rejected(broken)
+    assert str(broken) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_parquet_binary_cell_is_a_type_error(tmp_path):
+    """Regression (fuzzing): naming a bytes value's type raised TypeError in json.dumps."""
+    path = write_parquet(tmp_path / "b.parquet", [{"chosen": b"\xff", "rejected": "y"}])
+    with pytest.raises(DataError, match="got bytes") as info:
+        read_chosen_rejected(path)
+    assert (info.value.line, info.value.column) == (1, "chosen")
+
+
+def test_parquet_without_pyarrow_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # makes `import pyarrow` fail
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(DataError, match=r"pip install jaxpref\[parquet\]") as info:
+        read_chosen_rejected(FIXTURES / "trl_standard.parquet")
+    assert "\n" not in str(info.value)
