@@ -88,16 +88,15 @@ def status_mb(field: str, pid: int | str = "self") -> float | None:
 
 @contextlib.contextmanager
 def measured(stage: str, rows: int) -> Iterator[dict]:
-    """Time a stage and take its peak RSS; emits one result line (plus what the body notes)."""
-    notes: dict = {}
+    """Time a stage and take its peak RSS into the dict it yields (for the caller to emit)."""
+    result = {"stage": stage, "rows": rows}
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
     before = status_mb("VmRSS")
     start = time.perf_counter()
-    yield notes
+    yield result
     wall = time.perf_counter() - start
     peak = status_mb("VmHWM")
-    emit({"stage": stage, "rows": rows, "wall_s": wall, "rss_before_mb": before,
-          "peak_mb": peak, "stage_mb": peak - before, **notes})  # fmt: skip
+    result.update(wall_s=wall, rss_before_mb=before, peak_mb=peak, stage_mb=peak - before)
 
 
 def arrays_mb(obj: object) -> float:
@@ -120,18 +119,20 @@ def child_frame_stages(group: str, rows: int, work: Path) -> None:
     from jaxpref import data, text
 
     if group == "read":
-        with measured("read", rows):
+        with measured("read", rows) as result:
             frame = data.read_arena_csv(work / f"train-{rows}.csv", labelled=True)
+        emit(result)
         save(frame, work / f"frame-{rows}.pkl")
     elif group == "split":
         frame = load(work / f"frame-{rows}.pkl")
-        with measured("split", rows):
+        with measured("split", rows) as result:
             data.split_train_valid(frame, 0.1, seed=0)
+        emit(result)
     else:
         frame = load(work / f"frame-{rows}.pkl")
-        with measured("format", rows) as notes:
+        with measured("format", rows) as result:
             texts = text.format_pairs(frame)
-        notes["max_chars"] = {key: max(map(len, values)) for key, values in texts.items()}
+        emit(result | {"max_chars": {key: max(map(len, v)) for key, v in texts.items()}})
         save((texts, frame["label"].to_numpy()), work / f"texts-{rows}.pkl")
 
 
@@ -147,22 +148,24 @@ def child_token_stages(group: str, rows: int, work: Path, batch: int) -> None:
     if group == "tokenize-cold":
         shutil.rmtree(cache, ignore_errors=True)
     stage = "tokenize-cold" if group == "tokenize-cold" else "tokenize-warm"
-    with measured(stage, rows) as notes:
+    with measured(stage, rows) as result:
         tokens = pipeline.tokenize(texts, encoder, cache, progress=False)
-    notes["tokens_mb"] = arrays_mb(tokens)
-    notes["cache_mb"] = sum(f.stat().st_size for f in cache.iterdir()) / MB
-    notes["mean_tokens_per_side"] = float(tokens.lengths.mean())
+    result["tokens_mb"] = arrays_mb(tokens)
+    result["cache_mb"] = sum(f.stat().st_size for f in cache.iterdir()) / MB
+    emit(result | {"mean_tokens_per_side": float(tokens.lengths.mean())})
     if group == "tokenize-cold":
         return
     buckets = pipeline.bucket_lengths(SEQUENCE_LENGTH)
-    with measured("plan", rows):
+    with measured("plan", rows) as result:
         plan = pipeline.plan_batches(tokens.row_lengths(), batch, buckets, True, swap=True)
-    with measured("side-features", rows):
+    emit(result)
+    with measured("side-features", rows) as result:
         extra = pipeline.side_features(texts, tokens)
-    with measured("feed", rows) as notes:
+    emit(result)
+    with measured("feed", rows) as result:
         for _ in pipeline.make_dataset(tokens, [plan], keys, labels, extra=extra):
             pass
-    notes["batches"] = len(plan)
+    emit(result | {"batches": len(plan)})
 
 
 def child(args: argparse.Namespace) -> None:

@@ -38,12 +38,6 @@ def parse_args(argv: list[str] | None = None):
     return parser.parse_args(argv)
 
 
-def subset(tokens: pipeline.TokenizedPairs, rows: np.ndarray) -> pipeline.TokenizedPairs:
-    return pipeline.TokenizedPairs(
-        tokens.token_ids[rows], tokens.segment_ids[rows], tokens.lengths[rows]
-    )
-
-
 def sample_plan(plan, batches: int) -> list[pipeline.Batch]:
     """`batches` evenly spaced batches of the length-sorted plan.
 
@@ -312,7 +306,7 @@ def measure(args) -> dict:
         result["train"]["peak_flops"] = peak * len(devices)
         result["train"]["mfu"] = result["train"]["model_flops_per_s"] / (peak * len(devices))
     if args.infer_repeats:
-        tokens = subset(all_tokens, rows)
+        tokens = all_tokens.take(rows)
         result["infer"] = infer(model, tokens, args.batch_size, buckets, keys, args.infer_repeats)
     return result
 

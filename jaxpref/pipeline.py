@@ -32,6 +32,8 @@ from jaxpref.text import FEATURE_KEYS, SIDE_COUNTS, SIDES, side_counts, turn_cou
 log = logging.getLogger("jaxpref")
 
 TOKENIZE_CHUNK = 256
+CACHE_FORMAT = 2
+"""Version of the token cache files; 2: ragged tokens (1 held every side padded to L)."""
 
 
 def truncate_pair(context, response, budget: int):
@@ -105,11 +107,47 @@ class PairEncoder:
 
 @dataclasses.dataclass
 class TokenizedPairs:
-    """Both sides of every row, padded to the full sequence length; `lengths` are real tokens."""
+    """Both sides of every row as token rows without padding; `lengths` are real tokens.
 
-    token_ids: np.ndarray  # (N, 2, L) int32
-    segment_ids: np.ndarray  # (N, 2, L) int8
+    `values` holds the token ids of every side back to back and `segments` their segment ids;
+    side `s` of row `i` is `values[starts[i, s] : starts[i, s] + lengths[i, s]]`. Padding every
+    side to the full sequence length would hold (N, 2, L) arrays, mostly padding: about 0.6 GB
+    for the 57k competition rows at L = 1,024. `padded_ids` and `padded_segments` pad just the
+    sides of one batch; `token_ids` and `segment_ids` pad them all, for small data and tests.
+    Rows and sides are views into the shared token arrays, so `take` and `swap_sides` copy no
+    tokens.
+    """
+
+    values: np.ndarray  # (total,) int32
+    segments: np.ndarray  # (total,) int8
+    starts: np.ndarray  # (N, 2) int64
     lengths: np.ndarray  # (N, 2) int32
+    sequence_length: int
+    pad_id: int
+
+    @classmethod
+    def from_padded(
+        cls, token_ids: np.ndarray, segment_ids: np.ndarray, lengths: np.ndarray, pad_id: int
+    ) -> TokenizedPairs:
+        """From (N, 2, L) arrays whose sides hold `lengths` real tokens followed by padding."""
+        real = np.arange(token_ids.shape[-1]) < lengths[..., None]
+        ends = np.cumsum(lengths, dtype=np.int64).reshape(lengths.shape)
+        return cls(
+            token_ids[real].astype(np.int32), segment_ids[real].astype(np.int8),
+            ends - lengths, lengths.astype(np.int32), token_ids.shape[-1], int(pad_id),
+        )  # fmt: skip
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[TokenizedPairs]) -> TokenizedPairs:
+        """The rows of every part, in order (parts as made by `from_padded`: starts at 0)."""
+        offsets = np.cumsum([0, *(len(p.values) for p in parts[:-1])])
+        first = parts[0]
+        return cls(
+            np.concatenate([p.values for p in parts]),
+            np.concatenate([p.segments for p in parts]),
+            np.concatenate([p.starts + o for p, o in zip(parts, offsets, strict=True)]),
+            np.concatenate([p.lengths for p in parts]), first.sequence_length, first.pad_id,
+        )  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -117,6 +155,47 @@ class TokenizedPairs:
     def row_lengths(self) -> np.ndarray:
         """Tokens each row needs: the longer of its two sides."""
         return self.lengths.max(axis=1)
+
+    def take(self, rows: np.ndarray) -> TokenizedPairs:
+        """Only the given rows, in the given order."""
+        return dataclasses.replace(self, starts=self.starts[rows], lengths=self.lengths[rows])
+
+    def padded_ids(self, index, length: int) -> np.ndarray:
+        """Token ids of the sides `starts[index]`, cut or padded to `length`: (..., length)."""
+        return self._padded(self.values, self.pad_id, index, length)
+
+    def padded_segments(self, index, length: int) -> np.ndarray:
+        """Segment ids of the sides `starts[index]`, cut or padded (with 0) to `length`."""
+        return self._padded(self.segments, 0, index, length)
+
+    @property
+    def token_ids(self) -> np.ndarray:
+        """(N, 2, L) int32 token ids, padded with `pad_id`."""
+        return self.padded_ids(slice(None), self.sequence_length)
+
+    @property
+    def segment_ids(self) -> np.ndarray:
+        """(N, 2, L) int8 segment ids, padded with 0."""
+        return self.padded_segments(slice(None), self.sequence_length)
+
+    def _padded(self, flat: np.ndarray, fill: int, index, length: int) -> np.ndarray:
+        positions = np.arange(length)
+        real = positions < self.lengths[index][..., None]
+        if not flat.size:
+            return np.full(real.shape, fill, flat.dtype)
+        at = np.where(real, self.starts[index][..., None] + positions, 0)
+        return np.where(real, flat[at], flat.dtype.type(fill))
+
+    def save(self, path: Path) -> None:
+        """Write every field to one .npz file (`dataclasses.asdict` would copy the arrays)."""
+        np.savez(path, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+
+    @classmethod
+    def load(cls, path: Path) -> TokenizedPairs:
+        with np.load(path) as saved:
+            fields = {k: saved[k] for k in saved.files}
+        scalars = ("sequence_length", "pad_id")
+        return cls(**{k: int(v) if k in scalars else v for k, v in fields.items()})
 
 
 def _texts_digest(texts: dict[str, np.ndarray]) -> str:
@@ -136,6 +215,17 @@ def default_cache_dir() -> Path | None:
     return Path(value) if value else Path.home() / ".cache" / "jaxpref" / "tokens"
 
 
+def _text_chunks(texts: dict[str, np.ndarray], n: int) -> Iterator[dict[str, list[str]]]:
+    """`TOKENIZE_CHUNK` rows at a time, as Python strings.
+
+    Not one NumPy string array: its fixed width is the longest text's, 4 bytes a character,
+    which for 57k rows with one 25k-character conversation is 6 GB for one column.
+    """
+    for start in range(0, n, TOKENIZE_CHUNK):
+        stop = start + TOKENIZE_CHUNK
+        yield {key: [str(value) for value in texts[key][start:stop]] for key in FEATURE_KEYS}
+
+
 def tokenize(
     texts: dict[str, np.ndarray],
     encoder: PairEncoder,
@@ -148,31 +238,33 @@ def tokenize(
     n = len(texts[FEATURE_KEYS[0]])
     cache_file = None
     if cache_dir is not None:
-        name = f"{encoder.fingerprint()}-{encoder.sequence_length}-{_texts_digest(texts)}.npz"
-        cache_file = Path(cache_dir) / name
+        name = f"{encoder.fingerprint()}-{encoder.sequence_length}-{_texts_digest(texts)}"
+        cache_file = Path(cache_dir) / f"{name}-v{CACHE_FORMAT}.npz"
         if cache_file.exists():
-            with np.load(cache_file) as saved:
-                return TokenizedPairs(**{k: saved[k] for k in saved.files})
-    columns = {key: np.asarray(texts[key]).astype(str) for key in FEATURE_KEYS}
-    ds = tf.data.Dataset.from_tensor_slices(columns).batch(TOKENIZE_CHUNK)
+            return TokenizedPairs.load(cache_file)
+    spec = {key: tf.TensorSpec((None,), tf.string) for key in FEATURE_KEYS}
+    ds = tf.data.Dataset.from_generator(lambda: _text_chunks(texts, n), output_signature=spec)
     ds = ds.map(encoder, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    parts: dict[str, list[np.ndarray]] = {"token_ids": [], "segment_ids": [], "lengths": []}
+    parts: list[TokenizedPairs] = []
     bar = None
     if progress and n > TOKENIZE_CHUNK:
         import keras
 
         bar = keras.utils.Progbar(n, unit_name="row", verbose=1 if sys.stdout.isatty() else 2)
     for chunk in ds.as_numpy_iterator():
-        parts["token_ids"].append(chunk["token_ids"].astype(np.int32))
-        parts["segment_ids"].append(chunk["segment_ids"].astype(np.int8))
-        parts["lengths"].append(chunk["lengths"].astype(np.int32))
+        lengths = chunk["lengths"].astype(np.int32)
+        parts.append(
+            TokenizedPairs.from_padded(
+                chunk["token_ids"], chunk["segment_ids"], lengths, encoder.pad_id
+            )
+        )
         if bar is not None:
-            bar.add(len(chunk["lengths"]))
-    tokens = TokenizedPairs(**{k: np.concatenate(v) for k, v in parts.items()})
+            bar.add(len(lengths))
+    tokens = TokenizedPairs.concatenate(parts)
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(tmp, **dataclasses.asdict(tokens))
+        tokens.save(tmp)
         os.replace(tmp, cache_file)
     return tokens
 
@@ -276,9 +368,24 @@ def side_features(texts: dict[str, np.ndarray], tokens: TokenizedPairs) -> np.nd
 
 def swap_sides(tokens: TokenizedPairs) -> TokenizedPairs:
     """The same rows with sides A and B exchanged (for swap test-time augmentation)."""
-    return TokenizedPairs(
-        tokens.token_ids[:, ::-1], tokens.segment_ids[:, ::-1], tokens.lengths[:, ::-1]
+    return dataclasses.replace(
+        tokens, starts=tokens.starts[:, ::-1], lengths=tokens.lengths[:, ::-1]
     )
+
+
+def _batch_features(
+    tokens: TokenizedPairs, pick: tuple[np.ndarray, np.ndarray], length: int, keys: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """The backbone inputs `keys` of the sides `tokens.starts[pick]`, (B, 2, length) int32."""
+    features = {}
+    if "token_ids" in keys:
+        features["token_ids"] = tokens.padded_ids(pick, length)
+    if "padding_mask" in keys:
+        positions = np.arange(length)
+        features["padding_mask"] = (positions < tokens.lengths[pick][..., None]).astype(np.int32)
+    if "segment_ids" in keys:
+        features["segment_ids"] = tokens.padded_segments(pick, length).astype(np.int32)
+    return {key: features[key] for key in keys}
 
 
 def _local_batches(
@@ -303,13 +410,7 @@ def _local_batches(
                 if row_labels is not None:
                     row_labels = np.where(flip, np.asarray(MIRROR)[row_labels], row_labels)
             pick = (rows[:, None], sides)
-            positions = np.arange(length)
-            features = {
-                "token_ids": tokens.token_ids[pick][..., :length],
-                "padding_mask": (positions < tokens.lengths[pick][..., None]).astype(np.int32),
-                "segment_ids": tokens.segment_ids[pick][..., :length].astype(np.int32),
-            }
-            x = {key: features[key] for key in input_keys}
+            x = _batch_features(tokens, pick, length, input_keys)
             if extra is not None:
                 x[SIDE_FEATURES] = extra[pick]
             if labels is None:
