@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--infer-rows", type=int, nargs="*", default=[1000, 5000],
         help="first N test rows to run scripts/infer.py on (none: skip inference)",
     )  # fmt: skip
-    parser.add_argument("--groups", nargs="+", choices=GROUPS, default=list(GROUPS))
+    parser.add_argument("--groups", nargs="*", choices=GROUPS, default=list(GROUPS))
     parser.add_argument("--batch-size", type=int, default=8, help="global batch for plan/feed")
     parser.add_argument("--max-rss-gb", type=float, default=8.0, help="kill a stage above this")
     parser.add_argument("--work-dir", type=Path, help="keep the files here (default: temporary)")
