@@ -66,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-rss-gb", type=float, default=8.0, help="kill a stage above this")
     parser.add_argument("--work-dir", type=Path, help="keep the files here (default: temporary)")
     parser.add_argument("--out", type=Path, help="JSON results file")
+    parser.add_argument("--show", type=Path, help="print the tables of a results file and exit")
     parser.add_argument("--child", choices=GROUPS, help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -214,7 +215,7 @@ def run_watched(cmd: Sequence[str], log: Path, env: dict, max_mb: float) -> dict
         json.loads(x[len(RESULT_PREFIX) :]) for x in lines if x.startswith(RESULT_PREFIX)
     ]
     if killed is not None:
-        result["error"] = f"killed at {killed:,.0f} MB resident (over --max-rss-gb)"
+        result["error"] = f"killed at {killed:,.0f} MB (over --max-rss-gb)"
     elif proc.returncode:
         tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
         result["error"] = f"exit status {proc.returncode}: {tail}"
@@ -292,7 +293,7 @@ def cell(results: list[dict], stage: str, rows: int) -> str:
         return f"{r['wall_s']:,.1f} s / {r.get('peak_mb', r.get('maxrss_mb')):,.0f} MB{extra}"
     group = next((g for g, stages in GROUP_STAGES.items() if stage in stages), None)
     failed = [r for r in results if r.get("group") == group and r["rows"] == rows]
-    return failed[0].get("error", "-")[:40] if failed else "-"
+    return failed[0].get("error", "-").split(" (")[0][:40] if failed else "-"
 
 
 def growth(results: list[dict], stage: str, small: int, large: int) -> str:
@@ -306,23 +307,28 @@ def growth(results: list[dict], stage: str, small: int, large: int) -> str:
     return f"{b['wall_s'] / a['wall_s']:.1f}x / {mem}"
 
 
-def tables(results: list[dict], sizes: Sequence[int], infer_rows: Sequence[int]) -> str:
-    small, large = min(sizes), max(sizes)
-    header = ["stage", *(f"{n:,} rows" for n in sizes), f"{large:,} / {small:,}: wall / MB"]
-    groups = {r["group"] for r in results if "group" in r}
-    rows = [
-        [s, *(cell(results, s, n) for n in sizes), growth(results, s, small, large)]
-        for g in GROUP_STAGES
-        if g in groups
-        for s in GROUP_STAGES[g]
-    ]
-    text = markdown(rows, header)
+def tables(results: list[dict]) -> str:
+    """Markdown tables of the data stages by size and of inference by test rows."""
+    sizes = sorted({r["rows"] for r in results if "group" in r})
+    text = ""
+    if sizes:
+        small, large = sizes[0], sizes[-1]
+        header = ["stage", *(f"{n:,} rows" for n in sizes), f"{large:,} / {small:,}: wall / MB"]
+        groups = {r["group"] for r in results if "group" in r}
+        rows = [
+            [s, *(cell(results, s, n) for n in sizes), growth(results, s, small, large)]
+            for g in GROUP_STAGES
+            if g in groups
+            for s in GROUP_STAGES[g]
+        ]
+        text = markdown(rows, header) + "\n\n"
+    infer_rows = sorted(r["rows"] for r in results if r.get("stage") == "infer")
     if infer_rows:
-        lo, hi = min(infer_rows), max(infer_rows)
+        lo, hi = infer_rows[0], infer_rows[-1]
         header = ["stage", *(f"{n:,} rows" for n in infer_rows), f"{hi:,} / {lo:,}: wall / MB"]
         line = ["infer.py", *(cell(results, "infer", n) for n in infer_rows)]
-        text += "\n\n" + markdown([[*line, growth(results, "infer", lo, hi)]], header)
-    return text
+        text += markdown([[*line, growth(results, "infer", lo, hi)]], header) + "\n\n"
+    return text + "cells: wall / peak RSS (+ MB above the RSS before the stage)"
 
 
 @contextlib.contextmanager
@@ -359,12 +365,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         child(args)
         return 0
+    if args.show:
+        report = json.loads(args.show.read_text())
+        print(tables(report["results"]))
+        print(f"load: {report['uptime_before']} -> {report['uptime_after']}")
+        return 0
     report = {"argv": sys.argv, "commit": git_commit(), "machine": machine()}
     report["date"] = datetime.datetime.now().isoformat(timespec="seconds")
     report |= measure(args)
-    print(tables(report["results"], args.sizes, args.infer_rows))
-    print(f"\nwall / peak RSS MB (+ stage MB above the RSS before it); {report['seconds']:.0f} s")
-    print(f"load: {report['uptime_before']} -> {report['uptime_after']}")
+    print(tables(report["results"]))
+    print(f"{report['seconds']:.0f} s; load: {report['uptime_before']} -> {report['uptime_after']}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
