@@ -62,6 +62,11 @@ class Family:
     qk_norm: bool = False
     kv_heads_key: str = "num_key_value_heads"
 
+    @property
+    def class_prefix(self) -> str:
+        """keras-hub's prefix of the family's classes: GemmaTokenizer, QwenCausalLM, ..."""
+        return self.backbone_class.removesuffix("Backbone")
+
     def dims(self, config: Mapping) -> dict[str, int]:
         """Hidden, head and MLP sizes from a keras-hub backbone config."""
         hidden, heads = config["hidden_dim"], config["num_query_heads"]

@@ -163,8 +163,6 @@ def build_tiny_deberta_preset(
     fewer than ``vocab_size`` pieces. The result loads with ``Backbone.from_preset(out_dir)``,
     ``Tokenizer.from_preset(out_dir)`` and ``TextClassifierPreprocessor.from_preset(out_dir)``.
     """
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     tokenizer = keras_hub.models.DebertaV3Tokenizer(
         proto=train_sentencepiece(texts, vocab_size, seed)
     )
@@ -181,10 +179,29 @@ def build_tiny_deberta_preset(
     preprocessor = keras_hub.models.DebertaV3TextClassifierPreprocessor(
         tokenizer, sequence_length=max_sequence_length
     )
-    backbone.save_to_preset(out)
-    tokenizer.save_to_preset(out)
-    preprocessor.save_to_preset(out)
+    return save_preset(out_dir, backbone, tokenizer, preprocessor)
+
+
+def save_preset(out_dir: str | os.PathLike, *parts) -> pathlib.Path:
+    """Save a backbone, tokenizer, preprocessor... into one keras-hub preset directory."""
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for part in parts:
+        part.save_to_preset(out)
     return out
+
+
+def decoder_tokenizer(family: str, texts: Iterable[str], vocab_size: int, seed: int = 0):
+    """The keras-hub tokenizer of a decoder `family`, its vocabulary trained on `texts`."""
+    if family not in DECODER_TOKENIZERS:
+        raise ValueError(f"family {family!r}: choose one of {', '.join(DECODER_TOKENIZERS)}")
+    tokenizer_cls = getattr(keras_hub.models, f"{FAMILIES[family].class_prefix}Tokenizer")
+    kind, roles, specials = DECODER_TOKENIZERS[family]
+    if kind == "sentencepiece":
+        proto = train_sentencepiece(texts, vocab_size, seed, roles, user_symbols=specials)
+        return tokenizer_cls(proto=proto)
+    vocab, merges = train_byte_bpe(texts, vocab_size, specials)
+    return tokenizer_cls(vocabulary=vocab, merges=merges)
 
 
 def build_tiny_decoder_preset(
@@ -207,19 +224,8 @@ def build_tiny_decoder_preset(
     MLP branch (Hugging Face's intermediate_size). The result loads with
     `Backbone.from_preset`, `Tokenizer.from_preset` and `CausalLMPreprocessor.from_preset`.
     """
-    if family not in DECODER_TOKENIZERS:
-        raise ValueError(f"family {family!r}: choose one of {', '.join(DECODER_TOKENIZERS)}")
+    tokenizer = decoder_tokenizer(family, texts, vocab_size, seed)
     spec = FAMILIES[family]
-    prefix = spec.backbone_class.removesuffix("Backbone")
-    kind, roles, specials = DECODER_TOKENIZERS[family]
-    tokenizer_cls = getattr(keras_hub.models, f"{prefix}Tokenizer")
-    if kind == "sentencepiece":
-        tokenizer = tokenizer_cls(
-            proto=train_sentencepiece(texts, vocab_size, seed, roles, user_symbols=specials)
-        )
-    else:
-        vocab, merges = train_byte_bpe(texts, vocab_size, specials)
-        tokenizer = tokenizer_cls(vocabulary=vocab, merges=merges)
     keras.utils.set_random_seed(seed)
     backbone_cls = getattr(keras_hub.models, spec.backbone_class)
     if "head_dim" in inspect.signature(backbone_cls).parameters:  # Gemma, Qwen-3
@@ -236,12 +242,7 @@ def build_tiny_decoder_preset(
         **options,
         **DECODER_OPTIONS.get(family, {}),
     )
-    preprocessor = getattr(keras_hub.models, f"{prefix}CausalLMPreprocessor")(
+    preprocessor = getattr(keras_hub.models, f"{spec.class_prefix}CausalLMPreprocessor")(
         tokenizer, sequence_length=sequence_length
     )
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    backbone.save_to_preset(out)
-    tokenizer.save_to_preset(out)
-    preprocessor.save_to_preset(out)
-    return out
+    return save_preset(out_dir, backbone, tokenizer, preprocessor)

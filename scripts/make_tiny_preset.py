@@ -36,28 +36,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     texts = arena_texts(args.csv)
+    sizes = dict(
+        vocab_size=args.vocab_size,
+        num_layers=args.num_layers,
+        hidden_dim=args.hidden_dim,
+        intermediate_dim=2 * args.hidden_dim,
+        seed=args.seed,
+    )
     if args.family == "deberta":
         path = build_tiny_deberta_preset(
-            args.out,
-            texts,
-            vocab_size=args.vocab_size,
-            num_layers=args.num_layers,
-            hidden_dim=args.hidden_dim,
-            intermediate_dim=2 * args.hidden_dim,
-            max_sequence_length=args.max_sequence_length,
-            seed=args.seed,
+            args.out, texts, max_sequence_length=args.max_sequence_length, **sizes
         )
     else:
         path = build_tiny_decoder_preset(
-            args.out,
-            args.family,
-            texts,
-            vocab_size=args.vocab_size,
-            num_layers=args.num_layers,
-            hidden_dim=args.hidden_dim,
-            intermediate_dim=2 * args.hidden_dim,
-            sequence_length=args.max_sequence_length,
-            seed=args.seed,
+            args.out, args.family, texts, sequence_length=args.max_sequence_length, **sizes
         )
     print(path)
 

@@ -90,32 +90,6 @@ def test_family_on_a_2x2_mesh(decoder_presets, name):
     assert estimate.lora == 4 * _bytes_on(device, lora) == 4 * sum(v.value.nbytes for v in lora)
 
 
-def test_kv_heads_the_model_axis_does_not_divide_stay_replicated():
-    """Gemma-2B's layout: one kv head, so k/v kernels stay whole on a model axis of 2."""
-    config = dict(
-        vocabulary_size=256,
-        num_layers=1,
-        num_query_heads=4,
-        num_key_value_heads=1,
-        hidden_dim=32,
-        intermediate_dim=64,
-        head_dim=8,
-    )
-    serialized = {"class_name": "GemmaBackbone", "config": config}
-    keras.utils.set_random_seed(0)
-    reference = keras_hub.models.GemmaBackbone(**config)
-    x = _inputs(256)
-    with sharding.model_parallel(jax.devices(), 2, serialized).scope():
-        backbone = keras_hub.models.GemmaBackbone(**config)
-    backbone.set_weights(reference.get_weights())
-    specs = {v.path.split("/")[-2]: tuple(v.value.sharding.spec) for v in backbone.weights}
-    assert specs["key"] == specs["value"] == (None, None, None)
-    assert specs["query"] == specs["attention_output"] == ("model", None, None)
-    np.testing.assert_allclose(np.asarray(backbone(x)), np.asarray(reference(x)), atol=2e-5)
-    estimate = sharding.memory_estimate(serialized, 4, 16, RANK, ["query"], mesh=(2, 2))
-    assert estimate.weights == _bytes_on(jax.devices()[0], backbone.weights)
-
-
 @pytest.mark.parametrize("model_parallel", [0, 3, 8])
 def test_model_axis_must_divide_the_devices(model_parallel):
     config = {"class_name": "QwenBackbone", "config": {}}
@@ -205,6 +179,26 @@ def test_hugging_face_directories_convert(tmp_path, model_type):
     assert _weight_shapes(backbone) == {v.path: tuple(v.shape) for v in backbone.weights}
     embeddings = np.asarray(backbone.get_layer("token_embedding").embeddings, "float32")
     np.testing.assert_allclose(embeddings, weights["model.embed_tokens.weight"], atol=1e-3)
+
+
+def test_kv_heads_the_model_axis_does_not_divide_stay_replicated(tmp_path):
+    """Gemma-2B's layout: one kv head, so k/v kernels stay whole on a model axis of 2."""
+    hf_config = _hf_config("gemma", **{**TINY_HF, "num_key_value_heads": 1})
+    (tmp_path / "config.json").write_text(json.dumps(hf_config))
+    serialized = sharding.read_backbone_config(str(tmp_path))
+    config = serialized["config"]
+    keras.utils.set_random_seed(0)
+    reference = keras_hub.models.GemmaBackbone(**config)
+    x = _inputs(config["vocabulary_size"])
+    with sharding.model_parallel(jax.devices(), 2, serialized).scope():
+        backbone = keras_hub.models.GemmaBackbone(**config)
+    backbone.set_weights(reference.get_weights())
+    specs = {v.path.split("/")[-2]: tuple(v.value.sharding.spec) for v in backbone.weights}
+    assert specs["key"] == specs["value"] == (None, None, None)
+    assert specs["query"] == specs["attention_output"] == ("model", None, None)
+    np.testing.assert_allclose(np.asarray(backbone(x)), np.asarray(reference(x)), atol=2e-5)
+    estimate = sharding.memory_estimate(serialized, 4, 16, RANK, ["query"], mesh=(2, 2))
+    assert estimate.weights == _bytes_on(jax.devices()[0], backbone.weights)
 
 
 def test_unsupported_hugging_face_model_type_is_one_line(tmp_path):
