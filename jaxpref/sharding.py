@@ -11,11 +11,14 @@ keras-hub's own `get_layout_map` is not used: the Llama/Qwen ones put the q/k/v 
 (hidden) dimension on "model" and heads on "batch", none checks divisibility (they fail on
 Gemma-2B's single kv head), and Qwen-3 has none.
 
-The distribution must be set (`keras.distribution.set_distribution`) before the backbone is
-built: variables are then created sharded, small ones after a full-size initial value on one
-device, those over 250 MiB x devices by a sharded jitted initializer (keras 3.15), and preset
-weights are assigned one variable at a time, so no device holds the full model (keras #21634
-is about building without a distribution). The host still reads each full tensor once.
+The distribution must be set (`keras.distribution.set_distribution` or its `scope()`) before
+the backbone is built. keras #21634 reported whole weights built on one device by from_preset;
+keras 3.15 / keras-hub 0.32 read otherwise: each variable gets its layout when created (random
+values of 250 MiB / devices or more, as float32, come sharded from a jitted initializer,
+smaller ones are made whole on device 0 and then split), and preset or Hugging Face weights are
+assigned one variable at a time, each passing whole through device 0 (`Variable.assign` makes
+a jax array before distributing it). Device 0 thus peaks at its shards plus the largest single
+variable, e.g. 1.05 GB for Llama-3-8B's bf16 embedding table; no device holds the whole model.
 """
 
 from __future__ import annotations
