@@ -16,7 +16,7 @@ LAYERS = [
     {"config", "data", "text", "rundir"},
     {
         "backbones", "baselines", "calibration", "distribution", "hf_deberta", "hh_rlhf",
-        "metrics", "torch_pickle",
+        "families", "metrics", "sharding", "torch_pickle",
         "monitoring", "optimization", "pipeline", "report", "tiny_preset",
     },
     {"callbacks", "checkpoints", "model"},
