@@ -14,12 +14,14 @@ import os
 import sys
 from collections.abc import Callable, Collection, Sequence
 
-from jaxpref import backbones, data, distribution, monitoring
+from jaxpref import backbones, data, distribution, families, monitoring, sharding
 from jaxpref.config import GROUPS, ConfigError, DeviceConfig, TrainConfig, flag_name
 from jaxpref.rundir import Preempted, ResumeError, RunDir, RunDirError
 
 USER_ERRORS = (
     ConfigError,
+    families.FamilyError,
+    sharding.ShardingError,
     data.DataError,
     distribution.DeviceError,
     backbones.PresetError,

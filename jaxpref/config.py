@@ -21,7 +21,7 @@ from typing import Any
 DEFAULT_PRESET = "deberta_v3_small_en"
 PLATFORMS = ("auto", "cpu", "gpu", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "bfloat16")
-ARCHITECTURES = ("siamese",)
+ARCHITECTURES = ("siamese", "cross")
 HEADS = ("symmetric", "concat")
 SCHEDULES = ("cosine", "constant")
 
@@ -110,7 +110,9 @@ class ModelConfig:
     )
     architecture: str = option(
         "siamese",
-        "siamese: one shared backbone encodes each side, the head compares them",
+        "siamese: one shared backbone encodes each side, the head compares them; cross: one "
+        "sequence per pair (conversation, response A, response B), each response pooled, "
+        "for encoders and decoder LLMs (which need it)",
         choices=ARCHITECTURES,
     )
     head: str = option(
@@ -121,6 +123,18 @@ class ModelConfig:
     )
     dropout: float = option(0.1, "dropout before the head", min=0, below=1)
     lora_rank: int = option(8, "LoRA rank of the backbone's adapters; 0 = full fine-tuning", min=0)
+    lora_targets: str = option(
+        "",
+        "layers that get LoRA adapters, comma separated: for decoder LLMs groups (attention, "
+        "mlp, all) or projections (q, k, v, o, gate, up, down); for encoders keras layer names",
+        shown="attention,mlp for decoder LLMs; keras-hub's query,value for encoders",
+    )
+    lora_alpha: float | None = option(
+        None, "LoRA scale numerator: adapters are scaled by alpha / rank", above=0, shown="rank"
+    )
+    remat: bool = option(
+        False, "recompute each decoder block in the backward pass (long sequences, less memory)"
+    )
     side_features: bool = option(
         True,
         "feed each side's cheap features (lengths, line, markdown and code-block counts, "
@@ -164,6 +178,12 @@ class DeviceConfig:
         "devices to simulate several accelerators",
         min=1,
         shown="all",
+    )
+    model_parallel: int = option(
+        1,
+        "shard each weight over this many devices (a data x model mesh, keras.distribution."
+        "ModelParallel); must divide the device count; for decoder LLMs",
+        min=1,
     )
 
 

@@ -27,11 +27,26 @@ from pathlib import Path
 import numpy as np
 
 from jaxpref.data import MIRROR, NUM_CLASSES
-from jaxpref.text import FEATURE_KEYS, SIDE_COUNTS, SIDES, side_counts, turn_counts
+from jaxpref.text import (
+    CROSS_KEYS,
+    FEATURE_KEYS,
+    SIDE_COUNTS,
+    SIDES,
+    format_cross,
+    format_pairs,
+    side_counts,
+    turn_counts,
+)
 
 log = logging.getLogger("jaxpref")
 
 TOKENIZE_CHUNK = 256
+PAIR, CROSS = "pair", "cross"  # input layouts: both sides apart (B, 2, L), or one sequence (B, L)
+PART_IDS = "part_ids"
+CONVERSATION, FIRST, SECOND = 1, 2, 3  # part ids of a cross-encoded sequence (0: padding)
+TOKEN_FORMAT = 2
+"""Version of what the token cache holds; bump it whenever truncation, packing or text
+formatting changes, so no cache written by older code is reused."""
 
 
 def truncate_pair(context, response, budget: int):
@@ -62,6 +77,8 @@ class PairEncoder:
 
     preprocessor: object
     input_keys: tuple[str, ...]
+    layout = PAIR
+    text_keys = FEATURE_KEYS
 
     def __post_init__(self) -> None:
         import tensorflow as tf
@@ -76,6 +93,13 @@ class PairEncoder:
     @property
     def pad_id(self) -> int:
         return int(self.preprocessor.tokenizer.pad_token_id)
+
+    def texts(self, frame) -> dict[str, np.ndarray]:
+        return format_pairs(frame)
+
+    def save(self, preset_dir: str) -> None:
+        """Write what rebuilds this encoder into a keras-hub preset directory."""
+        self.preprocessor.save_to_preset(preset_dir)
 
     def encode_side(self, context, response) -> dict:
         tokenizer = self.preprocessor.tokenizer
@@ -95,12 +119,151 @@ class PairEncoder:
     def fingerprint(self) -> str:
         """Identifies the tokenization: preprocessor config and vocabulary."""
         digest = hashlib.sha256(repr(self.preprocessor.get_config()).encode())
-        tokenizer = self.preprocessor.tokenizer
-        for attr in ("proto", "vocabulary", "merges"):
-            value = getattr(tokenizer, attr, None)
-            if value is not None:
-                digest.update(repr(value).encode() if not isinstance(value, bytes) else value)
-        return digest.hexdigest()[:16]
+        return tokenizer_digest(self.preprocessor.tokenizer, digest)
+
+
+def tokenizer_digest(tokenizer, digest) -> str:
+    """`digest` updated with the tokenizer's vocabulary, as 16 hex digits."""
+    for attr in ("proto", "vocabulary", "merges"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            digest.update(repr(value).encode() if not isinstance(value, bytes) else value)
+    return digest.hexdigest()[:16]
+
+
+def truncate_parts(parts: Sequence, budget: int, keep_end: Sequence[bool]) -> list:
+    """Fit ragged token rows of several parts into `budget` tokens together.
+
+    Each part may use an equal share; a part that needs less gives the rest to the others
+    (water-filling; see `share_leftover` for the rounding). A part in
+    `keep_end` keeps its last tokens (the conversation: the latest turns decide the vote),
+    the others their first.
+    """
+    import tensorflow as tf
+
+    lengths = tf.stack([p.row_lengths() for p in parts], axis=1)
+    ordered = tf.sort(lengths, axis=1)
+    count = len(parts)
+    remaining = tf.fill(tf.shape(lengths)[:1], tf.cast(budget, lengths.dtype))
+    level = tf.fill(tf.shape(lengths)[:1], lengths.dtype.max)
+    capped = tf.zeros(tf.shape(lengths)[:1], tf.bool)
+    # From the shortest part up: one shorter than an equal share of what is left keeps all of
+    # itself; the first that is not caps itself and every longer part at that share.
+    for i in range(count):
+        share = remaining // (count - i)
+        here = ~capped & (ordered[:, i] >= share)
+        level = tf.where(here, share, level)
+        capped = capped | here
+        remaining = tf.where(capped, remaining, remaining - ordered[:, i])
+    keep = tf.minimum(lengths, level[:, None])
+    keep = share_leftover(lengths, keep, budget)
+    out = []
+    for i, (part, end) in enumerate(zip(parts, keep_end, strict=True)):
+        positions = tf.ragged.range(part.row_lengths())
+        n = tf.expand_dims(keep[:, i], 1)
+        first = tf.expand_dims(part.row_lengths() - keep[:, i], 1)
+        out.append(tf.ragged.boolean_mask(part, positions >= first if end else positions < n))
+    return out
+
+
+def share_leftover(lengths, keep, budget: int):
+    """Hand out the tokens that rounding the shares down left (fewer than the parts): first to
+    the conversation, then evenly to the responses, so that both orders of a pair truncate
+    each response alike (one token may stay unused)."""
+    import tensorflow as tf
+
+    short = lengths > keep
+    leftover = budget - tf.reduce_sum(keep, axis=1)
+    conversation = tf.cast(short[:, 0] & (leftover > 0), keep.dtype)
+    leftover -= conversation
+    both = short[:, 1] & short[:, 2]
+    first = tf.where(both, leftover // 2, tf.where(short[:, 1], leftover, 0))
+    second = tf.where(both, leftover // 2, tf.where(short[:, 2], leftover, 0))
+    return keep + tf.stack([conversation, first, second], axis=1)
+
+
+@dataclasses.dataclass
+class CrossEncoder:
+    """Tokenizes each row as one sequence, twice: (conversation, A, B) and (conversation, B, A).
+
+    Encoders read `[CLS] conversation [SEP] first [SEP] second [SEP]` (segment id 0 for the
+    conversation, 1 for both responses: BERT-style backbones have two segment types); decoders
+    read the competition winners' tagged text `<bos><PROMPT>..</PROMPT>\n<RESPONSE A>..
+    </RESPONSE A>\n<RESPONSE B>..</RESPONSE B>` through their own tokenizer. The conversation
+    keeps its end, each response its start, and unused budget flows to the other parts. The
+    stored `segment_ids` are part ids (`CONVERSATION`, `FIRST`, `SECOND`; 0 = padding), from
+    which the model pools each response; order 1 is the swapped pair.
+    """
+
+    tokenizer: object
+    sequence_length: int
+    input_keys: tuple[str, ...]
+    decoder: bool = False
+    layout = CROSS
+    text_keys = CROSS_KEYS
+
+    def __post_init__(self) -> None:
+        tokenizer = self.tokenizer
+        start = getattr(tokenizer, "start_token_id", None)
+        end = getattr(tokenizer, "end_token_id", None)
+        if self.decoder:
+            tags = ["<PROMPT>", "</PROMPT>\n<RESPONSE A>", "</RESPONSE A>\n<RESPONSE B>"]
+            pieces = [np.asarray(tokenizer(tag)).tolist() for tag in [*tags, "</RESPONSE B>"]]
+            if start is not None:
+                pieces[0].insert(0, int(start))
+        else:
+            pieces = [[int(start)], [int(end)], [int(end)], [int(end)]]
+        self.pieces = pieces
+        self.budget = self.sequence_length - sum(len(p) for p in pieces)
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad_id = 0 if pad is None else int(pad)
+
+    def texts(self, frame) -> dict[str, np.ndarray]:
+        return format_cross(frame)
+
+    def save(self, preset_dir: str) -> None:
+        """Write what rebuilds this encoder into a keras-hub preset directory."""
+        self.tokenizer.save_to_preset(preset_dir)
+
+    def encode_order(self, conversation, first, second) -> tuple:
+        """(token_ids, part ids), both (N, L), for one order of the responses."""
+        import tensorflow as tf
+
+        parts = truncate_parts([conversation, first, second], self.budget, (True, False, False))
+        n = tf.shape(conversation.row_lengths())[0]
+        tokens, ids = [], []
+        owners = (CONVERSATION, CONVERSATION, SECOND)  # who the piece before each part counts as
+        part_ids = (CONVERSATION, FIRST, SECOND)
+        for piece, part, owner, part_id in zip(
+            self.pieces[:3], parts, owners, part_ids, strict=True
+        ):
+            fixed = tf.RaggedTensor.from_tensor(tf.tile(tf.constant([piece], tf.int32), [n, 1]))
+            tokens += [fixed, tf.cast(part, tf.int32)]
+            ids += [tf.ones_like(fixed) * owner, tf.ones_like(part, tf.int32) * part_id]
+        last = tf.RaggedTensor.from_tensor(tf.tile(tf.constant([self.pieces[3]], tf.int32), [n, 1]))
+        tokens.append(last)
+        ids.append(tf.ones_like(last) * SECOND)
+        shape = [None, self.sequence_length]
+        return (
+            tf.concat(tokens, axis=1).to_tensor(self.pad_id, shape=shape),
+            tf.concat(ids, axis=1).to_tensor(0, shape=shape),
+        )
+
+    def __call__(self, texts: dict) -> dict:
+        """Strings (N,) -> token_ids / part ids (N, 2, L) for both orders, lengths (N, 2)."""
+        import tensorflow as tf
+
+        conversation, a, b = (self.tokenizer(texts[k]) for k in CROSS_KEYS)
+        orders = [self.encode_order(conversation, a, b), self.encode_order(conversation, b, a)]
+        token_ids = tf.stack([o[0] for o in orders], axis=1)
+        part_ids = tf.stack([o[1] for o in orders], axis=1)
+        lengths = tf.reduce_sum(tf.cast(part_ids > 0, tf.int32), -1)
+        return {"token_ids": token_ids, "segment_ids": part_ids, "lengths": lengths}
+
+    def fingerprint(self) -> str:
+        """Identifies the tokenization: layout, pieces and vocabulary."""
+        digest = hashlib.sha256(repr((CROSS, self.decoder, self.pieces)).encode())
+        return tokenizer_digest(self.tokenizer, digest)
 
 
 @dataclasses.dataclass
@@ -121,7 +284,7 @@ class TokenizedPairs:
 
 def _texts_digest(texts: dict[str, np.ndarray]) -> str:
     digest = hashlib.sha256()
-    for key in FEATURE_KEYS:
+    for key in sorted(texts):
         for value in texts[key]:
             digest.update(str(value).encode("utf-8", "surrogatepass"))
             digest.update(b"\0")
@@ -145,15 +308,18 @@ def tokenize(
     """Tokenize every row once (parallel tf.data map), reusing an on-disk cache when present."""
     import tensorflow as tf
 
-    n = len(texts[FEATURE_KEYS[0]])
+    n = len(next(iter(texts.values())))
     cache_file = None
     if cache_dir is not None:
-        name = f"{encoder.fingerprint()}-{encoder.sequence_length}-{_texts_digest(texts)}.npz"
+        name = (
+            f"v{TOKEN_FORMAT}-{encoder.fingerprint()}-{encoder.sequence_length}-"
+            f"{_texts_digest(texts)}.npz"
+        )
         cache_file = Path(cache_dir) / name
         if cache_file.exists():
             with np.load(cache_file) as saved:
                 return TokenizedPairs(**{k: saved[k] for k in saved.files})
-    columns = {key: np.asarray(texts[key]).astype(str) for key in FEATURE_KEYS}
+    columns = {key: np.asarray(texts[key]).astype(str) for key in encoder.text_keys}
     ds = tf.data.Dataset.from_tensor_slices(columns).batch(TOKENIZE_CHUNK)
     ds = ds.map(encoder, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     parts: dict[str, list[np.ndarray]] = {"token_ids": [], "segment_ids": [], "lengths": []}
@@ -289,6 +455,7 @@ def _local_batches(
     process_index: int,
     process_count: int,
     extra: np.ndarray | None = None,
+    layout: str = PAIR,
 ) -> Iterator[tuple]:
     for plan in plans:
         for batch in plan:
@@ -303,19 +470,29 @@ def _local_batches(
                 if row_labels is not None:
                     row_labels = np.where(flip, np.asarray(MIRROR)[row_labels], row_labels)
             pick = (rows[:, None], sides)
-            positions = np.arange(length)
-            features = {
-                "token_ids": tokens.token_ids[pick][..., :length],
-                "padding_mask": (positions < tokens.lengths[pick][..., None]).astype(np.int32),
-                "segment_ids": tokens.segment_ids[pick][..., :length].astype(np.int32),
-            }
-            x = {key: features[key] for key in input_keys}
+            # A pair feeds both sides (B, 2, T); a cross-encoded row one order of it (B, T).
+            chosen = pick if layout == PAIR else (rows, sides[:, 0])
+            x = batch_features(tokens, chosen, length, input_keys, layout)
             if extra is not None:
                 x[SIDE_FEATURES] = extra[pick]
             if labels is None:
                 yield (x,)
             else:
                 yield x, np.eye(NUM_CLASSES, dtype=np.float32)[row_labels], batch.weights[part]
+
+
+def batch_features(tokens: TokenizedPairs, chosen, length: int, keys, layout: str) -> dict:
+    """The model inputs named `keys` for the `chosen` (row, side) indices, `length` tokens."""
+    positions = np.arange(length)
+    segments = tokens.segment_ids[chosen][..., :length].astype(np.int32)
+    features = {
+        "token_ids": tokens.token_ids[chosen][..., :length],
+        "padding_mask": (positions < tokens.lengths[chosen][..., None]).astype(np.int32),
+        # Cross-encoded rows store part ids; the backbone's segments are conversation/responses.
+        "segment_ids": segments if layout == PAIR else (segments > CONVERSATION).astype(np.int32),
+        PART_IDS: segments,
+    }
+    return {key: features[key] for key in keys}
 
 
 def make_dataset(
@@ -326,26 +503,30 @@ def make_dataset(
     process_index: int = 0,
     process_count: int = 1,
     extra: np.ndarray | None = None,
+    layout: str = PAIR,
 ):
     """A tf.data pipeline of this process's share of every batch of `plans`, in order.
 
-    Elements are `(x, y, sample_weight)` with labels, else `(x,)`; `x` maps the backbone's input
-    names to (B/process_count, 2, T) int32, T the batch's bucket length, and, when `extra`
-    (n, 2, F) side features are given, `side_features` to (B/process_count, 2, F) float32.
+    Elements are `(x, y, sample_weight)` with labels, else `(x,)`; `x` maps the model's input
+    names to int32 (B/process_count, 2, T) for the `PAIR` layout or (B/process_count, T) for
+    `CROSS`, T the batch's bucket length, and, when `extra` (n, 2, F) side features are given,
+    `side_features` to (B/process_count, 2, F) float32.
     """
     import tensorflow as tf
 
     keys = tuple(input_keys)
     labels = None if labels is None else np.asarray(labels)
-    x_spec = {k: tf.TensorSpec((None, 2, None), tf.int32) for k in keys}
+    shape = (None, 2, None) if layout == PAIR else (None, None)
+    x_spec = {k: tf.TensorSpec(shape, tf.int32) for k in keys}
     if extra is not None:
         x_spec[SIDE_FEATURES] = tf.TensorSpec((None, 2, extra.shape[-1]), tf.float32)
     spec = (x_spec,)
     if labels is not None:
         y_spec = tf.TensorSpec((None, NUM_CLASSES), tf.float32)
         spec = (x_spec, y_spec, tf.TensorSpec((None,), tf.float32))
+    shard = (process_index, process_count)
     ds = tf.data.Dataset.from_generator(
-        lambda: _local_batches(tokens, plans, keys, labels, process_index, process_count, extra),
+        lambda: _local_batches(tokens, plans, keys, labels, *shard, extra, layout),
         output_signature=spec,
     )
     steps = sum(len(plan) for plan in plans)

@@ -65,9 +65,8 @@ def predict_tokens(
         return (direct + swapped[:, list(data.MIRROR)]) / 2
     import jax
 
-    ds = pipeline.make_dataset(
-        tokens, [plan], input_keys, None, jax.process_index(), jax.process_count(), extra
-    )
+    shard = (jax.process_index(), jax.process_count())
+    ds = pipeline.make_dataset(tokens, [plan], input_keys, None, *shard, extra, model.layout)
     probs = np.asarray(model.predict(ds, verbose=1 if sys.stdout.isatty() else 0), "float64")
     rows = np.concatenate([b.rows for b in plan])
     real = np.concatenate([b.weights for b in plan]) > 0
@@ -82,9 +81,10 @@ def predict_frame(
     model, encoder, frame: pd.DataFrame, batch_size: int, tta: bool = False
 ) -> np.ndarray:
     """Class probabilities (n, 3) for every row of `frame`, in order."""
-    texts = text.format_pairs(frame)
-    tokens = pipeline.tokenize(texts, encoder, pipeline.default_cache_dir())
-    extra = pipeline.side_features(texts, tokens) if model.side_features else None
+    tokens = pipeline.tokenize(encoder.texts(frame), encoder, pipeline.default_cache_dir())
+    extra = None
+    if model.side_features:
+        extra = pipeline.side_features(text.format_pairs(frame), tokens)
     buckets = pipeline.bucket_lengths(encoder.sequence_length)
     plan = pipeline.plan_batches(tokens.row_lengths(), batch_size, buckets)
     return predict_tokens(model, tokens, plan, encoder.input_keys, tta, extra)
@@ -102,12 +102,14 @@ def predict_run(
 
     `batch_size` defaults to the training batch rounded up to a multiple of the devices.
     """
-    selected = distribution.setup(devices, num_devices, batch_size)
+    paths = RunDir(run_dir)
+    saved = TrainConfig.from_json(paths.config) if paths.config.exists() else TrainConfig()
+    parallel = saved.devices.model_parallel
+    selected = distribution.setup(devices, num_devices, batch_size, parallel, str(paths.preset))
     model, encoder, cfg = load_run(run_dir)
     if batch_size is None:
         batch_size = -(-cfg.optim.batch_size // len(selected)) * len(selected)
     probs = predict_frame(model, encoder, frame, batch_size, tta)
-    paths = RunDir(run_dir)
     return calibration.apply_temperature(probs, calibration.load_temperature(paths.calibration))
 
 

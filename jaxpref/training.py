@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from jaxpref import (
+    backbones,
     calibration,
     checkpoints,
     data,
@@ -70,6 +71,7 @@ class Inputs:
     train_plans: list[list[pipeline.Batch]]
     valid_plan: list[pipeline.Batch]
     input_keys: tuple[str, ...]
+    layout: str
     train_extra: np.ndarray | None = None
     valid_extra: np.ndarray | None = None
     padding_efficiency: float | None = None
@@ -85,8 +87,9 @@ class Inputs:
             if split == "train"
             else (self.valid_tokens, self.valid_labels, self.valid_extra)
         )
+        shard = (run.process_index, run.process_count)
         return pipeline.make_dataset(
-            tokens, plans, self.input_keys, labels, run.process_index, run.process_count, extra
+            tokens, plans, self.input_keys, labels, *shard, extra, self.layout
         )
 
 
@@ -126,6 +129,7 @@ def train(
     """
     run = start_run(cfg, resume)
     splits = load_splits(run.cfg, train_df, valid_df)
+    check_memory(run)
     model, encoder = build_model(run.cfg)
     save_run_files(run, splits, model, encoder)
     inputs = build_inputs(run.cfg, splits, encoder, model)
@@ -141,9 +145,11 @@ def start_run(cfg: TrainConfig, resume: bool) -> Run:
     import jax
     import keras
 
+    sharded = cfg.devices.model_parallel > 1
     selected = distribution.setup(
-        cfg.devices.devices, cfg.devices.num_devices, cfg.optim.batch_size
-    )
+        cfg.devices.devices, cfg.devices.num_devices, cfg.optim.batch_size,
+        cfg.devices.model_parallel, backbones.resolve_preset(cfg.model.preset) if sharded else None,
+    )  # fmt: skip
     keras.utils.set_random_seed(cfg.run.seed)
     primary = jax.process_index() == 0
     run_dir = cfg.run.run_dir
@@ -200,6 +206,31 @@ def load_splits(
     return Splits(train_df, valid_df, extra, prior)
 
 
+def check_memory(run: Run) -> None:
+    """For decoder LLMs: log the memory estimate per device; refuse what cannot fit."""
+    from jaxpref import families, sharding
+    from jaxpref import model as model_lib
+
+    cfg = run.cfg
+    preset = backbones.resolve_preset(cfg.model.preset)
+    if not model_lib.is_decoder_preset(preset):
+        return  # an encoder: small next to any accelerator
+    config = sharding.read_backbone_config(preset)
+    family = families.family_of(config)
+    targets = families.lora_targets(family, cfg.model.lora_targets or families.DEFAULT_LORA_TARGETS)
+    estimate = sharding.memory_estimate(
+        config, cfg.optim.batch_size, cfg.data.sequence_length, cfg.model.lora_rank, targets,
+        dtype=cfg.model.precision,
+        mesh=sharding.mesh_shape(len(run.devices), cfg.devices.model_parallel),
+        remat=cfg.model.remat,
+        fused_attention=distribution.platform_of(run.devices) == "gpu",
+    )  # fmt: skip
+    log.info("memory estimate per device: %s", estimate.describe())
+    limit = sharding.device_memory(run.devices[0])
+    if limit is not None:
+        sharding.check_fits(estimate, limit)
+
+
 def build_model(cfg: TrainConfig):
     """The pretrained model of `cfg.model` and the encoder that feeds it."""
     from jaxpref import model as model_lib
@@ -216,14 +247,12 @@ def build_model(cfg: TrainConfig):
 
 def save_run_files(run: Run, splits: Splits, model, encoder) -> None:
     """config.json, env.json, the weightless preset and split.csv (primary process only)."""
-    from jaxpref import backbones
-
     if not run.primary:
         return
     run.cfg.to_json(run.paths.config)
     environment = monitoring.environment_record(run.devices)
     run.paths.env.write_text(json.dumps(environment, indent=2) + "\n")
-    encoder.preprocessor.save_to_preset(str(run.paths.preset))
+    encoder.save(str(run.paths.preset))
     backbones.save_architecture(model.backbone, run.paths.preset)
     split = pd.concat(
         [
@@ -240,13 +269,12 @@ def build_inputs(cfg: TrainConfig, splits: Splits, encoder, model) -> Inputs:
     train_df = pd.concat([splits.train, splits.extra], ignore_index=True)
     cache = pipeline.default_cache_dir()
     log.info("tokenizing (cache: %s)", cache or "off")
-    train_texts, valid_texts = text.format_pairs(train_df), text.format_pairs(splits.valid)
-    train_tokens = pipeline.tokenize(train_texts, encoder, cache)
-    valid_tokens = pipeline.tokenize(valid_texts, encoder, cache)
+    train_tokens = pipeline.tokenize(encoder.texts(train_df), encoder, cache)
+    valid_tokens = pipeline.tokenize(encoder.texts(splits.valid), encoder, cache)
     train_extra = valid_extra = None
     if model.side_features:
-        train_extra = pipeline.side_features(train_texts, train_tokens)
-        valid_extra = pipeline.side_features(valid_texts, valid_tokens)
+        train_extra = pipeline.side_features(text.format_pairs(train_df), train_tokens)
+        valid_extra = pipeline.side_features(text.format_pairs(splits.valid), valid_tokens)
         model.fit_side_features(train_extra)
     buckets = pipeline.bucket_lengths(cfg.data.sequence_length)
     train_plans = [
@@ -266,7 +294,7 @@ def build_inputs(cfg: TrainConfig, splits: Splits, encoder, model) -> Inputs:
     return Inputs(
         train_tokens, valid_tokens, train_df["label"].to_numpy(),
         splits.valid["label"].to_numpy(), train_plans, valid_plan, encoder.input_keys,
-        train_extra, valid_extra, efficiency,
+        encoder.layout, train_extra, valid_extra, efficiency,
     )  # fmt: skip
 
 

@@ -91,10 +91,11 @@ def test_evaluate_run_on_a_csv_predicts_with_the_model(tmp_path, monkeypatch):
         calls["batch_size"] = batch_size
         return np.tile([0.5, 0.3, 0.2], (len(frame), 1))
 
-    monkeypatch.setattr(distribution, "hide_accelerators_from_tensorflow", lambda: None)
-    monkeypatch.setattr(
-        distribution, "set_data_parallel", lambda d: calls.__setitem__("devices", d)
-    )
+    def setup(devices, num, batch, *layout):
+        calls["devices"] = num
+        return [0] * num
+
+    monkeypatch.setattr(distribution, "setup", setup)
     monkeypatch.setattr(
         prediction, "load_run", lambda d: (None, None, TrainConfig.from_json(d / "config.json"))
     )
@@ -102,7 +103,7 @@ def test_evaluate_run_on_a_csv_predicts_with_the_model(tmp_path, monkeypatch):
     result = evaluation.evaluate_run(
         run_dir, tmp_path / "train.csv", tmp_path / "report", devices="cpu", num_devices=4
     )
-    assert len(calls["devices"]) == 4
+    assert calls["devices"] == 4
     assert calls["batch_size"] == 8  # batch 6 rounded up to a multiple of 4 devices
     assert result["rows"] == len(train) + len(valid)
     assert result["rows_in_training_split"] == len(train)
