@@ -1,15 +1,12 @@
 """Preference models: backbone + LoRA + head, built from one `ModelConfig` by `build_model`.
 
-An architecture is a `PreferenceModel` subclass registered in `ARCHITECTURES`; it takes a
-keras-hub backbone and its own settings, builds a functional model whose output is a float32
-softmax over (winner_model_a, winner_model_b, winner_tie), and round-trips through
-`get_config`/`from_config` (the backbone serialized inside, as keras-hub tasks do). A new
-architecture (e.g. a cross-encoder reading both responses in one sequence) is a new subclass
-and registry entry; a new backbone family is whatever `backbones.load_backbone` returns.
-
-`SiameseModel`: inputs are (B, 2, L) per backbone input; both sides are folded into one (2B, L)
-backbone call (shared weights, one large matmul instead of two), mean-pooled over real tokens
-only, unfolded to (B, 2, H), and compared by a small head.
+An architecture is a `PreferenceModel` subclass registered in `ARCHITECTURES`: it says how
+its backbone reads a pair (`encode`: the inputs and two side vectors); the base class adds LoRA,
+side features and the head, outputs a float32 softmax over (winner_model_a, winner_model_b,
+winner_tie), and round-trips through `get_config`/`from_config` (the backbone serialized
+inside, as keras-hub tasks do). `SiameseModel` encodes each side apart with one shared backbone;
+`CrossEncoderModel` reads conversation and both responses in one sequence, with encoders and
+decoder LLMs alike. A new backbone family is whatever `backbones.load_backbone` returns.
 """
 
 from __future__ import annotations
@@ -162,14 +159,58 @@ def sequence_output(outputs):
 
 
 class PreferenceModel(keras.Model):
-    """Base of every architecture: LoRA on the backbone, config round-trip, gathered predictions.
+    """Base of every architecture: backbone + LoRA + head, config round-trip, gathered
+    predictions.
 
-    A subclass builds its graph, calls `super().__init__(inputs=..., outputs=...)`, then sets
-    `backbone`, `lora_rank`, `side_features` and its own settings, adding the latter to
-    `get_config`.
+    A subclass names its input `layout` and implements `encode(backbone)`, which builds the
+    model's inputs and the two side vectors the head compares; everything else is shared.
+    `head="symmetric"`: `SwapSymmetricHead`, whose predictions mirror exactly when the sides
+    swap; `head="concat"`: a dense layer over [a, b, a - b, a * b]. `side_features=F` adds an
+    input (B, 2, F) of per-side features (lengths, markdown counts), standardized
+    (`fit_side_features` sets the statistics) and joined to each side's vector both as they
+    are and through one shared tanh projection. `lora_rank > 0` freezes the backbone and
+    trains rank-`lora_rank` adapters on `lora_targets` (None: keras-hub's default layers)
+    scaled by `lora_alpha / lora_rank` (None: 1).
     """
 
     layout = pipeline.PAIR
+    default_name = "preference"
+
+    def __init__(
+        self,
+        backbone,
+        lora_rank: int = 0,
+        lora_targets: list[str] | None = None,
+        lora_alpha: float | None = None,
+        head: str = "symmetric",
+        dropout: float = 0.1,
+        side_features: int = 0,
+        name: str | None = None,
+        **kwargs,
+    ):
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {tuple(HEADS)}, got {head!r}")
+        enable_lora(backbone, lora_rank, lora_targets, lora_alpha)
+
+        # === Functional Model ===
+        inputs, side_a, side_b = self.encode(backbone)
+        if side_features:
+            inputs[SIDE_FEATURES] = keras.Input(
+                shape=(2, side_features), dtype="float32", name=SIDE_FEATURES
+            )
+            side_a, side_b = with_side_features(inputs[SIDE_FEATURES], side_a, side_b)
+        logits = HEADS[head](side_a, side_b, dropout)
+        probs = keras.layers.Activation("softmax", dtype="float32", name="probs")(logits)
+        super().__init__(inputs=inputs, outputs=probs, name=name or self.default_name, **kwargs)
+
+        # === Config ===
+        self.backbone, self.lora_rank = backbone, lora_rank
+        self.lora_targets, self.lora_alpha = lora_targets, lora_alpha
+        self.head, self.dropout, self.side_features = head, dropout, side_features
+
+    def encode(self, backbone) -> tuple[dict, object, object]:
+        """(inputs by name, side A vector, side B vector) of the functional graph."""
+        raise NotImplementedError
 
     @property
     def backbone_input_keys(self) -> tuple[str, ...]:
@@ -213,12 +254,6 @@ class PreferenceModel(keras.Model):
             "name": self.name,
         }
 
-    def remember(self, backbone, lora_rank, lora_targets, lora_alpha, head, dropout, features):
-        """Keep the constructor's arguments for `get_config`."""
-        self.backbone, self.lora_rank = backbone, lora_rank
-        self.lora_targets, self.lora_alpha = lora_targets, lora_alpha
-        self.head, self.dropout, self.side_features = head, dropout, features
-
     @classmethod
     def from_config(cls, config):
         config = dict(config)
@@ -229,44 +264,22 @@ class PreferenceModel(keras.Model):
 
 @keras.saving.register_keras_serializable(package="jaxpref")
 class SiameseModel(PreferenceModel):
-    """One shared backbone encodes each side; a head compares the two mean-pooled embeddings.
+    """One shared backbone encodes each side; the head compares the two mean-pooled vectors.
 
-    `head="concat"`: a dense layer over [a, b, a - b, a * b]; `head="symmetric"`:
-    `SwapSymmetricHead`, whose predictions mirror exactly when A and B are swapped.
-    `side_features=F` adds an input (B, 2, F) of per-side features (lengths, markdown counts),
-    standardized (`fit_side_features` sets the statistics) and joined to each side's embedding
-    both as they are and through one shared tanh projection. `lora_rank > 0` freezes the
-    backbone and trains rank-`lora_rank` adapters on `lora_targets` (None: keras-hub's
-    default layers) scaled by `lora_alpha / lora_rank` (None: 1).
+    Inputs are (B, 2, L) per backbone input; both sides are folded into one (2B, L) backbone
+    call (shared weights, one large matmul instead of two) and mean-pooled over real tokens.
     """
 
-    def __init__(
-        self,
-        backbone,
-        lora_rank: int = 0,
-        lora_targets: list[str] | None = None,
-        lora_alpha: float | None = None,
-        head: str = "concat",
-        dropout: float = 0.1,
-        side_features: int = 0,
-        name: str = "siamese_preference",
-        **kwargs,
-    ):
-        check_head(head)
-        enable_lora(backbone, lora_rank, lora_targets, lora_alpha)
+    default_name = "siamese_preference"
 
-        # === Functional Model ===
+    def encode(self, backbone):
         keys = tuple(backbone.input.keys())
         inputs = {key: keras.Input(shape=(2, None), dtype="int32", name=key) for key in keys}
         folded = {key: FoldSides(name=f"fold_{key}")(inputs[key]) for key in keys}
         hidden = sequence_output(backbone(folded))
         pooled = MaskedMeanPool(name="mean_pool")(hidden, folded["padding_mask"])
         side_a, side_b = UnfoldSides(name="unfold")(pooled)
-        probs = compare(inputs, side_a, side_b, head, dropout, side_features)
-        super().__init__(inputs=inputs, outputs=probs, name=name, **kwargs)
-
-        # === Config ===
-        self.remember(backbone, lora_rank, lora_targets, lora_alpha, head, dropout, side_features)
+        return inputs, side_a, side_b
 
 
 @keras.saving.register_keras_serializable(package="jaxpref")
@@ -274,46 +287,30 @@ class CrossEncoderModel(PreferenceModel):
     """One backbone call reads conversation, first and second response in one sequence.
 
     Each response is pooled over its own tokens and joined with the whole sequence's vector
-    (`SegmentPool`: mean for encoders, the last token for decoders); the same heads as
-    `SiameseModel` compare the two. The pipeline feeds either order of the responses
+    (`SegmentPool`: `pooling="mean"` for encoders, `"last"` for decoders); the same heads
+    compare the two. The pipeline feeds either order of the responses
     (`pipeline.CrossEncoder`): swap augmentation in training, and swap test-time augmentation
     at inference, make the predictions swap-consistent.
     """
 
     layout = pipeline.CROSS
+    default_name = "cross_preference"
 
-    def __init__(
-        self,
-        backbone,
-        lora_rank: int = 0,
-        lora_targets: list[str] | None = None,
-        lora_alpha: float | None = None,
-        head: str = "symmetric",
-        dropout: float = 0.1,
-        side_features: int = 0,
-        pooling: str = "mean",
-        name: str = "cross_preference",
-        **kwargs,
-    ):
-        check_head(head)
-        enable_lora(backbone, lora_rank, lora_targets, lora_alpha)
+    def __init__(self, backbone, pooling: str = "mean", **kwargs):
+        self.pooling = pooling
+        super().__init__(backbone, **kwargs)
 
-        # === Functional Model ===
+    def encode(self, backbone):
         keys = tuple(backbone.input.keys())
         inputs = {key: keras.Input(shape=(None,), dtype="int32", name=key) for key in keys}
         inputs[PART_IDS] = keras.Input(shape=(None,), dtype="int32", name=PART_IDS)
         hidden = sequence_output(backbone({key: inputs[key] for key in keys}))
-        first, second, whole = SegmentPool(pooling, name="segment_pool")(
+        first, second, whole = SegmentPool(self.pooling, name="segment_pool")(
             hidden, inputs[PART_IDS], inputs["padding_mask"]
         )
         side_a = keras.layers.Concatenate(name="first_and_whole")([first, whole])
         side_b = keras.layers.Concatenate(name="second_and_whole")([second, whole])
-        probs = compare(inputs, side_a, side_b, head, dropout, side_features)
-        super().__init__(inputs=inputs, outputs=probs, name=name, **kwargs)
-
-        # === Config ===
-        self.remember(backbone, lora_rank, lora_targets, lora_alpha, head, dropout, side_features)
-        self.pooling = pooling
+        return inputs, side_a, side_b
 
     @property
     def input_keys(self) -> tuple[str, ...]:
@@ -321,11 +318,6 @@ class CrossEncoderModel(PreferenceModel):
 
     def get_config(self):
         return {**super().get_config(), "pooling": self.pooling}
-
-
-def check_head(head: str) -> None:
-    if head not in HEADS:
-        raise ValueError(f"head must be one of {tuple(HEADS)}, got {head!r}")
 
 
 def enable_lora(backbone, rank: int, targets: list[str] | None, alpha: float | None) -> None:
@@ -336,17 +328,6 @@ def enable_lora(backbone, rank: int, targets: list[str] | None, alpha: float | N
         backbone.enable_lora(rank)  # keras-hub's default layers
     else:
         families.enable_lora(backbone, rank, targets or backbone.default_lora_layer_names(), alpha)
-
-
-def compare(inputs: dict, side_a, side_b, head: str, dropout: float, side_features: int):
-    """Class probabilities from two side vectors, with the side-feature input if any."""
-    if side_features:
-        inputs[SIDE_FEATURES] = keras.Input(
-            shape=(2, side_features), dtype="float32", name=SIDE_FEATURES
-        )
-        side_a, side_b = with_side_features(inputs[SIDE_FEATURES], side_a, side_b)
-    logits = HEADS[head](side_a, side_b, dropout)
-    return keras.layers.Activation("softmax", dtype="float32", name="probs")(logits)
 
 
 def with_side_features(features, side_a, side_b):
