@@ -19,6 +19,7 @@ from jaxpref.monitoring import (
     tensorboard_writer,
     tf_summary,
 )
+from jaxpref.rundir import Diverged
 
 log = logging.getLogger("jaxpref")
 
@@ -121,3 +122,25 @@ class HistoryWriter(keras.callbacks.Callback):
             if new:
                 writer.writeheader()
             writer.writerow({k: "nan" if math.isnan(v) else v for k, v in row.items()})
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stops training at the first step whose loss is NaN or infinite, before anything is saved
+    from the diverged weights: the best weights and the last state checkpoint stay as they were.
+    """
+
+    def __init__(self, best_directory: Path):
+        super().__init__()
+        self.best_directory = best_directory
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, step, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise Diverged(
+                f"the training loss became {float(loss)} at epoch {self.epoch + 1}, step "
+                f"{step + 1}; stopped without saving it. The best weights so far stay in "
+                f"{self.best_directory}. Try a lower --learning-rate."
+            )

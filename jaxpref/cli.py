@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Sequence
 
 from jaxpref import backbones, data, distribution, families, monitoring, sharding
 from jaxpref.config import GROUPS, ConfigError, DeviceConfig, TrainConfig, flag_name
-from jaxpref.rundir import Preempted, ResumeError, RunDir, RunDirError
+from jaxpref.rundir import Diverged, Preempted, ResumeError, RunDir, RunDirError
 
 USER_ERRORS = (
     ConfigError,
@@ -26,6 +26,7 @@ USER_ERRORS = (
     distribution.DeviceError,
     backbones.PresetError,
     RunDirError,
+    Diverged,
 )
 PREEMPTED_EXIT = 143  # 128 + SIGTERM: stopped on request, state saved, resumable
 TYPES = {"int": int, "float": float, "str": str}

@@ -48,6 +48,7 @@ class Run:
     primary: bool
     process_index: int
     process_count: int
+    lock: object = None  # the run directory's lock file, held while the run lives
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,12 +161,15 @@ def start_run(cfg: TrainConfig, resume: bool) -> Run:
             )
         run_dir = f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
     paths = RunDir(run_dir)
+    lock = None
+    if primary:
+        paths.create()
+        lock = paths.lock()
     if not resume and paths.has_checkpoints():
         raise ResumeError(
             f"{paths.root} already holds checkpoints; pass --resume to continue that run, "
             "or choose another --run-dir"
         )
-    paths.root.mkdir(parents=True, exist_ok=True)
     monitoring.setup_logging(paths.log if primary else None)
     platform = distribution.platform_of(selected)
     cfg = cfg.replace(
@@ -179,7 +183,7 @@ def start_run(cfg: TrainConfig, resume: bool) -> Run:
         "devices: %d x %s over %d process(es); global batch %d; precision %s",
         len(selected), platform, jax.process_count(), cfg.optim.batch_size, cfg.model.precision,
     )  # fmt: skip
-    return Run(cfg, paths, selected, primary, jax.process_index(), jax.process_count())
+    return Run(cfg, paths, selected, primary, jax.process_index(), jax.process_count(), lock)
 
 
 def load_splits(
@@ -201,9 +205,32 @@ def load_splits(
             "extra training rows (chosen/rejected, no ties): %s, %d rows",
             cfg.data.extra_train, len(extra),
         )  # fmt: skip
+    check_classes(train_df["label"].to_numpy(), valid_df["label"].to_numpy(), cfg.data.train_csv)
     prior = metrics.prior_log_loss(train_df["label"].to_numpy(), valid_df["label"].to_numpy())
     log.info("class-prior validation log loss (the baseline to beat): %.4f", prior)
     return Splits(train_df, valid_df, extra, prior)
+
+
+MIN_VALID_ROWS_PER_CLASS = 5
+
+
+def check_classes(train_labels: np.ndarray, valid_labels: np.ndarray, source: str) -> None:
+    """Refuse training data with a single class; warn when validation has too few of one."""
+    counts = np.bincount(train_labels, minlength=data.NUM_CLASSES)
+    names = ", ".join(f"{n} {c}" for n, c in zip(data.CLASS_NAMES, counts, strict=True))
+    if (counts > 0).sum() < 2:
+        raise data.DataError(
+            source, f"only one class among the training rows ({names}); a model cannot "
+            "learn to compare from that"
+        )  # fmt: skip
+    valid = np.bincount(valid_labels, minlength=data.NUM_CLASSES)
+    if valid.min() < MIN_VALID_ROWS_PER_CLASS:
+        per_class = ", ".join(f"{n} {c}" for n, c in zip(data.CLASS_NAMES, valid, strict=True))
+        log.warning(
+            "validation has fewer than %d rows of some class (%s): its log loss, best epoch "
+            "and temperature rest on very few rows",
+            MIN_VALID_ROWS_PER_CLASS, per_class,
+        )  # fmt: skip
 
 
 def check_memory(run: Run) -> None:
@@ -394,7 +421,7 @@ def training_callbacks(
     history.csv gets an epoch's row before the state that records the epoch is saved, so a
     process killed in between replays that epoch and rewrites the row.
     """
-    from jaxpref.callbacks import HistoryWriter, RunMonitor
+    from jaxpref.callbacks import HistoryWriter, RunMonitor, StopOnNonFinite
 
     monitor = RunMonitor(
         batches,
@@ -403,7 +430,7 @@ def training_callbacks(
         padding_efficiency=inputs.padding_efficiency,
     )
     history = [HistoryWriter(run.paths.history)] if run.primary else []
-    return [monitor, *history, state]
+    return [StopOnNonFinite(run.paths.best_checkpoints), monitor, *history, state]
 
 
 def finish(model, run: Run, splits: Splits, inputs: Inputs, state, seconds: float) -> dict:
