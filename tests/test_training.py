@@ -232,3 +232,29 @@ def test_decoder_llm_cross_encoder_trains_on_a_2x2_mesh_and_reloads(decoder_pres
     during = pd.read_csv(run_dir / "valid_predictions.csv", dtype={"id": str}).set_index("id")
     reloaded = pd.read_csv(out, dtype={"id": str}).set_index("id").loc[during.index]
     np.testing.assert_allclose(reloaded.to_numpy(), during.to_numpy(), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_non_default_options_train_and_reload(tiny_preset, small_csv, tmp_path):
+    """Concat head, no side features, no swap, constant schedule, full fine-tuning: trained and
+    reloaded end to end, the reloaded model predicting what training predicted."""
+    run_dir = tmp_path / "run"
+    flags = ["--epochs", "1", "--head", "concat", "--no-swap-augment", "--no-side-features",
+             "--schedule", "constant", "--lora-rank", "0", "--learning-rate", "1e-4"]  # fmt: skip
+    result = run_script("train_jax.py", *tiny_run_args(tiny_preset, small_csv, run_dir), *flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((run_dir / "config.json").read_text())["model"]
+    assert (config["head"], config["side_features"], config["lora_rank"]) == ("concat", False, 0)
+    split = pd.read_csv(run_dir / "split.csv", dtype=str)
+    raw = pd.read_csv(small_csv, dtype=str)
+    valid_csv = tmp_path / "valid.csv"
+    raw[raw["id"].isin(split.loc[split["split"] == "valid", "id"])].to_csv(valid_csv, index=False)
+    out = tmp_path / "out.csv"
+    infer = run_script(
+        "infer.py", "--devices", "cpu", "--num-devices", "2", "--run-dir", str(run_dir),
+        "--test-csv", str(valid_csv), "--output", str(out),
+    )  # fmt: skip
+    assert infer.returncode == 0, infer.stderr[-3000:]
+    during = pd.read_csv(run_dir / "valid_predictions.csv", dtype={"id": str}).set_index("id")
+    reloaded = pd.read_csv(out, dtype={"id": str}).set_index("id").loc[during.index]
+    np.testing.assert_allclose(reloaded.to_numpy(), during.to_numpy(), atol=1e-5)
