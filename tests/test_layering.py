@@ -20,7 +20,7 @@ LAYERS = [
         "monitoring", "optimization", "pipeline", "report", "tiny_preset",
     },
     {"callbacks", "checkpoints", "model"},
-    {"crossval", "evaluation", "prediction", "training"},
+    {"crossval", "ensemble", "evaluation", "prediction", "training"},
     {"cli"},
 ]  # fmt: skip
 MAX_FUNCTION_LINES = 80
