@@ -177,6 +177,38 @@ def crossval_flags(p: argparse.ArgumentParser) -> None:
     add_process_flags(p)
 
 
+def ensemble_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "predictions", nargs="+", metavar="OOF_CSV",
+        help="out-of-fold predictions of each model (id, winner_model_a, winner_model_b, "
+        "winner_tie for every row of --train-csv), e.g. cross_validate.py's oof.csv",
+    )  # fmt: skip
+    p.add_argument(
+        "--train-csv", default=str(data.DEFAULT_TRAIN_CSV),
+        help="the labelled arena CSV the predictions cover (default: the embedded sample)",
+    )  # fmt: skip
+    p.add_argument(
+        "--baselines",
+        action="store_true",
+        help="also blend the length and TF-IDF baselines, refitted per grouped fold",
+    )
+    p.add_argument(
+        "--folds", type=int, default=5,
+        help="grouped folds of the nested score (and of --baselines) (default: 5)",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, default=42, help="fold assignment seed (default: 42)")
+    p.add_argument(
+        "--test-predictions", nargs="+", default=[], metavar="CSV",
+        help="each model's test submission, in the order of OOF_CSV: write the blended one",
+    )  # fmt: skip
+    p.add_argument("--test-csv", help="the test rows, for --baselines with --test-predictions")
+    p.add_argument(
+        "--out-dir", default="ensemble",
+        help="where blend.json and submission.csv go (default: ensemble)",
+    )  # fmt: skip
+    p.set_defaults(devices="cpu", num_devices=None)  # no accelerator needed
+
+
 def initialize_processes(args: argparse.Namespace) -> None:
     distribution.initialize_processes(
         args.coordinator_address, args.num_processes, args.process_id,
@@ -308,6 +340,20 @@ def cross_validate(args: argparse.Namespace) -> None:
     crossval.cross_validate(cfg, args.folds)
 
 
+def ensemble(args: argparse.Namespace) -> None:
+    """Fit the blend, print its nested score against the best single model."""
+    from jaxpref import ensemble as blending
+
+    result = blending.run_ensemble(
+        args.predictions, args.train_csv, args.out_dir, args.folds, args.seed, args.baselines,
+        args.test_predictions, args.test_csv,
+    )  # fmt: skip
+    print(blending.summary(result))
+    print(f"wrote {os.path.join(args.out_dir, blending.BLEND_FILE)}")
+    if "submission" in result:
+        print(f"wrote {result['submission']}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Command:
     """One entry point: its script, description, flags and body."""
@@ -345,6 +391,14 @@ COMMANDS = {
         "report out-of-fold log loss beside the baselines (cv.md, cv.json).",
         crossval_flags,
         cross_validate,
+    ),
+    "ensemble": Command(
+        "ensemble.py",
+        "Blend models' out-of-fold predictions log-linearly, weights fitted for least log "
+        "loss; report the nested out-of-fold score against the best single model (blend.json) "
+        "and blend their test predictions.",
+        ensemble_flags,
+        ensemble,
     ),
 }
 

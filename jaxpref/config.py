@@ -96,6 +96,13 @@ class DataConfig:
     swap_augment: bool = option(
         True, "feed a random half of the training rows with A and B exchanged each epoch"
     )
+    soft_labels: str = option(
+        "",
+        "teacher probabilities for training rows (distillation): CSV of id, winner_model_a, "
+        "winner_model_b, winner_tie, e.g. cross_validate.py's oof.csv; rows without one keep "
+        "their hard label",
+        shown="none",
+    )
 
 
 @dataclasses.dataclass
@@ -162,6 +169,13 @@ class OptimConfig:
     warmup_fraction: float = option(0.1, "fraction of the steps spent warming up", min=0, max=1)
     label_smoothing: float = option(
         0.02, "label smoothing of the training loss (log_loss stays unsmoothed)", min=0, below=1
+    )
+    soft_label_weight: float = option(
+        0.5,
+        "with --soft-labels, a row's training target is (1 - W) * its one-hot label + W * the "
+        "teacher's probabilities; validation stays on hard labels",
+        min=0,
+        max=1,
     )
 
 

@@ -451,7 +451,7 @@ def _local_batches(
     tokens: TokenizedPairs,
     plans: Sequence[Sequence[Batch]],
     input_keys: Sequence[str],
-    labels: np.ndarray | None,
+    targets: np.ndarray | None,
     process_index: int,
     process_count: int,
     extra: np.ndarray | None = None,
@@ -463,22 +463,22 @@ def _local_batches(
             part = slice(process_index * share, (process_index + 1) * share)
             rows, length = batch.rows[part], batch.length
             sides = np.array([[0, 1]] * len(rows))
-            row_labels = None if labels is None else labels[rows]
+            row_targets = None if targets is None else targets[rows]  # a copy
             if batch.swap is not None:
                 flip = batch.swap[part]
                 sides[flip] = [1, 0]
-                if row_labels is not None:
-                    row_labels = np.where(flip, np.asarray(MIRROR)[row_labels], row_labels)
+                if row_targets is not None:
+                    row_targets[flip] = row_targets[flip][:, list(MIRROR)]
             pick = (rows[:, None], sides)
             # A pair feeds both sides (B, 2, T); a cross-encoded row one order of it (B, T).
             chosen = pick if layout == PAIR else (rows, sides[:, 0])
             x = batch_features(tokens, chosen, length, input_keys, layout)
             if extra is not None:
                 x[SIDE_FEATURES] = extra[pick]
-            if labels is None:
+            if targets is None:
                 yield (x,)
             else:
-                yield x, np.eye(NUM_CLASSES, dtype=np.float32)[row_labels], batch.weights[part]
+                yield x, row_targets, batch.weights[part]
 
 
 def batch_features(tokens: TokenizedPairs, chosen, length: int, keys, layout: str) -> dict:
@@ -507,7 +507,9 @@ def make_dataset(
 ):
     """A tf.data pipeline of this process's share of every batch of `plans`, in order.
 
-    Elements are `(x, y, sample_weight)` with labels, else `(x,)`; `x` maps the model's input
+    `labels` are class indices (n,) or target rows (n, 3) of probabilities (soft labels); rows
+    fed swapped get mirrored targets. Elements are `(x, y, sample_weight)` with labels, `y`
+    (B/process_count, 3) float32 targets, else `(x,)`; `x` maps the model's input
     names to int32 (B/process_count, 2, T) for the `PAIR` layout or (B/process_count, T) for
     `CROSS`, T the batch's bucket length, and, when `extra` (n, 2, F) side features are given,
     `side_features` to (B/process_count, 2, F) float32.
@@ -515,18 +517,22 @@ def make_dataset(
     import tensorflow as tf
 
     keys = tuple(input_keys)
-    labels = None if labels is None else np.asarray(labels)
+    targets = None
+    if labels is not None:
+        labels = np.asarray(labels)
+        one_hot = np.eye(NUM_CLASSES, dtype=np.float32)
+        targets = labels.astype(np.float32) if labels.ndim == 2 else one_hot[labels]
     shape = (None, 2, None) if layout == PAIR else (None, None)
     x_spec = {k: tf.TensorSpec(shape, tf.int32) for k in keys}
     if extra is not None:
         x_spec[SIDE_FEATURES] = tf.TensorSpec((None, 2, extra.shape[-1]), tf.float32)
     spec = (x_spec,)
-    if labels is not None:
+    if targets is not None:
         y_spec = tf.TensorSpec((None, NUM_CLASSES), tf.float32)
         spec = (x_spec, y_spec, tf.TensorSpec((None,), tf.float32))
     shard = (process_index, process_count)
     ds = tf.data.Dataset.from_generator(
-        lambda: _local_batches(tokens, plans, keys, labels, *shard, extra, layout),
+        lambda: _local_batches(tokens, plans, keys, targets, *shard, extra, layout),
         output_signature=spec,
     )
     steps = sum(len(plan) for plan in plans)

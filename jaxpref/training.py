@@ -24,6 +24,7 @@ from jaxpref import (
     calibration,
     checkpoints,
     data,
+    distillation,
     distribution,
     hh_rlhf,
     metrics,
@@ -33,6 +34,7 @@ from jaxpref import (
     text,
 )
 from jaxpref.config import TrainConfig, default_learning_rate, resolve_precision
+from jaxpref.probabilities import Probabilities
 from jaxpref.rundir import Preempted, ResumeError, RunDir
 
 log = logging.getLogger("jaxpref")
@@ -53,17 +55,20 @@ class Run:
 
 @dataclasses.dataclass(frozen=True)
 class Splits:
-    """Training, validation and extra (training-only) rows, and the class-prior score."""
+    """Training, validation and extra (training-only) rows, the class-prior score, and the
+    teacher's probabilities when training on soft labels."""
 
     train: pd.DataFrame
     valid: pd.DataFrame
     extra: pd.DataFrame
     prior_log_loss: float
+    teacher: Probabilities | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class Inputs:
-    """Tokens, side features and batch plans of both splits."""
+    """Tokens, side features and batch plans of both splits; training labels are class indices
+    (n,), or target rows (n, 3) with soft labels."""
 
     train_tokens: pipeline.TokenizedPairs
     valid_tokens: pipeline.TokenizedPairs
@@ -208,7 +213,11 @@ def load_splits(
     check_classes(train_df["label"].to_numpy(), valid_df["label"].to_numpy(), cfg.data.train_csv)
     prior = metrics.prior_log_loss(train_df["label"].to_numpy(), valid_df["label"].to_numpy())
     log.info("class-prior validation log loss (the baseline to beat): %.4f", prior)
-    return Splits(train_df, valid_df, extra, prior)
+    teacher = None
+    if cfg.data.soft_labels:
+        train_ids = pd.concat([train_df["id"], extra["id"]]).to_numpy()
+        teacher = distillation.load_teacher(cfg.data.soft_labels, train_ids)
+    return Splits(train_df, valid_df, extra, prior, teacher)
 
 
 MIN_VALID_ROWS_PER_CLASS = 5
@@ -292,8 +301,14 @@ def save_run_files(run: Run, splits: Splits, model, encoder) -> None:
 
 
 def build_inputs(cfg: TrainConfig, splits: Splits, encoder, model) -> Inputs:
-    """Tokenize both splits (cached), fit the side-feature statistics, plan every epoch."""
+    """Tokenize both splits (cached), fit the side-feature statistics, plan every epoch; with
+    soft labels, blend each training row's target with the teacher's probabilities."""
     train_df = pd.concat([splits.train, splits.extra], ignore_index=True)
+    train_labels = train_df["label"].to_numpy()
+    if splits.teacher is not None:
+        train_labels = distillation.soft_targets(
+            train_df["id"], train_labels, splits.teacher, cfg.optim.soft_label_weight
+        )
     cache = pipeline.default_cache_dir()
     log.info("tokenizing (cache: %s)", cache or "off")
     train_tokens = pipeline.tokenize(encoder.texts(train_df), encoder, cache)
@@ -319,9 +334,8 @@ def build_inputs(cfg: TrainConfig, splits: Splits, encoder, model) -> Inputs:
         pipeline.padding_efficiency(valid_tokens, valid_plan),
     )  # fmt: skip
     return Inputs(
-        train_tokens, valid_tokens, train_df["label"].to_numpy(),
-        splits.valid["label"].to_numpy(), train_plans, valid_plan, encoder.input_keys,
-        encoder.layout, train_extra, valid_extra, efficiency,
+        train_tokens, valid_tokens, train_labels, splits.valid["label"].to_numpy(), train_plans,
+        valid_plan, encoder.input_keys, encoder.layout, train_extra, valid_extra, efficiency,
     )  # fmt: skip
 
 
