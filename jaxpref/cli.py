@@ -206,7 +206,6 @@ def ensemble_flags(p: argparse.ArgumentParser) -> None:
         "--out-dir", default="ensemble",
         help="where blend.json and submission.csv go (default: ensemble)",
     )  # fmt: skip
-    p.set_defaults(devices="cpu", num_devices=None)  # no accelerator needed
 
 
 def initialize_processes(args: argparse.Namespace) -> None:
@@ -274,12 +273,11 @@ def resumed_config(args: argparse.Namespace, wanted: TrainConfig) -> TrainConfig
     return cfg.replace(**{k: wanted.flat()[k] for k in RESUME_MAY_CHANGE})
 
 
-def run_with_environment(
-    args: argparse.Namespace, body: Callable[[argparse.Namespace], None]
-) -> int:
-    """Resolve the settings, set the JAX environment before anything imports JAX, load the
-    frameworks quietly, then run `body(args)`; training commands find their TrainConfig in
-    `args.train_config`."""
+def run_with_environment(args: argparse.Namespace, name: str) -> int:
+    """Run command `name`: resolve the settings, set the JAX environment before anything
+    imports JAX and load the frameworks quietly (commands that need them), then run its body;
+    training commands find their TrainConfig in `args.train_config`."""
+    command = COMMANDS[name]
     if args.verbose:
         os.environ["JAXPREF_VERBOSE"] = "1"
     monitoring.setup_logging()
@@ -289,10 +287,11 @@ def run_with_environment(
         if "config" in vars(args):
             args.train_config = config_from_args(args)
             devices = args.train_config.devices
-        distribution.configure_environment(devices.devices, devices.num_devices)
-        with monitoring.native_stderr_captured():
-            distribution.load_frameworks()
-        body(args)
+        if command.frameworks:
+            distribution.configure_environment(devices.devices, devices.num_devices)
+            with monitoring.native_stderr_captured():
+                distribution.load_frameworks()
+        command.run(args)
 
     return run_command(go)
 
@@ -362,6 +361,7 @@ class Command:
     description: str
     add_flags: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], None]
+    frameworks: bool = True  # False: runs on numpy/scikit-learn alone, no JAX environment
 
 
 COMMANDS = {
@@ -399,6 +399,7 @@ COMMANDS = {
         "and blend their test predictions.",
         ensemble_flags,
         ensemble,
+        frameworks=False,
     ),
 }
 
@@ -448,20 +449,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         command.add_flags(sub)
         add_verbose_flag(sub)
     args = parser.parse_args(argv)
-    return run_with_environment(args, COMMANDS[args.command].run)
+    return run_with_environment(args, args.command)
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
-    return run_with_environment(train_parser().parse_args(argv), train)
+    return run_with_environment(train_parser().parse_args(argv), "train")
 
 
 def infer_main(argv: Sequence[str] | None = None) -> int:
-    return run_with_environment(infer_parser().parse_args(argv), infer)
+    return run_with_environment(infer_parser().parse_args(argv), "infer")
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
-    return run_with_environment(evaluate_parser().parse_args(argv), evaluate)
+    return run_with_environment(evaluate_parser().parse_args(argv), "evaluate")
 
 
 def crossval_main(argv: Sequence[str] | None = None) -> int:
-    return run_with_environment(crossval_parser().parse_args(argv), cross_validate)
+    return run_with_environment(crossval_parser().parse_args(argv), "cv")

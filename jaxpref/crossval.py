@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from jaxpref import baselines, data, evaluation, metrics, monitoring, prediction, report
+from jaxpref import baselines, data, metrics, monitoring, prediction, report
 from jaxpref.config import TrainConfig
+from jaxpref.probabilities import read_probabilities
 from jaxpref.rundir import RunDir
 
 log = logging.getLogger("jaxpref")
@@ -80,7 +81,8 @@ def model_predictions(root: Path, frame: pd.DataFrame, splits: list) -> np.ndarr
     probs = np.full((len(frame), data.NUM_CLASSES), np.nan)
     for fold, (_, valid_rows) in enumerate(splits):
         path = RunDir(root / f"fold{fold}").valid_predictions
-        probs[valid_rows] = evaluation.read_predictions(path, frame["id"].iloc[valid_rows])
+        fold_ids = frame["id"].iloc[valid_rows]
+        probs[valid_rows] = read_probabilities(path).aligned(fold_ids, f"fold {fold}")
     return probs
 
 

@@ -72,7 +72,7 @@ def test_evaluate_run_rejects_predictions_for_other_rows(tmp_path):
     run_dir, *_ = fake_run(tmp_path)
     predictions = pd.read_csv(run_dir / "valid_predictions.csv", dtype={"id": str})
     predictions.iloc[1:].to_csv(run_dir / "valid_predictions.csv", index=False)
-    with pytest.raises(RunDirError, match="ids differ from the validation ids"):
+    with pytest.raises(data.DataError, match="ids differ: 1 id.s. of the validation split"):
         evaluation.evaluate_run(run_dir, out_dir=tmp_path / "report")
 
 
