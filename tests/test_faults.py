@@ -1,5 +1,6 @@
 """Faults of long runs: NaN, failed saves, two writers, unwritable places, one-class data."""
 
+import json
 import os
 import signal
 import subprocess
@@ -148,3 +149,37 @@ def test_misused_flags_are_one_error_line(flags, message, tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert last_line(result).startswith("error: ") and message in last_line(result)
+
+
+# Runs train_jax.py with the validation log loss of each epoch replaced by a scripted value,
+# so that best-epoch selection is exercised where the best is not the last epoch.
+SCRIPTED_VALIDATION = """
+import sys
+from jaxpref import checkpoints
+scripted = iter([0.9, 0.5, 0.7])
+on_epoch_end = checkpoints.StateCheckpoint.on_epoch_end
+def scripted_end(self, epoch, logs=None):
+    logs = dict(logs or {}, val_log_loss=next(scripted))
+    on_epoch_end(self, epoch, logs)
+checkpoints.StateCheckpoint.on_epoch_end = scripted_end
+from jaxpref.cli import train_main
+sys.exit(train_main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_the_best_epoch_is_kept_when_later_epochs_are_worse(tiny_preset, small_csv, tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*tiny_run_args(tiny_preset, small_csv, run_dir), "--epochs", "3"]
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPTED_VALIDATION, *args],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["best_epoch"], summary["best_val_log_loss"]) == (2, 0.5)
+    best = [p.name for p in RunDir(run_dir).best_checkpoints.iterdir() if p.name.isdigit()]
+    assert best == ["2"]  # epoch 3 was worse: its weights never replaced epoch 2's
+    state = checkpoints.latest_state(RunDir(run_dir).state_checkpoints)
+    assert (state["best_epoch"], state["best_val_log_loss"]) == (2, 0.5)
