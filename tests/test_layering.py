@@ -19,8 +19,8 @@ LAYERS = [
         "families", "metrics", "sharding", "torch_pickle",
         "monitoring", "optimization", "pipeline", "report", "tiny_preset",
     },
-    {"callbacks", "checkpoints", "model"},
-    {"crossval", "evaluation", "prediction", "training"},
+    {"bundle", "callbacks", "checkpoints", "model"},
+    {"crossval", "evaluation", "export", "prediction", "training"},
     {"cli"},
 ]  # fmt: skip
 MAX_FUNCTION_LINES = 80
