@@ -99,7 +99,7 @@ def inference_precision(requested: str, platform: str) -> str | None:
     """The dtype policy to predict in; None keeps the run's own.
 
     "auto" is the run's precision on GPU/TPU and float32 on CPU, where bfloat16 and float16
-    are emulated (slower, and no more accurate).
+    are emulated (slower, and less precise).
     """
     if requested not in PRECISIONS:
         raise ConfigError(f"--precision {requested}: expected one of {', '.join(PRECISIONS)}")
