@@ -1,4 +1,4 @@
-"""Command-line entry points: train, infer, evaluate, cross-validate.
+"""Command-line entry points: train, infer, evaluate, cross-validate, export.
 
 Training flags are generated from the `TrainConfig` fields (help, choices and defaults stated
 once, in `jaxpref.config`). The JAX environment is set before heavy imports, and known failures
@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Collection, Sequence
 
 from jaxpref import backbones, data, distribution, families, monitoring, sharding
-from jaxpref.config import GROUPS, ConfigError, DeviceConfig, TrainConfig, flag_name
+from jaxpref.config import GROUPS, PRECISIONS, ConfigError, DeviceConfig, TrainConfig, flag_name
 from jaxpref.rundir import Diverged, Preempted, ResumeError, RunDir, RunDirError
 
 USER_ERRORS = (
@@ -155,8 +155,22 @@ def infer_flags(p: argparse.ArgumentParser) -> None:
         help="swap test-time augmentation: also predict each pair with A and B exchanged and "
         "average in the mirrored prediction (twice the compute)",
     )
+    p.add_argument(
+        "--precision", default="auto", choices=PRECISIONS,
+        help="dtype policy of the prediction; auto: the run's own on GPU/TPU, float32 on CPU "
+        "(default: auto)",
+    )  # fmt: skip
     add_device_flags(p)
     add_process_flags(p)
+
+
+def export_flags(p: argparse.ArgumentParser) -> None:
+    add_trained_run_flag(p)
+    p.add_argument(
+        "--out", required=True,
+        help="bundle directory to write (an earlier bundle there is replaced)",
+    )  # fmt: skip
+    add_device_flags(p)
 
 
 def evaluate_flags(p: argparse.ArgumentParser) -> None:
@@ -312,9 +326,21 @@ def infer(args: argparse.Namespace) -> None:
     initialize_processes(args)
     path = prediction.infer(
         args.run_dir, args.test_csv, args.output, args.batch_size, args.devices,
-        args.num_devices, args.tta,
+        args.num_devices, args.tta, args.precision,
     )  # fmt: skip
     print(f"wrote {path}")
+
+
+def export_bundle(args: argparse.Namespace) -> None:
+    """Write the bundle and print its size beside the run directory's."""
+    from jaxpref import export
+
+    result = export.export_run(args.run_dir, args.out, args.devices, args.num_devices)
+    print(f"wrote {result.path}")
+    print(
+        f"bundle {result.bundle_bytes / 2**20:.2f} MiB; "
+        f"run directory {result.run_bytes / 2**20:.2f} MiB"
+    )
 
 
 def evaluate(args: argparse.Namespace) -> None:
@@ -400,6 +426,14 @@ COMMANDS = {
         ensemble_flags,
         ensemble,
         frameworks=False,
+    ),
+    "export": Command(
+        "export.py",
+        "Write a self-contained inference bundle of a trained run: a keras-hub backbone preset "
+        "with the LoRA adapters merged, the head weights, calibration and config; no optimizer "
+        "state. infer.py --run-dir BUNDLE predicts from it.",
+        export_flags,
+        export_bundle,
     ),
 }
 

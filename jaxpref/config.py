@@ -20,7 +20,7 @@ from typing import Any
 
 DEFAULT_PRESET = "deberta_v3_small_en"
 PLATFORMS = ("auto", "cpu", "gpu", "tpu")
-PRECISIONS = ("auto", "float32", "mixed_bfloat16", "bfloat16")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "bfloat16", "mixed_float16")
 ARCHITECTURES = ("siamese", "cross")
 HEADS = ("symmetric", "concat")
 SCHEDULES = ("cosine", "constant")

@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from jaxpref import calibration, data, distribution, pipeline, text
-from jaxpref.config import TrainConfig
-from jaxpref.rundir import RunDir
+from jaxpref import bundle, calibration, data, distribution, pipeline, text
+from jaxpref.config import PRECISIONS, ConfigError, TrainConfig
+from jaxpref.rundir import CheckpointError, RunDir, writable_directory
 
 
-def load_run(run_dir: str | os.PathLike):
-    """(model with the best weights, its encoder, TrainConfig) from a run directory.
+def load_run(run_dir: str | os.PathLike, precision: str | None = None):
+    """(model with the best weights, its encoder, TrainConfig) from a run directory or an
+    exported bundle (`jaxpref.bundle`), in `precision` (None: the precision it was trained in).
 
     The distribution must already be set (`distribution.setup`) so that the restored weights
     land on every device.
@@ -26,8 +27,12 @@ def load_run(run_dir: str | os.PathLike):
     from jaxpref import model as model_lib
     from jaxpref import optimization
 
+    if bundle.is_bundle(run_dir):
+        return bundle.load_bundle(run_dir, precision)
     paths = RunDir(run_dir)
     cfg = TrainConfig.from_json(paths.require(paths.config))
+    if precision is not None:
+        cfg = cfg.replace(precision=precision)
     checkpoint = paths.require(paths.best_checkpoints)
     preset = str(paths.require(paths.preset))
     keras.utils.set_random_seed(cfg.run.seed)  # identical initial values on every process
@@ -37,7 +42,13 @@ def load_run(run_dir: str | os.PathLike):
     # Orbax restores into the compiled state tree (keras needs the optimizer attribute); the
     # optimizer itself is never stepped here.
     optimization.compile_model(model)
-    model.load_weights(str(checkpoint))
+    try:
+        model.load_weights(str(checkpoint))
+    except Exception as err:  # Orbax and Keras raise many types for a damaged checkpoint
+        raise CheckpointError(
+            f"{checkpoint}: cannot restore the best weights ({type(err).__name__}: "
+            f"{(str(err).strip().splitlines() or [''])[0]}); this run directory is damaged"
+        ) from None
     encoder = model_lib.build_encoder(model, preset, cfg.data.sequence_length)
     return model, encoder, cfg
 
@@ -90,6 +101,19 @@ def predict_frame(
     return predict_tokens(model, tokens, plan, encoder.input_keys, tta, extra)
 
 
+def inference_precision(requested: str, platform: str) -> str | None:
+    """The dtype policy to predict in; None keeps the run's own.
+
+    "auto" is the run's precision on GPU/TPU and float32 on CPU, where bfloat16 and float16
+    are emulated (slower, and less precise).
+    """
+    if requested not in PRECISIONS:
+        raise ConfigError(f"--precision {requested}: expected one of {', '.join(PRECISIONS)}")
+    if requested == "auto":
+        return "float32" if platform == "cpu" else None
+    return requested
+
+
 def predict_run(
     run_dir: str | os.PathLike,
     frame: pd.DataFrame,
@@ -97,16 +121,20 @@ def predict_run(
     devices: str = "auto",
     num_devices: int | None = None,
     tta: bool = False,
+    precision: str = "auto",
 ) -> np.ndarray:
-    """Calibrated probabilities (n, 3) of a run's best weights for every row of `frame`.
+    """Calibrated probabilities (n, 3) of a run's (or bundle's) best weights for every row of
+    `frame`.
 
-    `batch_size` defaults to the training batch rounded up to a multiple of the devices.
+    `batch_size` defaults to the training batch rounded up to a multiple of the devices;
+    `precision` is one of config.PRECISIONS (`inference_precision`).
     """
     paths = RunDir(run_dir)
-    saved = TrainConfig.from_json(paths.config) if paths.config.exists() else TrainConfig()
-    parallel = saved.devices.model_parallel
+    sharded = paths.config.exists() and paths.preset.exists()  # a run directory, not a bundle
+    parallel = TrainConfig.from_json(paths.config).devices.model_parallel if sharded else 1
     selected = distribution.setup(devices, num_devices, batch_size, parallel, str(paths.preset))
-    model, encoder, cfg = load_run(run_dir)
+    dtype = inference_precision(precision, distribution.platform_of(selected))
+    model, encoder, cfg = load_run(run_dir, dtype)
     if batch_size is None:
         batch_size = -(-cfg.optim.batch_size // len(selected)) * len(selected)
     probs = predict_frame(model, encoder, frame, batch_size, tta)
@@ -142,8 +170,10 @@ def infer(
     devices: str = "auto",
     num_devices: int | None = None,
     tta: bool = False,
+    precision: str = "auto",
 ) -> Path:
     """Predict every row of `test_csv` with the run's best weights and write the submission."""
+    writable_directory(Path(output).parent, "the output directory")
     frame = data.read_arena_csv(test_csv, labelled=False)
-    probs = predict_run(run_dir, frame, batch_size, devices, num_devices, tta)
+    probs = predict_run(run_dir, frame, batch_size, devices, num_devices, tta, precision)
     return write_submission(frame["id"], probs, output)

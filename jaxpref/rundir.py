@@ -49,6 +49,17 @@ class CheckpointError(RunDirError):
     """A checkpoint could not be written or read; earlier complete checkpoints stay intact."""
 
 
+def writable_directory(directory: Path, what: str) -> None:
+    """Make `directory` and prove it writable, or RunDirError naming it: before any work."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise RunDirError(f"cannot write {what} {directory}: {err}") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class RunDir:
     """Paths inside one run directory (always absolute: Orbax wants absolute paths)."""
@@ -77,13 +88,7 @@ class RunDir:
 
     def create(self) -> None:
         """Make the directory and prove it writable now, before any tokenizing or training."""
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / f".write-test-{os.getpid()}"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as err:
-            raise RunDirError(f"cannot write the run directory {self.root}: {err}") from None
+        writable_directory(self.root, "the run directory")
 
     def lock(self):
         """Hold an exclusive lock on the directory for this process's life (or until the

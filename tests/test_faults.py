@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -183,3 +184,35 @@ def test_the_best_epoch_is_kept_when_later_epochs_are_worse(tiny_preset, small_c
     assert best == ["2"]  # epoch 3 was worse: its weights never replaced epoch 2's
     state = checkpoints.latest_state(RunDir(run_dir).state_checkpoints)
     assert (state["best_epoch"], state["best_val_log_loss"]) == (2, 0.5)
+
+
+@pytest.mark.slow
+def test_inference_on_a_damaged_run_or_into_an_unwritable_place_is_one_line(
+    tiny_preset, small_csv, tmp_path
+):
+    run_dir = tmp_path / "run"
+    trained = run_script("train_jax.py", *tiny_run_args(tiny_preset, small_csv, run_dir),
+                         "--epochs", "1")  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-3000:]
+
+    def infer(*extra):
+        return run_script("infer.py", "--devices", "cpu", "--run-dir", str(run_dir), *extra)
+
+    unwritable = infer("--output", "/proc/jaxpref/submission.csv")
+    assert unwritable.returncode == 2 and "Traceback" not in unwritable.stderr
+    assert last_line(unwritable).startswith("error: cannot write the output directory /proc/")
+
+    best = RunDir(run_dir).best_checkpoints
+    for path in best.rglob("*"):
+        if path.is_file() and path.stat().st_size > 100:
+            path.write_bytes(path.read_bytes()[:50])  # torn files
+    damaged = infer("--output", str(tmp_path / "a.csv"))
+    assert damaged.returncode == 2 and "Traceback" not in damaged.stderr
+    assert last_line(damaged).startswith(f"error: {best}: cannot restore the best weights")
+
+    shutil.rmtree(best)
+    missing = infer("--output", str(tmp_path / "b.csv"))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert last_line(missing) == (
+        f"error: {best} is missing; is this the run directory of a finished training?"
+    )

@@ -19,8 +19,8 @@ LAYERS = [
         "hh_rlhf", "families", "metrics", "probabilities", "sharding", "torch_pickle",
         "monitoring", "optimization", "pipeline", "report", "tiny_preset",
     },
-    {"callbacks", "checkpoints", "model"},
-    {"crossval", "ensemble", "evaluation", "prediction", "training"},
+    {"bundle", "callbacks", "checkpoints", "model"},
+    {"crossval", "ensemble", "evaluation", "export", "prediction", "training"},
     {"cli"},
 ]  # fmt: skip
 MAX_FUNCTION_LINES = 80
