@@ -13,15 +13,17 @@ the whole batch instead of once per example.
 
 `efficient_deberta(backbone)` switches a built `DebertaV3Backbone` in place: each encoder's
 self-attention layer becomes an `EfficientDisentangledSelfAttention`, a subclass that changes
-only call code. In place, rather than rebuilding a backbone of registered subclasses and
-copying weights, because every variable stays the same object: same shapes, paths and order
-(Orbax checkpoints are interchangeable; `save_to_preset` writes a plain keras-hub preset that
-loads without jaxpref: the weight file names layers held in lists by class name, which is why
-`RelativeEmbedding` keeps its class and its per-example repeat, a broadcast XLA folds away),
-nothing is copied, and the layouts a distribution gave the variables stay. LoRA works before
-or after the switch (the query/key/value layers are untouched), and so do mixed precision and
-`keras.distribution.DataParallel`. A backbone loaded from a preset has keras-hub's attention
-again: call `efficient_deberta` after each load. JAX backend only (array indexing).
+only call code. In place, rather than rebuilding the backbone from registered subclasses and
+copying weights, because every variable stays the same object with the same shape, path and
+order (Orbax checkpoints are interchangeable, nothing is copied, the layouts a distribution
+gave the variables stay), and the backbone stays a keras-hub `DebertaV3Backbone`, so
+`save_to_preset` writes a plain keras-hub preset that loads without jaxpref. Keras' weight
+files name the layers of a list by class name, which is why `RelativeEmbedding` keeps its
+class and its per-example repeat: a broadcast that XLA folds into the one copy sliced here.
+LoRA works before or after the switch (the query/key/value layers are untouched), and so do
+mixed precision and `keras.distribution.DataParallel`. A backbone loaded from a preset has
+keras-hub's attention again: call `efficient_deberta` after each load. JAX backend only (the
+gathers use array indexing).
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ class AttentionError(ValueError):
     """The model given is not one whose attention this module can replace."""
 
 
-def relative_position_bucket(offsets: np.ndarray, bucket_size: int, max_position: int):
+def relative_position_bucket(
+    offsets: np.ndarray, bucket_size: int, max_position: int
+) -> np.ndarray:
     """keras-hub's log-bucketed relative position of `offsets` (i - j), in float32 like it."""
     mid = bucket_size // 2
     sign = np.sign(offsets)
@@ -71,8 +75,8 @@ class EfficientDisentangledSelfAttention(DisentangledSelfAttention):
     def _compute_attention(
         self, query, key, value, rel_embeddings, attention_mask=None, training=None
     ):
-        # keras-hub's RelativeEmbedding repeats the table per example (a broadcast XLA folds
-        # away): one copy is projected, (2 * bucket, heads, head_dim).
+        # keras-hub's RelativeEmbedding repeats the table per example; XLA folds that broadcast
+        # into this slice, so one copy is projected: (2 * bucket, heads, head_dim).
         table = self._position_dropout_layer(rel_embeddings[:1], training=training)
         pos_query = self._query_dense(table)[0]
         pos_key = self._key_dense(table)[0]
@@ -100,7 +104,9 @@ class EfficientDisentangledSelfAttention(DisentangledSelfAttention):
         return ops.transpose(relative, (2, 3, 0, 1))
 
 
-def efficient_deberta(backbone: DebertaV3Backbone, attention_dropout: bool = False):
+def efficient_deberta(
+    backbone: DebertaV3Backbone, attention_dropout: bool = False
+) -> DebertaV3Backbone:
     """Switch `backbone` to the efficient attention in place (see the module docstring).
 
     Returns the same backbone. Idempotent; `attention_dropout=True` keeps keras-hub's dropout
