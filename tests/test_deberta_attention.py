@@ -145,7 +145,7 @@ def test_mixed_bfloat16_matches_keras_hub():
     ref_out, eff_out = reference(inputs), efficient(inputs)
     assert eff_out.dtype == ref_out.dtype
     diff = np.abs(np.asarray(ref_out, "float32") - np.asarray(eff_out, "float32"))
-    assert np.max(diff) < 0.1  # bf16 rounding; the float32 tests check exactness
+    assert np.max(diff) < 0.02  # a few bf16 roundings (outputs ~3); float32 tests check exactness
 
 
 def test_data_parallel_matches_single_device():
