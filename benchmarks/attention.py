@@ -1,10 +1,10 @@
 """Train-step time of DeBERTa-v3-small: keras-hub's disentangled attention against jaxpref's.
 
 One jitted step (forward + backward over every trainable weight, float32, dropout on as in
-keras-hub's config) of the deberta_v3_small architecture with random weights (no download).
-Each implementation is compiled once on the same backbone (switched in place with
-`efficient_deberta` between compilations), then the steps alternate so both see the same
-machine load. Prints a table and writes JSON.
+keras-hub's config; `--lora-rank R` trains the LoRA adapters only) of the deberta_v3_small
+architecture with random weights (no download). Each implementation is compiled once on the
+same backbone (switched in place with `efficient_deberta` between compilations), then their
+steps alternate so all see the same machine load. Prints a table and writes JSON.
 
     python benchmarks/attention.py --out benchmarks/results/attention.json    # ~15 min on 2 CPUs
 """
@@ -44,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS[:2]))
     parser.add_argument("--steps", type=int, default=5, help="timed steps per implementation")
     parser.add_argument("--num-layers", type=int, default=SMALL["num_layers"])
+    parser.add_argument("--lora-rank", type=int, default=0, help="0: every weight trains")
     parser.add_argument("--out", type=Path, help="JSON results file")
     return parser.parse_args(argv)
 
@@ -75,14 +76,16 @@ def compile_step(backbone, batch: int, length: int):
     return jax.jit(step).lower(*args).compile(), args
 
 
-def measure_case(batch: int, length: int, impls: list[str], steps: int, num_layers: int) -> dict:
+def measure_case(batch: int, length: int, impls: list[str], opts: argparse.Namespace) -> dict:
     """Compile every implementation on one backbone, then time their steps alternately."""
     import jax
     import keras_hub
 
     from jaxpref.deberta_attention import efficient_deberta
 
-    backbone = keras_hub.models.DebertaV3Backbone(**{**SMALL, "num_layers": num_layers})
+    backbone = keras_hub.models.DebertaV3Backbone(**{**SMALL, "num_layers": opts.num_layers})
+    if opts.lora_rank:
+        backbone.enable_lora(opts.lora_rank)
     compiled = {}
     for impl in impls:  # keras_hub first: the switch to the efficient attention is one-way
         if impl != "keras_hub":
@@ -92,7 +95,7 @@ def measure_case(batch: int, length: int, impls: list[str], steps: int, num_laye
         jax.block_until_ready(compiled[impl][0](*compiled[impl][1]))  # warm-up
         print(f"{batch}x{length} {impl}: compiled in {time.perf_counter() - start:.0f} s")
     times = {impl: {"wall_s": [], "cpu_s": []} for impl in impls}
-    for _ in range(steps):
+    for _ in range(opts.steps):
         for impl in impls:
             fn, args = compiled[impl]
             wall, cpu = time.perf_counter(), time.process_time()
@@ -131,11 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     cases = []
     for spec in opts.cases:
         batch, length = (int(part) for part in spec.split("x"))
-        cases.append(measure_case(batch, length, opts.impls, opts.steps, opts.num_layers))
+        cases.append(measure_case(batch, length, opts.impls, opts))
     print(table(cases, opts.impls))
     result = {
         "argv": sys.argv,
-        "config": {**SMALL, "num_layers": opts.num_layers, "dtype": "float32"},
+        "config": {
+            **SMALL,
+            "num_layers": opts.num_layers,
+            "lora_rank": opts.lora_rank,
+            "dtype": "float32",
+        },
         "versions": {name: metadata.version(name) for name in ("jax", "keras", "keras-hub")},
         "cpus": os.cpu_count(),
         "load_average_before": load_before,
