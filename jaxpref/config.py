@@ -24,6 +24,7 @@ PRECISIONS = ("auto", "float32", "mixed_bfloat16", "bfloat16", "mixed_float16")
 ARCHITECTURES = ("siamese", "cross")
 HEADS = ("symmetric", "concat")
 SCHEDULES = ("cosine", "constant")
+ATTENTIONS = ("keras_hub", "efficient")
 
 
 class ConfigError(ValueError):
@@ -129,6 +130,13 @@ class ModelConfig:
         choices=HEADS,
     )
     dropout: float = option(0.1, "dropout before the head", min=0, below=1)
+    attention: str = option(
+        "keras_hub",
+        "DeBERTa-v3 attention: keras_hub (its own layers) or efficient (the same weights and "
+        "outputs, one shared relative gather per layer, no dropout on attention probabilities: "
+        "about 2x faster train steps at 1,024 tokens on CPU, benchmarks/attention.py)",
+        choices=ATTENTIONS,
+    )
     lora_rank: int = option(8, "LoRA rank of the backbone's adapters; 0 = full fine-tuning", min=0)
     lora_targets: str = option(
         "",

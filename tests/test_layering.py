@@ -15,8 +15,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "jaxpref"
 LAYERS = [
     {"config", "data", "text", "rundir"},
     {
-        "backbones", "baselines", "calibration", "distillation", "distribution", "hf_deberta",
-        "hh_rlhf", "families", "metrics", "probabilities", "sharding", "torch_pickle",
+        "backbones", "baselines", "calibration", "deberta_attention", "distillation",
+        "distribution", "hf_deberta", "hh_rlhf", "families", "metrics", "probabilities",
+        "sharding", "torch_pickle",
         "monitoring", "optimization", "pipeline", "report", "tiny_preset",
     },
     {"bundle", "callbacks", "checkpoints", "model"},
