@@ -6,7 +6,7 @@ import csv
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import keras
@@ -27,22 +27,25 @@ log = logging.getLogger("jaxpref")
 class RunMonitor(keras.callbacks.Callback):
     """Watches `model.fit` over `batches` (the global batches it feeds, in order).
 
-    Every `log_every` seconds (None: never; the Keras bar shows progress in a terminal) it logs
-    step, epoch, pairs/s, computed tokens/s, loss, learning rate and ETA; after each epoch one
-    line with the epoch's metrics and XLA compilations (every padded length compiles the train
-    step once; later epochs should compile nothing). With `tensorboard_dir` the same figures,
-    the validation metrics and the padding efficiency go to TensorBoard event files.
+    `rate_at(step)` gives the learning rate (`optimization.rate_at`). Every `log_every` seconds
+    (None: never; the Keras bar shows progress in a terminal) it logs step, epoch, pairs/s,
+    computed tokens/s, loss, learning rate and ETA; after each epoch one line with the epoch's
+    metrics and XLA compilations (every padded length compiles the train step once; later
+    epochs should compile nothing). With `tensorboard_dir` the same figures, the validation
+    metrics and the padding efficiency go to TensorBoard event files.
     """
 
     def __init__(
         self,
         batches: Sequence,
+        rate_at: Callable[[int], float],
         log_every: float | None = None,
         tensorboard_dir: Path | None = None,
         padding_efficiency: float | None = None,
     ):
         super().__init__()
         self.batches = batches
+        self.rate_at = rate_at
         self.log_every = log_every
         self.tensorboard_dir = tensorboard_dir
         self.padding_efficiency = padding_efficiency
@@ -95,7 +98,7 @@ class RunMonitor(keras.callbacks.Callback):
             self.writer.close()
 
     def learning_rate(self) -> float:
-        return float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        return self.rate_at(int(self.model.optimizer.iterations))
 
     def write(self, scalars: dict[str, float]) -> None:
         if self.writer is None:

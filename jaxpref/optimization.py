@@ -24,6 +24,17 @@ def learning_rate_schedule(
     )
 
 
+def rate_at(schedule):
+    """step -> the learning rate as a float, for logs. A schedule is compiled once: evaluated
+    eagerly, Keras' warm-up `cond` compiles fresh branches on every call."""
+    if not callable(schedule):
+        return lambda step: float(schedule)
+    import jax
+
+    compiled = jax.jit(schedule)
+    return lambda step: float(compiled(step))
+
+
 def compile_model(model: keras.Model, learning_rate=1e-4, label_smoothing: float = 0.02) -> None:
     """Adam + smoothed cross-entropy; `log_loss` is the unsmoothed competition metric.
 

@@ -139,10 +139,10 @@ def train(
     model, encoder = build_model(run.cfg)
     save_run_files(run, splits, model, encoder)
     inputs = build_inputs(run.cfg, splits, encoder, model)
-    compile_for_training(model, run.cfg, inputs.steps_per_epoch)
+    rate = compile_for_training(model, run.cfg, inputs.steps_per_epoch)
     progress = restore_progress(model, run) if resume else Progress()
     started = time.time()
-    best = fit(model, run, inputs, progress)
+    best = fit(model, run, inputs, progress, rate)
     return finish(model, run, splits, inputs, best, time.time() - started)
 
 
@@ -339,7 +339,8 @@ def build_inputs(cfg: TrainConfig, splits: Splits, encoder, model) -> Inputs:
     )  # fmt: skip
 
 
-def compile_for_training(model, cfg: TrainConfig, steps_per_epoch: int) -> None:
+def compile_for_training(model, cfg: TrainConfig, steps_per_epoch: int):
+    """Compile with the run's optimizer and loss; returns the learning-rate schedule."""
     from jaxpref import optimization
 
     rate = optimization.learning_rate_schedule(
@@ -349,6 +350,7 @@ def compile_for_training(model, cfg: TrainConfig, steps_per_epoch: int) -> None:
         cfg.optim.warmup_fraction,
     )
     optimization.compile_model(model, rate, cfg.optim.label_smoothing)
+    return rate
 
 
 def restore_progress(model, run: Run) -> Progress:
@@ -393,7 +395,7 @@ def fit_segments(epochs: int, progress: Progress) -> list[Segment]:
     return segments
 
 
-def fit(model, run: Run, inputs: Inputs, progress: Progress) -> checkpoints.StateCheckpoint:
+def fit(model, run: Run, inputs: Inputs, progress: Progress, rate) -> checkpoints.StateCheckpoint:
     """Train the remaining segments; returns the state callback, which tracks the best epoch.
 
     Raises `Preempted` after saving the state when SIGTERM arrives.
@@ -416,7 +418,9 @@ def fit(model, run: Run, inputs: Inputs, progress: Progress) -> checkpoints.Stat
             epochs=segment.last_epoch,
             steps_per_epoch=steps - segment.skip_steps,
             shuffle=False,  # the batch plans already shuffle, per epoch
-            callbacks=training_callbacks(run, state, [b for plan in plans for b in plan], inputs),
+            callbacks=training_callbacks(
+                run, state, [b for plan in plans for b in plan], inputs, rate
+            ),
             verbose=1 if sys.stdout.isatty() else 0,
         )
         if state.preempted:
@@ -428,17 +432,19 @@ def fit(model, run: Run, inputs: Inputs, progress: Progress) -> checkpoints.Stat
 
 
 def training_callbacks(
-    run: Run, state: checkpoints.StateCheckpoint, batches: list, inputs: Inputs
+    run: Run, state: checkpoints.StateCheckpoint, batches: list, inputs: Inputs, rate
 ) -> list:
     """Progress and TensorBoard, history.csv, then best weights and resumable state.
 
     history.csv gets an epoch's row before the state that records the epoch is saved, so a
     process killed in between replays that epoch and rewrites the row.
     """
+    from jaxpref import optimization
     from jaxpref.callbacks import HistoryWriter, RunMonitor, StopOnNonFinite
 
     monitor = RunMonitor(
         batches,
+        optimization.rate_at(rate),
         log_every=None if sys.stdout.isatty() or not run.primary else run.cfg.run.log_every,
         tensorboard_dir=run.paths.tensorboard if run.cfg.run.tensorboard and run.primary else None,
         padding_efficiency=inputs.padding_efficiency,
