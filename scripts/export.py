@@ -2,7 +2,7 @@
 
 import sys
 
-from jaxpref.cli import COMMANDS, command_parser, run_with_environment
+from jaxpref.cli import command_parser, run_with_environment
 
 if __name__ == "__main__":
-    sys.exit(run_with_environment(command_parser("export").parse_args(), COMMANDS["export"].run))
+    sys.exit(run_with_environment(command_parser("export").parse_args(), "export"))
