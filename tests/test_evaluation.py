@@ -1,6 +1,7 @@
 """Evaluation: metrics by hand, plots as real PNGs, and a report for a run directory."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -93,11 +94,13 @@ def test_evaluate_run_on_a_csv_predicts_with_the_model(tmp_path, monkeypatch):
 
     def setup(devices, num, batch, *layout):
         calls["devices"] = num
-        return [0] * num
+        return [SimpleNamespace(platform="cpu")] * num
 
     monkeypatch.setattr(distribution, "setup", setup)
     monkeypatch.setattr(
-        prediction, "load_run", lambda d: (None, None, TrainConfig.from_json(d / "config.json"))
+        prediction,
+        "load_run",
+        lambda d, precision=None: (None, None, TrainConfig.from_json(d / "config.json")),
     )
     monkeypatch.setattr(prediction, "predict_frame", predict_frame)
     result = evaluation.evaluate_run(
