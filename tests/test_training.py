@@ -258,3 +258,13 @@ def test_non_default_options_train_and_reload(tiny_preset, small_csv, tmp_path):
     during = pd.read_csv(run_dir / "valid_predictions.csv", dtype={"id": str}).set_index("id")
     reloaded = pd.read_csv(out, dtype={"id": str}).set_index("id").loc[during.index]
     np.testing.assert_allclose(reloaded.to_numpy(), during.to_numpy(), atol=1e-5)
+
+
+def test_fit_segments_finish_an_interrupted_epoch_then_run_whole_ones():
+    from jaxpref.training import Progress, Segment, fit_segments
+
+    assert fit_segments(3, Progress()) == [Segment(0, 3)]
+    assert fit_segments(3, Progress(epoch=1, step=7)) == [Segment(1, 2, 7), Segment(2, 3)]
+    assert fit_segments(3, Progress(epoch=2, step=7)) == [Segment(2, 3, 7)]
+    assert fit_segments(3, Progress(epoch=2)) == [Segment(2, 3)]
+    assert fit_segments(3, Progress(epoch=3)) == []
