@@ -71,7 +71,7 @@ def write_contents(model, encoder, cfg: TrainConfig, root: Path, calibration: Pa
     # Keras layers save their kernels with the LoRA deltas merged; the backbone's config
     # never mentions LoRA, so the preset loads as a plain backbone holding the merged weights.
     model.backbone.save_to_preset(str(paths.backbone))
-    encoder.preprocessor.save_to_preset(str(paths.backbone))
+    encoder.save(str(paths.backbone))
     head = {path: np.asarray(v.numpy(), "float32") for path, v in head_variables(model).items()}
     np.savez(paths.head, **head)
     cfg.replace(lora_rank=0).to_json(paths.config)

@@ -233,6 +233,25 @@ def test_decoder_llm_cross_encoder_trains_on_a_2x2_mesh_and_reloads(decoder_pres
     reloaded = pd.read_csv(out, dtype={"id": str}).set_index("id").loc[during.index]
     np.testing.assert_allclose(reloaded.to_numpy(), during.to_numpy(), atol=1e-5)
 
+    # Export: the bundle (LoRA merged) predicts as the run directory does.
+    bundle = tmp_path / "bundle"
+    exported = run_script("export.py", "--devices", "cpu", "--run-dir", str(run_dir),
+                          "--out", str(bundle))  # fmt: skip
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    from_bundle = tmp_path / "bundle_sub.csv"
+    result = run_script("infer.py", "--devices", "cpu", "--run-dir", str(bundle),
+                        "--test-csv", str(valid_csv), "--output", str(from_bundle))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    bundled = pd.read_csv(from_bundle, dtype={"id": str}).set_index("id").loc[during.index]
+    np.testing.assert_allclose(bundled.to_numpy(), during.to_numpy(), atol=1e-5)
+
+    # Resume: the sharded state checkpoint restores onto the 2 x 2 mesh.
+    resumed = run_script("train_jax.py", "--devices", "cpu", "--num-devices", "4",
+                         "--run-dir", str(run_dir), "--resume")  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = pd.read_csv(run_dir / "valid_predictions.csv", dtype={"id": str}).set_index("id")
+    np.testing.assert_allclose(again.loc[during.index].to_numpy(), during.to_numpy(), atol=1e-5)
+
 
 @pytest.mark.slow
 def test_non_default_options_train_and_reload(tiny_preset, small_csv, tmp_path):
