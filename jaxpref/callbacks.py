@@ -13,6 +13,7 @@ import keras
 
 from jaxpref.monitoring import (
     Progress,
+    Ticker,
     compile_counter,
     duration,
     tensorboard_name,
@@ -147,3 +148,15 @@ class StopOnNonFinite(keras.callbacks.Callback):
                 f"{step + 1}; stopped without saving it. The best weights so far stay in "
                 f"{self.best_directory}. Try a lower --learning-rate."
             )
+
+
+class PredictProgress(keras.callbacks.Callback):
+    """Progress of `model.predict` over `sizes[i]` real rows in batch i (a `Ticker`)."""
+
+    def __init__(self, label: str, sizes: Sequence[int]):
+        super().__init__()
+        self.sizes = sizes
+        self.ticker = Ticker(label, int(sum(sizes)))
+
+    def on_predict_batch_end(self, batch, logs=None):
+        self.ticker.add(int(self.sizes[batch]))

@@ -20,12 +20,12 @@ import dataclasses
 import hashlib
 import logging
 import os
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from jaxpref import monitoring
 from jaxpref.data import MIRROR, NUM_CLASSES
 from jaxpref.text import (
     CROSS_KEYS,
@@ -323,17 +323,13 @@ def tokenize(
     ds = tf.data.Dataset.from_tensor_slices(columns).batch(TOKENIZE_CHUNK)
     ds = ds.map(encoder, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     parts: dict[str, list[np.ndarray]] = {"token_ids": [], "segment_ids": [], "lengths": []}
-    bar = None
-    if progress and n > TOKENIZE_CHUNK:
-        import keras
-
-        bar = keras.utils.Progbar(n, unit_name="row", verbose=1 if sys.stdout.isatty() else 2)
+    ticker = monitoring.Ticker("tokenizing", n) if progress and n > TOKENIZE_CHUNK else None
     for chunk in ds.as_numpy_iterator():
         parts["token_ids"].append(chunk["token_ids"].astype(np.int32))
         parts["segment_ids"].append(chunk["segment_ids"].astype(np.int8))
         parts["lengths"].append(chunk["lengths"].astype(np.int32))
-        if bar is not None:
-            bar.add(len(chunk["lengths"]))
+        if ticker is not None:
+            ticker.add(len(chunk["lengths"]))
     tokens = TokenizedPairs(**{k: np.concatenate(v) for k, v in parts.items()})
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from jaxpref import bundle, calibration, data, distribution, pipeline, text
+from jaxpref import bundle, calibration, callbacks, data, distribution, pipeline, text
 from jaxpref.config import PRECISIONS, ConfigError, TrainConfig
 from jaxpref.rundir import CheckpointError, RunDir, writable_directory
 
@@ -78,7 +77,9 @@ def predict_tokens(
 
     shard = (jax.process_index(), jax.process_count())
     ds = pipeline.make_dataset(tokens, [plan], input_keys, None, *shard, extra, model.layout)
-    probs = np.asarray(model.predict(ds, verbose=1 if sys.stdout.isatty() else 0), "float64")
+    sizes = [int((b.weights > 0).sum()) for b in plan]
+    watch = callbacks.PredictProgress("predicting", sizes)
+    probs = np.asarray(model.predict(ds, verbose=0, callbacks=[watch]), "float64")
     rows = np.concatenate([b.rows for b in plan])
     real = np.concatenate([b.weights for b in plan]) > 0
     out = np.full((len(tokens), probs.shape[1]), np.nan)

@@ -175,7 +175,7 @@ def start_run(cfg: TrainConfig, resume: bool) -> Run:
             f"{paths.root} already holds checkpoints; pass --resume to continue that run, "
             "or choose another --run-dir"
         )
-    monitoring.setup_logging(paths.log if primary else None)
+    monitoring.setup_logging(paths.log if primary else None, cfg.run.log_every)
     platform = distribution.platform_of(selected)
     cfg = cfg.replace(
         run_dir=str(paths.root),
