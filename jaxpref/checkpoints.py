@@ -11,6 +11,7 @@ JAX's preemption sync point, so all save at the same step.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import keras
 
-from jaxpref.rundir import ResumeError
+from jaxpref.rundir import CheckpointError, ResumeError
 
 log = logging.getLogger("jaxpref")
 
@@ -71,6 +72,7 @@ class StateCheckpoint(keras.callbacks.Callback):
         self.preempted = False
         self._signalled = False
         self._checkpointer = _checkpointer(self.directory)
+        self._best_directory = best_directory
         self._best_checkpointer = (
             _checkpointer(Path(best_directory), keep=1) if best_directory else None
         )
@@ -114,18 +116,20 @@ class StateCheckpoint(keras.callbacks.Callback):
             "best_val_log_loss": None if math.isinf(self.best) else self.best,
             "best_epoch": self.best_epoch,
         }
-        self._checkpointer.save_checkpointables(
-            step, {"pytree": state}, custom_metadata=meta, force=True
-        )
-        self._checkpointer.wait()
+        with saving(self.directory, step):
+            self._checkpointer.save_checkpointables(
+                step, {"pytree": state}, custom_metadata=meta, force=True
+            )
+            self._checkpointer.wait()
         return step
 
     def save_weights(self, epoch: int) -> None:
         """Save the model's weights as the best so far, under its 1-based epoch (blocking)."""
         tree = self.model.get_state_tree()
         weights = {part: tree[part] for part in WEIGHT_PARTS if part in tree}
-        self._best_checkpointer.save_checkpointables(epoch, {"pytree": weights}, force=True)
-        self._best_checkpointer.wait()
+        with saving(self._best_directory, epoch):
+            self._best_checkpointer.save_checkpointables(epoch, {"pytree": weights}, force=True)
+            self._best_checkpointer.wait()
 
     def on_train_batch_end(self, batch, logs=None):
         step = self._step()
@@ -147,6 +151,21 @@ class StateCheckpoint(keras.callbacks.Callback):
                 self.save_weights(self.best_epoch)
         if not self.preempted:
             self.save()
+
+
+@contextlib.contextmanager
+def saving(directory: Path, step: int):
+    """Turn a failed save (disk full, I/O error) into one CheckpointError line. Orbax writes a
+    checkpoint into a temporary directory and renames it only when complete, so the earlier
+    checkpoints stay whole and loadable."""
+    try:
+        yield
+    except OSError as err:
+        raise CheckpointError(
+            f"could not save checkpoint {step} in {directory} ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); the earlier checkpoints there "
+            "are intact: free space or fix the disk, then --resume"
+        ) from err
 
 
 def latest_state(directory: Path) -> dict | None:

@@ -1,4 +1,4 @@
-"""Command-line entry points: train, infer, evaluate, cross-validate.
+"""Command-line entry points: train, infer, evaluate, cross-validate, export.
 
 Training flags are generated from the `TrainConfig` fields (help, choices and defaults stated
 once, in `jaxpref.config`). The JAX environment is set before heavy imports, and known failures
@@ -14,16 +14,19 @@ import os
 import sys
 from collections.abc import Callable, Collection, Sequence
 
-from jaxpref import backbones, data, distribution, monitoring
-from jaxpref.config import GROUPS, ConfigError, DeviceConfig, TrainConfig, flag_name
-from jaxpref.rundir import Preempted, ResumeError, RunDir, RunDirError
+from jaxpref import backbones, data, distribution, families, monitoring, sharding
+from jaxpref.config import GROUPS, PRECISIONS, ConfigError, DeviceConfig, TrainConfig, flag_name
+from jaxpref.rundir import Diverged, Preempted, ResumeError, RunDir, RunDirError
 
 USER_ERRORS = (
     ConfigError,
+    families.FamilyError,
+    sharding.ShardingError,
     data.DataError,
     distribution.DeviceError,
     backbones.PresetError,
     RunDirError,
+    Diverged,
 )
 PREEMPTED_EXIT = 143  # 128 + SIGTERM: stopped on request, state saved, resumable
 TYPES = {"int": int, "float": float, "str": str}
@@ -152,8 +155,22 @@ def infer_flags(p: argparse.ArgumentParser) -> None:
         help="swap test-time augmentation: also predict each pair with A and B exchanged and "
         "average in the mirrored prediction (twice the compute)",
     )
+    p.add_argument(
+        "--precision", default="auto", choices=PRECISIONS,
+        help="dtype policy of the prediction; auto: the run's own on GPU/TPU, float32 on CPU "
+        "(default: auto)",
+    )  # fmt: skip
     add_device_flags(p)
     add_process_flags(p)
+
+
+def export_flags(p: argparse.ArgumentParser) -> None:
+    add_trained_run_flag(p)
+    p.add_argument(
+        "--out", required=True,
+        help="bundle directory to write (an earlier bundle there is replaced)",
+    )  # fmt: skip
+    add_device_flags(p)
 
 
 def evaluate_flags(p: argparse.ArgumentParser) -> None:
@@ -172,6 +189,37 @@ def crossval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--folds", type=int, default=5, help="number of folds (default: 5)")
     add_config_flags(p, exclude=("valid_fraction", "group_by_prompt"))
     add_process_flags(p)
+
+
+def ensemble_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "predictions", nargs="+", metavar="OOF_CSV",
+        help="out-of-fold predictions of each model (id, winner_model_a, winner_model_b, "
+        "winner_tie for every row of --train-csv), e.g. cross_validate.py's oof.csv",
+    )  # fmt: skip
+    p.add_argument(
+        "--train-csv", default=str(data.DEFAULT_TRAIN_CSV),
+        help="the labelled arena CSV the predictions cover (default: the embedded sample)",
+    )  # fmt: skip
+    p.add_argument(
+        "--baselines",
+        action="store_true",
+        help="also blend the length and TF-IDF baselines, refitted per grouped fold",
+    )
+    p.add_argument(
+        "--folds", type=int, default=5,
+        help="grouped folds of the nested score (and of --baselines) (default: 5)",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, default=42, help="fold assignment seed (default: 42)")
+    p.add_argument(
+        "--test-predictions", nargs="+", default=[], metavar="CSV",
+        help="each model's test submission, in the order of OOF_CSV: write the blended one",
+    )  # fmt: skip
+    p.add_argument("--test-csv", help="the test rows, for --baselines with --test-predictions")
+    p.add_argument(
+        "--out-dir", default="ensemble",
+        help="where blend.json and submission.csv go (default: ensemble)",
+    )  # fmt: skip
 
 
 def initialize_processes(args: argparse.Namespace) -> None:
@@ -239,12 +287,11 @@ def resumed_config(args: argparse.Namespace, wanted: TrainConfig) -> TrainConfig
     return cfg.replace(**{k: wanted.flat()[k] for k in RESUME_MAY_CHANGE})
 
 
-def run_with_environment(
-    args: argparse.Namespace, body: Callable[[argparse.Namespace], None]
-) -> int:
-    """Resolve the settings, set the JAX environment before anything imports JAX, load the
-    frameworks quietly, then run `body(args)`; training commands find their TrainConfig in
-    `args.train_config`."""
+def run_with_environment(args: argparse.Namespace, name: str) -> int:
+    """Run command `name`: resolve the settings, set the JAX environment before anything
+    imports JAX and load the frameworks quietly (commands that need them), then run its body;
+    training commands find their TrainConfig in `args.train_config`."""
+    command = COMMANDS[name]
     if args.verbose:
         os.environ["JAXPREF_VERBOSE"] = "1"
     monitoring.setup_logging()
@@ -254,10 +301,11 @@ def run_with_environment(
         if "config" in vars(args):
             args.train_config = config_from_args(args)
             devices = args.train_config.devices
-        distribution.configure_environment(devices.devices, devices.num_devices)
-        with monitoring.native_stderr_captured():
-            distribution.load_frameworks()
-        body(args)
+        if command.frameworks:
+            distribution.configure_environment(devices.devices, devices.num_devices)
+            with monitoring.native_stderr_captured():
+                distribution.load_frameworks()
+        command.run(args)
 
     return run_command(go)
 
@@ -278,9 +326,21 @@ def infer(args: argparse.Namespace) -> None:
     initialize_processes(args)
     path = prediction.infer(
         args.run_dir, args.test_csv, args.output, args.batch_size, args.devices,
-        args.num_devices, args.tta,
+        args.num_devices, args.tta, args.precision,
     )  # fmt: skip
     print(f"wrote {path}")
+
+
+def export_bundle(args: argparse.Namespace) -> None:
+    """Write the bundle and print its size beside the run directory's."""
+    from jaxpref import export
+
+    result = export.export_run(args.run_dir, args.out, args.devices, args.num_devices)
+    print(f"wrote {result.path}")
+    print(
+        f"bundle {result.bundle_bytes / 2**20:.2f} MiB; "
+        f"run directory {result.run_bytes / 2**20:.2f} MiB"
+    )
 
 
 def evaluate(args: argparse.Namespace) -> None:
@@ -305,6 +365,20 @@ def cross_validate(args: argparse.Namespace) -> None:
     crossval.cross_validate(cfg, args.folds)
 
 
+def ensemble(args: argparse.Namespace) -> None:
+    """Fit the blend, print its nested score against the best single model."""
+    from jaxpref import ensemble as blending
+
+    result = blending.run_ensemble(
+        args.predictions, args.train_csv, args.out_dir, args.folds, args.seed, args.baselines,
+        args.test_predictions, args.test_csv,
+    )  # fmt: skip
+    print(blending.summary(result))
+    print(f"wrote {os.path.join(args.out_dir, blending.BLEND_FILE)}")
+    if "submission" in result:
+        print(f"wrote {result['submission']}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Command:
     """One entry point: its script, description, flags and body."""
@@ -313,6 +387,7 @@ class Command:
     description: str
     add_flags: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], None]
+    frameworks: bool = True  # False: runs on numpy/scikit-learn alone, no JAX environment
 
 
 COMMANDS = {
@@ -342,6 +417,23 @@ COMMANDS = {
         "report out-of-fold log loss beside the baselines (cv.md, cv.json).",
         crossval_flags,
         cross_validate,
+    ),
+    "ensemble": Command(
+        "ensemble.py",
+        "Blend models' out-of-fold predictions log-linearly, weights fitted for least log "
+        "loss; report the nested out-of-fold score against the best single model (blend.json) "
+        "and blend their test predictions.",
+        ensemble_flags,
+        ensemble,
+        frameworks=False,
+    ),
+    "export": Command(
+        "export.py",
+        "Write a self-contained inference bundle of a trained run: a keras-hub backbone preset "
+        "with the LoRA adapters merged, the head weights, calibration and config; no optimizer "
+        "state. infer.py --run-dir BUNDLE predicts from it.",
+        export_flags,
+        export_bundle,
     ),
 }
 
@@ -391,20 +483,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         command.add_flags(sub)
         add_verbose_flag(sub)
     args = parser.parse_args(argv)
-    return run_with_environment(args, COMMANDS[args.command].run)
+    return run_with_environment(args, args.command)
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
-    return run_with_environment(train_parser().parse_args(argv), train)
+    return run_with_environment(train_parser().parse_args(argv), "train")
 
 
 def infer_main(argv: Sequence[str] | None = None) -> int:
-    return run_with_environment(infer_parser().parse_args(argv), infer)
+    return run_with_environment(infer_parser().parse_args(argv), "infer")
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
-    return run_with_environment(evaluate_parser().parse_args(argv), evaluate)
+    return run_with_environment(evaluate_parser().parse_args(argv), "evaluate")
 
 
 def crossval_main(argv: Sequence[str] | None = None) -> int:
-    return run_with_environment(crossval_parser().parse_args(argv), cross_validate)
+    return run_with_environment(crossval_parser().parse_args(argv), "cv")

@@ -20,10 +20,11 @@ from typing import Any
 
 DEFAULT_PRESET = "deberta_v3_small_en"
 PLATFORMS = ("auto", "cpu", "gpu", "tpu")
-PRECISIONS = ("auto", "float32", "mixed_bfloat16", "bfloat16")
-ARCHITECTURES = ("siamese",)
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "bfloat16", "mixed_float16")
+ARCHITECTURES = ("siamese", "cross")
 HEADS = ("symmetric", "concat")
 SCHEDULES = ("cosine", "constant")
+ATTENTIONS = ("keras_hub", "efficient")
 
 
 class ConfigError(ValueError):
@@ -96,6 +97,13 @@ class DataConfig:
     swap_augment: bool = option(
         True, "feed a random half of the training rows with A and B exchanged each epoch"
     )
+    soft_labels: str = option(
+        "",
+        "teacher probabilities for training rows (distillation): CSV of id, winner_model_a, "
+        "winner_model_b, winner_tie, e.g. cross_validate.py's oof.csv; rows without one keep "
+        "their hard label",
+        shown="none",
+    )
 
 
 @dataclasses.dataclass
@@ -110,7 +118,9 @@ class ModelConfig:
     )
     architecture: str = option(
         "siamese",
-        "siamese: one shared backbone encodes each side, the head compares them",
+        "siamese: one shared backbone encodes each side, the head compares them; cross: one "
+        "sequence per pair (conversation, response A, response B), each response pooled, "
+        "for encoders and decoder LLMs (which need it)",
         choices=ARCHITECTURES,
     )
     head: str = option(
@@ -120,7 +130,26 @@ class ModelConfig:
         choices=HEADS,
     )
     dropout: float = option(0.1, "dropout before the head", min=0, below=1)
+    attention: str = option(
+        "keras_hub",
+        "DeBERTa-v3 attention: keras_hub (its own layers) or efficient (the same weights and "
+        "outputs, one shared relative gather per layer, no dropout on attention probabilities: "
+        "about 2x faster train steps at 1,024 tokens on CPU, benchmarks/attention.py)",
+        choices=ATTENTIONS,
+    )
     lora_rank: int = option(8, "LoRA rank of the backbone's adapters; 0 = full fine-tuning", min=0)
+    lora_targets: str = option(
+        "",
+        "layers that get LoRA adapters, comma separated: for decoder LLMs groups (attention, "
+        "mlp, all) or projections (q, k, v, o, gate, up, down); for encoders keras layer names",
+        shown="attention,mlp for decoder LLMs; keras-hub's query,value for encoders",
+    )
+    lora_alpha: float | None = option(
+        None, "LoRA scale numerator: adapters are scaled by alpha / rank", above=0, shown="rank"
+    )
+    remat: bool = option(
+        False, "recompute each decoder block in the backward pass (long sequences, less memory)"
+    )
     side_features: bool = option(
         True,
         "feed each side's cheap features (lengths, line, markdown and code-block counts, "
@@ -149,6 +178,13 @@ class OptimConfig:
     label_smoothing: float = option(
         0.02, "label smoothing of the training loss (log_loss stays unsmoothed)", min=0, below=1
     )
+    soft_label_weight: float = option(
+        0.5,
+        "with --soft-labels, a row's training target is (1 - W) * its one-hot label + W * the "
+        "teacher's probabilities; validation stays on hard labels",
+        min=0,
+        max=1,
+    )
 
 
 @dataclasses.dataclass
@@ -164,6 +200,12 @@ class DeviceConfig:
         "devices to simulate several accelerators",
         min=1,
         shown="all",
+    )
+    model_parallel: int = option(
+        1,
+        "shard each weight over this many devices (a data x model mesh, keras.distribution."
+        "ModelParallel); must divide the device count; for decoder LLMs",
+        min=1,
     )
 
 

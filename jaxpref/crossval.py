@@ -3,7 +3,9 @@
 One validation split of 100 rows has a log-loss standard error near 0.03, too noisy to compare
 configurations; K folds score every row once. Each fold trains a full run (its own run
 directory under the root) and the baselines are refitted on that fold's training rows, so model
-and baselines are scored on exactly the same out-of-fold predictions.
+and baselines are scored on exactly the same out-of-fold predictions. Those of the model are
+kept in `oof.csv` (calibrated as scored), so a strong configuration can teach a cheap one
+(`--soft-labels`) or join a blend (`jaxpref ensemble`).
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from jaxpref import baselines, data, evaluation, metrics, monitoring, report
+from jaxpref import baselines, data, metrics, monitoring, prediction, report
 from jaxpref.config import TrainConfig
+from jaxpref.probabilities import read_probabilities
 from jaxpref.rundir import RunDir
 
 log = logging.getLogger("jaxpref")
+
+OOF_FILE = "oof.csv"
 
 
 def fold_indices(frame: pd.DataFrame, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -53,15 +58,8 @@ def cross_validate(cfg: TrainConfig, folds: int) -> dict:
     from jaxpref import training
 
     root = Path(cfg.run.run_dir)
-    train_csv = cfg.data.train_csv or str(data.DEFAULT_TRAIN_CSV)
-    frame = data.read_arena_csv(train_csv, labelled=True)
-    labels = frame["label"].to_numpy()
-    model_probs = np.full((len(frame), data.NUM_CLASSES), np.nan)
-    baseline_probs: dict[str, np.ndarray] = {}
-    fold_sizes = []
+    frame = data.read_arena_csv(training_csv(cfg), labelled=True)
     for fold, (train_rows, valid_rows) in enumerate(fold_indices(frame, folds, cfg.run.seed)):
-        fold_sizes.append(len(valid_rows))
-        fold_dir = RunDir(root / f"fold{fold}")
         train_df = frame.iloc[train_rows].reset_index(drop=True)
         valid_df = frame.iloc[valid_rows].reset_index(drop=True)
         monitoring.setup_logging()  # stderr only; each fold's run logs to its own train.log
@@ -69,21 +67,54 @@ def cross_validate(cfg: TrainConfig, folds: int) -> dict:
             "fold %d/%d: %d train / %d validation rows",
             fold + 1, folds, len(train_df), len(valid_df),
         )  # fmt: skip
-        training.train(cfg.replace(run_dir=str(fold_dir.root)), train_df, valid_df)
-        model_probs[valid_rows] = evaluation.read_predictions(
-            fold_dir.valid_predictions, valid_df["id"]
-        )
-        fitted = baselines.fit_baselines(train_df)
-        for name, probs in baselines.predict_baselines(fitted, valid_df).items():
-            baseline_probs.setdefault(name, np.full_like(model_probs, np.nan))[valid_rows] = probs
+        training.train(cfg.replace(run_dir=str(root / f"fold{fold}")), train_df, valid_df)
         keras.backend.clear_session()
+    return write_report(cfg, folds)
+
+
+def training_csv(cfg: TrainConfig) -> str:
+    return cfg.data.train_csv or str(data.DEFAULT_TRAIN_CSV)
+
+
+def model_predictions(root: Path, frame: pd.DataFrame, splits: list) -> np.ndarray:
+    """(n, 3): each row's calibrated prediction by the fold run that did not train on it."""
+    probs = np.full((len(frame), data.NUM_CLASSES), np.nan)
+    for fold, (_, valid_rows) in enumerate(splits):
+        path = RunDir(root / f"fold{fold}").valid_predictions
+        fold_ids = frame["id"].iloc[valid_rows]
+        probs[valid_rows] = read_probabilities(path).aligned(fold_ids, f"fold {fold}")
+    return probs
+
+
+def baseline_predictions(frame: pd.DataFrame, splits: list) -> dict[str, np.ndarray]:
+    """{baseline: (n, 3)} out-of-fold predictions, each baseline refitted per fold."""
+    out: dict[str, np.ndarray] = {}
+    for train_rows, valid_rows in splits:
+        fitted = baselines.fit_baselines(frame.iloc[train_rows].reset_index(drop=True))
+        valid_df = frame.iloc[valid_rows].reset_index(drop=True)
+        for name, probs in baselines.predict_baselines(fitted, valid_df).items():
+            out.setdefault(name, np.full((len(frame), data.NUM_CLASSES), np.nan))
+            out[name][valid_rows] = probs
+    return out
+
+
+def write_report(cfg: TrainConfig, folds: int) -> dict:
+    """Score the fold runs under `cfg.run.run_dir` beside the baselines; write cv.json, cv.md
+    and oof.csv (the model's out-of-fold predictions: a teacher file for --soft-labels, an
+    input of `jaxpref ensemble`)."""
+    root = Path(cfg.run.run_dir)
+    train_csv = training_csv(cfg)
+    frame = data.read_arena_csv(train_csv, labelled=True)
+    splits = fold_indices(frame, folds, cfg.run.seed)
+    model_probs = model_predictions(root, frame, splits)
     result = {
         "folds": folds,
         "config": cfg.to_dict(),
-        **metrics.score_table(model_probs, baseline_probs, labels),
-        "epoch_log_loss": epoch_log_losses(root, fold_sizes),
+        **metrics.score_table(model_probs, baseline_predictions(frame, splits), frame["label"]),
+        "epoch_log_loss": epoch_log_losses(root, [len(v) for _, v in splits]),
     }
     (root / "cv.json").write_text(json.dumps(result, indent=2) + "\n")
+    prediction.write_submission(frame["id"], model_probs, root / OOF_FILE)
     markdown = report.crossval_markdown(result, train_csv)
     (root / "cv.md").write_text(markdown)
     monitoring.setup_logging()

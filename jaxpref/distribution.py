@@ -1,7 +1,7 @@
 """Device selection and Keras data parallelism over every local (and global) accelerator.
 
 Order matters: `configure_environment` runs before JAX or Keras is imported, and
-`set_data_parallel` runs before any Keras object is built, or variables stay on one device.
+`setup` runs before any Keras object is built, or variables stay on one device.
 """
 
 from __future__ import annotations
@@ -168,33 +168,40 @@ def check_batch_size(batch_size: int, num_devices: int, num_processes: int = 1) 
         raise DeviceError(f"--batch-size {batch_size} is not a multiple of {num_processes} hosts")
 
 
-def set_data_parallel(devices: list) -> None:
-    """Replicate weights on every device and split each global batch across them.
-
-    Each process feeds only its own share of the global batch (the input pipeline shards rows
-    before tokenizing), so Keras' own dataset auto-sharding is turned off.
-    """
-    import keras
-
-    distribution = keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False)
-    keras.distribution.set_distribution(distribution)
-
-
 def platform_of(devices: list) -> str:
     return devices[0].platform
 
 
-def setup(devices: str, num_devices: int | None, batch_size: int | None) -> list:
+def setup(
+    devices: str,
+    num_devices: int | None,
+    batch_size: int | None,
+    model_parallel: int = 1,
+    preset: str | None = None,
+) -> list:
     """Everything before the first Keras object: TensorFlow kept off the accelerators, the
-    devices selected, the global batch (when given) checked against them, data parallelism set.
-    Returns the selected devices."""
+    devices selected, the global batch (when given) checked against them, and the distribution
+    set: data parallel, or with `model_parallel > 1` a (data x model) mesh whose layout is made
+    for the backbone of `preset` (a resolved preset). Returns the selected devices."""
     import jax
+    import keras
 
     hide_accelerators_from_tensorflow()
     selected = select_devices(devices, num_devices)
+    if model_parallel > 1:
+        from jaxpref import sharding
+
+        config = sharding.read_backbone_config(preset)
+        distribution = sharding.model_parallel(selected, model_parallel, config)
+        groups = len(selected) // model_parallel
+    else:
+        # Each process feeds only its own share of every global batch (the pipeline shards
+        # rows), so Keras' own dataset auto-sharding is off.
+        distribution = keras.distribution.DataParallel(devices=selected, auto_shard_dataset=False)
+        groups = len(selected)
     if batch_size is not None:
-        check_batch_size(batch_size, len(selected), jax.process_count())
-    set_data_parallel(selected)
+        check_batch_size(batch_size, groups, jax.process_count())
+    keras.distribution.set_distribution(distribution)
     return selected
 
 

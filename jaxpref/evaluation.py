@@ -14,11 +14,11 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from jaxpref import baselines, data, metrics, report
 from jaxpref.config import TrainConfig
+from jaxpref.probabilities import read_probabilities
 from jaxpref.rundir import RunDir, RunDirError
 
 
@@ -40,17 +40,6 @@ def rows_with_ids(frame: pd.DataFrame, ids: pd.Series, source: Path, csv: str) -
             "was the training CSV changed after the run?"
         )
     return frame[frame["id"].isin(set(ids))].reset_index(drop=True)
-
-
-def read_predictions(path: Path, ids: pd.Series) -> np.ndarray:
-    """(n, 3) probabilities of a submission-format file, in the order of `ids`."""
-    frame = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
-    columns = ["id", *data.LABEL_COLUMNS]
-    if not set(columns) <= set(frame.columns):
-        raise RunDirError(f"{path}: expected columns {', '.join(columns)}")
-    if set(frame["id"]) != set(ids) or frame["id"].duplicated().any():
-        raise RunDirError(f"{path}: ids differ from the validation ids of split.csv")
-    return frame.set_index("id").loc[list(ids), list(data.LABEL_COLUMNS)].to_numpy(np.float64)
 
 
 def evaluate_run(
@@ -79,7 +68,8 @@ def evaluate_run(
     if csv_path is None:
         valid_ids = split.loc[split["split"] == "valid", "id"]
         rows = rows_with_ids(frame, valid_ids, paths.split, train_csv)
-        model_probs = read_predictions(paths.require(paths.valid_predictions), rows["id"])
+        predictions = read_probabilities(paths.require(paths.valid_predictions))
+        model_probs = predictions.aligned(rows["id"], "the validation split (split.csv)")
         source = "the run's validation split"
     else:
         from jaxpref import prediction

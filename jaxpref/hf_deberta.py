@@ -58,32 +58,37 @@ INTEGER_SETTINGS = (
     "position_buckets",
 )
 
+
 # keras-hub variable path -> (Hugging Face name, whether a torch Linear weight to transpose)
+def dense(keras_path: str, hf_path: str) -> dict[str, tuple[str, bool]]:
+    return {
+        f"{keras_path}/kernel": (f"{hf_path}.weight", True),
+        f"{keras_path}/bias": (f"{hf_path}.bias", False),
+    }
+
+
+def norm(keras_path: str, hf_path: str) -> dict[str, tuple[str, bool]]:
+    return {
+        f"{keras_path}/gamma": (f"{hf_path}.weight", False),
+        f"{keras_path}/beta": (f"{hf_path}.bias", False),
+    }
+
+
 GLOBAL_WEIGHTS = {
     "token_embedding/embeddings": ("embeddings.word_embeddings.weight", False),
-    "embeddings_layer_norm/gamma": ("embeddings.LayerNorm.weight", False),
-    "embeddings_layer_norm/beta": ("embeddings.LayerNorm.bias", False),
+    **norm("embeddings_layer_norm", "embeddings.LayerNorm"),
     "rel_embedding/rel_embedding": ("encoder.rel_embeddings.weight", False),
-    "rel_embedding/rel_embeddings_layer_norm/gamma": ("encoder.LayerNorm.weight", False),
-    "rel_embedding/rel_embeddings_layer_norm/beta": ("encoder.LayerNorm.bias", False),
+    **norm("rel_embedding/rel_embeddings_layer_norm", "encoder.LayerNorm"),
 }
 LAYER_WEIGHTS = {
-    "self_attention_layer/query/kernel": ("attention.self.query_proj.weight", True),
-    "self_attention_layer/query/bias": ("attention.self.query_proj.bias", False),
-    "self_attention_layer/key/kernel": ("attention.self.key_proj.weight", True),
-    "self_attention_layer/key/bias": ("attention.self.key_proj.bias", False),
-    "self_attention_layer/value/kernel": ("attention.self.value_proj.weight", True),
-    "self_attention_layer/value/bias": ("attention.self.value_proj.bias", False),
-    "self_attention_layer/attention_output/kernel": ("attention.output.dense.weight", True),
-    "self_attention_layer/attention_output/bias": ("attention.output.dense.bias", False),
-    "self_attention_layer_norm/gamma": ("attention.output.LayerNorm.weight", False),
-    "self_attention_layer_norm/beta": ("attention.output.LayerNorm.bias", False),
-    "feedforward_intermediate_dense/kernel": ("intermediate.dense.weight", True),
-    "feedforward_intermediate_dense/bias": ("intermediate.dense.bias", False),
-    "feedforward_output_dense/kernel": ("output.dense.weight", True),
-    "feedforward_output_dense/bias": ("output.dense.bias", False),
-    "feedforward_layer_norm/gamma": ("output.LayerNorm.weight", False),
-    "feedforward_layer_norm/beta": ("output.LayerNorm.bias", False),
+    **dense("self_attention_layer/query", "attention.self.query_proj"),
+    **dense("self_attention_layer/key", "attention.self.key_proj"),
+    **dense("self_attention_layer/value", "attention.self.value_proj"),
+    **dense("self_attention_layer/attention_output", "attention.output.dense"),
+    **norm("self_attention_layer_norm", "attention.output.LayerNorm"),
+    **dense("feedforward_intermediate_dense", "intermediate.dense"),
+    **dense("feedforward_output_dense", "output.dense"),
+    **norm("feedforward_layer_norm", "output.LayerNorm"),
 }
 SAFETENSORS_BF16 = "BF16"  # the one dtype safetensors' numpy API cannot return
 

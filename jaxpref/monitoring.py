@@ -15,9 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxpref.config import RunConfig
+
 log = logging.getLogger("jaxpref")
 
 _COMPILES = [0]
+_LINE_EVERY = [RunConfig.log_every]
 
 
 def verbose() -> bool:
@@ -25,8 +28,13 @@ def verbose() -> bool:
     return os.environ.get("JAXPREF_VERBOSE") == "1"
 
 
-def setup_logging(log_file: Path | None = None) -> None:
-    """Log to stderr, and to `log_file` when given (the primary process's train.log)."""
+def setup_logging(log_file: Path | None = None, log_every: float | None = None) -> None:
+    """Log to stderr, and to `log_file` when given (the primary process's train.log).
+
+    `log_every` (`--log-every`) spaces the progress lines of `Ticker`s outside a terminal.
+    """
+    if log_every is not None:
+        _LINE_EVERY[0] = log_every
     log.setLevel(logging.DEBUG if verbose() else logging.INFO)
     log.handlers.clear()
     fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
@@ -134,6 +142,40 @@ class Progress:
             "tokens_per_s": self.tokens / seconds,
             "eta_s": left,
         }
+
+
+class Ticker:
+    """Progress of long work other than training steps: tokenizing, predicting.
+
+    A Keras bar in a terminal; elsewhere (nohup, SLURM, Kaggle logs) a line every `--log-every`
+    seconds with the count, rate and time left, so a long stage never leaves the log silent.
+    """
+
+    def __init__(self, label: str, total: int, unit: str = "rows"):
+        self.label, self.total, self.unit = label, total, unit
+        self.done = 0
+        self.started = self.last_line = time.monotonic()
+        self.bar = None
+        if sys.stdout.isatty():
+            import keras
+
+            self.bar = keras.utils.Progbar(total, unit_name=unit.rstrip("s"))
+
+    def add(self, count: int) -> None:
+        self.done += count
+        if self.bar is not None:
+            self.bar.add(count)
+            return
+        now = time.monotonic()
+        if now - self.last_line < _LINE_EVERY[0] or self.done >= self.total:
+            return
+        self.last_line = now
+        rate = self.done / max(now - self.started, 1e-9)
+        log.info(
+            "%s: %d/%d %s (%.0f%%), %.1f %s/s, ETA %s", self.label, self.done, self.total,
+            self.unit, 100 * self.done / self.total, rate, self.unit,
+            duration((self.total - self.done) / max(rate, 1e-9)),
+        )  # fmt: skip
 
 
 def duration(seconds: float) -> str:

@@ -24,13 +24,29 @@ def learning_rate_schedule(
     )
 
 
+def rate_at(schedule):
+    """step -> the learning rate as a float, for logs. A schedule is compiled once: evaluated
+    eagerly, Keras' warm-up `cond` compiles fresh branches on every call."""
+    if not callable(schedule):
+        return lambda step: float(schedule)
+    import jax
+
+    compiled = jax.jit(schedule)
+    return lambda step: float(compiled(step))
+
+
 def compile_model(model: keras.Model, learning_rate=1e-4, label_smoothing: float = 0.02) -> None:
     """Adam + smoothed cross-entropy; `log_loss` is the unsmoothed competition metric.
 
-    `learning_rate` is a float or a `keras.optimizers.schedules.LearningRateSchedule`.
+    `learning_rate` is a float or a `keras.optimizers.schedules.LearningRateSchedule`. Under the
+    global dtype policy mixed_float16 (GPUs without bfloat16, e.g. T4, P100) Adam is wrapped in a
+    dynamic `LossScaleOptimizer`: float16 gradients of an unscaled loss underflow to zero.
     """
+    optimizer = keras.optimizers.Adam(learning_rate)
+    if keras.config.dtype_policy().name == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
+        optimizer=optimizer,
         # Padding rows carry sample weight 0; average over the real rows only.
         loss=keras.losses.CategoricalCrossentropy(
             label_smoothing=label_smoothing, reduction="mean_with_sample_weight"

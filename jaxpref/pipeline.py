@@ -20,20 +20,34 @@ import dataclasses
 import hashlib
 import logging
 import os
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from jaxpref import monitoring
 from jaxpref.data import MIRROR, NUM_CLASSES
-from jaxpref.text import FEATURE_KEYS, SIDE_COUNTS, SIDES, side_counts, turn_counts
+from jaxpref.text import (
+    CROSS_KEYS,
+    FEATURE_KEYS,
+    SIDE_COUNTS,
+    SIDES,
+    format_cross,
+    format_pairs,
+    side_counts,
+    turn_counts,
+)
 
 log = logging.getLogger("jaxpref")
 
 TOKENIZE_CHUNK = 256
-CACHE_FORMAT = 2
-"""Version of the token cache files; 2: ragged tokens (1 held every side padded to L)."""
+PAIR, CROSS = "pair", "cross"  # input layouts: both sides apart (B, 2, L), or one sequence (B, L)
+PART_IDS = "part_ids"
+CONVERSATION, FIRST, SECOND = 1, 2, 3  # part ids of a cross-encoded sequence (0: padding)
+TOKEN_FORMAT = 3
+"""Version of what the token cache holds; bump it whenever truncation, packing, text
+formatting or storage changes, so no cache written by older code is reused (3: ragged tokens,
+no side padded to L)."""
 
 
 def truncate_pair(context, response, budget: int):
@@ -64,6 +78,8 @@ class PairEncoder:
 
     preprocessor: object
     input_keys: tuple[str, ...]
+    layout = PAIR
+    text_keys = FEATURE_KEYS
 
     def __post_init__(self) -> None:
         import tensorflow as tf
@@ -78,6 +94,13 @@ class PairEncoder:
     @property
     def pad_id(self) -> int:
         return int(self.preprocessor.tokenizer.pad_token_id)
+
+    def texts(self, frame) -> dict[str, np.ndarray]:
+        return format_pairs(frame)
+
+    def save(self, preset_dir: str) -> None:
+        """Write what rebuilds this encoder into a keras-hub preset directory."""
+        self.preprocessor.save_to_preset(preset_dir)
 
     def encode_side(self, context, response) -> dict:
         tokenizer = self.preprocessor.tokenizer
@@ -97,12 +120,151 @@ class PairEncoder:
     def fingerprint(self) -> str:
         """Identifies the tokenization: preprocessor config and vocabulary."""
         digest = hashlib.sha256(repr(self.preprocessor.get_config()).encode())
-        tokenizer = self.preprocessor.tokenizer
-        for attr in ("proto", "vocabulary", "merges"):
-            value = getattr(tokenizer, attr, None)
-            if value is not None:
-                digest.update(repr(value).encode() if not isinstance(value, bytes) else value)
-        return digest.hexdigest()[:16]
+        return tokenizer_digest(self.preprocessor.tokenizer, digest)
+
+
+def tokenizer_digest(tokenizer, digest) -> str:
+    """`digest` updated with the tokenizer's vocabulary, as 16 hex digits."""
+    for attr in ("proto", "vocabulary", "merges"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            digest.update(repr(value).encode() if not isinstance(value, bytes) else value)
+    return digest.hexdigest()[:16]
+
+
+def truncate_parts(parts: Sequence, budget: int, keep_end: Sequence[bool]) -> list:
+    """Fit ragged token rows of several parts into `budget` tokens together.
+
+    Each part may use an equal share; a part that needs less gives the rest to the others
+    (water-filling; see `share_leftover` for the rounding). A part in
+    `keep_end` keeps its last tokens (the conversation: the latest turns decide the vote),
+    the others their first.
+    """
+    import tensorflow as tf
+
+    lengths = tf.stack([p.row_lengths() for p in parts], axis=1)
+    ordered = tf.sort(lengths, axis=1)
+    count = len(parts)
+    remaining = tf.fill(tf.shape(lengths)[:1], tf.cast(budget, lengths.dtype))
+    level = tf.fill(tf.shape(lengths)[:1], lengths.dtype.max)
+    capped = tf.zeros(tf.shape(lengths)[:1], tf.bool)
+    # From the shortest part up: one shorter than an equal share of what is left keeps all of
+    # itself; the first that is not caps itself and every longer part at that share.
+    for i in range(count):
+        share = remaining // (count - i)
+        here = ~capped & (ordered[:, i] >= share)
+        level = tf.where(here, share, level)
+        capped = capped | here
+        remaining = tf.where(capped, remaining, remaining - ordered[:, i])
+    keep = tf.minimum(lengths, level[:, None])
+    keep = share_leftover(lengths, keep, budget)
+    out = []
+    for i, (part, end) in enumerate(zip(parts, keep_end, strict=True)):
+        positions = tf.ragged.range(part.row_lengths())
+        n = tf.expand_dims(keep[:, i], 1)
+        first = tf.expand_dims(part.row_lengths() - keep[:, i], 1)
+        out.append(tf.ragged.boolean_mask(part, positions >= first if end else positions < n))
+    return out
+
+
+def share_leftover(lengths, keep, budget: int):
+    """Hand out the tokens that rounding the shares down left (fewer than the parts): first to
+    the conversation, then evenly to the responses, so that both orders of a pair truncate
+    each response alike (one token may stay unused)."""
+    import tensorflow as tf
+
+    short = lengths > keep
+    leftover = budget - tf.reduce_sum(keep, axis=1)
+    conversation = tf.cast(short[:, 0] & (leftover > 0), keep.dtype)
+    leftover -= conversation
+    both = short[:, 1] & short[:, 2]
+    first = tf.where(both, leftover // 2, tf.where(short[:, 1], leftover, 0))
+    second = tf.where(both, leftover // 2, tf.where(short[:, 2], leftover, 0))
+    return keep + tf.stack([conversation, first, second], axis=1)
+
+
+@dataclasses.dataclass
+class CrossEncoder:
+    """Tokenizes each row as one sequence, twice: (conversation, A, B) and (conversation, B, A).
+
+    Encoders read `[CLS] conversation [SEP] first [SEP] second [SEP]` (segment id 0 for the
+    conversation, 1 for both responses: BERT-style backbones have two segment types); decoders
+    read the competition winners' tagged text `<bos><PROMPT>..</PROMPT>\n<RESPONSE A>..
+    </RESPONSE A>\n<RESPONSE B>..</RESPONSE B>` through their own tokenizer. The conversation
+    keeps its end, each response its start, and unused budget flows to the other parts. The
+    stored `segment_ids` are part ids (`CONVERSATION`, `FIRST`, `SECOND`; 0 = padding), from
+    which the model pools each response; order 1 is the swapped pair.
+    """
+
+    tokenizer: object
+    sequence_length: int
+    input_keys: tuple[str, ...]
+    decoder: bool = False
+    layout = CROSS
+    text_keys = CROSS_KEYS
+
+    def __post_init__(self) -> None:
+        tokenizer = self.tokenizer
+        start = getattr(tokenizer, "start_token_id", None)
+        end = getattr(tokenizer, "end_token_id", None)
+        if self.decoder:
+            tags = ["<PROMPT>", "</PROMPT>\n<RESPONSE A>", "</RESPONSE A>\n<RESPONSE B>"]
+            pieces = [np.asarray(tokenizer(tag)).tolist() for tag in [*tags, "</RESPONSE B>"]]
+            if start is not None:
+                pieces[0].insert(0, int(start))
+        else:
+            pieces = [[int(start)], [int(end)], [int(end)], [int(end)]]
+        self.pieces = pieces
+        self.budget = self.sequence_length - sum(len(p) for p in pieces)
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad_id = 0 if pad is None else int(pad)
+
+    def texts(self, frame) -> dict[str, np.ndarray]:
+        return format_cross(frame)
+
+    def save(self, preset_dir: str) -> None:
+        """Write what rebuilds this encoder into a keras-hub preset directory."""
+        self.tokenizer.save_to_preset(preset_dir)
+
+    def encode_order(self, conversation, first, second) -> tuple:
+        """(token_ids, part ids), both (N, L), for one order of the responses."""
+        import tensorflow as tf
+
+        parts = truncate_parts([conversation, first, second], self.budget, (True, False, False))
+        n = tf.shape(conversation.row_lengths())[0]
+        tokens, ids = [], []
+        owners = (CONVERSATION, CONVERSATION, SECOND)  # who the piece before each part counts as
+        part_ids = (CONVERSATION, FIRST, SECOND)
+        for piece, part, owner, part_id in zip(
+            self.pieces[:3], parts, owners, part_ids, strict=True
+        ):
+            fixed = tf.RaggedTensor.from_tensor(tf.tile(tf.constant([piece], tf.int32), [n, 1]))
+            tokens += [fixed, tf.cast(part, tf.int32)]
+            ids += [tf.ones_like(fixed) * owner, tf.ones_like(part, tf.int32) * part_id]
+        last = tf.RaggedTensor.from_tensor(tf.tile(tf.constant([self.pieces[3]], tf.int32), [n, 1]))
+        tokens.append(last)
+        ids.append(tf.ones_like(last) * SECOND)
+        shape = [None, self.sequence_length]
+        return (
+            tf.concat(tokens, axis=1).to_tensor(self.pad_id, shape=shape),
+            tf.concat(ids, axis=1).to_tensor(0, shape=shape),
+        )
+
+    def __call__(self, texts: dict) -> dict:
+        """Strings (N,) -> token_ids / part ids (N, 2, L) for both orders, lengths (N, 2)."""
+        import tensorflow as tf
+
+        conversation, a, b = (self.tokenizer(texts[k]) for k in CROSS_KEYS)
+        orders = [self.encode_order(conversation, a, b), self.encode_order(conversation, b, a)]
+        token_ids = tf.stack([o[0] for o in orders], axis=1)
+        part_ids = tf.stack([o[1] for o in orders], axis=1)
+        lengths = tf.reduce_sum(tf.cast(part_ids > 0, tf.int32), -1)
+        return {"token_ids": token_ids, "segment_ids": part_ids, "lengths": lengths}
+
+    def fingerprint(self) -> str:
+        """Identifies the tokenization: layout, pieces and vocabulary."""
+        digest = hashlib.sha256(repr((CROSS, self.decoder, self.pieces)).encode())
+        return tokenizer_digest(self.tokenizer, digest)
 
 
 SideIndex = tuple[np.ndarray, np.ndarray] | slice
@@ -119,7 +281,8 @@ class TokenizedPairs:
     for the 57k competition rows at L = 1,024. `padded_ids` and `padded_segments` pad just the
     sides of one batch; `token_ids` and `segment_ids` pad them all, for small data and tests.
     Rows and sides are views into the shared token arrays, so `take` and `swap_sides` copy no
-    tokens.
+    tokens. For the `CROSS` layout the two sides of a row are its two orders (`CrossEncoder`)
+    and `segments` hold part ids.
     """
 
     values: np.ndarray  # (total,) int32
@@ -204,7 +367,7 @@ class TokenizedPairs:
 
 def _texts_digest(texts: dict[str, np.ndarray]) -> str:
     digest = hashlib.sha256()
-    for key in FEATURE_KEYS:
+    for key in sorted(texts):
         for value in texts[key]:
             digest.update(str(value).encode("utf-8", "surrogatepass"))
             digest.update(b"\0")
@@ -219,7 +382,9 @@ def default_cache_dir() -> Path | None:
     return Path(value) if value else Path.home() / ".cache" / "jaxpref" / "tokens"
 
 
-def _text_chunks(texts: dict[str, np.ndarray], n: int) -> Iterator[dict[str, list[str]]]:
+def _text_chunks(
+    texts: dict[str, np.ndarray], keys: Sequence[str], n: int
+) -> Iterator[dict[str, list[str]]]:
     """`TOKENIZE_CHUNK` rows at a time, as Python strings.
 
     Not one NumPy string array: its fixed width is the longest text's, 4 bytes a character,
@@ -227,7 +392,7 @@ def _text_chunks(texts: dict[str, np.ndarray], n: int) -> Iterator[dict[str, lis
     """
     for start in range(0, n, TOKENIZE_CHUNK):
         stop = start + TOKENIZE_CHUNK
-        yield {key: [str(value) for value in texts[key][start:stop]] for key in FEATURE_KEYS}
+        yield {key: [str(value) for value in texts[key][start:stop]] for key in keys}
 
 
 def tokenize(
@@ -239,22 +404,22 @@ def tokenize(
     """Tokenize every row once (parallel tf.data map), reusing an on-disk cache when present."""
     import tensorflow as tf
 
-    n = len(texts[FEATURE_KEYS[0]])
+    n = len(next(iter(texts.values())))
     cache_file = None
     if cache_dir is not None:
-        name = f"{encoder.fingerprint()}-{encoder.sequence_length}-{_texts_digest(texts)}"
-        cache_file = Path(cache_dir) / f"{name}-v{CACHE_FORMAT}.npz"
+        name = (
+            f"v{TOKEN_FORMAT}-{encoder.fingerprint()}-{encoder.sequence_length}-"
+            f"{_texts_digest(texts)}.npz"
+        )
+        cache_file = Path(cache_dir) / name
         if cache_file.exists():
             return TokenizedPairs.load(cache_file)
-    spec = {key: tf.TensorSpec((None,), tf.string) for key in FEATURE_KEYS}
-    ds = tf.data.Dataset.from_generator(lambda: _text_chunks(texts, n), output_signature=spec)
+    keys = encoder.text_keys
+    spec = {key: tf.TensorSpec((None,), tf.string) for key in keys}
+    ds = tf.data.Dataset.from_generator(lambda: _text_chunks(texts, keys, n), output_signature=spec)
     ds = ds.map(encoder, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     parts: list[TokenizedPairs] = []
-    bar = None
-    if progress and n > TOKENIZE_CHUNK:
-        import keras
-
-        bar = keras.utils.Progbar(n, unit_name="row", verbose=1 if sys.stdout.isatty() else 2)
+    ticker = monitoring.Ticker("tokenizing", n) if progress and n > TOKENIZE_CHUNK else None
     for chunk in ds.as_numpy_iterator():
         lengths = chunk["lengths"].astype(np.int32)
         parts.append(
@@ -262,8 +427,8 @@ def tokenize(
                 chunk["token_ids"], chunk["segment_ids"], lengths, encoder.pad_id
             )
         )
-        if bar is not None:
-            bar.add(len(lengths))
+        if ticker is not None:
+            ticker.add(len(lengths))
     tokens = TokenizedPairs.concatenate(parts)
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
@@ -377,29 +542,15 @@ def swap_sides(tokens: TokenizedPairs) -> TokenizedPairs:
     )
 
 
-def _batch_features(
-    tokens: TokenizedPairs, pick: tuple[np.ndarray, np.ndarray], length: int, keys: Sequence[str]
-) -> dict[str, np.ndarray]:
-    """The backbone inputs `keys` of the sides `tokens.starts[pick]`, (B, 2, length) int32."""
-    features = {}
-    if "token_ids" in keys:
-        features["token_ids"] = tokens.padded_ids(pick, length)
-    if "padding_mask" in keys:
-        positions = np.arange(length)
-        features["padding_mask"] = (positions < tokens.lengths[pick][..., None]).astype(np.int32)
-    if "segment_ids" in keys:
-        features["segment_ids"] = tokens.padded_segments(pick, length).astype(np.int32)
-    return {key: features[key] for key in keys}
-
-
 def _local_batches(
     tokens: TokenizedPairs,
     plans: Sequence[Sequence[Batch]],
     input_keys: Sequence[str],
-    labels: np.ndarray | None,
+    targets: np.ndarray | None,
     process_index: int,
     process_count: int,
     extra: np.ndarray | None = None,
+    layout: str = PAIR,
 ) -> Iterator[tuple]:
     for plan in plans:
         for batch in plan:
@@ -407,20 +558,44 @@ def _local_batches(
             part = slice(process_index * share, (process_index + 1) * share)
             rows, length = batch.rows[part], batch.length
             sides = np.array([[0, 1]] * len(rows))
-            row_labels = None if labels is None else labels[rows]
+            row_targets = None if targets is None else targets[rows]  # a copy
             if batch.swap is not None:
                 flip = batch.swap[part]
                 sides[flip] = [1, 0]
-                if row_labels is not None:
-                    row_labels = np.where(flip, np.asarray(MIRROR)[row_labels], row_labels)
+                if row_targets is not None:
+                    row_targets[flip] = row_targets[flip][:, list(MIRROR)]
             pick = (rows[:, None], sides)
-            x = _batch_features(tokens, pick, length, input_keys)
+            # A pair feeds both sides (B, 2, T); a cross-encoded row one order of it (B, T).
+            chosen = pick if layout == PAIR else (rows, sides[:, 0])
+            x = batch_features(tokens, chosen, length, input_keys, layout)
             if extra is not None:
                 x[SIDE_FEATURES] = extra[pick]
-            if labels is None:
+            if targets is None:
                 yield (x,)
             else:
-                yield x, np.eye(NUM_CLASSES, dtype=np.float32)[row_labels], batch.weights[part]
+                yield x, row_targets, batch.weights[part]
+
+
+def batch_features(
+    tokens: TokenizedPairs, chosen: SideIndex, length: int, keys: Sequence[str], layout: str
+) -> dict[str, np.ndarray]:
+    """The model inputs named `keys` for the `chosen` (row, side) indices, `length` tokens.
+
+    Only these sides are padded, and only to `length`: int32 (..., length) arrays.
+    """
+    features = {}
+    if "token_ids" in keys:
+        features["token_ids"] = tokens.padded_ids(chosen, length)
+    if "padding_mask" in keys:
+        real = np.arange(length) < tokens.lengths[chosen][..., None]
+        features["padding_mask"] = real.astype(np.int32)
+    if "segment_ids" in keys or PART_IDS in keys:
+        segments = tokens.padded_segments(chosen, length).astype(np.int32)
+        # Cross-encoded rows store part ids; the backbone's segments are conversation/responses.
+        cross_segments = (segments > CONVERSATION).astype(np.int32)
+        features["segment_ids"] = segments if layout == PAIR else cross_segments
+        features[PART_IDS] = segments
+    return {key: features[key] for key in keys}
 
 
 def make_dataset(
@@ -431,26 +606,36 @@ def make_dataset(
     process_index: int = 0,
     process_count: int = 1,
     extra: np.ndarray | None = None,
+    layout: str = PAIR,
 ):
     """A tf.data pipeline of this process's share of every batch of `plans`, in order.
 
-    Elements are `(x, y, sample_weight)` with labels, else `(x,)`; `x` maps the backbone's input
-    names to (B/process_count, 2, T) int32, T the batch's bucket length, and, when `extra`
-    (n, 2, F) side features are given, `side_features` to (B/process_count, 2, F) float32.
+    `labels` are class indices (n,) or target rows (n, 3) of probabilities (soft labels); rows
+    fed swapped get mirrored targets. Elements are `(x, y, sample_weight)` with labels, `y`
+    (B/process_count, 3) float32 targets, else `(x,)`; `x` maps the model's input
+    names to int32 (B/process_count, 2, T) for the `PAIR` layout or (B/process_count, T) for
+    `CROSS`, T the batch's bucket length, and, when `extra` (n, 2, F) side features are given,
+    `side_features` to (B/process_count, 2, F) float32.
     """
     import tensorflow as tf
 
     keys = tuple(input_keys)
-    labels = None if labels is None else np.asarray(labels)
-    x_spec = {k: tf.TensorSpec((None, 2, None), tf.int32) for k in keys}
+    targets = None
+    if labels is not None:
+        labels = np.asarray(labels)
+        one_hot = np.eye(NUM_CLASSES, dtype=np.float32)
+        targets = labels.astype(np.float32) if labels.ndim == 2 else one_hot[labels]
+    shape = (None, 2, None) if layout == PAIR else (None, None)
+    x_spec = {k: tf.TensorSpec(shape, tf.int32) for k in keys}
     if extra is not None:
         x_spec[SIDE_FEATURES] = tf.TensorSpec((None, 2, extra.shape[-1]), tf.float32)
     spec = (x_spec,)
-    if labels is not None:
+    if targets is not None:
         y_spec = tf.TensorSpec((None, NUM_CLASSES), tf.float32)
         spec = (x_spec, y_spec, tf.TensorSpec((None,), tf.float32))
+    shard = (process_index, process_count)
     ds = tf.data.Dataset.from_generator(
-        lambda: _local_batches(tokens, plans, keys, labels, process_index, process_count, extra),
+        lambda: _local_batches(tokens, plans, keys, targets, *shard, extra, layout),
         output_signature=spec,
     )
     steps = sum(len(plan) for plan in plans)

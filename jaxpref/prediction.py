@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from jaxpref import calibration, data, distribution, pipeline, text
-from jaxpref.config import TrainConfig
-from jaxpref.rundir import RunDir
+from jaxpref import bundle, calibration, callbacks, data, distribution, pipeline, text
+from jaxpref.config import PRECISIONS, ConfigError, TrainConfig
+from jaxpref.rundir import CheckpointError, RunDir, writable_directory
 
 
-def load_run(run_dir: str | os.PathLike):
-    """(model with the best weights, its encoder, TrainConfig) from a run directory.
+def load_run(run_dir: str | os.PathLike, precision: str | None = None):
+    """(model with the best weights, its encoder, TrainConfig) from a run directory or an
+    exported bundle (`jaxpref.bundle`), in `precision` (None: the precision it was trained in).
 
     The distribution must already be set (`distribution.setup`) so that the restored weights
     land on every device.
@@ -26,8 +26,12 @@ def load_run(run_dir: str | os.PathLike):
     from jaxpref import model as model_lib
     from jaxpref import optimization
 
+    if bundle.is_bundle(run_dir):
+        return bundle.load_bundle(run_dir, precision)
     paths = RunDir(run_dir)
     cfg = TrainConfig.from_json(paths.require(paths.config))
+    if precision is not None:
+        cfg = cfg.replace(precision=precision)
     checkpoint = paths.require(paths.best_checkpoints)
     preset = str(paths.require(paths.preset))
     keras.utils.set_random_seed(cfg.run.seed)  # identical initial values on every process
@@ -37,7 +41,13 @@ def load_run(run_dir: str | os.PathLike):
     # Orbax restores into the compiled state tree (keras needs the optimizer attribute); the
     # optimizer itself is never stepped here.
     optimization.compile_model(model)
-    model.load_weights(str(checkpoint))
+    try:
+        model.load_weights(str(checkpoint))
+    except Exception as err:  # Orbax and Keras raise many types for a damaged checkpoint
+        raise CheckpointError(
+            f"{checkpoint}: cannot restore the best weights ({type(err).__name__}: "
+            f"{(str(err).strip().splitlines() or [''])[0]}); this run directory is damaged"
+        ) from None
     encoder = model_lib.build_encoder(model, preset, cfg.data.sequence_length)
     return model, encoder, cfg
 
@@ -65,10 +75,11 @@ def predict_tokens(
         return (direct + swapped[:, list(data.MIRROR)]) / 2
     import jax
 
-    ds = pipeline.make_dataset(
-        tokens, [plan], input_keys, None, jax.process_index(), jax.process_count(), extra
-    )
-    probs = np.asarray(model.predict(ds, verbose=1 if sys.stdout.isatty() else 0), "float64")
+    shard = (jax.process_index(), jax.process_count())
+    ds = pipeline.make_dataset(tokens, [plan], input_keys, None, *shard, extra, model.layout)
+    sizes = [int((b.weights > 0).sum()) for b in plan]
+    watch = callbacks.PredictProgress("predicting", sizes)
+    probs = np.asarray(model.predict(ds, verbose=0, callbacks=[watch]), "float64")
     rows = np.concatenate([b.rows for b in plan])
     real = np.concatenate([b.weights for b in plan]) > 0
     out = np.full((len(tokens), probs.shape[1]), np.nan)
@@ -82,12 +93,26 @@ def predict_frame(
     model, encoder, frame: pd.DataFrame, batch_size: int, tta: bool = False
 ) -> np.ndarray:
     """Class probabilities (n, 3) for every row of `frame`, in order."""
-    texts = text.format_pairs(frame)
-    tokens = pipeline.tokenize(texts, encoder, pipeline.default_cache_dir())
-    extra = pipeline.side_features(texts, tokens) if model.side_features else None
+    tokens = pipeline.tokenize(encoder.texts(frame), encoder, pipeline.default_cache_dir())
+    extra = None
+    if model.side_features:
+        extra = pipeline.side_features(text.format_pairs(frame), tokens)
     buckets = pipeline.bucket_lengths(encoder.sequence_length)
     plan = pipeline.plan_batches(tokens.row_lengths(), batch_size, buckets)
     return predict_tokens(model, tokens, plan, encoder.input_keys, tta, extra)
+
+
+def inference_precision(requested: str, platform: str) -> str | None:
+    """The dtype policy to predict in; None keeps the run's own.
+
+    "auto" is the run's precision on GPU/TPU and float32 on CPU, where bfloat16 and float16
+    are emulated (slower, and less precise).
+    """
+    if requested not in PRECISIONS:
+        raise ConfigError(f"--precision {requested}: expected one of {', '.join(PRECISIONS)}")
+    if requested == "auto":
+        return "float32" if platform == "cpu" else None
+    return requested
 
 
 def predict_run(
@@ -97,17 +122,23 @@ def predict_run(
     devices: str = "auto",
     num_devices: int | None = None,
     tta: bool = False,
+    precision: str = "auto",
 ) -> np.ndarray:
-    """Calibrated probabilities (n, 3) of a run's best weights for every row of `frame`.
+    """Calibrated probabilities (n, 3) of a run's (or bundle's) best weights for every row of
+    `frame`.
 
-    `batch_size` defaults to the training batch rounded up to a multiple of the devices.
+    `batch_size` defaults to the training batch rounded up to a multiple of the devices;
+    `precision` is one of config.PRECISIONS (`inference_precision`).
     """
-    selected = distribution.setup(devices, num_devices, batch_size)
-    model, encoder, cfg = load_run(run_dir)
+    paths = RunDir(run_dir)
+    sharded = paths.config.exists() and paths.preset.exists()  # a run directory, not a bundle
+    parallel = TrainConfig.from_json(paths.config).devices.model_parallel if sharded else 1
+    selected = distribution.setup(devices, num_devices, batch_size, parallel, str(paths.preset))
+    dtype = inference_precision(precision, distribution.platform_of(selected))
+    model, encoder, cfg = load_run(run_dir, dtype)
     if batch_size is None:
         batch_size = -(-cfg.optim.batch_size // len(selected)) * len(selected)
     probs = predict_frame(model, encoder, frame, batch_size, tta)
-    paths = RunDir(run_dir)
     return calibration.apply_temperature(probs, calibration.load_temperature(paths.calibration))
 
 
@@ -140,8 +171,10 @@ def infer(
     devices: str = "auto",
     num_devices: int | None = None,
     tta: bool = False,
+    precision: str = "auto",
 ) -> Path:
     """Predict every row of `test_csv` with the run's best weights and write the submission."""
+    writable_directory(Path(output).parent, "the output directory")
     frame = data.read_arena_csv(test_csv, labelled=False)
-    probs = predict_run(run_dir, frame, batch_size, devices, num_devices, tta)
+    probs = predict_run(run_dir, frame, batch_size, devices, num_devices, tta, precision)
     return write_submission(frame["id"], probs, output)

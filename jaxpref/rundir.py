@@ -41,6 +41,25 @@ class Preempted(Exception):
     """Training stopped on SIGTERM after saving its state; rerun with --resume."""
 
 
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite; the checkpoints saved before it are kept."""
+
+
+class CheckpointError(RunDirError):
+    """A checkpoint could not be written or read; earlier complete checkpoints stay intact."""
+
+
+def writable_directory(directory: Path, what: str) -> None:
+    """Make `directory` and prove it writable, or RunDirError naming it: before any work."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise RunDirError(f"cannot write {what} {directory}: {err}") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class RunDir:
     """Paths inside one run directory (always absolute: Orbax wants absolute paths)."""
@@ -66,6 +85,33 @@ class RunDir:
 
     def has_checkpoints(self) -> bool:
         return (self.root / "checkpoints").exists()
+
+    def create(self) -> None:
+        """Make the directory and prove it writable now, before any tokenizing or training."""
+        writable_directory(self.root, "the run directory")
+
+    def lock(self):
+        """Hold an exclusive lock on the directory for this process's life (or until the
+        returned file is closed); a second run on it is refused at once. The kernel drops the
+        lock when the process dies, so a killed run never leaves it stuck."""
+        import fcntl
+
+        handle = open(self.root / ".lock", "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunDirError(
+                f"{self.root} is in use by a running training ({holder}); wait for it to end, "
+                "or choose another --run-dir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        return handle
 
     @staticmethod
     def require(path: Path) -> Path:

@@ -20,6 +20,7 @@ ASSISTANT = "Assistant: "
 TURN_SEPARATOR = "\n\n"
 SIDES = ("a", "b")
 FEATURE_KEYS = ("context_a", "response_a", "context_b", "response_b")
+CROSS_KEYS = ("conversation", "response_a", "response_b")
 
 
 def _turn(text: str | None) -> str:
@@ -51,6 +52,24 @@ def format_pairs(df: pd.DataFrame) -> dict[str, np.ndarray]:
             context, reply = format_side(prompt, response)
             columns[f"context_{side}"].append(context)
             columns[f"response_{side}"].append(reply)
+    return {key: np.asarray(values, dtype=object) for key, values in columns.items()}
+
+
+def join_turns(turns: Sequence[str | None], speaker: str) -> str:
+    """One string of every turn; with several turns each is marked by its speaker."""
+    if len(turns) <= 1:
+        return _turn(turns[0] if turns else None)
+    return TURN_SEPARATOR.join(f"{speaker}{_turn(t)}" for t in turns)
+
+
+def format_cross(df: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Text parts for a cross-encoder, as the competition's winners fed them: every prompt
+    turn, every turn of response A, every turn of response B (object arrays)."""
+    columns = {
+        "conversation": [join_turns(p, USER) for p in df["prompt"]],
+        "response_a": [join_turns(r, ASSISTANT) for r in df["response_a"]],
+        "response_b": [join_turns(r, ASSISTANT) for r in df["response_b"]],
+    }
     return {key: np.asarray(values, dtype=object) for key, values in columns.items()}
 
 

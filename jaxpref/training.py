@@ -20,9 +20,11 @@ import numpy as np
 import pandas as pd
 
 from jaxpref import (
+    backbones,
     calibration,
     checkpoints,
     data,
+    distillation,
     distribution,
     hh_rlhf,
     metrics,
@@ -32,6 +34,7 @@ from jaxpref import (
     text,
 )
 from jaxpref.config import TrainConfig, default_learning_rate, resolve_precision
+from jaxpref.probabilities import Probabilities
 from jaxpref.rundir import Preempted, ResumeError, RunDir
 
 log = logging.getLogger("jaxpref")
@@ -47,21 +50,25 @@ class Run:
     primary: bool
     process_index: int
     process_count: int
+    lock: object = None  # the run directory's lock file, held while the run lives
 
 
 @dataclasses.dataclass(frozen=True)
 class Splits:
-    """Training, validation and extra (training-only) rows, and the class-prior score."""
+    """Training, validation and extra (training-only) rows, the class-prior score, and the
+    teacher's probabilities when training on soft labels."""
 
     train: pd.DataFrame
     valid: pd.DataFrame
     extra: pd.DataFrame
     prior_log_loss: float
+    teacher: Probabilities | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class Inputs:
-    """Tokens, side features and batch plans of both splits."""
+    """Tokens, side features and batch plans of both splits; training labels are class indices
+    (n,), or target rows (n, 3) with soft labels."""
 
     train_tokens: pipeline.TokenizedPairs
     valid_tokens: pipeline.TokenizedPairs
@@ -70,6 +77,7 @@ class Inputs:
     train_plans: list[list[pipeline.Batch]]
     valid_plan: list[pipeline.Batch]
     input_keys: tuple[str, ...]
+    layout: str
     train_extra: np.ndarray | None = None
     valid_extra: np.ndarray | None = None
     padding_efficiency: float | None = None
@@ -85,8 +93,9 @@ class Inputs:
             if split == "train"
             else (self.valid_tokens, self.valid_labels, self.valid_extra)
         )
+        shard = (run.process_index, run.process_count)
         return pipeline.make_dataset(
-            tokens, plans, self.input_keys, labels, run.process_index, run.process_count, extra
+            tokens, plans, self.input_keys, labels, *shard, extra, self.layout
         )
 
 
@@ -126,13 +135,14 @@ def train(
     """
     run = start_run(cfg, resume)
     splits = load_splits(run.cfg, train_df, valid_df)
+    check_memory(run)
     model, encoder = build_model(run.cfg)
     save_run_files(run, splits, model, encoder)
     inputs = build_inputs(run.cfg, splits, encoder, model)
-    compile_for_training(model, run.cfg, inputs.steps_per_epoch)
+    rate = compile_for_training(model, run.cfg, inputs.steps_per_epoch)
     progress = restore_progress(model, run) if resume else Progress()
     started = time.time()
-    best = fit(model, run, inputs, progress)
+    best = fit(model, run, inputs, progress, rate)
     return finish(model, run, splits, inputs, best, time.time() - started)
 
 
@@ -141,9 +151,11 @@ def start_run(cfg: TrainConfig, resume: bool) -> Run:
     import jax
     import keras
 
+    sharded = cfg.devices.model_parallel > 1
     selected = distribution.setup(
-        cfg.devices.devices, cfg.devices.num_devices, cfg.optim.batch_size
-    )
+        cfg.devices.devices, cfg.devices.num_devices, cfg.optim.batch_size,
+        cfg.devices.model_parallel, backbones.resolve_preset(cfg.model.preset) if sharded else None,
+    )  # fmt: skip
     keras.utils.set_random_seed(cfg.run.seed)
     primary = jax.process_index() == 0
     run_dir = cfg.run.run_dir
@@ -154,13 +166,16 @@ def start_run(cfg: TrainConfig, resume: bool) -> Run:
             )
         run_dir = f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
     paths = RunDir(run_dir)
+    lock = None
+    if primary:
+        paths.create()
+        lock = paths.lock()
     if not resume and paths.has_checkpoints():
         raise ResumeError(
             f"{paths.root} already holds checkpoints; pass --resume to continue that run, "
             "or choose another --run-dir"
         )
-    paths.root.mkdir(parents=True, exist_ok=True)
-    monitoring.setup_logging(paths.log if primary else None)
+    monitoring.setup_logging(paths.log if primary else None, cfg.run.log_every)
     platform = distribution.platform_of(selected)
     cfg = cfg.replace(
         run_dir=str(paths.root),
@@ -173,7 +188,7 @@ def start_run(cfg: TrainConfig, resume: bool) -> Run:
         "devices: %d x %s over %d process(es); global batch %d; precision %s",
         len(selected), platform, jax.process_count(), cfg.optim.batch_size, cfg.model.precision,
     )  # fmt: skip
-    return Run(cfg, paths, selected, primary, jax.process_index(), jax.process_count())
+    return Run(cfg, paths, selected, primary, jax.process_index(), jax.process_count(), lock)
 
 
 def load_splits(
@@ -195,9 +210,61 @@ def load_splits(
             "extra training rows (chosen/rejected, no ties): %s, %d rows",
             cfg.data.extra_train, len(extra),
         )  # fmt: skip
+    check_classes(train_df["label"].to_numpy(), valid_df["label"].to_numpy(), cfg.data.train_csv)
     prior = metrics.prior_log_loss(train_df["label"].to_numpy(), valid_df["label"].to_numpy())
     log.info("class-prior validation log loss (the baseline to beat): %.4f", prior)
-    return Splits(train_df, valid_df, extra, prior)
+    teacher = None
+    if cfg.data.soft_labels:
+        train_ids = pd.concat([train_df["id"], extra["id"]]).to_numpy()
+        teacher = distillation.load_teacher(cfg.data.soft_labels, train_ids)
+    return Splits(train_df, valid_df, extra, prior, teacher)
+
+
+MIN_VALID_ROWS_PER_CLASS = 5
+
+
+def check_classes(train_labels: np.ndarray, valid_labels: np.ndarray, source: str) -> None:
+    """Refuse training data with a single class; warn when validation has too few of one."""
+    counts = np.bincount(train_labels, minlength=data.NUM_CLASSES)
+    names = ", ".join(f"{n} {c}" for n, c in zip(data.CLASS_NAMES, counts, strict=True))
+    if (counts > 0).sum() < 2:
+        raise data.DataError(
+            source, f"only one class among the training rows ({names}); a model cannot "
+            "learn to compare from that"
+        )  # fmt: skip
+    valid = np.bincount(valid_labels, minlength=data.NUM_CLASSES)
+    if valid.min() < MIN_VALID_ROWS_PER_CLASS:
+        per_class = ", ".join(f"{n} {c}" for n, c in zip(data.CLASS_NAMES, valid, strict=True))
+        log.warning(
+            "validation has fewer than %d rows of some class (%s): its log loss, best epoch "
+            "and temperature rest on very few rows",
+            MIN_VALID_ROWS_PER_CLASS, per_class,
+        )  # fmt: skip
+
+
+def check_memory(run: Run) -> None:
+    """For decoder LLMs: log the memory estimate per device; refuse what cannot fit."""
+    from jaxpref import families, sharding
+    from jaxpref import model as model_lib
+
+    cfg = run.cfg
+    preset = backbones.resolve_preset(cfg.model.preset)
+    if not model_lib.is_decoder_preset(preset):
+        return  # an encoder: small next to any accelerator
+    config = sharding.read_backbone_config(preset)
+    family = families.family_of(config)
+    targets = families.lora_targets(family, cfg.model.lora_targets or families.DEFAULT_LORA_TARGETS)
+    estimate = sharding.memory_estimate(
+        config, cfg.optim.batch_size, cfg.data.sequence_length, cfg.model.lora_rank, targets,
+        dtype=cfg.model.precision,
+        mesh=sharding.mesh_shape(len(run.devices), cfg.devices.model_parallel),
+        remat=cfg.model.remat,
+        fused_attention=distribution.platform_of(run.devices) == "gpu",
+    )  # fmt: skip
+    log.info("memory estimate per device: %s", estimate.describe())
+    limit = sharding.device_memory(run.devices[0])
+    if limit is not None:
+        sharding.check_fits(estimate, limit)
 
 
 def build_model(cfg: TrainConfig):
@@ -216,14 +283,12 @@ def build_model(cfg: TrainConfig):
 
 def save_run_files(run: Run, splits: Splits, model, encoder) -> None:
     """config.json, env.json, the weightless preset and split.csv (primary process only)."""
-    from jaxpref import backbones
-
     if not run.primary:
         return
     run.cfg.to_json(run.paths.config)
     environment = monitoring.environment_record(run.devices)
     run.paths.env.write_text(json.dumps(environment, indent=2) + "\n")
-    encoder.preprocessor.save_to_preset(str(run.paths.preset))
+    encoder.save(str(run.paths.preset))
     backbones.save_architecture(model.backbone, run.paths.preset)
     split = pd.concat(
         [
@@ -236,17 +301,22 @@ def save_run_files(run: Run, splits: Splits, model, encoder) -> None:
 
 
 def build_inputs(cfg: TrainConfig, splits: Splits, encoder, model) -> Inputs:
-    """Tokenize both splits (cached), fit the side-feature statistics, plan every epoch."""
+    """Tokenize both splits (cached), fit the side-feature statistics, plan every epoch; with
+    soft labels, blend each training row's target with the teacher's probabilities."""
     train_df = pd.concat([splits.train, splits.extra], ignore_index=True)
+    train_labels = train_df["label"].to_numpy()
+    if splits.teacher is not None:
+        train_labels = distillation.soft_targets(
+            train_df["id"], train_labels, splits.teacher, cfg.optim.soft_label_weight
+        )
     cache = pipeline.default_cache_dir()
     log.info("tokenizing (cache: %s)", cache or "off")
-    train_texts, valid_texts = text.format_pairs(train_df), text.format_pairs(splits.valid)
-    train_tokens = pipeline.tokenize(train_texts, encoder, cache)
-    valid_tokens = pipeline.tokenize(valid_texts, encoder, cache)
+    train_tokens = pipeline.tokenize(encoder.texts(train_df), encoder, cache)
+    valid_tokens = pipeline.tokenize(encoder.texts(splits.valid), encoder, cache)
     train_extra = valid_extra = None
     if model.side_features:
-        train_extra = pipeline.side_features(train_texts, train_tokens)
-        valid_extra = pipeline.side_features(valid_texts, valid_tokens)
+        train_extra = pipeline.side_features(text.format_pairs(train_df), train_tokens)
+        valid_extra = pipeline.side_features(text.format_pairs(splits.valid), valid_tokens)
         model.fit_side_features(train_extra)
     buckets = pipeline.bucket_lengths(cfg.data.sequence_length)
     train_plans = [
@@ -264,13 +334,13 @@ def build_inputs(cfg: TrainConfig, splits: Splits, encoder, model) -> Inputs:
         pipeline.padding_efficiency(valid_tokens, valid_plan),
     )  # fmt: skip
     return Inputs(
-        train_tokens, valid_tokens, train_df["label"].to_numpy(),
-        splits.valid["label"].to_numpy(), train_plans, valid_plan, encoder.input_keys,
-        train_extra, valid_extra, efficiency,
+        train_tokens, valid_tokens, train_labels, splits.valid["label"].to_numpy(), train_plans,
+        valid_plan, encoder.input_keys, encoder.layout, train_extra, valid_extra, efficiency,
     )  # fmt: skip
 
 
-def compile_for_training(model, cfg: TrainConfig, steps_per_epoch: int) -> None:
+def compile_for_training(model, cfg: TrainConfig, steps_per_epoch: int):
+    """Compile with the run's optimizer and loss; returns the learning-rate schedule."""
     from jaxpref import optimization
 
     rate = optimization.learning_rate_schedule(
@@ -280,6 +350,7 @@ def compile_for_training(model, cfg: TrainConfig, steps_per_epoch: int) -> None:
         cfg.optim.warmup_fraction,
     )
     optimization.compile_model(model, rate, cfg.optim.label_smoothing)
+    return rate
 
 
 def restore_progress(model, run: Run) -> Progress:
@@ -324,7 +395,7 @@ def fit_segments(epochs: int, progress: Progress) -> list[Segment]:
     return segments
 
 
-def fit(model, run: Run, inputs: Inputs, progress: Progress) -> checkpoints.StateCheckpoint:
+def fit(model, run: Run, inputs: Inputs, progress: Progress, rate) -> checkpoints.StateCheckpoint:
     """Train the remaining segments; returns the state callback, which tracks the best epoch.
 
     Raises `Preempted` after saving the state when SIGTERM arrives.
@@ -347,7 +418,9 @@ def fit(model, run: Run, inputs: Inputs, progress: Progress) -> checkpoints.Stat
             epochs=segment.last_epoch,
             steps_per_epoch=steps - segment.skip_steps,
             shuffle=False,  # the batch plans already shuffle, per epoch
-            callbacks=training_callbacks(run, state, [b for plan in plans for b in plan], inputs),
+            callbacks=training_callbacks(
+                run, state, [b for plan in plans for b in plan], inputs, rate
+            ),
             verbose=1 if sys.stdout.isatty() else 0,
         )
         if state.preempted:
@@ -359,23 +432,25 @@ def fit(model, run: Run, inputs: Inputs, progress: Progress) -> checkpoints.Stat
 
 
 def training_callbacks(
-    run: Run, state: checkpoints.StateCheckpoint, batches: list, inputs: Inputs
+    run: Run, state: checkpoints.StateCheckpoint, batches: list, inputs: Inputs, rate
 ) -> list:
     """Progress and TensorBoard, history.csv, then best weights and resumable state.
 
     history.csv gets an epoch's row before the state that records the epoch is saved, so a
     process killed in between replays that epoch and rewrites the row.
     """
-    from jaxpref.callbacks import HistoryWriter, RunMonitor
+    from jaxpref import optimization
+    from jaxpref.callbacks import HistoryWriter, RunMonitor, StopOnNonFinite
 
     monitor = RunMonitor(
         batches,
+        optimization.rate_at(rate),
         log_every=None if sys.stdout.isatty() or not run.primary else run.cfg.run.log_every,
         tensorboard_dir=run.paths.tensorboard if run.cfg.run.tensorboard and run.primary else None,
         padding_efficiency=inputs.padding_efficiency,
     )
     history = [HistoryWriter(run.paths.history)] if run.primary else []
-    return [monitor, *history, state]
+    return [StopOnNonFinite(run.paths.best_checkpoints), monitor, *history, state]
 
 
 def finish(model, run: Run, splits: Splits, inputs: Inputs, state, seconds: float) -> dict:

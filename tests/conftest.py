@@ -52,6 +52,20 @@ def tiny_preset(tmp_path_factory) -> Path:
     )
 
 
+@pytest.fixture(scope="session")
+def decoder_presets(tmp_path_factory) -> dict[str, Path]:
+    """A tiny random decoder preset of every family in jaxpref.families (one block, hidden 32)."""
+    from jaxpref.families import FAMILIES
+    from jaxpref.tiny_preset import arena_texts, build_tiny_decoder_preset
+
+    texts = arena_texts(data.DEFAULT_TRAIN_CSV, limit=60)
+    root = tmp_path_factory.mktemp("tiny_decoders")
+    return {
+        name: build_tiny_decoder_preset(root / name, name, texts, vocab_size=400, num_layers=1)
+        for name in FAMILIES
+    }
+
+
 GOOD = ["excellent", "superb", "brilliant", "perfect"]
 BAD = ["terrible", "awful", "useless", "wrong"]
 FILLER = "the answer is that we can say this about the topic in question here".split()

@@ -38,6 +38,7 @@ def reference_run(out: Path) -> Path:
             "--devices", "cpu", "--num-devices", "2", "--preset", str(preset),
             "--train-csv", str(train_csv), "--run-dir", str(run_dir), "--epochs", "2",
             "--batch-size", "8", "--sequence-length", "64", "--learning-rate", "3e-3",
+            "--attention", "keras_hub",  # the attention of a101e1b
         ],
         check=True, env=env, cwd=REPO,
     )  # fmt: skip

@@ -5,7 +5,10 @@ import pandas as pd
 import pytest
 from conftest import run_script, tiny_run_args
 
-from jaxpref import crossval, data
+from jaxpref import crossval, data, metrics, prediction
+from jaxpref.config import TrainConfig
+from jaxpref.probabilities import read_probabilities
+from jaxpref.rundir import RunDir
 
 
 def test_folds_cover_every_row_once_and_never_split_a_prompt():
@@ -29,6 +32,30 @@ def test_epoch_log_losses_weigh_each_fold_by_its_rows(tmp_path):
     np.testing.assert_allclose(crossval.epoch_log_losses(tmp_path, [30, 10]), [1.25, 0.65])
 
 
+def test_report_of_the_fold_runs_keeps_their_out_of_fold_predictions(small_csv, tmp_path):
+    cfg = TrainConfig().replace(run_dir=str(tmp_path), train_csv=str(small_csv), seed=3)
+    frame = data.read_arena_csv(small_csv, labelled=True)
+    rng = np.random.default_rng(0)
+    expected = np.full((len(frame), 3), np.nan)
+    for fold, (_, valid_rows) in enumerate(crossval.fold_indices(frame, 2, seed=3)):
+        paths = RunDir(tmp_path / f"fold{fold}")
+        paths.root.mkdir()
+        expected[valid_rows] = rng.dirichlet(np.ones(3), len(valid_rows))
+        shuffled = rng.permutation(valid_rows)  # a fold's file may list its rows in any order
+        prediction.write_submission(
+            frame["id"].iloc[shuffled], expected[shuffled], paths.valid_predictions
+        )
+        pd.DataFrame({"epoch": [0], "val_log_loss": [1.0]}).to_csv(paths.history, index=False)
+    result = crossval.write_report(cfg, 2)
+    oof = read_probabilities(tmp_path / crossval.OOF_FILE)
+    assert list(oof.ids) == list(frame["id"])
+    np.testing.assert_allclose(oof.probs, expected, rtol=1e-12)
+    model_log_loss = metrics.log_loss(expected, frame["label"].to_numpy())
+    assert result["scores"]["model"]["log_loss"] == pytest.approx(model_log_loss)
+    assert json.loads((tmp_path / "cv.json").read_text())["rows"] == 240
+    assert result["epoch_log_loss"] == [1.0] and (tmp_path / "cv.md").exists()
+
+
 @pytest.mark.slow
 def test_two_fold_cross_validation_scores_every_row_beside_the_baselines(
     tiny_preset, small_csv, tmp_path
@@ -42,6 +69,9 @@ def test_two_fold_cross_validation_scores_every_row_beside_the_baselines(
     assert all(np.isfinite(s["log_loss"]) for s in report["scores"].values())
     for fold in range(2):
         assert (tmp_path / "cv" / f"fold{fold}" / "valid_predictions.csv").exists()
+    assert list(read_probabilities(tmp_path / "cv" / crossval.OOF_FILE).ids) == list(
+        data.read_arena_csv(small_csv, labelled=True)["id"]
+    )
     assert len(report["epoch_log_loss"]) == 1 and np.isfinite(report["epoch_log_loss"][0])
     text = (tmp_path / "cv" / "cv.md").read_text()
     assert "| model |" in text and "model − tfidf_length_logreg" in text

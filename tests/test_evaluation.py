@@ -1,6 +1,7 @@
 """Evaluation: metrics by hand, plots as real PNGs, and a report for a run directory."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -72,7 +73,7 @@ def test_evaluate_run_rejects_predictions_for_other_rows(tmp_path):
     run_dir, *_ = fake_run(tmp_path)
     predictions = pd.read_csv(run_dir / "valid_predictions.csv", dtype={"id": str})
     predictions.iloc[1:].to_csv(run_dir / "valid_predictions.csv", index=False)
-    with pytest.raises(RunDirError, match="ids differ from the validation ids"):
+    with pytest.raises(data.DataError, match="ids differ: 1 id.s. of the validation split"):
         evaluation.evaluate_run(run_dir, out_dir=tmp_path / "report")
 
 
@@ -91,18 +92,21 @@ def test_evaluate_run_on_a_csv_predicts_with_the_model(tmp_path, monkeypatch):
         calls["batch_size"] = batch_size
         return np.tile([0.5, 0.3, 0.2], (len(frame), 1))
 
-    monkeypatch.setattr(distribution, "hide_accelerators_from_tensorflow", lambda: None)
+    def setup(devices, num, batch, *layout):
+        calls["devices"] = num
+        return [SimpleNamespace(platform="cpu")] * num
+
+    monkeypatch.setattr(distribution, "setup", setup)
     monkeypatch.setattr(
-        distribution, "set_data_parallel", lambda d: calls.__setitem__("devices", d)
-    )
-    monkeypatch.setattr(
-        prediction, "load_run", lambda d: (None, None, TrainConfig.from_json(d / "config.json"))
+        prediction,
+        "load_run",
+        lambda d, precision=None: (None, None, TrainConfig.from_json(d / "config.json")),
     )
     monkeypatch.setattr(prediction, "predict_frame", predict_frame)
     result = evaluation.evaluate_run(
         run_dir, tmp_path / "train.csv", tmp_path / "report", devices="cpu", num_devices=4
     )
-    assert len(calls["devices"]) == 4
+    assert calls["devices"] == 4
     assert calls["batch_size"] == 8  # batch 6 rounded up to a multiple of 4 devices
     assert result["rows"] == len(train) + len(valid)
     assert result["rows_in_training_split"] == len(train)

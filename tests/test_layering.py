@@ -15,12 +15,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "jaxpref"
 LAYERS = [
     {"config", "data", "text", "rundir"},
     {
-        "backbones", "baselines", "calibration", "distribution", "hf_deberta", "hh_rlhf",
-        "metrics", "torch_pickle",
+        "backbones", "baselines", "calibration", "deberta_attention", "distillation",
+        "distribution", "hf_deberta", "hh_rlhf", "families", "metrics", "probabilities",
+        "sharding", "torch_pickle",
         "monitoring", "optimization", "pipeline", "report", "tiny_preset",
     },
-    {"callbacks", "checkpoints", "model"},
-    {"crossval", "evaluation", "prediction", "training"},
+    {"bundle", "callbacks", "checkpoints", "model"},
+    {"crossval", "ensemble", "evaluation", "export", "prediction", "training"},
     {"cli"},
 ]  # fmt: skip
 MAX_FUNCTION_LINES = 80

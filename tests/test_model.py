@@ -33,7 +33,7 @@ def _batch(encoder, responses_b):
 
 def test_outputs_are_probabilities_over_three_classes(tiny):
     backbone, encoder = tiny
-    model = model_lib.SiameseModel(backbone, dropout=0.0)
+    model = model_lib.SiameseModel(backbone, dropout=0.0, head="concat")
     probs = model.predict(_batch(encoder, ["five", "it is four", "no idea", "4"]), verbose=0)
     assert probs.shape == (4, 3) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
@@ -41,7 +41,7 @@ def test_outputs_are_probabilities_over_three_classes(tiny):
 
 def test_one_backbone_shared_by_both_sides(tiny):
     backbone, _ = tiny
-    model = model_lib.SiameseModel(backbone, dropout=0.0)
+    model = model_lib.SiameseModel(backbone, dropout=0.0, head="concat")
     hidden = backbone.get_config()["hidden_dim"]
     head = 4 * hidden * 3 + 3
     assert model.count_params() == backbone.count_params() + head
@@ -49,7 +49,7 @@ def test_one_backbone_shared_by_both_sides(tiny):
 
 def test_identical_sides_give_identical_embeddings(tiny):
     backbone, encoder = tiny
-    model = model_lib.SiameseModel(backbone, dropout=0.0)
+    model = model_lib.SiameseModel(backbone, dropout=0.0, head="concat")
     x = _batch(encoder, ["it is four"])
     pooled = keras.Model(model.inputs, model.get_layer("unfold").output)(x)
     np.testing.assert_allclose(np.asarray(pooled[0]), np.asarray(pooled[1]), atol=1e-6)
@@ -90,7 +90,7 @@ def test_swap_tta_makes_any_head_mirror_exactly(tiny):
     from jaxpref import prediction
 
     backbone, encoder = tiny
-    model = model_lib.SiameseModel(backbone, dropout=0.0)
+    model = model_lib.SiameseModel(backbone, dropout=0.0, head="concat")
     texts = {
         "context_a": np.asarray(["q1", "q2"], dtype=object),
         "response_a": np.asarray(["an answer", "yes"], dtype=object),
@@ -153,3 +153,24 @@ def test_factory_refuses_an_unknown_head(tiny_preset):
     backbone = backbones.load_backbone(str(tiny_preset))
     with pytest.raises(ValueError, match="head must be one of"):
         model_lib.SiameseModel(backbone, head="bilinear")
+
+
+def test_efficient_attention_is_a_setting_of_the_factory(tiny_preset):
+    from jaxpref import deberta_attention
+
+    models = {}
+    for attention in ("keras_hub", "efficient"):
+        keras.utils.set_random_seed(0)
+        cfg = ModelConfig(
+            preset=str(tiny_preset), attention=attention, dropout=0.0, precision="float32",
+            side_features=False,
+        )  # fmt: skip
+        models[attention] = model_lib.build_model(cfg, 24)
+    layers = [e._self_attention_layer for e in models["efficient"].backbone.transformer_layers]
+    assert all(isinstance(a, deberta_attention.EfficientDisentangledSelfAttention) for a in layers)
+    encoder = model_lib.build_encoder(models["keras_hub"], str(tiny_preset), 24)
+    x = _batch(encoder, ["five", "it is four", "no idea", "4"])
+    np.testing.assert_allclose(
+        models["efficient"].predict(x, verbose=0), models["keras_hub"].predict(x, verbose=0),
+        atol=1e-5,
+    )  # fmt: skip

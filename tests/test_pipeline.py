@@ -206,3 +206,19 @@ def test_side_features_describe_each_side_and_follow_swaps(encoder):
         for i, (row, flip) in enumerate(zip(b.rows, b.swap, strict=True)):
             expected = extra[row, ::-1] if flip else extra[row]
             np.testing.assert_array_equal(x[pipeline.SIDE_FEATURES].numpy()[i], expected)
+
+
+def test_token_cache_is_keyed_on_the_format_version(tmp_path, monkeypatch, tiny_preset):
+    """Tokens cached by code that truncated or formatted differently are never reused."""
+    from jaxpref import backbones
+
+    preprocessor = backbones.load_preprocessor(str(tiny_preset), 32)
+    encoder = pipeline.PairEncoder(preprocessor, ("token_ids", "padding_mask"))
+    texts = {k: np.asarray(["a question", "b"], dtype=object) for k in text.FEATURE_KEYS}
+    pipeline.tokenize(texts, encoder, tmp_path, progress=False)
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+    pipeline.tokenize(texts, encoder, tmp_path, progress=False)
+    assert len(list(tmp_path.glob("*.npz"))) == 1  # the same format: reused
+    monkeypatch.setattr(pipeline, "TOKEN_FORMAT", pipeline.TOKEN_FORMAT + 1)
+    pipeline.tokenize(texts, encoder, tmp_path, progress=False)
+    assert len(list(tmp_path.glob("*.npz"))) == 2  # a new format: tokenized again

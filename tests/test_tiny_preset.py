@@ -8,6 +8,7 @@ import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from jaxpref.families import FAMILIES  # noqa: E402
 from jaxpref.tiny_preset import SPECIAL_PIECES, build_tiny_deberta_preset  # noqa: E402
 
 HIDDEN_DIM = 32
@@ -83,3 +84,38 @@ def test_same_seed_same_weights(preset_dir, tmp_path):
         np.testing.assert_array_equal(a, b)
     vocab = (preset_dir / "assets" / "tokenizer" / "vocabulary.spm").read_bytes()
     assert (tmp_path / "again" / "assets" / "tokenizer" / "vocabulary.spm").read_bytes() == vocab
+
+
+DECODER_SPECIALS = {  # family -> (start token, end token) its keras-hub tokenizer uses
+    "gemma": ("<bos>", "<eos>"),
+    "gemma2": ("<bos>", "<eos>"),
+    "mistral": ("<s>", "</s>"),
+    "llama3": ("<|begin_of_text|>", "<|end_of_text|>"),
+    "qwen2": (None, "<|endoftext|>"),
+    "qwen3": (None, "<|im_end|>"),
+}
+
+
+@pytest.mark.parametrize("family", list(DECODER_SPECIALS))
+def test_decoder_preset(decoder_presets, family):
+    path = decoder_presets[family]
+    backbone = keras_hub.models.Backbone.from_preset(str(path))
+    tokenizer = keras_hub.models.Tokenizer.from_preset(str(path))
+    assert type(backbone).__name__ == FAMILIES[family].backbone_class
+    assert backbone.vocabulary_size == tokenizer.vocabulary_size() <= 410
+    assert (tokenizer.start_token, tokenizer.end_token) == DECODER_SPECIALS[family]
+    end = tokenizer.end_token_id
+    assert tokenizer.id_to_token(end) == tokenizer.end_token
+    text = "Write a short poem about the second test."
+    ids = tokenizer(text)
+    assert len(ids) < len(text) * 2 / 3  # merges/pieces were learnt from the texts
+    assert tokenizer.detokenize(ids) == text
+    preprocessor = keras_hub.models.CausalLMPreprocessor.from_preset(
+        str(path), sequence_length=SEQ_LEN
+    )
+    x, _, _ = preprocessor([text, "why"])
+    token_ids, mask = np.asarray(x["token_ids"]), np.asarray(x["padding_mask"], bool)
+    assert token_ids.shape == (2, SEQ_LEN) and mask[1].sum() < mask[0].sum()
+    assert token_ids[1, mask[1].sum() - 1] == end  # the last real token of a short row
+    out = np.asarray(backbone(x))
+    assert out.shape == (2, SEQ_LEN, HIDDEN_DIM) and np.isfinite(out).all()

@@ -60,13 +60,34 @@ def test_batches_rows_and_swapped_sides_read_the_shared_tokens(tokens):
 def test_cache_file_holds_ragged_tokens_under_a_versioned_name(encoder, texts, tokens, tmp_path):
     first = pipeline.tokenize(texts, encoder, tmp_path, progress=False)
     (cache,) = tmp_path.glob("*.npz")
-    assert cache.name.endswith(f"-v{pipeline.CACHE_FORMAT}.npz")
+    assert cache.name.startswith(f"v{pipeline.TOKEN_FORMAT}-")
     with np.load(cache) as saved:
         assert saved["values"].shape == (tokens.lengths.sum(),)
     again = pipeline.tokenize(texts, encoder, tmp_path, progress=False)
     assert (again.sequence_length, again.pad_id) == (first.sequence_length, first.pad_id)
     np.testing.assert_array_equal(again.token_ids, tokens.token_ids)
     np.testing.assert_array_equal(again.segment_ids, tokens.segment_ids)
+
+
+def test_cross_encoded_orders_are_stored_ragged_and_batched_as_the_encoder_padded_them(encoder):
+    cross = pipeline.CrossEncoder(encoder.preprocessor.tokenizer, LENGTH, ("token_ids",))
+    frame = data.read_arena_csv(data.DEFAULT_TRAIN_CSV, labelled=True).iloc[:6]
+    texts = cross.texts(frame)
+    tokens = pipeline.tokenize(texts, cross, progress=False)
+    columns = {key: tf.constant(list(texts[key])) for key in text.CROSS_KEYS}
+    padded = next(tf.data.Dataset.from_tensors(columns).map(cross).as_numpy_iterator())
+    np.testing.assert_array_equal(tokens.token_ids, padded["token_ids"])
+    np.testing.assert_array_equal(tokens.segment_ids, padded["segment_ids"])
+    assert tokens.values.shape == (tokens.lengths.sum(),)
+    rows, orders, length = np.array([4, 1, 2]), np.array([1, 0, 1]), 40
+    keys = ("token_ids", "padding_mask", "segment_ids", pipeline.PART_IDS)
+    x = pipeline.batch_features(tokens, (rows, orders), length, keys, pipeline.CROSS)
+    parts = padded["segment_ids"][rows, orders, :length]
+    np.testing.assert_array_equal(x["token_ids"], padded["token_ids"][rows, orders, :length])
+    np.testing.assert_array_equal(x[pipeline.PART_IDS], parts)
+    np.testing.assert_array_equal(x["segment_ids"], parts > pipeline.CONVERSATION)
+    np.testing.assert_array_equal(x["padding_mask"], parts > 0)
+    assert all(v.shape == (3, length) and v.dtype == np.int32 for v in x.values())
 
 
 def test_one_long_text_does_not_widen_every_row(encoder):

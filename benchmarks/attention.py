@@ -1,0 +1,162 @@
+"""Train-step time of DeBERTa-v3-small: keras-hub's disentangled attention against jaxpref's.
+
+One jitted step (forward + backward over every trainable weight, float32, dropout on as in
+keras-hub's config; `--lora-rank R` trains the LoRA adapters only) of the deberta_v3_small
+architecture with random weights (no download). Each implementation is compiled once on the
+same backbone (switched in place with `efficient_deberta` between compilations), then their
+steps alternate so all see the same machine load. Prints a table and writes JSON.
+
+    python benchmarks/attention.py --out benchmarks/results/attention.json    # ~15 min on 2 CPUs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+from benchlib import median  # noqa: E402
+from run import markdown  # noqa: E402
+
+# keras-hub's deberta_v3_small_en: 6 layers, hidden 768, 12 heads, FFN 3072.
+SMALL = {
+    "vocabulary_size": 128100,
+    "num_layers": 6,
+    "num_heads": 12,
+    "hidden_dim": 768,
+    "intermediate_dim": 3072,
+    "max_sequence_length": 512,
+    "bucket_size": 256,
+}
+IMPLS = ("keras_hub", "efficient", "efficient_dropout")
+TARGET_SPEEDUP_1024 = 1.3
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", default=["2x1024", "4x512"], help="BATCHxLENGTH")
+    parser.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS[:2]))
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per implementation")
+    parser.add_argument("--num-layers", type=int, default=SMALL["num_layers"])
+    parser.add_argument("--lora-rank", type=int, default=0, help="0: every weight trains")
+    parser.add_argument("--out", type=Path, help="JSON results file")
+    return parser.parse_args(argv)
+
+
+def compile_step(backbone, batch: int, length: int):
+    """The compiled train step of `backbone` as it is now, and its arguments."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    inputs = {
+        "token_ids": jnp.asarray(rng.integers(0, SMALL["vocabulary_size"], (batch, length))),
+        "padding_mask": jnp.ones((batch, length), "int32"),
+    }
+    trainable = [v.value for v in backbone.trainable_variables]
+    non_trainable = [v.value for v in backbone.non_trainable_variables]
+
+    def loss(trainable, non_trainable, inputs):
+        hidden, non_trainable = backbone.stateless_call(
+            trainable, non_trainable, inputs, training=True
+        )
+        return jnp.mean(jnp.square(hidden)), non_trainable
+
+    def step(trainable, non_trainable, inputs):
+        return jax.value_and_grad(loss, has_aux=True)(trainable, non_trainable, inputs)
+
+    args = (trainable, non_trainable, inputs)
+    return jax.jit(step).lower(*args).compile(), args
+
+
+def measure_case(batch: int, length: int, impls: list[str], opts: argparse.Namespace) -> dict:
+    """Compile every implementation on one backbone, then time their steps alternately."""
+    import jax
+    import keras_hub
+
+    from jaxpref.deberta_attention import efficient_deberta
+
+    backbone = keras_hub.models.DebertaV3Backbone(**{**SMALL, "num_layers": opts.num_layers})
+    if opts.lora_rank:
+        backbone.enable_lora(opts.lora_rank)
+    compiled = {}
+    for impl in impls:  # keras_hub first: the switch to the efficient attention is one-way
+        if impl != "keras_hub":
+            efficient_deberta(backbone, attention_dropout=impl == "efficient_dropout")
+        start = time.perf_counter()
+        compiled[impl] = compile_step(backbone, batch, length)
+        jax.block_until_ready(compiled[impl][0](*compiled[impl][1]))  # warm-up
+        print(f"{batch}x{length} {impl}: compiled in {time.perf_counter() - start:.0f} s")
+    times = {impl: {"wall_s": [], "cpu_s": []} for impl in impls}
+    for _ in range(opts.steps):
+        for impl in impls:
+            fn, args = compiled[impl]
+            wall, cpu = time.perf_counter(), time.process_time()
+            jax.block_until_ready(fn(*args))
+            times[impl]["wall_s"].append(time.perf_counter() - wall)
+            times[impl]["cpu_s"].append(time.process_time() - cpu)
+    for entry in times.values():
+        entry["median_wall_s"] = median(entry["wall_s"])
+        entry["median_cpu_s"] = median(entry["cpu_s"])
+    return {"batch": batch, "length": length, **times}
+
+
+def table(cases: list[dict], impls: list[str]) -> str:
+    base = impls[0]
+    rows = []
+    for case in cases:
+        for impl in impls:
+            wall, cpu = case[impl]["median_wall_s"], case[impl]["median_cpu_s"]
+            rows.append(
+                [
+                    f"{case['batch']} x {case['length']}",
+                    impl,
+                    f"{wall:.2f}",
+                    f"{cpu:.2f}",
+                    f"{case[base]['median_wall_s'] / wall:.2f}x",
+                    f"{case[base]['median_cpu_s'] / cpu:.2f}x",
+                ]
+            )
+    header = ["batch x tokens", "attention", "step s", "CPU s", "speed-up", "per CPU-s"]
+    return markdown(rows, header)
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    load_before = os.getloadavg()
+    cases = []
+    for spec in opts.cases:
+        batch, length = (int(part) for part in spec.split("x"))
+        cases.append(measure_case(batch, length, opts.impls, opts))
+    print(table(cases, opts.impls))
+    result = {
+        "argv": sys.argv,
+        "config": {
+            **SMALL,
+            "num_layers": opts.num_layers,
+            "lora_rank": opts.lora_rank,
+            "dtype": "float32",
+        },
+        "versions": {name: metadata.version(name) for name in ("jax", "keras", "keras-hub")},
+        "cpus": os.cpu_count(),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "target_speedup_1024": TARGET_SPEEDUP_1024,
+        "cases": cases,
+    }
+    if opts.out:
+        opts.out.parent.mkdir(parents=True, exist_ok=True)
+        opts.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {opts.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

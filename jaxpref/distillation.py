@@ -1,0 +1,48 @@
+"""Soft labels (knowledge distillation): train on a blend of the hard label and a teacher's
+probabilities, such as the out-of-fold predictions of a stronger configuration (the `oof.csv`
+that cross_validate.py writes).
+
+Cross-entropy against the target (1 - W) * one-hot + W * teacher is, up to a constant,
+(1 - W) * the usual loss + W * KL(teacher || student): the student also learns how sure the
+teacher was (how close to a tie a pair is), which a single hard label does not say.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from jaxpref.data import NUM_CLASSES, DataError
+from jaxpref.probabilities import Probabilities, read_probabilities
+
+log = logging.getLogger("jaxpref")
+
+
+def load_teacher(path: str | os.PathLike, train_ids: Sequence[str]) -> Probabilities:
+    """The teacher's probability file, checked; logs how many training rows it covers and how
+    many of its ids match no training row (validation rows, or another data set's)."""
+    teacher = read_probabilities(path)
+    matched = np.isin(teacher.ids, np.asarray(train_ids, dtype=object))
+    if not matched.any():
+        raise DataError(teacher.path, "no id matches a training row; wrong --soft-labels file?")
+    log.info(
+        "soft labels: %s covers %d of %d training rows; %d of its ids match no training row",
+        teacher.path, int(matched.sum()), len(train_ids), int((~matched).sum()),
+    )  # fmt: skip
+    return teacher
+
+
+def soft_targets(
+    ids: Sequence[str], labels: np.ndarray, teacher: Probabilities, weight: float
+) -> np.ndarray:
+    """(n, 3) float32 training targets: (1 - weight) * one-hot + weight * teacher for rows the
+    teacher covers, the one-hot label for the others."""
+    targets = np.eye(NUM_CLASSES)[np.asarray(labels)]
+    index = pd.Index(teacher.ids).get_indexer(list(ids))
+    covered = index >= 0
+    targets[covered] = (1 - weight) * targets[covered] + weight * teacher.probs[index[covered]]
+    return targets.astype(np.float32)

@@ -1,0 +1,135 @@
+"""Cross-encoders: one sequence per pair, for encoders (DeBERTa) and decoder LLMs."""
+
+import jax
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from jaxpref import data, families, pipeline, prediction, sharding
+from jaxpref import model as model_lib
+from jaxpref.config import ConfigError, ModelConfig
+from jaxpref.pipeline import CONVERSATION, FIRST, SECOND
+
+LENGTH = 48
+
+
+def rows(n: int = 6):
+    return data.read_arena_csv(data.DEFAULT_TRAIN_CSV, labelled=True).head(n)
+
+
+def tokens_of(model, preset, frame, length=LENGTH):
+    encoder = model_lib.build_encoder(model, str(preset), length)
+    return encoder, pipeline.tokenize(encoder.texts(frame), encoder, progress=False)
+
+
+def test_truncate_parts_shares_the_budget_and_keeps_the_conversation_end():
+    lengths = [(10, 20, 30), (2, 40, 5), (1, 1, 1), (0, 50, 50)]
+    parts = [tf.ragged.constant([list(range(n[i])) for n in lengths]) for i in range(3)]
+    kept = pipeline.truncate_parts(parts, 30, (True, False, False))
+    sizes = np.stack([p.row_lengths().numpy() for p in kept], axis=1)
+    np.testing.assert_array_equal(sizes, [(10, 10, 10), (2, 23, 5), (1, 1, 1), (0, 15, 15)])
+    uneven = pipeline.truncate_parts(
+        [tf.ragged.constant([list(range(40))])] * 3, 31, (True, False, False)
+    )
+    assert [int(p.row_lengths()[0]) for p in uneven] == [11, 10, 10]  # the budget used whole
+    assert kept[0][0].numpy().tolist() == list(range(10))  # fits: all of it
+    assert kept[1][1].numpy().tolist() == list(range(23))  # a response keeps its start
+    long = pipeline.truncate_parts(
+        [tf.ragged.constant([list(range(40))])] * 3, 30, (True, False, False)
+    )
+    assert long[0][0].numpy().tolist() == list(range(30, 40))  # the conversation its end
+
+
+@pytest.fixture(scope="module")
+def cross(tiny_preset):
+    keras.utils.set_random_seed(0)
+    cfg = ModelConfig(
+        preset=str(tiny_preset), architecture="cross", dropout=0.0, precision="float32",
+        side_features=False,
+    )  # fmt: skip
+    return model_lib.build_model(cfg, LENGTH)
+
+
+def test_encoder_sequences_hold_both_orders_of_the_same_parts(cross, tiny_preset):
+    encoder, tokens = tokens_of(cross, tiny_preset, rows())
+    cls, sep = encoder.pieces[0][0], encoder.pieces[1][0]
+    assert tokens.token_ids.shape == (6, 2, LENGTH)
+    for i in range(6):
+        for order in (0, 1):
+            n = tokens.lengths[i, order]
+            ids, parts = tokens.token_ids[i, order, :n], tokens.segment_ids[i, order, :n]
+            assert ids[0] == cls and ids[-1] == sep
+            assert (tokens.segment_ids[i, order, n:] == 0).all()
+            assert (np.diff(parts) >= 0).all() and set(parts) <= {CONVERSATION, FIRST, SECOND}
+        first = tokens.token_ids[i, 0][tokens.segment_ids[i, 0] == FIRST]
+        swapped = tokens.token_ids[i, 1][tokens.segment_ids[i, 1] == SECOND]
+        np.testing.assert_array_equal(swapped[1:-1], first)  # B-first order: A second
+    assert tokens.lengths.max() >= LENGTH - 1  # long rows fill the budget (one may stay unused)
+
+
+def test_cross_model_predicts_swap_tta_mirrors_and_config_round_trips(cross, tiny_preset):
+    assert cross.layout == pipeline.CROSS and cross.pooling == "mean"
+    encoder, tokens = tokens_of(cross, tiny_preset, rows())
+    plan = pipeline.plan_batches(tokens.row_lengths(), 2, (LENGTH,))
+    keys = encoder.input_keys
+    probs = prediction.predict_tokens(cross, tokens, plan, keys)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    tta = prediction.predict_tokens(cross, tokens, plan, keys, tta=True)
+    swapped = prediction.predict_tokens(cross, pipeline.swap_sides(tokens), plan, keys, tta=True)
+    np.testing.assert_allclose(swapped, tta[:, list(data.MIRROR)], atol=1e-9)
+    config = cross.get_config()
+    rebuilt = model_lib.CrossEncoderModel.from_config(config)
+    assert rebuilt.get_config() == config
+    assert [w.path for w in rebuilt.weights] == [w.path for w in cross.weights]
+
+
+@pytest.mark.parametrize("name", ["gemma", "llama3", "qwen2"])
+def test_decoder_cross_models_pool_the_last_token_with_lora_on_attention_and_mlp(
+    decoder_presets, name
+):
+    keras.utils.set_random_seed(0)
+    cfg = ModelConfig(
+        preset=str(decoder_presets[name]), architecture="cross", lora_rank=2, precision="float32",
+        side_features=False,
+    )  # fmt: skip
+    model = model_lib.build_model(cfg, LENGTH)
+    assert model.pooling == "last"
+    lora = [w.path for w in model.trainable_weights if "lora_kernel" in w.path]
+    family = families.family_of(model.backbone)
+    assert len(lora) == 2 * len(families.lora_targets(family)) == 2 * 7
+    encoder, tokens = tokens_of(model, decoder_presets[name], rows(4))
+    assert encoder.decoder and encoder.pieces[0]  # the tagged format's opening tokens
+    plan = pipeline.plan_batches(tokens.row_lengths(), 2, (LENGTH,))
+    probs = prediction.predict_tokens(model, tokens, plan, encoder.input_keys)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    with pytest.raises(ConfigError, match="--architecture cross"):
+        model_lib.build_model(ModelConfig(preset=cfg.preset, precision="float32"), LENGTH)
+
+
+def test_decoder_cross_model_on_a_2x2_mesh_predicts_as_on_one_device(decoder_presets):
+    preset = str(decoder_presets["llama3"])
+    cfg = ModelConfig(
+        preset=preset, architecture="cross", lora_rank=2, precision="float32", side_features=False
+    )
+    keras.utils.set_random_seed(0)
+    reference = model_lib.build_model(cfg, LENGTH)
+    weights = [np.random.default_rng(i).normal(0, 0.05, w.shape) for i, w in enumerate(
+        reference.weights)]  # fmt: skip
+    weights = [w.astype(v.dtype) for w, v in zip(weights, reference.weights, strict=True)]
+    encoder, tokens = tokens_of(reference, preset, rows(4))
+    plan = pipeline.plan_batches(tokens.row_lengths(), 4, (LENGTH,))
+    reference.set_weights(weights)
+    expected = prediction.predict_tokens(reference, tokens, plan, encoder.input_keys)
+    config = sharding.read_backbone_config(preset)
+    with sharding.model_parallel(jax.devices(), 2, config).scope():
+        model = model_lib.build_model(cfg, LENGTH)
+        model.set_weights(weights)
+        sharded = prediction.predict_tokens(model, tokens, plan, encoder.input_keys)
+    np.testing.assert_allclose(sharded, expected, atol=1e-5)
+    specs = {w.path: tuple(w.value.sharding.spec) for w in model.weights}
+    lora = {p: s for p, s in specs.items() if "lora_kernel" in p}
+    assert lora and not any("model" in s for s in lora.values())  # LoRA replicated
+    backbone = {w.path for w in model.backbone.weights}
+    kernels = [s for p, s in specs.items() if p in backbone and p.endswith("/kernel")]
+    assert kernels and all("model" in s for s in kernels)  # base kernels sharded

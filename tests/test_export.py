@@ -1,0 +1,200 @@
+"""Export bundles, inference precision and float16 training, end to end on the tiny preset.
+
+One 1-epoch run is exported; the bundle must predict as the run directory does, hold no
+training state, load in plain keras-hub, and be smaller than the run.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import run_script, tiny_run_args
+
+from jaxpref import bundle, checkpoints, data, prediction
+from jaxpref.config import ConfigError
+from jaxpref.export import directory_size
+
+TOLERANCE = 1e-5  # bundle vs run directory, same precision
+BF16_TOLERANCE = 2e-2  # mixed_bfloat16 vs float32 inference
+
+PLAIN_KERAS_HUB = """
+import json, sys
+import numpy as np
+import keras_hub
+
+merged, initial = (keras_hub.models.Backbone.from_preset(p) for p in sys.argv[1:3])
+changed = [
+    a.path for a, b in zip(merged.weights, initial.weights, strict=True)
+    if a.path != b.path or not np.array_equal(np.asarray(a), np.asarray(b))
+]
+tokenize = [
+    keras_hub.models.TextClassifierPreprocessor.from_preset(p, sequence_length=16)
+    for p in sys.argv[1:3]
+]
+text = ["which answer is better?"]
+same_tokens = bool(np.array_equal(tokenize[0](text)["token_ids"], tokenize[1](text)["token_ids"]))
+print(json.dumps({
+    "changed": changed,
+    "lora": any("lora" in v.path for v in merged.weights),
+    "same_tokens": same_tokens,
+    "jaxpref_imported": any(m.startswith("jaxpref") for m in sys.modules),
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_preset, small_csv, tmp_path_factory):
+    """(run directory, bundle, export's stdout) of a 1-epoch float32 run with LoRA."""
+    root = tmp_path_factory.mktemp("export")
+    run_dir, out = root / "run", root / "bundle"
+    train = run_script(
+        "train_jax.py", *tiny_run_args(tiny_preset, small_csv, run_dir), "--epochs", "1"
+    )
+    assert train.returncode == 0, train.stderr[-3000:]
+    result = run_script(
+        "export.py", "--devices", "cpu", "--run-dir", str(run_dir), "--out", str(out)
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, out, result.stdout
+
+
+@pytest.fixture(scope="module")
+def unseen_csv(tmp_path_factory):
+    """24 sample rows the run never saw."""
+    path = tmp_path_factory.mktemp("unseen") / "test.csv"
+    pd.read_csv(data.DEFAULT_TRAIN_CSV, dtype=str).iloc[240:264].to_csv(path, index=False)
+    return path
+
+
+def infer(source, test_csv, output, *flags) -> pd.DataFrame:
+    result = run_script(
+        "infer.py", "--devices", "cpu", "--run-dir", str(source), "--test-csv", str(test_csv),
+        "--output", str(output), *flags,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return pd.read_csv(output, dtype={"id": str})
+
+
+@pytest.fixture(scope="module")
+def run_predictions(exported, unseen_csv, tmp_path_factory):
+    """The run directory's submission for `unseen_csv` (float32: --precision auto on CPU)."""
+    out = tmp_path_factory.mktemp("run_predictions") / "submission.csv"
+    return infer(exported[0], unseen_csv, out, "--num-devices", "2")
+
+
+@pytest.mark.slow
+def test_bundle_predicts_as_the_run_directory_does(exported, unseen_csv, run_predictions, tmp_path):
+    from_bundle = infer(exported[1], unseen_csv, tmp_path / "submission.csv", "--num-devices", "1")
+    assert list(from_bundle["id"]) == list(run_predictions["id"]) and len(from_bundle) == 24
+    diff = np.abs(from_bundle[list(data.LABEL_COLUMNS)] - run_predictions[list(data.LABEL_COLUMNS)])
+    assert diff.to_numpy().max() < TOLERANCE
+
+
+@pytest.mark.slow
+def test_bundle_holds_inference_files_only_and_is_smaller(exported):
+    run_dir, out, stdout = exported
+    names = {p.relative_to(out).as_posix() for p in out.rglob("*")}
+    assert {"bundle.json", "config.json", "head.npz", "calibration.json"} <= names
+    assert {"backbone/config.json", "backbone/model.weights.h5", "backbone/tokenizer.json"} <= names
+    orbax = [n for n in names if re.search(r"checkpoint|ocdbt|_METADATA|_sharding", n, re.I)]
+    assert not orbax and not [n for n in names if "optimizer" in n or "state" in n]
+    manifest = json.loads((out / "bundle.json").read_text())
+    assert manifest["format"] == bundle.FORMAT and manifest["version"] == bundle.FORMAT_VERSION
+    assert manifest["merged_lora_rank"] == 8 and manifest["source_run"] == str(run_dir)
+    assert json.loads((out / "config.json").read_text())["model"]["lora_rank"] == 0
+    assert (out / "calibration.json").read_bytes() == (run_dir / "calibration.json").read_bytes()
+    with np.load(out / "head.npz") as head:
+        assert not [k for k in head if "lora" in k or "adam" in k or "optimizer" in k]
+        assert np.abs(head["side_standardize/mean"]).max() > 0.1  # fitted, not the zero init
+    sizes = re.search(r"bundle ([\d.]+) MiB; run directory ([\d.]+) MiB", stdout)
+    assert sizes and float(sizes[1]) < float(sizes[2])
+    assert directory_size(out) < directory_size(run_dir)
+
+
+@pytest.mark.slow
+def test_plain_keras_hub_loads_the_backbone_with_lora_merged(exported, tiny_preset):
+    """Only the LoRA targets moved from the initial weights (the query and value kernels, by the
+    merged deltas, and their biases, which LoRA leaves trainable); no LoRA variables remain, and
+    the tokenizer is the run's."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    result = subprocess.run(
+        [sys.executable, "-c", PLAIN_KERAS_HUB, str(exported[1] / "backbone"), str(tiny_preset)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not report["jaxpref_imported"] and not report["lora"] and report["same_tokens"]
+    attention = "disentangled_attention_encoder_layer_0/self_attention_layer"
+    targets = {
+        f"{attention}/{layer}/{v}" for layer in ("query", "value") for v in ("kernel", "bias")
+    }
+    assert set(report["changed"]) == targets
+
+
+@pytest.mark.slow
+def test_mixed_bfloat16_inference_is_close_to_float32(
+    exported, unseen_csv, run_predictions, tmp_path
+):
+    bf16 = infer(exported[0], unseen_csv, tmp_path / "bf16.csv", "--precision", "mixed_bfloat16")
+    diff = np.abs(bf16[list(data.LABEL_COLUMNS)] - run_predictions[list(data.LABEL_COLUMNS)])
+    assert 0 < diff.to_numpy().max() < BF16_TOLERANCE  # applied, and harmless
+
+
+@pytest.mark.slow
+def test_mixed_float16_trains_with_loss_scaling(exported, tiny_preset, small_csv, tmp_path):
+    run_dir = tmp_path / "run"
+    args = tiny_run_args(tiny_preset, small_csv, run_dir)
+    result = run_script("train_jax.py", *args, "--epochs", "1", "--precision", "mixed_float16")
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = pd.read_csv(run_dir / "history.csv")
+    assert np.isfinite(history[["loss", "val_log_loss"]].to_numpy()).all()
+    assert (
+        json.loads((run_dir / "config.json").read_text())["model"]["precision"] == "mixed_float16"
+    )
+    assert "loss_scale_optimizer" in optimizer_parts(run_dir)
+    assert "loss_scale_optimizer" not in optimizer_parts(exported[0])  # the float32 run
+
+
+def optimizer_parts(run_dir) -> list[str]:
+    """Names of the optimizers whose variables the newest state checkpoint holds."""
+    import orbax.checkpoint as oc
+
+    path = checkpoints.latest_state(run_dir / "checkpoints" / "state")["path"]
+    tree = oc.v1.pytree_metadata(path, checkpointable_name="pytree").metadata
+    return list(tree["optimizer_variables"])
+
+
+def test_export_refuses_a_directory_that_is_not_a_bundle(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    result = run_script("export.py", "--devices", "cpu", "--run-dir", str(tmp_path), "--out",
+                        str(tmp_path / "out"))  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"error: {tmp_path / 'out'} exists and is not a jaxpref bundle" in result.stderr
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [
+        ({"format": "other", "version": 1}, "format is 'other'"),
+        ({"format": bundle.FORMAT, "version": bundle.FORMAT_VERSION + 1}, "upgrade jaxpref"),
+    ],
+)
+def test_unreadable_bundles_are_one_line_errors(tmp_path, manifest, message):
+    (tmp_path / "bundle.json").write_text(json.dumps(manifest))
+    with pytest.raises(bundle.BundleError, match=message):
+        bundle.read_manifest(bundle.Bundle(tmp_path))
+
+
+def test_inference_precision():
+    assert prediction.inference_precision("auto", "cpu") == "float32"
+    assert prediction.inference_precision("auto", "gpu") is None  # the run's own
+    assert prediction.inference_precision("mixed_float16", "cpu") == "mixed_float16"
+    with pytest.raises(ConfigError, match="--precision float8"):
+        prediction.inference_precision("float8", "tpu")

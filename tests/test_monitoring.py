@@ -1,0 +1,70 @@
+"""Progress lines outside a terminal: tokenizing and predicting say how far they are."""
+
+import re
+
+import numpy as np
+import pytest
+
+from jaxpref import backbones, callbacks, monitoring, pipeline, text
+from jaxpref.config import RunConfig
+
+LINE = re.compile(r"(\w+): (\d+)/(\d+) rows \((\d+)%\), [\d.]+ rows/s, ETA \d+:\d\d:\d\d")
+
+
+def progress_lines(caplog) -> list[tuple[str, ...]]:
+    return [m for message in caplog.messages for m in LINE.findall(message)]
+
+
+@pytest.fixture
+def every_call(caplog):
+    """A progress line whenever one is due (interval 0); returns the lines logged so far."""
+    monitoring.setup_logging(log_every=0.0)
+    yield lambda: progress_lines(caplog)
+    monitoring.setup_logging(log_every=RunConfig.log_every)
+
+
+def test_ticker_reports_counts_rate_and_eta_but_not_the_finished_total(every_call):
+    ticker = monitoring.Ticker("reading", 10)
+    for _ in range(4):
+        ticker.add(3)  # 3, 6, 9, then 12 >= 10: done, no line
+    assert [(done, percent) for _, done, _, percent in every_call()] == [
+        ("3", "30"), ("6", "60"), ("9", "90")
+    ]  # fmt: skip
+
+
+def test_lines_are_spaced_by_log_every(caplog):
+    monitoring.setup_logging(log_every=3600.0)
+    try:
+        ticker = monitoring.Ticker("reading", 10)
+        for _ in range(9):
+            ticker.add(1)
+        assert not progress_lines(caplog)
+    finally:
+        monitoring.setup_logging(log_every=RunConfig.log_every)
+
+
+def test_tokenizing_a_large_file_reports_progress(tiny_preset, every_call):
+    preprocessor = backbones.load_preprocessor(str(tiny_preset), 32)
+    encoder = pipeline.PairEncoder(preprocessor, ("token_ids", "padding_mask"))
+    n = 3 * pipeline.TOKENIZE_CHUNK
+    texts = {key: np.asarray([f"{key} {i}" for i in range(n)], object) for key in text.FEATURE_KEYS}
+    tokens = pipeline.tokenize(texts, encoder)
+    assert len(tokens) == n
+    lines = every_call()
+    assert [(label, int(done)) for label, done, *_ in lines] == [
+        ("tokenizing", pipeline.TOKENIZE_CHUNK),
+        ("tokenizing", 2 * pipeline.TOKENIZE_CHUNK),
+    ]
+
+
+def test_prediction_progress_counts_real_rows_per_batch(every_call):
+    import keras
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
+    sizes = [4, 4, 1]  # the last global batch holds one real row and three filler copies
+    watch = callbacks.PredictProgress("predicting", sizes)
+    model.predict(np.zeros((12, 2)), batch_size=4, verbose=0, callbacks=[watch])
+    assert [(label, int(done), int(total)) for label, done, total, _ in every_call()] == [
+        ("predicting", 4, 9),
+        ("predicting", 8, 9),
+    ]

@@ -1,0 +1,316 @@
+"""Tensor parallelism of tiny decoders of every family on a 2 x 2 (batch x model) CPU mesh."""
+
+import json
+
+import jax
+import keras
+import keras_hub
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from jaxpref import families, sharding
+
+RANK = 2
+ROWS, TOKENS = 4, 16
+
+
+def _inputs(vocab: int) -> dict:
+    rng = np.random.default_rng(0)
+    mask = np.ones((ROWS, TOKENS), "int32")
+    mask[1, 10:] = 0
+    return {
+        "token_ids": rng.integers(0, vocab, (ROWS, TOKENS), dtype="int32"),
+        "padding_mask": mask,
+    }
+
+
+def _lora_backbone(build, targets: list[str]):
+    """A backbone with LoRA factors set to fixed non-zero values, so they change the output."""
+    backbone = build()
+    families.enable_lora(backbone, RANK, targets, alpha=2.0 * RANK)
+    rng = np.random.default_rng(1)
+    for variable in backbone.weights:
+        if "lora_kernel" in variable.path:
+            variable.assign(0.1 * rng.standard_normal(variable.shape).astype("float32"))
+    return backbone
+
+
+def _bytes_on(device, variables) -> int:
+    return sum(
+        shard.data.nbytes
+        for v in variables
+        for shard in v.value.addressable_shards
+        if shard.device == device
+    )
+
+
+def _weight_shapes(backbone) -> dict:
+    family = families.family_of(backbone)
+    return {
+        path: w.shape
+        for w in family.weights(backbone.get_config())
+        for path in w.paths(backbone.num_layers)
+    }
+
+
+@pytest.mark.parametrize("name", list(families.FAMILIES))
+def test_family_on_a_2x2_mesh(decoder_presets, name):
+    preset = str(decoder_presets[name])
+    config = sharding.read_backbone_config(preset)
+    family = families.family_of(config)
+    assert family.name == name
+    targets = families.lora_targets(family)
+    x = _inputs(config["config"]["vocabulary_size"])
+
+    def build():
+        return keras_hub.models.Backbone.from_preset(preset)
+
+    reference = _lora_backbone(build, targets)
+    assert _weight_shapes(reference) == {
+        v.path: tuple(v.shape) for v in reference.weights if "lora" not in v.path
+    }
+    expected = np.asarray(reference(x))
+    with sharding.model_parallel(jax.devices(), 2, config).scope():
+        backbone = _lora_backbone(build, targets)
+        out = np.asarray(backbone(x))
+    np.testing.assert_allclose(out, expected, atol=2e-5)
+
+    specs = {v.path: tuple(v.value.sharding.spec) for v in backbone.weights}
+    lora = [v for v in backbone.weights if "lora_kernel" in v.path]
+    base = [v for v in backbone.weights if "lora_kernel" not in v.path]
+    assert len(lora) == 2 * len(targets)
+    for path, spec in specs.items():
+        sharded = "model" in spec
+        assert sharded == (path.endswith(("/kernel", "/bias", "embeddings"))), (path, spec)
+
+    estimate = sharding.memory_estimate(config, ROWS, TOKENS, RANK, targets, mesh=(2, 2))
+    device = jax.devices()[0]
+    assert estimate.weights == _bytes_on(device, base) < sum(v.value.nbytes for v in base)
+    assert estimate.lora == 4 * _bytes_on(device, lora) == 4 * sum(v.value.nbytes for v in lora)
+
+
+@pytest.mark.parametrize("model_parallel", [0, 3, 8])
+def test_model_axis_must_divide_the_devices(model_parallel):
+    config = {"class_name": "QwenBackbone", "config": {}}
+    with pytest.raises(
+        sharding.ShardingError, match=r"does not divide the 4 devices; use one of 1, 2, 4"
+    ):
+        sharding.model_parallel(jax.devices(), model_parallel, config)
+
+
+def _hf_config(model_type: str, **sizes) -> dict:
+    """A Hugging Face config.json with the fields keras-hub's converter of `model_type` reads."""
+    config = dict(
+        model_type=model_type,
+        architectures=["ForCausalLM"],
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+        tie_word_embeddings=model_type not in ("llama", "mistral"),
+        use_sliding_window=False,
+        sliding_window=None,
+        **sizes,
+    )
+    if model_type == "gemma2":
+        config.update(
+            query_pre_attn_scalar=config["head_dim"],
+            final_logit_softcapping=30.0,
+            attn_logit_softcapping=50.0,
+            sliding_window=16,
+        )
+    return config
+
+
+def _hf_weights(config: dict) -> dict:
+    """Random weights under Hugging Face names and shapes for a decoder `config`."""
+    rng = np.random.default_rng(0)
+    h, hd, mlp = config["hidden_size"], config["head_dim"], config["intermediate_size"]
+    q, kv = config["num_attention_heads"] * hd, config["num_key_value_heads"] * hd
+    shapes = {"model.embed_tokens.weight": (config["vocab_size"], h), "model.norm.weight": (h,)}
+    if not config["tie_word_embeddings"]:
+        shapes["lm_head.weight"] = (config["vocab_size"], h)
+    for i in range(config["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        shapes |= {
+            f"{p}self_attn.q_proj.weight": (q, h),
+            f"{p}self_attn.k_proj.weight": (kv, h),
+            f"{p}self_attn.v_proj.weight": (kv, h),
+            f"{p}self_attn.o_proj.weight": (h, q),
+            f"{p}mlp.gate_proj.weight": (mlp, h),
+            f"{p}mlp.up_proj.weight": (mlp, h),
+            f"{p}mlp.down_proj.weight": (h, mlp),
+            f"{p}input_layernorm.weight": (h,),
+            f"{p}post_attention_layernorm.weight": (h,),
+        }
+        if config["model_type"] == "qwen2":
+            shapes |= {
+                f"{p}self_attn.{n}_proj.bias": (s,) for n, s in zip("qkv", (q, kv, kv), strict=True)
+            }
+        if config["model_type"] == "qwen3":
+            shapes |= {f"{p}self_attn.{n}_norm.weight": (hd,) for n in "qk"}
+        if config["model_type"] == "gemma2":
+            shapes |= {f"{p}{n}_feedforward_layernorm.weight": (h,) for n in ("pre", "post")}
+    return {k: (0.02 * rng.standard_normal(s)).astype("float32") for k, s in shapes.items()}
+
+
+HF_TYPES = [t for f in families.FAMILIES.values() for t in f.hf_model_types]
+TINY_HF = dict(
+    vocab_size=256,
+    hidden_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    intermediate_size=48,
+)
+
+
+@pytest.mark.parametrize("model_type", HF_TYPES)
+def test_hugging_face_directories_convert(tmp_path, model_type):
+    config = _hf_config(model_type, **TINY_HF)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    weights = _hf_weights(config)
+    save_file(weights, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    family = families.check_supported_hf_dir(tmp_path)
+    assert model_type in family.hf_model_types
+    assert families.family_of(sharding.read_backbone_config(str(tmp_path))) == family
+    backbone = keras_hub.models.Backbone.from_preset(str(tmp_path))
+    assert families.family_of(backbone) == family
+    assert _weight_shapes(backbone) == {v.path: tuple(v.shape) for v in backbone.weights}
+    embeddings = np.asarray(backbone.get_layer("token_embedding").embeddings, "float32")
+    np.testing.assert_allclose(embeddings, weights["model.embed_tokens.weight"], atol=1e-3)
+
+
+def test_kv_heads_the_model_axis_does_not_divide_stay_replicated(tmp_path):
+    """Gemma-2B's layout: one kv head, so k/v kernels stay whole on a model axis of 2."""
+    hf_config = _hf_config("gemma", **{**TINY_HF, "num_key_value_heads": 1})
+    (tmp_path / "config.json").write_text(json.dumps(hf_config))
+    serialized = sharding.read_backbone_config(str(tmp_path))
+    config = serialized["config"]
+    keras.utils.set_random_seed(0)
+    reference = keras_hub.models.GemmaBackbone(**config)
+    x = _inputs(config["vocabulary_size"])
+    with sharding.model_parallel(jax.devices(), 2, serialized).scope():
+        backbone = keras_hub.models.GemmaBackbone(**config)
+    backbone.set_weights(reference.get_weights())
+    specs = {v.path.split("/")[-2]: tuple(v.value.sharding.spec) for v in backbone.weights}
+    assert specs["key"] == specs["value"] == (None, None, None)
+    assert specs["query"] == specs["attention_output"] == ("model", None, None)
+    np.testing.assert_allclose(np.asarray(backbone(x)), np.asarray(reference(x)), atol=2e-5)
+    estimate = sharding.memory_estimate(serialized, 4, 16, RANK, ["query"], mesh=(2, 2))
+    assert estimate.weights == _bytes_on(jax.devices()[0], backbone.weights)
+
+
+def test_unsupported_hugging_face_model_type_is_one_line(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "phi3"}))
+    with pytest.raises(families.FamilyError) as err:
+        families.check_supported_hf_dir(tmp_path)
+    message = str(err.value)
+    assert "\n" not in message and "'phi3' is not a supported decoder" in message
+    assert "llama3 (llama -> Llama3Backbone)" in message
+    (tmp_path / "config.json").write_text(json.dumps({"class_name": "BertBackbone"}))
+    with pytest.raises(families.FamilyError, match="has no model_type"):
+        families.check_supported_hf_dir(tmp_path)
+
+
+REAL = {  # published parameter counts of real checkpoints, from their Hugging Face configs
+    "llama": (
+        dict(vocab_size=128256, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+             num_key_value_heads=8, head_dim=128, intermediate_size=14336),
+        8_030_261_248,
+    ),
+    "gemma": (
+        dict(vocab_size=256000, hidden_size=2048, num_hidden_layers=18, num_attention_heads=8,
+             num_key_value_heads=1, head_dim=256, intermediate_size=16384),
+        2_506_172_416,
+    ),
+    "qwen2": (
+        dict(vocab_size=152064, hidden_size=3584, num_hidden_layers=28, num_attention_heads=28,
+             num_key_value_heads=4, head_dim=128, intermediate_size=18944),
+        7_615_616_512,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("model_type", list(REAL))
+def test_weight_estimate_of_real_checkpoints(tmp_path, model_type):
+    sizes, parameters = REAL[model_type]
+    config = _hf_config(model_type, **sizes)
+    if model_type == "qwen2":
+        config["tie_word_embeddings"] = False
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    serialized = sharding.read_backbone_config(str(tmp_path))
+    one = sharding.memory_estimate(serialized, 8, 1024, 16, [], "bfloat16")
+    assert one.weights == 2 * parameters and one.lora == 0
+    four = sharding.memory_estimate(serialized, 8, 1024, 16, [], "bfloat16", mesh=(1, 4))
+    assert one.weights / 4 < four.weights < one.weights / 3.5
+    assert four.activations < one.activations
+
+
+def test_memory_estimate_parts_and_check_fits(decoder_presets):
+    config = sharding.read_backbone_config(str(decoder_presets["llama3"]))
+    config["config"]["num_layers"] = 4
+    targets = families.lora_targets(families.FAMILIES["llama3"], "q,v")
+
+    def estimate(rank=RANK, **options):
+        return sharding.memory_estimate(config, 8, 64, rank, targets, mesh=(2, 2), **options)
+
+    plain, remat, fused, wider = (
+        estimate(),
+        estimate(remat=True),
+        estimate(fused_attention=True),
+        estimate(2 * RANK),
+    )
+    assert remat.weights == plain.weights and remat.activations < plain.activations
+    assert fused.activations < plain.activations
+    assert wider.lora == 2 * plain.lora
+    assert plain.total == plain.weights + plain.lora + plain.activations
+    sharding.check_fits(plain, plain.total)
+    with pytest.raises(sharding.ShardingError) as err:
+        sharding.check_fits(plain, plain.total - 1)
+    assert "\n" not in str(err.value) and "GiB per device (weights" in str(err.value)
+    with pytest.raises(sharding.ShardingError, match="--batch-size 7 does not split"):
+        sharding.memory_estimate(config, 7, 64, RANK, targets, mesh=(2, 2))
+
+
+def test_lora_targets_and_alpha(decoder_presets):
+    gemma, llama = families.FAMILIES["gemma"], families.FAMILIES["llama3"]
+    assert families.lora_targets(llama) == [
+        "query", "key", "value", "attention_output",
+        "feedforward_gate_dense", "feedforward_intermediate_dense", "feedforward_output_dense",
+    ]  # fmt: skip
+    assert families.lora_targets(gemma, "q,v,ffw_linear") == ["query", "value", "ffw_linear"]
+    assert families.lora_targets(gemma, "mlp,down") == ["ffw_gating", "ffw_gating_2", "ffw_linear"]
+    with pytest.raises(families.FamilyError, match="unknown target 'lm_head'"):
+        families.lora_targets(gemma, "q,lm_head")
+    backbone = keras_hub.models.Backbone.from_preset(str(decoder_presets["gemma"]))
+    assert families.enable_lora(backbone, RANK, ["query", "value"], alpha=8.0) == 2
+    assert backbone.get_layer("decoder_block_0").attention.query_dense.lora_alpha == 8.0
+    assert [v.path.split("/")[-2:] for v in backbone.trainable_variables] == [
+        ["query", "lora_kernel_a"], ["query", "lora_kernel_b"],
+        ["value", "lora_kernel_a"], ["value", "lora_kernel_b"],
+    ]  # fmt: skip
+
+
+def test_remat_scope_recomputes_blocks(decoder_presets):
+    config = sharding.read_backbone_config(str(decoder_presets["qwen3"]))
+    with sharding.remat_scope(config):
+        backbone = keras_hub.models.Backbone.from_preset(str(decoder_presets["qwen3"]))
+    reference = keras_hub.models.Backbone.from_preset(str(decoder_presets["qwen3"]))
+    x = _inputs(config["config"]["vocabulary_size"])
+
+    def grads(model):
+        def loss(trainable, frozen):
+            out, _ = model.stateless_call(trainable, frozen, x)
+            return (out[:, -1] ** 2).mean()
+
+        values = [v.value for v in model.trainable_variables]
+        frozen = [v.value for v in model.non_trainable_variables]
+        return jax.make_jaxpr(jax.grad(loss))(values, frozen), jax.jit(jax.grad(loss))(
+            values, frozen
+        )
+
+    (remat_jaxpr, remat_grads), (plain_jaxpr, plain_grads) = grads(backbone), grads(reference)
+    assert "remat" in str(remat_jaxpr) and "remat" not in str(plain_jaxpr)
+    for a, b in zip(remat_grads, plain_grads, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
