@@ -11,7 +11,7 @@ it (/proc/self/clear_refs) just before the stage; `stage MB` is that peak less t
 memory before the stage. Inference is measured as a whole process (ru_maxrss). A watchdog kills
 any process whose resident memory passes --max-rss-gb, so the shared machine stays usable.
 
-    python benchmarks/fullsize.py --out benchmarks/results/fullsize.json   # ~10 min, 2 cores
+    python benchmarks/fullsize.py --out benchmarks/results/fullsize.json   # 10-20 min, 2 cores
     python benchmarks/fullsize.py --groups --infer-rows 25000              # ~20 min more
 """
 
