@@ -477,7 +477,10 @@ def finish(model, run: Run, splits: Splits, inputs: Inputs, state, seconds: floa
         "final weights fingerprint (equal on every process): %s",
         monitoring.weights_fingerprint(model),
     )
-    model.load_weights(str(run.paths.best_checkpoints))  # the newest step: the best epoch
+    if state.best_epoch != run.cfg.optim.epochs:  # else the weights in memory are the best
+        log.info("restoring the best weights (epoch %d)", state.best_epoch)
+        model.load_weights(str(run.paths.best_checkpoints))  # the newest step: the best epoch
+    log.info("predicting the validation rows with them, for temperature scaling")
     valid_probs = prediction.predict_tokens(
         model, inputs.valid_tokens, inputs.valid_plan, inputs.input_keys,
         extra=inputs.valid_extra,
