@@ -118,6 +118,16 @@ def test_places_that_cannot_be_written_are_reported_before_any_work(tmp_path):
         assert "tokenizing" not in result.stderr
 
 
+def test_an_input_that_cannot_be_opened_is_one_error_naming_it(tmp_path):
+    """Unopenable whoever runs it, root included (a file mode would not stop root): the path
+    runs through a regular file."""
+    a_file = tmp_path / "file"
+    a_file.write_text("not a directory")
+    with pytest.raises(data.DataError) as info:
+        data.read_arena_csv(a_file / "train.csv", labelled=True)
+    assert str(info.value) == f"{a_file / 'train.csv'}: cannot open file (Not a directory)"
+
+
 def test_training_data_of_one_class_is_refused_with_the_counts(tiny_preset, tmp_path):
     frame = pd.read_csv(data.DEFAULT_TRAIN_CSV, dtype=str).head(60)
     frame[list(data.LABEL_COLUMNS)] = ["1", "0", "0"]
