@@ -88,9 +88,12 @@ def check_untrusted(preset: str) -> None:
 @functools.cache
 def check_hub_preset(preset: str) -> None:
     """`safety.check_preset_files` on a hub preset's small JSON files, fetched into keras-hub's
-    cache as keras-hub itself fetches them (once per process)."""
-    from keras_hub.src.utils.preset_utils import check_file_exists, get_file
+    cache as keras-hub itself fetches them (once per process). keras-hub's built-in presets,
+    published by the Keras team, are not fetched twice."""
+    from keras_hub.src.utils.preset_utils import BUILTIN_PRESETS, check_file_exists, get_file
 
+    if preset in BUILTIN_PRESETS:
+        return
     names = (*safety.PRESET_CONFIGS, *safety.WEIGHT_MAPS)
     present = [name for name in names if check_file_exists(preset, name)]
     safety.check_preset_files({name: Path(get_file(preset, name)) for name in present})
