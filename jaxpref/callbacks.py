@@ -17,8 +17,6 @@ from jaxpref.monitoring import (
     compile_counter,
     duration,
     tensorboard_name,
-    tensorboard_writer,
-    tf_summary,
 )
 from jaxpref.rundir import Diverged
 
@@ -32,8 +30,8 @@ class RunMonitor(keras.callbacks.Callback):
     (None: never; the Keras bar shows progress in a terminal) it logs step, epoch, pairs/s,
     computed tokens/s, loss, learning rate and ETA; after each epoch one line with the epoch's
     metrics and XLA compilations (every padded length compiles the train step once; later
-    epochs should compile nothing). With `tensorboard_dir` the same figures, the validation
-    metrics and the padding efficiency go to TensorBoard event files.
+    epochs should compile nothing). The same figures, the validation metrics and the padding
+    efficiency go to each of `writers` (`monitoring.scalar_writers`: TensorBoard, W&B).
     """
 
     def __init__(
@@ -41,19 +39,18 @@ class RunMonitor(keras.callbacks.Callback):
         batches: Sequence,
         rate_at: Callable[[int], float],
         log_every: float | None = None,
-        tensorboard_dir: Path | None = None,
+        writers: Sequence = (),
         padding_efficiency: float | None = None,
     ):
         super().__init__()
         self.batches = batches
         self.rate_at = rate_at
         self.log_every = log_every
-        self.tensorboard_dir = tensorboard_dir
+        self.writers = writers
         self.padding_efficiency = padding_efficiency
 
     def on_train_begin(self, logs=None):
         self.compiles = compile_counter()
-        self.writer = tensorboard_writer(self.tensorboard_dir)
         self.position = 0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -94,20 +91,13 @@ class RunMonitor(keras.callbacks.Callback):
             scalars["train/padding_efficiency"] = self.padding_efficiency
         self.write(scalars)
 
-    def on_train_end(self, logs=None):
-        if self.writer is not None:
-            self.writer.close()
-
     def learning_rate(self) -> float:
         return self.rate_at(int(self.model.optimizer.iterations))
 
     def write(self, scalars: dict[str, float]) -> None:
-        if self.writer is None:
-            return
-        with self.writer.as_default(step=int(self.model.optimizer.iterations)):
-            for name, value in scalars.items():
-                tf_summary().scalar(name, float(value))
-        self.writer.flush()
+        step = int(self.model.optimizer.iterations)
+        for writer in self.writers:
+            writer.write(step, scalars)
 
 
 class HistoryWriter(keras.callbacks.Callback):

@@ -1,4 +1,4 @@
-"""Command-line entry points: train, infer, evaluate, cross-validate, export.
+"""Command-line entry points: train, infer, evaluate, cross-validate, ensemble, export, env.
 
 Training flags are generated from the `TrainConfig` fields (help, choices and defaults stated
 once, in `jaxpref.config`). The JAX environment is set before heavy imports, and known failures
@@ -78,6 +78,13 @@ def add_device_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("devices", DeviceConfig.__doc__)
     for field in dataclasses.fields(DeviceConfig):
         add_field_flag(group, field)
+
+
+def env_flags(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("devices", DeviceConfig.__doc__)
+    for field in dataclasses.fields(DeviceConfig):
+        if field.name in ("devices", "num_devices"):
+            add_field_flag(group, field)
 
 
 def add_process_flags(parser: argparse.ArgumentParser) -> None:
@@ -379,6 +386,15 @@ def ensemble(args: argparse.Namespace) -> None:
         print(f"wrote {result['submission']}")
 
 
+def print_environment(args: argparse.Namespace) -> None:
+    """The record a bug report needs (the same as a run's env.json), as JSON."""
+    import json
+
+    import jax
+
+    print(json.dumps(monitoring.environment_record(jax.devices()), indent=2))
+
+
 @dataclasses.dataclass(frozen=True)
 class Command:
     """One entry point: its script, description, flags and body."""
@@ -434,6 +450,13 @@ COMMANDS = {
         "state. infer.py --run-dir BUNDLE predicts from it.",
         export_flags,
         export_bundle,
+    ),
+    "env": Command(
+        "jaxpref env",
+        "Print what a bug report needs: jaxpref, Python and library versions, devices, "
+        "processes, git commit, environment variables.",
+        env_flags,
+        print_environment,
     ),
 }
 

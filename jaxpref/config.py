@@ -66,13 +66,18 @@ class RunConfig:
     )
     log_every: float = option(
         30.0,
-        "seconds between progress lines (step, pairs/s, tokens/s, loss, learning rate, ETA) "
-        "when the output is not a terminal, where the progress bar is shown instead",
+        "seconds between progress lines when the output is not a terminal, where progress "
+        "bars are shown instead (training: step, pairs/s, tokens/s, loss, learning rate, ETA; "
+        "tokenizing: rows, rows/s, ETA)",
         above=0,
     )
     tensorboard: bool = option(
         True, "write TensorBoard event files to RUN/tensorboard (primary process)"
     )
+    wandb: str = option(
+        "", "also log the same scalars to this Weights & Biases project (pip install wandb)",
+        shown="off",
+    )  # fmt: skip
 
 
 @dataclasses.dataclass

@@ -10,6 +10,7 @@ import os
 import socket
 import time
 
+from jaxpref import monitoring
 from jaxpref.config import PLATFORMS
 
 
@@ -26,7 +27,9 @@ def configure_environment(devices: str, num_devices: int | None) -> None:
     if devices not in PLATFORMS:
         raise DeviceError(f"--devices must be one of {', '.join(PLATFORMS)}, got {devices!r}")
     os.environ["KERAS_BACKEND"] = "jax"
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TensorFlow (tf.data only) logs C++ errors such as oneDNN's DT_INT64 notice while it
+    # tokenizes; they concern its kernels, never jaxpref's results: shown with --verbose only.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if monitoring.verbose() else "3")
     if devices != "auto":
         os.environ["JAX_PLATFORMS"] = devices
     if devices == "cpu" and num_devices and num_devices > 1:

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from jaxpref import backbones, families, pipeline, sharding
+from jaxpref import backbones, families, pipeline, safety, sharding
 from jaxpref.config import ConfigError, ModelConfig
 from jaxpref.data import NUM_CLASSES
 from jaxpref.pipeline import FIRST, NUM_SIDE_FEATURES, PART_IDS, SECOND, SIDE_FEATURES
@@ -256,8 +256,11 @@ class PreferenceModel(keras.Model):
 
     @classmethod
     def from_config(cls, config):
+        """Rebuild from `get_config`; the backbone config passes `safety` first (no code, only
+        keras, keras_hub and jaxpref classes, no file outside its preset)."""
         config = dict(config)
         if isinstance(config["backbone"], dict):
+            safety.check_serialized(config["backbone"], f"{cls.__name__} config", "backbone")
             config["backbone"] = keras.layers.deserialize(config["backbone"])
         return cls(**config)
 

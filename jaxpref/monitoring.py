@@ -1,4 +1,4 @@
-"""Watching a run: the log, XLA compilations, one line per epoch, and a weight fingerprint."""
+"""Watching a run: the log, progress lines, XLA compilations, TensorBoard and W&B scalars."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import contextlib
 import functools
 import logging
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxpref.config import RunConfig
+from jaxpref.config import ConfigError, RunConfig
 
 log = logging.getLogger("jaxpref")
 
@@ -79,15 +80,75 @@ def tensorboard_name(metric: str) -> str:
     return f"train/{metric}"
 
 
-def tf_summary():
-    import tensorflow as tf
+class TensorBoardWriter:
+    """Scalars to TensorBoard event files in `directory`."""
 
-    return tf.summary
+    def __init__(self, directory: Path):
+        import tensorflow as tf
+
+        self.summary = tf.summary
+        self.writer = tf.summary.create_file_writer(str(directory))
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        with self.writer.as_default(step=step):
+            for name, value in scalars.items():
+                self.summary.scalar(name, float(value))
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
 
 
-def tensorboard_writer(directory: Path | None):
-    """A TensorBoard event-file writer for `directory` (None: no writer)."""
-    return None if directory is None else tf_summary().create_file_writer(str(directory))
+def require_wandb():
+    """The wandb module, or a ConfigError saying how to install it (an optional extra)."""
+    try:
+        import wandb
+    except ImportError:
+        raise ConfigError(
+            "--wandb needs the wandb package: pip install 'jaxpref[wandb]' (or pip install wandb)"
+        ) from None
+    return wandb
+
+
+class WandbWriter:
+    """Scalars to a Weights & Biases run in `project`; its id and W&B's files in `directory`.
+
+    The kept id makes a resumed jaxpref run continue the same W&B run.
+    """
+
+    def __init__(self, project: str, directory: Path, config: dict):
+        wandb = require_wandb()
+        directory.mkdir(parents=True, exist_ok=True)  # W&B's own folder is <dir>/wandb
+        id_file = directory / "run-id"
+        run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
+        id_file.write_text(run_id + "\n")
+        self.run = wandb.init(
+            project=project, id=run_id, resume="allow", dir=str(directory.parent), config=config,
+            name=directory.parent.name,
+        )  # fmt: skip
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        self.run.log({name: float(value) for name, value in scalars.items()}, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+@contextlib.contextmanager
+def scalar_writers(
+    tensorboard_dir: Path | None, wandb_project: str, wandb_dir: Path, config: dict
+) -> Iterator[list]:
+    """The run's scalar sinks (TensorBoard, W&B: those asked for), closed when training ends."""
+    writers: list = []
+    try:
+        if tensorboard_dir is not None:
+            writers.append(TensorBoardWriter(tensorboard_dir))
+        if wandb_project:
+            writers.append(WandbWriter(wandb_project, wandb_dir, config))
+        yield writers
+    finally:
+        for writer in writers:
+            writer.close()
 
 
 def weights_fingerprint(model) -> str:
@@ -202,6 +263,8 @@ def environment_record(devices: Sequence | None = None) -> dict:
         "packages": {name: installed(name) for name in RECORDED_PACKAGES},
         "git_commit": git_commit(Path(__file__).resolve().parent),
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "variables": {name: os.environ[name] for name in RECORDED_VARIABLES if name in os.environ},
+        "cpus": os.cpu_count(),
     }
     if devices is not None:
         import jax
@@ -217,17 +280,27 @@ def environment_record(devices: Sequence | None = None) -> dict:
 
 RECORDED_PACKAGES = (
     "jax", "jaxlib", "keras", "keras-hub", "tensorflow", "tensorflow-text", "orbax-checkpoint",
-    "numpy", "pandas", "scikit-learn",
+    "numpy", "pandas", "scikit-learn", "wandb",
+)  # fmt: skip
+RECORDED_VARIABLES = (
+    "KERAS_BACKEND", "JAX_PLATFORMS", "XLA_FLAGS", "CUDA_VISIBLE_DEVICES", "TPU_VISIBLE_CHIPS",
+    "XLA_PYTHON_CLIENT_MEM_FRACTION", "JAXPREF_CACHE",
 )  # fmt: skip
 
 
 def git_commit(directory: Path) -> str | None:
-    """The commit checked out where jaxpref's code lives (None outside a git checkout)."""
-    try:
-        result = subprocess.run(
-            ["git", "-C", str(directory), "rev-parse", "HEAD"],
+    """The commit checked out where jaxpref's code lives, `+modified` when tracked files differ
+    from it (None outside a git checkout)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(directory), *args],
             capture_output=True, text=True, timeout=10, check=True,
-        )  # fmt: skip
+        ).stdout.strip()  # fmt: skip
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        modified = git("status", "--porcelain", "--untracked-files=no", "--", ".")
     except (OSError, subprocess.SubprocessError):
         return None
-    return result.stdout.strip() or None
+    return f"{commit}+modified" if commit and modified else commit or None

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from jaxpref import bundle, calibration, callbacks, data, distribution, pipeline, text
+from jaxpref import bundle, calibration, callbacks, data, distribution, pipeline, safety, text
 from jaxpref.config import PRECISIONS, ConfigError, TrainConfig
 from jaxpref.rundir import CheckpointError, RunDir, writable_directory
 
@@ -19,7 +19,8 @@ def load_run(run_dir: str | os.PathLike, precision: str | None = None):
     exported bundle (`jaxpref.bundle`), in `precision` (None: the precision it was trained in).
 
     The distribution must already be set (`distribution.setup`) so that the restored weights
-    land on every device.
+    land on every device. A directory from elsewhere loads no code: its parts stay inside it,
+    and its preset passes `safety` (in `backbones`) before keras-hub reads it.
     """
     import keras
 
@@ -29,11 +30,12 @@ def load_run(run_dir: str | os.PathLike, precision: str | None = None):
     if bundle.is_bundle(run_dir):
         return bundle.load_bundle(run_dir, precision)
     paths = RunDir(run_dir)
-    cfg = TrainConfig.from_json(paths.require(paths.config))
+    for part in (paths.config, paths.best_checkpoints, paths.preset):
+        safety.check_inside(paths.require(part), paths.root, "run directory entry")
+    cfg = TrainConfig.from_json(paths.config)
     if precision is not None:
         cfg = cfg.replace(precision=precision)
-    checkpoint = paths.require(paths.best_checkpoints)
-    preset = str(paths.require(paths.preset))
+    checkpoint, preset = paths.best_checkpoints, str(paths.preset)
     keras.utils.set_random_seed(cfg.run.seed)  # identical initial values on every process
     model = model_lib.build_model(
         cfg.model, cfg.data.sequence_length, preset=preset, load_weights=False

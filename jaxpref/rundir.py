@@ -15,6 +15,7 @@ RUN/
   train.log              the log
   env.json               versions, devices, processes, git commit and command line of the run
   tensorboard/           TensorBoard event files: losses, accuracy, learning rate, pairs/s
+  wandb/                 with --wandb: the W&B run's local files and its id (run-id)
   evaluation/            report of `evaluate.py` (evaluation.md/.json, plots)
 ```
 
@@ -81,6 +82,7 @@ class RunDir:
     log = property(lambda self: self.root / "train.log")
     env = property(lambda self: self.root / "env.json")
     tensorboard = property(lambda self: self.root / "tensorboard")
+    wandb = property(lambda self: self.root / "wandb")
     evaluation = property(lambda self: self.root / "evaluation")
 
     def has_checkpoints(self) -> bool:

@@ -151,6 +151,8 @@ def start_run(cfg: TrainConfig, resume: bool) -> Run:
     import jax
     import keras
 
+    if cfg.run.wandb:
+        monitoring.require_wandb()  # before any work, not after tokenizing
     sharded = cfg.devices.model_parallel > 1
     selected = distribution.setup(
         cfg.devices.devices, cfg.devices.num_devices, cfg.optim.batch_size,
@@ -400,41 +402,57 @@ def fit(model, run: Run, inputs: Inputs, progress: Progress, rate) -> checkpoint
 
     Raises `Preempted` after saving the state when SIGTERM arrives.
     """
-    steps = inputs.steps_per_epoch
     state = checkpoints.StateCheckpoint(
-        run.paths.state_checkpoints, steps, run.cfg.run.save_every, progress.best,
+        run.paths.state_checkpoints, inputs.steps_per_epoch, run.cfg.run.save_every, progress.best,
         progress.best_epoch, run.paths.best_checkpoints,
     )  # fmt: skip
     valid_ds = inputs.dataset("valid", [inputs.valid_plan], run)
-    for segment in fit_segments(run.cfg.optim.epochs, progress):
-        if segment.skip_steps:
-            plans = [inputs.train_plans[segment.first_epoch][segment.skip_steps :]]
-        else:
-            plans = inputs.train_plans[segment.first_epoch : segment.last_epoch]
-        model.fit(
-            inputs.dataset("train", plans, run),
-            validation_data=valid_ds,
-            initial_epoch=segment.first_epoch,
-            epochs=segment.last_epoch,
-            steps_per_epoch=steps - segment.skip_steps,
-            shuffle=False,  # the batch plans already shuffle, per epoch
-            callbacks=training_callbacks(
-                run, state, [b for plan in plans for b in plan], inputs, rate
-            ),
-            verbose=1 if sys.stdout.isatty() else 0,
-        )
-        if state.preempted:
-            raise Preempted(
-                f"stopped on SIGTERM; state saved in {run.paths.state_checkpoints}. "
-                f"Continue with: train_jax.py --resume --run-dir {run.paths.root}"
-            )
+    with scalar_writers(run) as writers:
+        for segment in fit_segments(run.cfg.optim.epochs, progress):
+            fit_segment(model, run, inputs, state, segment, valid_ds, rate, writers)
     return state
 
 
+def scalar_writers(run: Run):
+    """TensorBoard and W&B sinks as the run asks, on the primary process only."""
+    cfg = run.cfg.run
+    return monitoring.scalar_writers(
+        run.paths.tensorboard if cfg.tensorboard and run.primary else None,
+        cfg.wandb if run.primary else "",
+        run.paths.wandb,
+        run.cfg.to_dict(),
+    )
+
+
+def fit_segment(model, run: Run, inputs: Inputs, state, segment, valid_ds, rate, writers) -> None:
+    """`model.fit` over one segment's epochs; raises `Preempted` when SIGTERM stopped it."""
+    steps = inputs.steps_per_epoch
+    if segment.skip_steps:
+        plans = [inputs.train_plans[segment.first_epoch][segment.skip_steps :]]
+    else:
+        plans = inputs.train_plans[segment.first_epoch : segment.last_epoch]
+    batches = [b for plan in plans for b in plan]
+    model.fit(
+        inputs.dataset("train", plans, run),
+        validation_data=valid_ds,
+        initial_epoch=segment.first_epoch,
+        epochs=segment.last_epoch,
+        steps_per_epoch=steps - segment.skip_steps,
+        shuffle=False,  # the batch plans already shuffle, per epoch
+        callbacks=training_callbacks(run, state, batches, inputs, rate, writers),
+        verbose=1 if sys.stdout.isatty() else 0,
+    )
+    if state.preempted:
+        raise Preempted(
+            f"stopped on SIGTERM; state saved in {run.paths.state_checkpoints}. "
+            f"Continue with: train_jax.py --resume --run-dir {run.paths.root}"
+        )
+
+
 def training_callbacks(
-    run: Run, state: checkpoints.StateCheckpoint, batches: list, inputs: Inputs, rate
+    run: Run, state: checkpoints.StateCheckpoint, batches: list, inputs: Inputs, rate, writers
 ) -> list:
-    """Progress and TensorBoard, history.csv, then best weights and resumable state.
+    """Progress and scalars (to `writers`), history.csv, then best weights and resumable state.
 
     history.csv gets an epoch's row before the state that records the epoch is saved, so a
     process killed in between replays that epoch and rewrites the row.
@@ -446,7 +464,7 @@ def training_callbacks(
         batches,
         optimization.rate_at(rate),
         log_every=None if sys.stdout.isatty() or not run.primary else run.cfg.run.log_every,
-        tensorboard_dir=run.paths.tensorboard if run.cfg.run.tensorboard and run.primary else None,
+        writers=writers,
         padding_efficiency=inputs.padding_efficiency,
     )
     history = [HistoryWriter(run.paths.history)] if run.primary else []
@@ -459,7 +477,10 @@ def finish(model, run: Run, splits: Splits, inputs: Inputs, state, seconds: floa
         "final weights fingerprint (equal on every process): %s",
         monitoring.weights_fingerprint(model),
     )
-    model.load_weights(str(run.paths.best_checkpoints))  # the newest step: the best epoch
+    if state.best_epoch != run.cfg.optim.epochs:  # else the weights in memory are the best
+        log.info("restoring the best weights (epoch %d)", state.best_epoch)
+        model.load_weights(str(run.paths.best_checkpoints))  # the newest step: the best epoch
+    log.info("predicting the validation rows with them, for temperature scaling")
     valid_probs = prediction.predict_tokens(
         model, inputs.valid_tokens, inputs.valid_plan, inputs.input_keys,
         extra=inputs.valid_extra,

@@ -106,15 +106,20 @@ def write_learnable_csv(path: Path, rows: int, seed: int = 0) -> Path:
     return path
 
 
+def script_environment() -> dict[str, str]:
+    """This process's environment less what conftest set for it: scripts start as a user's do."""
+    hidden = ("XLA_FLAGS", "JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL")
+    return {k: v for k, v in os.environ.items() if k not in hidden}
+
+
 def run_script(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run scripts/<script> the way a user does, in a fresh process."""
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     return subprocess.run(
         [sys.executable, str(REPO / "scripts" / script), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=env,
+        env=script_environment(),
         cwd=REPO,
     )
 
@@ -129,8 +134,7 @@ def free_port() -> int:
 
 def start_script(script: str, *args: str, log: Path) -> subprocess.Popen:
     """Start scripts/<script> in the background, output to `log` (the caller waits or kills)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
-    env["PYTHONUNBUFFERED"] = "1"
+    env = {**script_environment(), "PYTHONUNBUFFERED": "1"}
     handle = open(log, "w")
     return subprocess.Popen(
         [sys.executable, str(REPO / "scripts" / script), *args],

@@ -1,3 +1,5 @@
+import os
+
 import jax
 import pytest
 
@@ -28,12 +30,21 @@ def test_batch_must_split_evenly():
 
 
 def test_environment_simulates_cpu_devices(monkeypatch):
+    """What configure_environment itself sets: conftest's own values are removed first."""
+    for name in ("KERAS_BACKEND", "JAX_PLATFORMS"):
+        monkeypatch.delenv(name)
     monkeypatch.setenv("XLA_FLAGS", "--xla_foo=1 --xla_force_host_platform_device_count=2")
     distribution.configure_environment("cpu", 8)
-    import os
-
     assert os.environ["KERAS_BACKEND"] == "jax"
     assert os.environ["JAX_PLATFORMS"] == "cpu"
     assert os.environ["XLA_FLAGS"] == "--xla_foo=1 --xla_force_host_platform_device_count=8"
-    with pytest.raises(distribution.DeviceError):
+
+
+def test_environment_leaves_the_platform_to_jax_on_auto(monkeypatch):
+    monkeypatch.delenv("JAX_PLATFORMS")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_foo=1")
+    distribution.configure_environment("auto", 8)
+    assert "JAX_PLATFORMS" not in os.environ
+    assert os.environ["XLA_FLAGS"] == "--xla_foo=1"  # devices are simulated on cpu only
+    with pytest.raises(distribution.DeviceError, match="--devices must be one of"):
         distribution.configure_environment("cuda", None)

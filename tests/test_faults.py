@@ -118,6 +118,16 @@ def test_places_that_cannot_be_written_are_reported_before_any_work(tmp_path):
         assert "tokenizing" not in result.stderr
 
 
+def test_an_input_that_cannot_be_opened_is_one_error_naming_it(tmp_path):
+    """Unopenable whoever runs it, root included (a file mode would not stop root): the path
+    runs through a regular file."""
+    a_file = tmp_path / "file"
+    a_file.write_text("not a directory")
+    with pytest.raises(data.DataError) as info:
+        data.read_arena_csv(a_file / "train.csv", labelled=True)
+    assert str(info.value) == f"{a_file / 'train.csv'}: cannot open file (Not a directory)"
+
+
 def test_training_data_of_one_class_is_refused_with_the_counts(tiny_preset, tmp_path):
     frame = pd.read_csv(data.DEFAULT_TRAIN_CSV, dtype=str).head(60)
     frame[list(data.LABEL_COLUMNS)] = ["1", "0", "0"]
@@ -152,38 +162,68 @@ def test_misused_flags_are_one_error_line(flags, message, tmp_path):
     assert last_line(result).startswith("error: ") and message in last_line(result)
 
 
-# Runs train_jax.py with the validation log loss of each epoch replaced by a scripted value,
-# so that best-epoch selection is exercised where the best is not the last epoch.
+# Runs train_jax.py with the validation log loss of each epoch replaced by the next of a
+# scripted list (argv[1], JSON), so that best-epoch selection is exercised where the best is not
+# the last epoch; with "kill_after" the process dies like kill -9 once that epoch is saved.
 SCRIPTED_VALIDATION = """
-import sys
+import json, os, sys
 from jaxpref import checkpoints
-scripted = iter([0.9, 0.5, 0.7])
+script = json.loads(sys.argv.pop(1))
+scripted = iter(script["losses"])
 on_epoch_end = checkpoints.StateCheckpoint.on_epoch_end
 def scripted_end(self, epoch, logs=None):
     logs = dict(logs or {}, val_log_loss=next(scripted))
     on_epoch_end(self, epoch, logs)
+    if epoch + 1 == script.get("kill_after"):
+        os._exit(137)
 checkpoints.StateCheckpoint.on_epoch_end = scripted_end
 from jaxpref.cli import train_main
 sys.exit(train_main(sys.argv[1:]))
 """
 
 
+def train_scripted(args: list[str], losses: list[float], kill_after: int | None = None):
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    script = json.dumps({"losses": losses, "kill_after": kill_after})
+    return subprocess.run(
+        [sys.executable, "-c", SCRIPTED_VALIDATION, script, *args],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
+    )  # fmt: skip
+
+
+def assert_best_epoch(run_dir, epoch: int, loss: float) -> None:
+    """summary.json, checkpoints/best and the newest state all name `epoch` as the best."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["best_epoch"], summary["best_val_log_loss"]) == (epoch, loss)
+    best = [p.name for p in RunDir(run_dir).best_checkpoints.iterdir() if p.name.isdigit()]
+    assert best == [str(epoch)]
+    state = checkpoints.latest_state(RunDir(run_dir).state_checkpoints)
+    assert (state["best_epoch"], state["best_val_log_loss"]) == (epoch, loss)
+
+
 @pytest.mark.slow
 def test_the_best_epoch_is_kept_when_later_epochs_are_worse(tiny_preset, small_csv, tmp_path):
     run_dir = tmp_path / "run"
     args = [*tiny_run_args(tiny_preset, small_csv, run_dir), "--epochs", "3"]
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
-    result = subprocess.run(
-        [sys.executable, "-c", SCRIPTED_VALIDATION, *args],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
-    )  # fmt: skip
+    result = train_scripted(args, [0.9, 0.5, 0.7])
     assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert (summary["best_epoch"], summary["best_val_log_loss"]) == (2, 0.5)
-    best = [p.name for p in RunDir(run_dir).best_checkpoints.iterdir() if p.name.isdigit()]
-    assert best == ["2"]  # epoch 3 was worse: its weights never replaced epoch 2's
-    state = checkpoints.latest_state(RunDir(run_dir).state_checkpoints)
-    assert (state["best_epoch"], state["best_val_log_loss"]) == (2, 0.5)
+    assert_best_epoch(run_dir, 2, 0.5)  # epoch 3 was worse: its weights never replaced epoch 2's
+
+
+@pytest.mark.slow
+def test_a_resumed_epoch_worse_than_the_stored_best_keeps_the_stored_best(
+    tiny_preset, small_csv, tmp_path
+):
+    run_dir = tmp_path / "run"
+    killed = train_scripted(tiny_run_args(tiny_preset, small_csv, run_dir), [0.5], kill_after=1)
+    assert killed.returncode == 137, killed.stderr[-3000:]
+    assert not (run_dir / "summary.json").exists()
+    resume = ["--devices", "cpu", "--num-devices", "2", "--resume", "--run-dir", str(run_dir)]
+    resumed = train_scripted(resume, [0.9])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming at epoch 2, step 0 (best so far 0.5000)" in resumed.stderr
+    assert pd.read_csv(run_dir / "history.csv")["epoch"].tolist() == [1, 2]
+    assert_best_epoch(run_dir, 1, 0.5)
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "jaxpref"
 LAYERS = [
-    {"config", "data", "text", "rundir"},
+    {"config", "data", "text", "rundir", "safety"},
     {
         "backbones", "baselines", "calibration", "deberta_attention", "distillation",
         "distribution", "hf_deberta", "hh_rlhf", "families", "metrics", "probabilities",

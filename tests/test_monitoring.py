@@ -1,9 +1,13 @@
-"""Progress lines outside a terminal: tokenizing and predicting say how far they are."""
+"""Watching long work: progress lines outside a terminal, W&B scalars."""
 
+import os
 import re
+import sys
+import types
 
 import numpy as np
 import pytest
+from conftest import run_script
 
 from jaxpref import backbones, callbacks, monitoring, pipeline, text
 from jaxpref.config import RunConfig
@@ -68,3 +72,51 @@ def test_prediction_progress_counts_real_rows_per_batch(every_call):
         ("predicting", 4, 9),
         ("predicting", 8, 9),
     ]
+
+
+def test_wandb_run_gets_the_scalars_and_a_resumed_run_continues_it(tmp_path, monkeypatch):
+    """Against a stand-in `wandb` module recording calls (wandb is an optional extra; the
+    same calls were checked against wandb 0.31 in offline mode)."""
+    calls = []
+
+    class Run:
+        def log(self, scalars, step):
+            calls.append(("log", step, scalars))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(
+        init=lambda **kwargs: calls.append(("init", kwargs)) or Run()
+    ))  # fmt: skip
+    directory = tmp_path / "run" / "wandb"
+    for step in (5, 9):  # a run, then the same run resumed
+        with monitoring.scalar_writers(None, "arena", directory, {"seed": 1}) as writers:
+            for writer in writers:
+                writer.write(step, {"train/loss": np.float32(0.5)})
+    inits = [call[1] for call in calls if call[0] == "init"]
+    assert inits[0] == inits[1] and inits[0]["project"] == "arena"
+    assert inits[0]["resume"] == "allow" and inits[0]["config"] == {"seed": 1}
+    assert inits[0]["id"] == (directory / "run-id").read_text().strip()
+    logged = [call for call in calls if call[0] != "init"]
+    assert logged == [("log", 5, {"train/loss": 0.5}), ("finish",)] + [
+        ("log", 9, {"train/loss": 0.5}), ("finish",)
+    ]  # fmt: skip
+
+
+def test_wandb_without_the_package_is_one_line_before_any_work(tmp_path, monkeypatch):
+    blocker = tmp_path / "blocked" / "wandb"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('not installed')\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(blocker.parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+    ))  # fmt: skip
+    run_dir = tmp_path / "run"
+    result = run_script("train_jax.py", "--devices", "cpu", "--run-dir", str(run_dir),
+                        "--wandb", "arena")  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --wandb needs the wandb package: pip install 'jaxpref[wandb]' (or pip install "
+        "wandb)"
+    )
+    assert not run_dir.exists()

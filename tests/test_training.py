@@ -65,6 +65,8 @@ def test_the_run_can_be_watched(sample_run):
     run_dir, result = sample_run
     lines = result.stderr.splitlines()
     assert re.match(r"\d\d:\d\d:\d\d devices: 4 x cpu", lines[0]), lines[:3]
+    foreign = [line for line in lines if not re.match(r"\d\d:\d\d:\d\d ", line)]
+    assert not foreign, foreign  # no TensorFlow/absl/XLA lines, before or during the run
     first_epoch_end = next(i for i, line in enumerate(lines) if " epoch 1: " in line)
     progress = [line for line in lines[:first_epoch_end] if "epoch 1/2 step " in line]
     assert progress and all(k in progress[0] for k in ("pairs/s", "tokens/s", "lr ", "ETA"))
