@@ -359,6 +359,7 @@ class TokenizedPairs:
 
     @classmethod
     def load(cls, path: Path) -> TokenizedPairs:
+        """The tokens `save` wrote to `path`."""
         with np.load(path) as saved:
             fields = {k: saved[k] for k in saved.files}
         scalars = ("sequence_length", "pad_id")
