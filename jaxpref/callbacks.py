@@ -41,6 +41,7 @@ class RunMonitor(keras.callbacks.Callback):
         log_every: float | None = None,
         writers: Sequence = (),
         padding_efficiency: float | None = None,
+        sequences_per_pair: int = 2,
     ):
         super().__init__()
         self.batches = batches
@@ -48,6 +49,7 @@ class RunMonitor(keras.callbacks.Callback):
         self.log_every = log_every
         self.writers = writers
         self.padding_efficiency = padding_efficiency
+        self.sequences_per_pair = sequences_per_pair  # siamese: 2; cross-encoder: 1
 
     def on_train_begin(self, logs=None):
         self.compiles = compile_counter()
@@ -61,7 +63,8 @@ class RunMonitor(keras.callbacks.Callback):
     def on_train_batch_end(self, step, logs=None):
         batch = self.batches[self.position]
         self.position += 1
-        self.progress.add(int((batch.weights > 0).sum()), 2 * len(batch.rows) * batch.length)
+        computed = self.sequences_per_pair * len(batch.rows) * batch.length
+        self.progress.add(int((batch.weights > 0).sum()), computed)
         if self.log_every is not None and time.monotonic() - self.last_line >= self.log_every:
             self.last_line = time.monotonic()
             self.report(step + 1, (logs or {}).get("loss"))

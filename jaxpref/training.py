@@ -466,6 +466,7 @@ def training_callbacks(
         log_every=None if sys.stdout.isatty() or not run.primary else run.cfg.run.log_every,
         writers=writers,
         padding_efficiency=inputs.padding_efficiency,
+        sequences_per_pair=1 if inputs.layout == pipeline.CROSS else 2,
     )
     history = [HistoryWriter(run.paths.history)] if run.primary else []
     return [StopOnNonFinite(run.paths.best_checkpoints), monitor, *history, state]
