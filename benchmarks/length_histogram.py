@@ -39,7 +39,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", required=True)
     args = parser.parse_args()
-    print(json.dumps({"bin": BIN, **{str(n): histogram(args.preset, n) for n in (512, 1024)}}))
+    lengths = (512, 1024)
+    buckets = {str(n): list(pipeline.bucket_lengths(n)) for n in lengths}
+    hist = {str(n): histogram(args.preset, n) for n in lengths}
+    print(json.dumps({"bin": BIN, "buckets": buckets, **hist}))
 
 
 if __name__ == "__main__":
