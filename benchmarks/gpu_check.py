@@ -26,8 +26,10 @@ from pathlib import Path
 os.environ.setdefault("KERAS_BACKEND", "jax")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # jaxpref, not installed there
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from benchlib import median, model_flops, peak_flops  # noqa: E402
+from keras import ops  # noqa: E402
 from realsize import ARCHS, REAL_VOCAB  # noqa: E402
 from run import fmt, markdown  # noqa: E402
 
@@ -79,11 +81,9 @@ def inputs(lengths: np.ndarray, size: int, vocab: int, rng) -> dict:
     return {"token_ids": ids, "padding_mask": mask}
 
 
-def build_model(arch: str, attention: str, lora_rank: int, vocab: int):
+def build_model(arch: str, attention: str, lora_rank: int, vocab: int, sample: dict):
     """jaxpref's siamese layout around a random DeBERTa-v3 backbone, compiled with Adam."""
-    import keras
     import keras_hub
-    from keras import ops
 
     from jaxpref.deberta_attention import efficient_deberta
 
@@ -94,28 +94,32 @@ def build_model(arch: str, attention: str, lora_rank: int, vocab: int):
         efficient_deberta(backbone)
     if lora_rank:
         backbone.enable_lora(lora_rank)
-    head = keras.layers.Dense(3, dtype="float32")
-
-    def pair_logits(x):
-        ids, mask = x["token_ids"], x["padding_mask"]
-        length = ops.shape(ids)[-1]
-        flat = {"token_ids": ops.reshape(ids, (-1, length))}
-        flat["padding_mask"] = ops.reshape(mask, (-1, length))
-        hidden = ops.cast(backbone(flat), "float32")
-        weights = ops.cast(flat["padding_mask"], "float32")[..., None]
-        pooled = ops.sum(hidden * weights, axis=1) / ops.maximum(ops.sum(weights, axis=1), 1.0)
-        pooled = ops.reshape(pooled, (-1, 2, pooled.shape[-1]))
-        a, b = pooled[:, 0], pooled[:, 1]
-        return head(ops.concatenate([a, b, a - b, a * b], axis=-1))
-
-    spec = keras.Input((2, None), dtype="int32")
-    x = {"token_ids": spec, "padding_mask": keras.Input((2, None), dtype="int32")}
-    model = keras.Model(x, pair_logits(x))
+    model = PairClassifier(backbone)
+    model(sample)
     model.compile(
         optimizer=keras.optimizers.Adam(1e-4),
         loss=keras.losses.CategoricalCrossentropy(from_logits=True),
     )
     return model, backbone
+
+
+class PairClassifier(keras.Model):
+    """(B, 2, T) pairs -> one (2B, T) backbone call -> masked means -> 3 logits."""
+
+    def __init__(self, backbone, **kwargs):
+        super().__init__(**kwargs)
+        self.backbone = backbone
+        self.head = keras.layers.Dense(3, dtype="float32")
+
+    def call(self, x):
+        length = ops.shape(x["token_ids"])[-1]
+        flat = {k: ops.reshape(x[k], (-1, length)) for k in ("token_ids", "padding_mask")}
+        hidden = ops.cast(self.backbone(flat), "float32")
+        weights = ops.cast(flat["padding_mask"], "float32")[..., None]
+        pooled = ops.sum(hidden * weights, axis=1) / ops.maximum(ops.sum(weights, 1), 1.0)
+        pooled = ops.reshape(pooled, (-1, 2, pooled.shape[-1]))
+        a, b = pooled[:, 0], pooled[:, 1]
+        return self.head(ops.concatenate([a, b, a - b, a * b], axis=-1))
 
 
 def memory_peak() -> int | None:
@@ -137,13 +141,13 @@ def measure_mode(arch: str, length: int, attention: str, padding: str, args) -> 
     import jax
 
     vocab = 1000 if arch == "tiny" else REAL_VOCAB
-    model, backbone = build_model(arch, attention, args.lora_rank, vocab)
     sides = synthetic_lengths(length, args.rows)
     buckets = LENGTHS["buckets"][str(length)] if padding == "bucketed" else [length]
     rng = np.random.default_rng(1)
     labels = np.eye(3, dtype="float32")[rng.integers(0, 3, args.batch_size)]
     layout = plan(sides, args.batch_size, buckets)
     batches = [(inputs(sides[rows], size, vocab, rng), labels) for rows, size in layout]
+    model, backbone = build_model(arch, attention, args.lora_rank, vocab, batches[0][0])
     shapes = {x["token_ids"].shape[-1]: (x, y) for x, y in batches}
 
     def train(x, y) -> None:
@@ -193,7 +197,6 @@ RESULT = "GPUCHECK "
 def one_case(arch: str, length: int, args) -> None:
     """Every mode of one architecture and length in this process, one result line each."""
     import jax
-    import keras
 
     if jax.local_devices()[0].platform != "cpu":
         keras.config.set_dtype_policy("mixed_bfloat16")
