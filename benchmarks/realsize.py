@@ -349,8 +349,9 @@ def print_report(report: dict) -> None:
     print(markdown([r for c in report["cases"] for r in rows(c)], HEADER))
     print()
     print(ratio_rows(report["cases"]))
-    print(f"- load average before {report['uptime_before']}; after {report['uptime_after']}")
-    print(f"- wall time {report['wall_s']} s")
+    print(f"- uptime before: {report['uptime_before']}")
+    print(f"- uptime after: {report.get('uptime_after', 'run cut short')}")
+    print(f"- wall time {report.get('wall_s', '-')} s")
 
 
 def uptime() -> str:
