@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from realsize import worker_env
 from run import REPO, build_tiny_preset, markdown, progress
 
 EPOCH = re.compile(r"^(\d\d:\d\d:\d\d) epoch (\d+): .*\((\d+) s, (\d+) XLA compilations\)")
@@ -91,13 +92,13 @@ def train_csv(rows: int, work: Path) -> Path:
 
 
 def run_training(args, preset: str, csv: Path, run_dir: Path) -> dict:
-    """train_jax.py in a subprocess (one CPU device), timed from start to exit."""
+    """train_jax.py in a subprocess (this worktree's jaxpref, one CPU device), start to exit."""
     argv = [sys.executable, str(REPO / "scripts" / "train_jax.py"), "--preset", preset]
     argv += ["--train-csv", str(csv), "--run-dir", str(run_dir), "--devices", "cpu"]
     argv += ["--num-devices", "1", "--sequence-length", str(args.sequence_length)]
     argv += ["--epochs", str(args.epochs), "--attention", args.attention, "--log-every", "5"]
     started = time.time()
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=worker_env())
     ended = time.time()
     if proc.returncode:
         sys.exit(f"error: train_jax.py failed: {proc.stderr.strip()[-500:]}")
