@@ -249,6 +249,7 @@ def summarize(name: str, result: dict, case: dict, peak: float) -> dict | None:
         "real_tokens_per_s": epoch["real_tokens"] / wall,
         "computed_tokens_per_s": epoch["computed_tokens"] / wall,
         "gflops_per_s": source["train_flops"] / wall / 1e9,
+        "gflops_per_cpu_s": source["train_flops"] / cpu / 1e9,
         "gflop_per_pair": source["train_flops"] / epoch["pairs"] / 1e9,
         "compiles_timed": sum(r.get("compiles", 0) for r in train),
     }
@@ -306,6 +307,7 @@ HEADER = [
     "train GFLOP/pair",
     "GFLOP/s",
     "of matmul peak",
+    "GFLOP per CPU-s",
     "infer pairs/s",
 ]
 
@@ -332,6 +334,7 @@ def rows(case: dict) -> list[list[str]]:
                 fmt(f["gflop_per_pair"], 0),
                 fmt(f["gflops_per_s"], 1),
                 fmt(f["of_peak"], 2),
+                fmt(f.get("gflops_per_cpu_s"), 1),
                 fmt(f.get("infer_pairs_per_s"), 3),
             ]
         )
