@@ -20,12 +20,11 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from realsize import worker_env
-from run import REPO, build_tiny_preset, markdown, progress
+from run import REPO, build_tiny_preset, markdown, progress, work_dir
 
 EPOCH = re.compile(r"^(\d\d:\d\d:\d\d) epoch (\d+): .*\((\d+) s, (\d+) XLA compilations\)")
 STEP = re.compile(r"^(\d\d:\d\d:\d\d) epoch (\d+)/\d+ step .* ([\d.]+) pairs/s, (\d+) tokens/s")
@@ -134,8 +133,7 @@ def table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="jaxpref-wallclock-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = work_dir(args.work_dir, "jaxpref-wallclock-")
     progress("building the tiny preset ...")
     preset = build_tiny_preset(work)
     csv = train_csv(args.rows, work)
