@@ -1,7 +1,8 @@
 """Helpers shared by the benchmark processes: arguments, data, epoch timing, FLOPs, results.
 
-Nothing here imports Keras, JAX or TensorFlow at module level: each measuring process picks its
-Keras backend first and imports those afterwards.
+Nothing here imports Keras, JAX, TensorFlow or pandas at module level: each measuring process
+picks its Keras backend first and imports those afterwards, and `gpu_check.py` runs where only
+jax, keras, keras-hub and numpy are installed.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 RESULT_PREFIX = "BENCH_RESULT "
 NOTEBOOK_LEARNING_RATE = 5e-6
@@ -27,6 +31,7 @@ PEAK_BF16_FLOPS = {
     "L40S": 362e12,
     "L4": 121e12,
     "A10": 125e12,
+    "T4": 65e12,
 }
 
 

@@ -25,7 +25,13 @@ from benchlib import (
 )
 
 from jaxpref import backbones, distribution, monitoring, pipeline, text
-from jaxpref.config import ModelConfig, OptimConfig, default_learning_rate, resolve_precision
+from jaxpref.config import (
+    ATTENTIONS,
+    ModelConfig,
+    OptimConfig,
+    default_learning_rate,
+    resolve_precision,
+)
 
 
 def parse_args(argv: list[str] | None = None):
@@ -33,6 +39,7 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--devices", default="cpu", choices=("cpu", "gpu", "tpu"))
     parser.add_argument("--num-devices", type=int, default=None, help="default: all")
     parser.add_argument("--lora-rank", type=int, default=ModelConfig.lora_rank)
+    parser.add_argument("--attention", default=ModelConfig.attention, choices=ATTENTIONS)
     parser.add_argument("--pipeline", action="store_true", help="also time the input pipeline")
     parser.add_argument("--peak-flops", type=float, default=None, help="per device, FLOP/s")
     return parser.parse_args(argv)
@@ -173,7 +180,7 @@ def build(args, precision: str):
 
     cfg = ModelConfig(
         preset=args.preset, head="concat", side_features=False, lora_rank=args.lora_rank,
-        precision=precision,
+        precision=precision, attention=args.attention,
     )  # fmt: skip
     model = model_lib.build_model(cfg, args.sequence_length)
     rate = default_learning_rate(args.lora_rank)

@@ -61,9 +61,9 @@ def build_model(backbone):
     """Shared backbone on each side, mean over all positions, concatenation, softmax head."""
     import keras
 
-    from jaxpref.model import backbone_input_keys, sequence_output
+    from jaxpref.model import sequence_output
 
-    keys = backbone_input_keys(backbone)
+    keys = tuple(backbone.input.keys())
     inputs = {k: keras.Input(shape=(2, None), dtype="int32", name=k) for k in keys}
     pooled = []
     for side in range(2):

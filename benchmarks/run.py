@@ -380,6 +380,13 @@ def write(report: dict, path: Path | None) -> None:
         path.write_text(json.dumps(report, indent=2) + "\n")
 
 
+def work_dir(path: Path | None, prefix: str) -> Path:
+    """`path`, or a fresh temporary directory named `prefix`...; created if missing."""
+    work = path or Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     opts = parse_args(argv)
@@ -387,8 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         print_report(json.loads(opts.show.read_text()))
         return 0
     opts.epochs = opts.epochs or (1 if opts.quick else 3)
-    work = opts.work_dir or Path(tempfile.mkdtemp(prefix="jaxpref-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = work_dir(opts.work_dir, "jaxpref-bench-")
     started, load_before = time.time(), os.getloadavg()
     cases = gpu_cases(opts.quick) if opts.devices == "gpu" else cpu_cases(opts.quick)
     cases = [c for c in cases if not opts.cases or c.name in opts.cases]
