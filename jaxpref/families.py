@@ -232,6 +232,19 @@ def check_supported_hf_dir(directory: str | os.PathLike) -> Family:
         raise FamilyError(f"{directory}: {err}") from None
 
 
+def check_hf_directory(preset: str | os.PathLike) -> Family | None:
+    """The family of `preset` when it is a local Hugging Face model directory, None for any
+    other preset (keras-hub preset directories, hub names); a one-line `FamilyError` naming the
+    families that work for a Hugging Face `model_type` none of them covers.
+
+    Call it on a resolved preset (`backbones.resolve_preset`), after DeBERTa directories were
+    converted, and before keras-hub, whose own refusal names no alternative.
+    """
+    if not (Path(preset) / "config.json").is_file() or hf_model_type(preset) is None:
+        return None
+    return check_supported_hf_dir(preset)
+
+
 def lora_targets(family: Family, spec: str = DEFAULT_LORA_TARGETS) -> list[str]:
     """The keras layer names for `--lora-targets`: groups and projections, comma separated.
 
