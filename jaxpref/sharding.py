@@ -28,7 +28,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from jaxpref.families import Family, Weight, check_hf_directory, family_of
+from jaxpref.families import (
+    Family,
+    Weight,
+    check_hf_directory,
+    check_supported_hf_dir,
+    family_of,
+)
 
 MESH_AXES = ("batch", "model")
 GIB = 1024**3
@@ -50,6 +56,7 @@ def read_backbone_config(preset: str) -> dict:
     loader = get_preset_loader(preset)
     if "model_type" not in loader.config:
         return dict(loader.config)
+    check_supported_hf_dir(preset)
     converter = loader.converter
     return {
         "class_name": converter.backbone_cls.__name__,

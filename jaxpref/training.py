@@ -243,14 +243,14 @@ def check_classes(train_labels: np.ndarray, valid_labels: np.ndarray, source: st
 
 
 def check_memory(run: Run) -> None:
-    """Refuse a Hugging Face directory of no supported family; for decoder LLMs, log the
-    memory estimate per device and refuse what cannot fit."""
+    """Refuse a Hugging Face directory that neither a family nor keras-hub covers; for decoder
+    LLMs, log the memory estimate per device and refuse what cannot fit."""
     from jaxpref import families, sharding
     from jaxpref import model as model_lib
 
     cfg = run.cfg
     preset = backbones.resolve_preset(cfg.model.preset)
-    families.check_hf_directory(preset)  # before keras-hub, whose refusal names no family
+    families.check_hf_directory(preset)
     if not model_lib.is_decoder_preset(preset):
         return  # an encoder: small next to any accelerator
     config = sharding.read_backbone_config(preset)

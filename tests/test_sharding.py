@@ -235,9 +235,14 @@ def test_unsupported_hugging_face_model_type_is_one_line(tmp_path):
     message = str(err.value)
     assert "\n" not in message and "'phi3' is not a supported decoder" in message
     assert "llama3 (llama -> Llama3Backbone)" in message
+    with pytest.raises(families.FamilyError, match="'phi3' is not a supported decoder"):
+        families.check_hf_directory(tmp_path)  # keras-hub has no converter either
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    families.check_hf_directory(tmp_path)  # an encoder keras-hub converts: left to keras-hub
     (tmp_path / "config.json").write_text(json.dumps({"class_name": "BertBackbone"}))
     with pytest.raises(families.FamilyError, match="has no model_type"):
         families.check_supported_hf_dir(tmp_path)
+    families.check_hf_directory(tmp_path)  # a keras-hub preset
 
 
 @pytest.mark.parametrize("model_parallel", ["1", "2"])
