@@ -232,6 +232,34 @@ def check_supported_hf_dir(directory: str | os.PathLike) -> Family:
         raise FamilyError(f"{directory}: {err}") from None
 
 
+def check_hf_directory(preset: str | os.PathLike) -> None:
+    """Refuse, in one line naming the families that work, a local Hugging Face directory whose
+    `model_type` neither a family here nor keras-hub covers (keras-hub's own refusal names no
+    alternative). Other presets pass, and so do directories keras-hub converts to backbones
+    outside these families (encoders such as `bert`).
+
+    Call it on a resolved preset (`backbones.resolve_preset` converts DeBERTa directories).
+    """
+    if not (Path(preset) / "config.json").is_file() or hf_model_type(preset) is None:
+        return
+    try:
+        check_supported_hf_dir(preset)
+    except FamilyError:
+        if not keras_hub_converts(preset):
+            raise
+
+
+def keras_hub_converts(directory: str | os.PathLike) -> bool:
+    """Whether keras-hub has a converter for the Hugging Face directory's `model_type`."""
+    from keras_hub.src.utils.preset_utils import get_preset_loader
+
+    try:
+        get_preset_loader(str(directory))
+    except ValueError:
+        return False
+    return True
+
+
 def lora_targets(family: Family, spec: str = DEFAULT_LORA_TARGETS) -> list[str]:
     """The keras layer names for `--lora-targets`: groups and projections, comma separated.
 

@@ -28,7 +28,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from jaxpref.families import Family, Weight, check_supported_hf_dir, family_of
+from jaxpref.families import (
+    Family,
+    Weight,
+    check_hf_directory,
+    check_supported_hf_dir,
+    family_of,
+)
 
 MESH_AXES = ("batch", "model")
 GIB = 1024**3
@@ -46,6 +52,7 @@ def read_backbone_config(preset: str) -> dict:
     """
     from keras_hub.src.utils.preset_utils import get_preset_loader
 
+    check_hf_directory(preset)
     loader = get_preset_loader(preset)
     if "model_type" not in loader.config:
         return dict(loader.config)
@@ -137,14 +144,28 @@ def itemsize(dtype: str) -> int:
     return jnp.dtype(dtype).itemsize
 
 
+def elements_per_device(weight: Weight, layers: int, model: int) -> int:
+    """Elements of `weight`, in every block, that one device of a model axis `model` holds."""
+    count = math.prod(weight.shape) * len(weight.paths(layers))
+    return count // (model if weight_spec(weight, model) else 1)
+
+
 def weight_bytes(family: Family, config: Mapping, dtype: str, model: int) -> int:
     """Bytes of the backbone's variables on one device of a model axis of size `model`."""
-    dims = family.dims(config)
-    total = 0
-    for weight in family.weights(config):
-        count = math.prod(weight.shape) * len(weight.paths(dims["layers"]))
-        total += count // (model if weight_spec(weight, model) else 1)
+    layers = family.dims(config)["layers"]
+    total = sum(elements_per_device(w, layers, model) for w in family.weights(config))
     return total * itemsize(dtype)
+
+
+def trained_bias_elements(family: Family, config: Mapping, targets: list[str], model: int) -> int:
+    """Elements on one device of the biases of the LoRA target layers (Qwen-2's q/k/v): LoRA
+    freezes only the kernel, so these train too, sharded like their kernels."""
+    layers = family.dims(config)["layers"]
+    return sum(
+        elements_per_device(w, layers, model)
+        for w in family.weights(config)
+        if w.path.endswith("/bias") and w.path.split("/")[-2] in targets
+    )
 
 
 def lora_parameters(family: Family, config: Mapping, rank: int, targets: list[str]) -> int:
@@ -202,8 +223,8 @@ def memory_estimate(
 
     weights     = sum over variables of size x itemsize(variable dtype), divided by the model
                   axis for the ones `layout_map` shards (exactly what each device stores).
-    lora        = 4 x 4 bytes x `lora_parameters` (float32 factors, gradients, Adam m and v),
-                  replicated.
+    lora        = 4 x 4 bytes x (`lora_parameters`, replicated, + `trained_bias_elements`):
+                  float32 values, gradients, Adam m and v of what trains.
     activations = L x b x s x [c x (8H + (6 n_q + 4 n_kv) d_head / m + 4F / m) + 4 x 3 n_q s / m]
                   with b = batch / batch axis, s = sequence length, c = compute itemsize,
                   F = MLP width, m = model axis (a term stays whole when m does not divide its
@@ -229,9 +250,11 @@ def memory_estimate(
             "of the mesh"
         )
     policy = keras.DTypePolicy(dtype or keras.config.dtype_policy().name)
+    trained = lora_parameters(family, config, lora_rank, lora_targets)
+    trained += trained_bias_elements(family, config, lora_targets, model)
     return MemoryEstimate(
         weights=weight_bytes(family, config, policy.variable_dtype, model),
-        lora=16 * lora_parameters(family, config, lora_rank, lora_targets),
+        lora=16 * trained,
         activations=activation_bytes(
             family,
             config,

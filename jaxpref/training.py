@@ -245,12 +245,14 @@ def check_classes(train_labels: np.ndarray, valid_labels: np.ndarray, source: st
 
 
 def check_memory(run: Run) -> None:
-    """For decoder LLMs: log the memory estimate per device; refuse what cannot fit."""
+    """Refuse a Hugging Face directory that neither a family nor keras-hub covers; for decoder
+    LLMs, log the memory estimate per device and refuse what cannot fit."""
     from jaxpref import families, sharding
     from jaxpref import model as model_lib
 
     cfg = run.cfg
     preset = backbones.resolve_preset(cfg.model.preset)
+    families.check_hf_directory(preset)
     if not model_lib.is_decoder_preset(preset):
         return  # an encoder: small next to any accelerator
     config = sharding.read_backbone_config(preset)
@@ -264,7 +266,8 @@ def check_memory(run: Run) -> None:
         fused_attention=distribution.platform_of(run.devices) == "gpu",
     )  # fmt: skip
     log.info("memory estimate per device: %s", estimate.describe())
-    limit = sharding.device_memory(run.devices[0])
+    local = next(d for d in run.devices if d.process_index == run.process_index)
+    limit = sharding.device_memory(local)  # JAX reads memory of this process's devices only
     if limit is not None:
         sharding.check_fits(estimate, limit)
 
