@@ -24,7 +24,7 @@ PRECISIONS = ("auto", "float32", "mixed_bfloat16", "bfloat16", "mixed_float16")
 ARCHITECTURES = ("siamese", "cross")
 HEADS = ("symmetric", "concat")
 SCHEDULES = ("cosine", "constant")
-ATTENTIONS = ("keras_hub", "efficient")
+ATTENTIONS = ("efficient", "efficient_dropout", "keras_hub")
 
 
 class ConfigError(ValueError):
@@ -136,10 +136,11 @@ class ModelConfig:
     )
     dropout: float = option(0.1, "dropout before the head", min=0, below=1)
     attention: str = option(
-        "keras_hub",
-        "DeBERTa-v3 attention: keras_hub (its own layers) or efficient (the same weights and "
-        "outputs, one shared relative gather per layer, no dropout on attention probabilities: "
-        "about 2x faster train steps at 1,024 tokens on CPU, benchmarks/attention.py)",
+        "efficient",
+        "DeBERTa-v3 attention: efficient (keras-hub's weights and outputs, one shared relative "
+        "gather per layer, no dropout on attention probabilities: 1.3-1.4x faster train steps "
+        "at 1,024 tokens on CPU, docs/benchmarks.md), efficient_dropout (the same with "
+        "keras-hub's attention-probability dropout: 1.1-1.2x) or keras_hub (its own layers)",
         choices=ATTENTIONS,
     )
     lora_rank: int = option(8, "LoRA rank of the backbone's adapters; 0 = full fine-tuning", min=0)

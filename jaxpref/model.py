@@ -394,10 +394,11 @@ def build_model(
     with remat_scope(preset) if cfg.remat else nullcontext():
         backbone = backbones.load_backbone(preset, dtype=cfg.precision, load_weights=load_weights)
     backbones.check_sequence_length(backbone, sequence_length)
-    if cfg.attention == "efficient" and type(backbone).__name__ == "DebertaV3Backbone":
+    if cfg.attention != "keras_hub" and type(backbone).__name__ == "DebertaV3Backbone":
         from jaxpref import deberta_attention
 
-        deberta_attention.efficient_deberta(backbone)
+        dropout = cfg.attention == "efficient_dropout"
+        deberta_attention.efficient_deberta(backbone, attention_dropout=dropout)
     options = {"pooling": "last" if decoder else "mean"} if cfg.architecture == "cross" else {}
     return ARCHITECTURES[cfg.architecture](
         backbone,

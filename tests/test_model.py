@@ -159,18 +159,22 @@ def test_efficient_attention_is_a_setting_of_the_factory(tiny_preset):
     from jaxpref import deberta_attention
 
     models = {}
-    for attention in ("keras_hub", "efficient"):
+    for attention in ("keras_hub", "efficient", "efficient_dropout"):
         keras.utils.set_random_seed(0)
         cfg = ModelConfig(
             preset=str(tiny_preset), attention=attention, dropout=0.0, precision="float32",
             side_features=False,
         )  # fmt: skip
         models[attention] = model_lib.build_model(cfg, 24)
-    layers = [e._self_attention_layer for e in models["efficient"].backbone.transformer_layers]
-    assert all(isinstance(a, deberta_attention.EfficientDisentangledSelfAttention) for a in layers)
+    for attention, dropout in (("efficient", False), ("efficient_dropout", True)):
+        layers = [e._self_attention_layer for e in models[attention].backbone.transformer_layers]
+        assert all(isinstance(a, deberta_attention.EfficientDisentangledSelfAttention)
+                   for a in layers)  # fmt: skip
+        assert all(a.attention_dropout == dropout for a in layers)
     encoder = model_lib.build_encoder(models["keras_hub"], str(tiny_preset), 24)
     x = _batch(encoder, ["five", "it is four", "no idea", "4"])
-    np.testing.assert_allclose(
-        models["efficient"].predict(x, verbose=0), models["keras_hub"].predict(x, verbose=0),
-        atol=1e-5,
-    )  # fmt: skip
+    for attention in ("efficient", "efficient_dropout"):
+        np.testing.assert_allclose(
+            models[attention].predict(x, verbose=0), models["keras_hub"].predict(x, verbose=0),
+            atol=1e-5,
+        )  # fmt: skip
