@@ -229,41 +229,6 @@ def training_predictions(run_dir) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-def test_decoder_llm_cross_encoder_trains_on_a_2x2_mesh_and_reloads(decoder_presets, tmp_path):
-    """A tiny Llama-3 read as a cross-encoder, weights sharded over 2 of 4 devices: the loss
-    falls on learnable rows, and the run directory predicts what training predicted."""
-    csv_path = write_learnable_csv(tmp_path / "learnable.csv", rows=240)
-    run_dir = tmp_path / "run"
-    _train(
-        decoder_presets["llama3"], run_dir, "--architecture", "cross", "--model-parallel", "2",
-        "--train-csv", str(csv_path), "--epochs", "3", "--learning-rate", "3e-3",
-        "--lora-rank", "4", "--valid-fraction", "0.2",
-    )  # fmt: skip
-    log = (run_dir / "train.log").read_text()
-    assert "memory estimate per device" in log
-    history = pd.read_csv(run_dir / "history.csv")
-    assert history["loss"].iloc[-1] < history["loss"].iloc[0] - 0.01, history
-    valid_csv = valid_rows_csv(run_dir, csv_path, tmp_path / "valid.csv")
-    during = training_predictions(run_dir)
-    reloaded = predictions(run_dir, valid_csv, tmp_path / "valid_sub.csv", "--num-devices", "4")
-    np.testing.assert_allclose(reloaded.loc[during.index], during, atol=1e-5)
-
-    # Export: the bundle (LoRA merged) predicts as the run directory does.
-    bundle = tmp_path / "bundle"
-    exported = run_script("export.py", "--devices", "cpu", "--run-dir", str(run_dir),
-                          "--out", str(bundle))  # fmt: skip
-    assert exported.returncode == 0, exported.stderr[-3000:]
-    bundled = predictions(bundle, valid_csv, tmp_path / "bundle_sub.csv")
-    np.testing.assert_allclose(bundled.loc[during.index], during, atol=1e-5)
-
-    # Resume: the sharded state checkpoint restores onto the 2 x 2 mesh.
-    resumed = run_script("train_jax.py", "--devices", "cpu", "--num-devices", "4",
-                         "--run-dir", str(run_dir), "--resume")  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    np.testing.assert_allclose(training_predictions(run_dir).loc[during.index], during, atol=1e-5)
-
-
-@pytest.mark.slow
 def test_non_default_options_train_and_reload(tiny_preset, small_csv, tmp_path):
     """Concat head, no side features, no swap, constant schedule, full fine-tuning: trained and
     reloaded end to end, the reloaded model predicting what training predicted."""
