@@ -12,7 +12,6 @@ steps alternate so all see the same machine load. Prints a table and writes JSON
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-from benchlib import median  # noqa: E402
+from benchlib import median, write_report  # noqa: E402
 from run import markdown  # noqa: E402
 
 # keras-hub's deberta_v3_small_en: 6 layers, hidden 768, 12 heads, FFN 3072.
@@ -152,9 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         "cases": cases,
     }
     if opts.out:
-        opts.out.parent.mkdir(parents=True, exist_ok=True)
-        opts.out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {opts.out}")
+        write_report(opts.out, result)
     return 0
 
 

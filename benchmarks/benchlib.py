@@ -160,3 +160,10 @@ def rates(pairs: int, real_tokens: int, computed_tokens: int, seconds: float) ->
         "real_tokens_per_s": real_tokens / seconds,
         "computed_tokens_per_s": computed_tokens / seconds,
     }
+
+
+def write_report(path, report: dict) -> None:
+    """The benchmark's JSON result at `path` (its folder made), and a line saying so."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")

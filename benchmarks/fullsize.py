@@ -37,7 +37,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 sys.path.insert(0, str(REPO))  # this checkout's jaxpref, also when another one is installed
 
-from benchlib import RESULT_PREFIX, emit  # noqa: E402
+from benchlib import RESULT_PREFIX, emit, write_report  # noqa: E402
 from run import git_commit, machine, markdown, progress  # noqa: E402
 from synthetic_arena import make_files  # noqa: E402
 
@@ -377,9 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     print(tables(report["results"]))
     print(f"{report['seconds']:.0f} s; load: {report['uptime_before']} -> {report['uptime_after']}")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        write_report(args.out, report)
     return 0
 
 
