@@ -1,4 +1,4 @@
-"""Keras callbacks that watch a training run: progress lines, TensorBoard, history.csv."""
+"""Keras callbacks of a training run: validation, progress lines, scalars, history.csv."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import keras
+import numpy as np
 
+from jaxpref.metrics import accuracy, log_loss, smoothed_log_loss
 from jaxpref.monitoring import (
     Progress,
     Ticker,
@@ -141,6 +143,39 @@ class StopOnNonFinite(keras.callbacks.Callback):
                 f"{step + 1}; stopped without saving it. The best weights so far stay in "
                 f"{self.best_directory}. Try a lower --learning-rate."
             )
+
+
+class Validation(keras.callbacks.Callback):
+    """Scores the validation rows at every epoch end and adds val_loss, val_log_loss and
+    val_accuracy to the epoch's logs, for the callbacks after it.
+
+    `predict()` gives their probabilities (n, 3) through the model's predict function, compiled
+    once per padded length for the whole run; Keras' `validation_data` would compile a test
+    function for each length as well, and the end of the run would predict them again. The best
+    epoch's probabilities are kept for calibrating the run without a second pass.
+    """
+
+    def __init__(
+        self, predict: Callable[[], np.ndarray], labels: np.ndarray, label_smoothing: float
+    ):
+        super().__init__()
+        self.predict_rows = predict
+        self.labels = labels
+        self.label_smoothing = label_smoothing
+        self.best, self.best_epoch, self.best_probs = math.inf, 0, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        probs = self.predict_rows()
+        scores = dict.fromkeys(("val_loss", "val_log_loss", "val_accuracy"), math.nan)
+        if np.isfinite(probs).all():
+            scores = {
+                "val_loss": smoothed_log_loss(probs, self.labels, self.label_smoothing),
+                "val_log_loss": log_loss(probs, self.labels),
+                "val_accuracy": accuracy(probs, self.labels),
+            }
+        logs.update(scores)  # the dict every later callback of this epoch receives
+        if scores["val_log_loss"] < self.best:
+            self.best, self.best_epoch, self.best_probs = scores["val_log_loss"], epoch + 1, probs
 
 
 class PredictProgress(keras.callbacks.Callback):

@@ -49,6 +49,21 @@ def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(row_log_loss(probs, labels).mean())
 
 
+def smoothed_log_loss(probs: np.ndarray, labels: np.ndarray, smoothing: float) -> float:
+    """Cross-entropy against label-smoothed targets, (1 - s) one-hot + s / classes: the
+    training loss (`--label-smoothing`) on hard labels."""
+    probs, labels = checked_probabilities(probs, labels)
+    losses = -np.log(probs)
+    true = losses[np.arange(len(labels)), labels]
+    return float(((1 - smoothing) * true + smoothing * losses.mean(axis=1)).mean())
+
+
+def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Share of rows whose most probable class is the true one."""
+    probs, labels = checked_probabilities(probs, labels)
+    return float(np.mean(probs.argmax(axis=1) == labels))
+
+
 def class_prior(train_labels: np.ndarray) -> np.ndarray:
     """Class frequencies with one added count per class, so no class gets probability 0."""
     counts = np.bincount(np.asarray(train_labels), minlength=NUM_CLASSES)[:NUM_CLASSES] + 1.0

@@ -61,6 +61,7 @@ def predict_tokens(
     input_keys,
     tta: bool = False,
     extra: np.ndarray | None = None,
+    label: str = "predicting",
 ) -> np.ndarray:
     """Class probabilities (n, 3) for every tokenized row, in input order; none dropped.
 
@@ -80,7 +81,7 @@ def predict_tokens(
     shard = (jax.process_index(), jax.process_count())
     ds = pipeline.make_dataset(tokens, [plan], input_keys, None, *shard, extra, model.layout)
     sizes = [int((b.weights > 0).sum()) for b in plan]
-    watch = callbacks.PredictProgress("predicting", sizes)
+    watch = callbacks.PredictProgress(label, sizes)
     probs = np.asarray(model.predict(ds, verbose=0, callbacks=[watch]), "float64")
     rows = np.concatenate([b.rows for b in plan])
     real = np.concatenate([b.weights for b in plan]) > 0

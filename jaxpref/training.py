@@ -142,8 +142,8 @@ def train(
     rate = compile_for_training(model, run.cfg, inputs.steps_per_epoch)
     progress = restore_progress(model, run) if resume else Progress()
     started = time.time()
-    best = fit(model, run, inputs, progress, rate)
-    return finish(model, run, splits, inputs, best, time.time() - started)
+    state, validation = fit(model, run, inputs, progress, rate)
+    return finish(model, run, splits, inputs, state, validation, time.time() - started)
 
 
 def start_run(cfg: TrainConfig, resume: bool) -> Run:
@@ -400,20 +400,30 @@ def fit_segments(epochs: int, progress: Progress) -> list[Segment]:
     return segments
 
 
-def fit(model, run: Run, inputs: Inputs, progress: Progress, rate) -> checkpoints.StateCheckpoint:
-    """Train the remaining segments; returns the state callback, which tracks the best epoch.
+def fit(model, run: Run, inputs: Inputs, progress: Progress, rate):
+    """Train the remaining segments; returns the state callback, which tracks the best epoch,
+    and the validation callback, which holds this process's best epoch's probabilities.
 
     Raises `Preempted` after saving the state when SIGTERM arrives.
     """
+    from jaxpref.callbacks import Validation
+
     state = checkpoints.StateCheckpoint(
-        run.paths.state_checkpoints, inputs.steps_per_epoch, run.cfg.run.save_every, progress.best,
-        progress.best_epoch, run.paths.best_checkpoints,
+        run.paths.state_checkpoints, inputs.steps_per_epoch, run.cfg.run.save_every,
+        progress.best, progress.best_epoch, run.paths.best_checkpoints,
     )  # fmt: skip
-    valid_ds = inputs.dataset("valid", [inputs.valid_plan], run)
+    validation = Validation(
+        lambda: prediction.predict_tokens(
+            model, inputs.valid_tokens, inputs.valid_plan, inputs.input_keys,
+            extra=inputs.valid_extra, label="validating",
+        ),
+        inputs.valid_labels,
+        run.cfg.optim.label_smoothing,
+    )  # fmt: skip
     with scalar_writers(run) as writers:
         for segment in fit_segments(run.cfg.optim.epochs, progress):
-            fit_segment(model, run, inputs, state, segment, valid_ds, rate, writers)
-    return state
+            fit_segment(model, run, inputs, [validation, state], segment, rate, writers)
+    return state, validation
 
 
 def scalar_writers(run: Run):
@@ -427,8 +437,12 @@ def scalar_writers(run: Run):
     )
 
 
-def fit_segment(model, run: Run, inputs: Inputs, state, segment, valid_ds, rate, writers) -> None:
-    """`model.fit` over one segment's epochs; raises `Preempted` when SIGTERM stopped it."""
+def fit_segment(model, run: Run, inputs: Inputs, scorers: list, segment, rate, writers) -> None:
+    """`model.fit` over one segment's epochs; raises `Preempted` when SIGTERM stopped it.
+
+    `scorers` are the validation and state callbacks, which live across segments.
+    """
+    validation, state = scorers
     steps = inputs.steps_per_epoch
     if segment.skip_steps:
         plans = [inputs.train_plans[segment.first_epoch][segment.skip_steps :]]
@@ -437,12 +451,11 @@ def fit_segment(model, run: Run, inputs: Inputs, state, segment, valid_ds, rate,
     batches = [b for plan in plans for b in plan]
     model.fit(
         inputs.dataset("train", plans, run),
-        validation_data=valid_ds,
         initial_epoch=segment.first_epoch,
         epochs=segment.last_epoch,
         steps_per_epoch=steps - segment.skip_steps,
         shuffle=False,  # the batch plans already shuffle, per epoch
-        callbacks=training_callbacks(run, state, batches, inputs, rate, writers),
+        callbacks=training_callbacks(run, validation, state, batches, inputs, rate, writers),
         verbose=1 if sys.stdout.isatty() else 0,
     )
     if state.preempted:
@@ -453,9 +466,16 @@ def fit_segment(model, run: Run, inputs: Inputs, state, segment, valid_ds, rate,
 
 
 def training_callbacks(
-    run: Run, state: checkpoints.StateCheckpoint, batches: list, inputs: Inputs, rate, writers
+    run: Run,
+    validation,
+    state: checkpoints.StateCheckpoint,
+    batches: list,
+    inputs: Inputs,
+    rate,
+    writers,
 ) -> list:
-    """Progress and scalars (to `writers`), history.csv, then best weights and resumable state.
+    """The NaN stop, validation scores, progress and scalars (to `writers`), history.csv,
+    then best weights and resumable state (callbacks see an epoch's logs in this order).
 
     history.csv gets an epoch's row before the state that records the epoch is saved, so a
     process killed in between replays that epoch and rewrites the row.
@@ -472,23 +492,25 @@ def training_callbacks(
         sequences_per_pair=1 if inputs.layout == pipeline.CROSS else 2,
     )
     history = [HistoryWriter(run.paths.history)] if run.primary else []
-    return [StopOnNonFinite(run.paths.best_checkpoints), monitor, *history, state]
+    return [StopOnNonFinite(run.paths.best_checkpoints), validation, monitor, *history, state]
 
 
-def finish(model, run: Run, splits: Splits, inputs: Inputs, state, seconds: float) -> dict:
-    """Restore the best weights, calibrate on validation, write the run's result files."""
+def finish(
+    model, run: Run, splits: Splits, inputs: Inputs, state, validation, seconds: float
+) -> dict:
+    """Calibrate the best epoch's validation predictions, write the run's result files."""
     log.debug(
         "final weights fingerprint (equal on every process): %s",
         monitoring.weights_fingerprint(model),
     )
-    if state.best_epoch != run.cfg.optim.epochs:  # else the weights in memory are the best
-        log.info("restoring the best weights (epoch %d)", state.best_epoch)
+    valid_probs = validation.best_probs
+    if validation.best_epoch != state.best_epoch:  # the best epoch ran before a --resume
+        log.info("restoring the best weights (epoch %d) to predict validation", state.best_epoch)
         model.load_weights(str(run.paths.best_checkpoints))  # the newest step: the best epoch
-    log.info("predicting the validation rows with them, for temperature scaling")
-    valid_probs = prediction.predict_tokens(
-        model, inputs.valid_tokens, inputs.valid_plan, inputs.input_keys,
-        extra=inputs.valid_extra,
-    )  # fmt: skip
+        valid_probs = prediction.predict_tokens(
+            model, inputs.valid_tokens, inputs.valid_plan, inputs.input_keys,
+            extra=inputs.valid_extra, label="validating",
+        )  # fmt: skip
     labels = inputs.valid_labels
     fitted = calibration.calibrate(valid_probs, labels, run.cfg.run.calibrate)
     log.info(
@@ -501,7 +523,7 @@ def finish(model, run: Run, splits: Splits, inputs: Inputs, state, seconds: floa
         "best_val_log_loss": state.best,
         "calibrated_val_log_loss": fitted.after,
         "temperature": fitted.temperature,
-        "best_val_accuracy": float(np.mean(valid_probs.argmax(axis=1) == labels)),
+        "best_val_accuracy": metrics.accuracy(valid_probs, labels),
         "prior_val_log_loss": splits.prior_log_loss,
         "epochs": run.cfg.optim.epochs,
         "train_rows": len(inputs.train_labels),

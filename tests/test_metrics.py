@@ -103,3 +103,17 @@ def test_score_table_pairs_rows():
     assert table["model_minus_baseline"]["same"] == {"log_loss": 0.0, "se": 0.0}
     markdown = report.markdown_table(table["scores"])
     assert markdown.count("\n") == 4 and "| uniform | 1.0986 |" in markdown
+
+
+def test_smoothed_log_loss_is_keras_training_loss_on_hard_labels():
+    import keras
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), size=40)
+    labels = rng.integers(0, 3, 40)
+    keras_loss = keras.losses.CategoricalCrossentropy(label_smoothing=0.1)
+    expected = float(keras_loss(np.eye(3)[labels], probs.astype("float32")))
+    assert metrics.smoothed_log_loss(probs, labels, 0.1) == pytest.approx(expected, rel=1e-5)
+    assert metrics.smoothed_log_loss(probs, labels, 0.0) == metrics.log_loss(probs, labels)
+    assert metrics.accuracy(probs, labels) == metrics.scores(probs, labels)["accuracy"]
+    assert metrics.accuracy(np.eye(3)[[0, 1, 1]], np.array([0, 1, 2])) == pytest.approx(2 / 3)
