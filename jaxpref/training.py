@@ -86,17 +86,13 @@ class Inputs:
     def steps_per_epoch(self) -> int:
         return len(self.train_plans[0])
 
-    def dataset(self, split: str, plans: Sequence[Sequence[pipeline.Batch]], run: Run):
-        """tf.data pipeline of this process's share of `plans` over the `split` rows."""
-        tokens, labels, extra = (
-            (self.train_tokens, self.train_labels, self.train_extra)
-            if split == "train"
-            else (self.valid_tokens, self.valid_labels, self.valid_extra)
-        )
+    def train_dataset(self, plans: Sequence[Sequence[pipeline.Batch]], run: Run):
+        """tf.data pipeline of this process's share of `plans` over the training rows."""
         shard = (run.process_index, run.process_count)
         return pipeline.make_dataset(
-            tokens, plans, self.input_keys, labels, *shard, extra, self.layout
-        )
+            self.train_tokens, plans, self.input_keys, self.train_labels, *shard,
+            self.train_extra, self.layout,
+        )  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -422,7 +418,7 @@ def fit(model, run: Run, inputs: Inputs, progress: Progress, rate):
     )  # fmt: skip
     with scalar_writers(run) as writers:
         for segment in fit_segments(run.cfg.optim.epochs, progress):
-            fit_segment(model, run, inputs, [validation, state], segment, rate, writers)
+            fit_segment(model, run, inputs, validation, state, segment, rate, writers)
     return state, validation
 
 
@@ -437,12 +433,9 @@ def scalar_writers(run: Run):
     )
 
 
-def fit_segment(model, run: Run, inputs: Inputs, scorers: list, segment, rate, writers) -> None:
-    """`model.fit` over one segment's epochs; raises `Preempted` when SIGTERM stopped it.
-
-    `scorers` are the validation and state callbacks, which live across segments.
-    """
-    validation, state = scorers
+def fit_segment(model, run: Run, inputs: Inputs, validation, state, segment, rate, writers) -> None:
+    """`model.fit` over one segment's epochs (the validation and state callbacks live across
+    segments); raises `Preempted` when SIGTERM stopped it."""
     steps = inputs.steps_per_epoch
     if segment.skip_steps:
         plans = [inputs.train_plans[segment.first_epoch][segment.skip_steps :]]
@@ -450,7 +443,7 @@ def fit_segment(model, run: Run, inputs: Inputs, scorers: list, segment, rate, w
         plans = inputs.train_plans[segment.first_epoch : segment.last_epoch]
     batches = [b for plan in plans for b in plan]
     model.fit(
-        inputs.dataset("train", plans, run),
+        inputs.train_dataset(plans, run),
         initial_epoch=segment.first_epoch,
         epochs=segment.last_epoch,
         steps_per_epoch=steps - segment.skip_steps,
