@@ -18,6 +18,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from jaxpref import data  # noqa: E402
@@ -122,6 +123,16 @@ def run_script(script: str, *args: str, timeout: int = 600) -> subprocess.Comple
         env=script_environment(),
         cwd=REPO,
     )
+
+
+def infer_predictions(run_dir, test_csv, out, *flags) -> pd.DataFrame:
+    """infer.py's submission for `test_csv` from a run directory or a bundle, indexed by id."""
+    result = run_script(
+        "infer.py", "--devices", "cpu", "--run-dir", str(run_dir), "--test-csv", str(test_csv),
+        "--output", str(out), *flags,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return pd.read_csv(out, dtype={"id": str}).set_index("id")
 
 
 def free_port() -> int:

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_script, tiny_run_args
+from conftest import infer_predictions, run_script, tiny_run_args
 
 from jaxpref import bundle, checkpoints, data, prediction
 from jaxpref.config import ConfigError
@@ -72,12 +72,7 @@ def unseen_csv(tmp_path_factory):
 
 
 def infer(source, test_csv, output, *flags) -> pd.DataFrame:
-    result = run_script(
-        "infer.py", "--devices", "cpu", "--run-dir", str(source), "--test-csv", str(test_csv),
-        "--output", str(output), *flags,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return pd.read_csv(output, dtype={"id": str})
+    return infer_predictions(source, test_csv, output, *flags).reset_index()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, run_script, tiny_run_args, write_learnable_csv
+from conftest import REPO, infer_predictions, run_script, tiny_run_args, write_learnable_csv
 
 from jaxpref import data
 
@@ -214,16 +214,6 @@ def valid_rows_csv(run_dir, source_csv, path):
     return path
 
 
-def predictions(run_dir, test_csv, out, *flags) -> pd.DataFrame:
-    """infer.py's submission for `test_csv`, indexed by id."""
-    result = run_script(
-        "infer.py", "--devices", "cpu", "--run-dir", str(run_dir), "--test-csv", str(test_csv),
-        "--output", str(out), *flags,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return pd.read_csv(out, dtype={"id": str}).set_index("id")
-
-
 def training_predictions(run_dir) -> pd.DataFrame:
     return pd.read_csv(run_dir / "valid_predictions.csv", dtype={"id": str}).set_index("id")
 
@@ -240,7 +230,7 @@ def test_non_default_options_train_and_reload(tiny_preset, small_csv, tmp_path):
     config = json.loads((run_dir / "config.json").read_text())["model"]
     assert (config["head"], config["side_features"], config["lora_rank"]) == ("concat", False, 0)
     valid_csv = valid_rows_csv(run_dir, small_csv, tmp_path / "valid.csv")
-    reloaded = predictions(run_dir, valid_csv, tmp_path / "out.csv", "--num-devices", "2")
+    reloaded = infer_predictions(run_dir, valid_csv, tmp_path / "out.csv", "--num-devices", "2")
     during = training_predictions(run_dir)
     np.testing.assert_allclose(reloaded.loc[during.index], during, atol=1e-5)
 
