@@ -12,6 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from jaxpref.distribution import place_on_mesh
 from jaxpref.metrics import accuracy, log_loss, smoothed_log_loss
 from jaxpref.monitoring import (
     Progress,
@@ -23,6 +24,22 @@ from jaxpref.monitoring import (
 from jaxpref.rundir import Diverged
 
 log = logging.getLogger("jaxpref")
+
+
+class MeshPlacement(keras.callbacks.Callback):
+    """Keeps the training state on the distribution's mesh where Keras leaves it on one device
+    (the optimizer is built, and the metrics reset, inside `fit`), so that no batch shape
+    compiles twice (`distribution.place_on_mesh`)."""
+
+    def on_train_begin(self, logs=None):
+        self.place()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.place()
+
+    def place(self) -> None:
+        model = self.model
+        place_on_mesh([*model.variables, *model.optimizer.variables, *model.metrics_variables])
 
 
 class RunMonitor(keras.callbacks.Callback):

@@ -208,6 +208,29 @@ def setup(
     return selected
 
 
+def place_on_mesh(variables) -> int:
+    """Give every variable the layout of the current distribution; returns how many moved.
+
+    Keras skips re-placing a value whose layout is merely equivalent, so on one device loaded
+    weights and reset metrics stay single-device arrays while the train step returns its state
+    on the mesh: the state's type changes after a step, and XLA compiled the first batch shape
+    twice and again at every epoch start (metrics are reset there).
+    """
+    import jax
+    import keras
+
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return 0
+    moved = 0
+    for variable in variables:
+        if not isinstance(variable.value.sharding, jax.sharding.NamedSharding):
+            layout = distribution.get_variable_layout(variable).backend_layout
+            variable.assign(jax.device_put(variable.value, layout))
+            moved += 1
+    return moved
+
+
 def sync_processes(name: str) -> None:
     """Wait until every process reaches this point (no-op with one process)."""
     import jax

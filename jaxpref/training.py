@@ -474,7 +474,7 @@ def training_callbacks(
     process killed in between replays that epoch and rewrites the row.
     """
     from jaxpref import optimization
-    from jaxpref.callbacks import HistoryWriter, RunMonitor, StopOnNonFinite
+    from jaxpref.callbacks import HistoryWriter, MeshPlacement, RunMonitor, StopOnNonFinite
 
     monitor = RunMonitor(
         batches,
@@ -485,7 +485,10 @@ def training_callbacks(
         sequences_per_pair=1 if inputs.layout == pipeline.CROSS else 2,
     )
     history = [HistoryWriter(run.paths.history)] if run.primary else []
-    return [StopOnNonFinite(run.paths.best_checkpoints), validation, monitor, *history, state]
+    return [
+        MeshPlacement(), StopOnNonFinite(run.paths.best_checkpoints), validation, monitor,
+        *history, state,
+    ]  # fmt: skip
 
 
 def finish(
