@@ -28,6 +28,8 @@ from jaxpref.probabilities import read_probabilities
 
 BLEND_FILE = "blend.json"
 SUBMISSION_FILE = "submission.csv"
+OOF_FILE = crossval.OOF_FILE
+"""The nested blend's out-of-fold predictions: a teacher file for `--soft-labels`."""
 BLENDED_BASELINES = tuple(n for n in baselines.BASELINE_NAMES if n != "class_prior")
 """Baselines `--baselines` adds; the blend's bias already is a class prior."""
 BLEND = "blend"
@@ -94,8 +96,9 @@ def nested_predictions(probs: Sequence[np.ndarray], labels: np.ndarray, splits: 
 
 def blend_report(
     names: Sequence[str], probs: Sequence[np.ndarray], labels: np.ndarray, splits: list
-) -> tuple[dict, Blend]:
-    """The blend.json record and the blend refitted on every row.
+) -> tuple[dict, Blend, np.ndarray]:
+    """The blend.json record, the blend refitted on every row and the nested blend's (n, 3)
+    out-of-fold predictions.
 
     `log_loss` holds each predictor's and the nested blend's out-of-fold log loss;
     `blend_minus_best` (and `blend_minus_each`) the mean per-row difference of the nested blend
@@ -120,7 +123,7 @@ def blend_report(
         "blend_minus_best": table["model_minus_baseline"][best],
         "blend_minus_each": table["model_minus_baseline"],
     }
-    return record, blend
+    return record, blend, nested
 
 
 def run_ensemble(
@@ -135,8 +138,9 @@ def run_ensemble(
 ) -> dict:
     """Fit and score the blend of `predictions` (out-of-fold files covering every row of the
     labelled `train_csv`, plus the baselines' out-of-fold predictions `with_baselines`); write
-    `blend.json` to `out_dir` and, given `test_predictions` (one per file of `predictions`, in
-    the same order), the blended `submission.csv` there. Returns the blend.json record."""
+    `blend.json` and the nested blend's out-of-fold predictions (`oof.csv`, a teacher for
+    `--soft-labels`) to `out_dir` and, given `test_predictions` (one per file of `predictions`,
+    in the same order), the blended `submission.csv` there. Returns the blend.json record."""
     check_arguments(predictions, folds, with_baselines, test_predictions, test_csv)
     frame = data.read_arena_csv(train_csv, labelled=True)
     names = [os.fspath(p) for p in predictions]
@@ -146,9 +150,10 @@ def run_ensemble(
         oof = crossval.baseline_predictions(frame, splits)
         names += list(BLENDED_BASELINES)
         probs += [oof[name] for name in BLENDED_BASELINES]
-    result, blend = blend_report(names, probs, frame["label"].to_numpy(), splits)
+    result, blend, nested = blend_report(names, probs, frame["label"].to_numpy(), splits)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    result["oof"] = str(prediction.write_submission(frame["id"], nested, out / OOF_FILE))
     if test_predictions:
         train_df = frame if with_baselines else None
         path = blend_test(blend, test_predictions, train_df, test_csv, out / SUBMISSION_FILE)

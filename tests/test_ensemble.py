@@ -9,6 +9,7 @@ from conftest import run_script
 
 from jaxpref import cli, data, ensemble, metrics
 from jaxpref.ensemble import Blend
+from jaxpref.probabilities import read_probabilities
 
 
 def softmax(logits):
@@ -37,7 +38,7 @@ def test_nested_score_is_reported_beside_the_in_sample_one():
     probs, labels = synthetic(3_000, seed=1)
     order = np.random.default_rng(0).permutation(len(labels))
     splits = [(np.setdiff1d(order, held), held) for held in np.array_split(order, 4)]
-    record, blend = ensemble.blend_report(["one", "two"], probs, labels, splits)
+    record, blend, _ = ensemble.blend_report(["one", "two"], probs, labels, splits)
     singles = [record["log_loss"]["one"], record["log_loss"]["two"]]
     nested = record["log_loss"][ensemble.BLEND]
     assert record["folds"] == 4 and record["rows"] == 3_000
@@ -110,3 +111,7 @@ def test_ensemble_command_blends_models_and_baselines(small_csv, tmp_path):
     assert list(submission["id"]) == list(test["id"][::-1])
     np.testing.assert_allclose(submission[list(data.LABEL_COLUMNS)].sum(axis=1), 1)
     assert "blend: log loss" in result.stdout and "wrote" in result.stdout
+    teacher = read_probabilities(out / "oof.csv").aligned(frame["id"], "oof.csv")
+    assert metrics.log_loss(teacher, frame["label"].to_numpy()) == pytest.approx(
+        losses[ensemble.BLEND], abs=1e-6
+    )
