@@ -169,16 +169,22 @@ class Validation(keras.callbacks.Callback):
     `predict()` gives their probabilities (n, 3) through the model's predict function, compiled
     once per padded length for the whole run; Keras' `validation_data` would compile a test
     function for each length as well, and the end of the run would predict them again. The best
-    epoch's probabilities are kept for calibrating the run without a second pass.
+    epoch's probabilities are kept for calibrating the run without a second pass, and every
+    epoch's go to `keep(epoch, probs)` (1-based epoch) when given.
     """
 
     def __init__(
-        self, predict: Callable[[], np.ndarray], labels: np.ndarray, label_smoothing: float
+        self,
+        predict: Callable[[], np.ndarray],
+        labels: np.ndarray,
+        label_smoothing: float,
+        keep: Callable[[int, np.ndarray], None] | None = None,
     ):
         super().__init__()
         self.predict_rows = predict
         self.labels = labels
         self.label_smoothing = label_smoothing
+        self.keep = keep
         self.best, self.best_epoch, self.best_probs = math.inf, 0, None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -191,6 +197,8 @@ class Validation(keras.callbacks.Callback):
                 "val_accuracy": accuracy(probs, self.labels),
             }
         logs.update(scores)  # the dict every later callback of this epoch receives
+        if self.keep is not None:
+            self.keep(epoch + 1, probs)
         if scores["val_log_loss"] < self.best:
             self.best, self.best_epoch, self.best_probs = scores["val_log_loss"], epoch + 1, probs
 

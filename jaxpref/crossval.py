@@ -38,17 +38,32 @@ def fold_indices(frame: pd.DataFrame, folds: int, seed: int) -> list[tuple[np.nd
     return list(splitter.split(np.zeros(len(frame)), labels, data.prompt_groups(frame)))
 
 
-def epoch_log_losses(root: Path, fold_sizes: list[int]) -> list[float]:
-    """Out-of-fold log loss of each epoch's weights (the same epoch in every fold), uncalibrated.
+def epoch_predictions(root: Path, frame: pd.DataFrame, splits: list) -> list[np.ndarray]:
+    """Per epoch, (n, 3) out-of-fold predictions of that epoch's weights in every fold,
+    uncalibrated, for the epochs every fold recorded.
 
     The model's main score uses each fold's best epoch and temperature, both chosen on the rows
-    it is scored on; this one chooses nothing there, so it shows how much that selection helps.
+    it is scored on; these choose nothing there (a selection-free score, and a fair input for
+    blends and teachers).
     """
-    total = 0.0
-    for fold, size in enumerate(fold_sizes):
-        history = pd.read_csv(RunDir(root / f"fold{fold}").history).sort_values("epoch")
-        total = total + history["val_log_loss"].to_numpy(np.float64) * size
-    return [float(v) for v in np.asarray(total) / sum(fold_sizes)]
+    epochs = []
+    while True:
+        paths = [
+            RunDir(root / f"fold{f}").epoch_predictions(len(epochs) + 1) for f in range(len(splits))
+        ]
+        if not all(path.exists() for path in paths):
+            return epochs
+        probs = np.full((len(frame), data.NUM_CLASSES), np.nan)
+        for path, (_, valid_rows) in zip(paths, splits, strict=True):
+            probs[valid_rows] = read_probabilities(path).aligned(
+                frame["id"].iloc[valid_rows], str(path)
+            )
+        epochs.append(probs)
+
+
+def epoch_oof_file(epoch: int) -> str:
+    """Name of epoch `epoch`'s uncalibrated out-of-fold predictions beside oof.csv."""
+    return f"oof-epoch{epoch}.csv"
 
 
 def cross_validate(cfg: TrainConfig, folds: int) -> dict:
@@ -101,20 +116,27 @@ def baseline_predictions(frame: pd.DataFrame, splits: list) -> dict[str, np.ndar
 def write_report(cfg: TrainConfig, folds: int) -> dict:
     """Score the fold runs under `cfg.run.run_dir` beside the baselines; write cv.json, cv.md
     and oof.csv (the model's out-of-fold predictions: a teacher file for --soft-labels, an
-    input of `jaxpref ensemble`)."""
+    input of `jaxpref ensemble`), and each epoch's selection-free oof-epoch<e>.csv."""
     root = Path(cfg.run.run_dir)
     train_csv = training_csv(cfg)
     frame = data.read_arena_csv(train_csv, labelled=True)
     splits = fold_indices(frame, folds, cfg.run.seed)
+    labels = frame["label"].to_numpy()
     model_probs = model_predictions(root, frame, splits)
+    baseline_probs = baseline_predictions(frame, splits)
+    epochs = epoch_predictions(root, frame, splits)
+    per_epoch = [metrics.score_table(probs, baseline_probs, labels) for probs in epochs]
     result = {
         "folds": folds,
         "config": cfg.to_dict(),
-        **metrics.score_table(model_probs, baseline_predictions(frame, splits), frame["label"]),
-        "epoch_log_loss": epoch_log_losses(root, [len(v) for _, v in splits]),
+        **metrics.score_table(model_probs, baseline_probs, labels),
+        "epoch_log_loss": [table["scores"][metrics.MODEL]["log_loss"] for table in per_epoch],
+        "epoch_minus_baseline": [table["model_minus_baseline"] for table in per_epoch],
     }
     (root / "cv.json").write_text(json.dumps(result, indent=2) + "\n")
     prediction.write_submission(frame["id"], model_probs, root / OOF_FILE)
+    for epoch, probs in enumerate(epochs, start=1):
+        prediction.write_submission(frame["id"], probs, root / epoch_oof_file(epoch))
     markdown = report.crossval_markdown(result, train_csv)
     (root / "cv.md").write_text(markdown)
     monitoring.setup_logging()

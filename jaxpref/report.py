@@ -99,12 +99,18 @@ def crossval_markdown(result: Mapping, train_csv: str) -> str:
         for name, d in result["model_minus_baseline"].items()
     )
     epochs = ", ".join(f"{i + 1}: {v:.4f}" for i, v in enumerate(result["epoch_log_loss"]))
+    last = len(result["epoch_log_loss"])
+    last_diffs = "".join(
+        f"\n- epoch {last} − {name}: {d['log_loss']:+.4f} (paired standard error {d['se']:.4f})"
+        for name, d in (result["epoch_minus_baseline"][-1] if last else {}).items()
+    )
     return (
         f"# {result['folds']}-fold cross-validation (grouped by prompt) of `{train_csv}`\n\n"
         f"{result['rows']} out-of-fold rows.\n\n{markdown_table(result['scores'])}\n\n"
         f"{diffs}\n\nModel log loss by epoch, the same epoch in every fold, before temperature "
-        f"scaling (nothing chosen on the scored rows): {epochs}. The model row above uses each "
-        "fold's best epoch and its temperature, both chosen on that fold's validation rows.\n"
+        f"scaling (nothing chosen on the scored rows; oof-epoch<e>.csv): {epochs}. The model row "
+        "above uses each fold's best epoch and its temperature, both chosen on that fold's "
+        f"validation rows.\n{last_diffs}\n"
     )
 
 

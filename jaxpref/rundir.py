@@ -10,6 +10,8 @@ RUN/
   split.csv              id -> train / valid / extra
   history.csv            per epoch (1-based): loss, log_loss, accuracy (train and validation)
   valid_predictions.csv  the best weights' calibrated predictions for the validation rows
+  validation/epoch-<e>.csv  epoch e's validation predictions, uncalibrated (nothing chosen on
+                         the validation rows: cross-validation's selection-free scores)
   calibration.json       the temperature fitted on them, with the log loss before and after
   summary.json           best epoch, best val_log_loss, the class-prior baseline, timings
   train.log              the log
@@ -84,6 +86,10 @@ class RunDir:
     tensorboard = property(lambda self: self.root / "tensorboard")
     wandb = property(lambda self: self.root / "wandb")
     evaluation = property(lambda self: self.root / "evaluation")
+
+    def epoch_predictions(self, epoch: int) -> Path:
+        """Epoch `epoch`'s (1-based) uncalibrated validation predictions."""
+        return self.root / "validation" / f"epoch-{epoch}.csv"
 
     def has_checkpoints(self) -> bool:
         return (self.root / "checkpoints").exists()

@@ -81,6 +81,7 @@ class Inputs:
     train_extra: np.ndarray | None = None
     valid_extra: np.ndarray | None = None
     padding_efficiency: float | None = None
+    valid_ids: Sequence[str] = ()
 
     @property
     def steps_per_epoch(self) -> int:
@@ -337,6 +338,7 @@ def build_inputs(cfg: TrainConfig, splits: Splits, encoder, model) -> Inputs:
     return Inputs(
         train_tokens, valid_tokens, train_labels, splits.valid["label"].to_numpy(), train_plans,
         valid_plan, encoder.input_keys, encoder.layout, train_extra, valid_extra, efficiency,
+        splits.valid["id"].tolist(),
     )  # fmt: skip
 
 
@@ -377,6 +379,10 @@ def forget_epochs_from(paths: RunDir, done: int) -> None:
         for step in paths.best_checkpoints.iterdir():
             if step.name.isdigit() and int(step.name) > done:
                 shutil.rmtree(step)
+    epoch = done + 1
+    while paths.epoch_predictions(epoch).exists():
+        paths.epoch_predictions(epoch).unlink()
+        epoch += 1
     history = paths.history
     if history.exists() and history.stat().st_size:
         frame = pd.read_csv(history)
@@ -415,11 +421,23 @@ def fit(model, run: Run, inputs: Inputs, progress: Progress, rate):
         ),
         inputs.valid_labels,
         run.cfg.optim.label_smoothing,
+        keep=epoch_predictions_writer(run, inputs.valid_ids) if run.primary else None,
     )  # fmt: skip
     with scalar_writers(run) as writers:
         for segment in fit_segments(run.cfg.optim.epochs, progress):
             fit_segment(model, run, inputs, validation, state, segment, rate, writers)
     return state, validation
+
+
+def epoch_predictions_writer(run: Run, ids: Sequence[str]):
+    """Writes each epoch's validation predictions to the run directory."""
+
+    def write(epoch: int, probs: np.ndarray) -> None:
+        path = run.paths.epoch_predictions(epoch)
+        path.parent.mkdir(exist_ok=True)
+        prediction.write_submission(ids, probs, path)
+
+    return write
 
 
 def scalar_writers(run: Run):

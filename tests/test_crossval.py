@@ -24,12 +24,22 @@ def test_folds_cover_every_row_once_and_never_split_a_prompt():
         crossval.fold_indices(frame, 1, seed=0)
 
 
-def test_epoch_log_losses_weigh_each_fold_by_its_rows(tmp_path):
-    for fold, losses in enumerate(([1.0, 0.5], [2.0, 1.1])):
-        (tmp_path / f"fold{fold}").mkdir()
-        history = pd.DataFrame({"epoch": [1, 0], "val_log_loss": losses[::-1]})
-        history.to_csv(tmp_path / f"fold{fold}" / "history.csv", index=False)
-    np.testing.assert_allclose(crossval.epoch_log_losses(tmp_path, [30, 10]), [1.25, 0.65])
+def test_epoch_predictions_join_the_folds_for_the_epochs_every_fold_recorded(small_csv, tmp_path):
+    frame = data.read_arena_csv(small_csv, labelled=True)
+    splits = crossval.fold_indices(frame, 2, seed=0)
+    rng = np.random.default_rng(1)
+    expected = [rng.dirichlet(np.ones(3), len(frame)) for _ in range(2)]
+    for fold, (_, valid_rows) in enumerate(splits):
+        paths = RunDir(tmp_path / f"fold{fold}")
+        (paths.root / "validation").mkdir(parents=True)
+        for epoch in (1, 2) if fold == 0 else (1,):  # fold 1 stopped before its epoch 2
+            rows = rng.permutation(valid_rows)
+            prediction.write_submission(
+                frame["id"].iloc[rows], expected[epoch - 1][rows], paths.epoch_predictions(epoch)
+            )
+    epochs = crossval.epoch_predictions(tmp_path, frame, splits)
+    assert len(epochs) == 1
+    np.testing.assert_allclose(epochs[0], expected[0], rtol=1e-12)
 
 
 def test_report_of_the_fold_runs_keeps_their_out_of_fold_predictions(small_csv, tmp_path):
@@ -37,6 +47,7 @@ def test_report_of_the_fold_runs_keeps_their_out_of_fold_predictions(small_csv, 
     frame = data.read_arena_csv(small_csv, labelled=True)
     rng = np.random.default_rng(0)
     expected = np.full((len(frame), 3), np.nan)
+    uniform = np.full((len(frame), 3), 1 / 3)
     for fold, (_, valid_rows) in enumerate(crossval.fold_indices(frame, 2, seed=3)):
         paths = RunDir(tmp_path / f"fold{fold}")
         paths.root.mkdir()
@@ -45,7 +56,10 @@ def test_report_of_the_fold_runs_keeps_their_out_of_fold_predictions(small_csv, 
         prediction.write_submission(
             frame["id"].iloc[shuffled], expected[shuffled], paths.valid_predictions
         )
-        pd.DataFrame({"epoch": [0], "val_log_loss": [1.0]}).to_csv(paths.history, index=False)
+        paths.epoch_predictions(1).parent.mkdir()
+        prediction.write_submission(
+            frame["id"].iloc[valid_rows], uniform[valid_rows], paths.epoch_predictions(1)
+        )
     result = crossval.write_report(cfg, 2)
     oof = read_probabilities(tmp_path / crossval.OOF_FILE)
     assert list(oof.ids) == list(frame["id"])
@@ -53,7 +67,10 @@ def test_report_of_the_fold_runs_keeps_their_out_of_fold_predictions(small_csv, 
     model_log_loss = metrics.log_loss(expected, frame["label"].to_numpy())
     assert result["scores"]["model"]["log_loss"] == pytest.approx(model_log_loss)
     assert json.loads((tmp_path / "cv.json").read_text())["rows"] == 240
-    assert result["epoch_log_loss"] == [1.0] and (tmp_path / "cv.md").exists()
+    assert result["epoch_log_loss"] == [pytest.approx(np.log(3))] and (tmp_path / "cv.md").exists()
+    epoch_oof = read_probabilities(tmp_path / crossval.epoch_oof_file(1))
+    np.testing.assert_allclose(epoch_oof.probs, uniform)
+    assert "epoch 1 − tfidf_length_logreg" in (tmp_path / "cv.md").read_text()
 
 
 @pytest.mark.slow
@@ -72,6 +89,14 @@ def test_two_fold_cross_validation_scores_every_row_beside_the_baselines(
     assert list(read_probabilities(tmp_path / "cv" / crossval.OOF_FILE).ids) == list(
         data.read_arena_csv(small_csv, labelled=True)["id"]
     )
-    assert len(report["epoch_log_loss"]) == 1 and np.isfinite(report["epoch_log_loss"][0])
+    valid_log_losses = [
+        pd.read_csv(tmp_path / "cv" / f"fold{fold}" / "history.csv")["val_log_loss"].item()
+        for fold in range(2)
+    ]  # the same epoch's out-of-fold log loss, as each fold's history saw it
+    sizes = pd.read_csv(tmp_path / "cv" / "fold0" / "split.csv")["split"].value_counts()
+    weights = [sizes["valid"], 240 - sizes["valid"]]
+    assert report["epoch_log_loss"] == [
+        pytest.approx(np.average(valid_log_losses, weights=weights))
+    ]
     text = (tmp_path / "cv" / "cv.md").read_text()
     assert "| model |" in text and "model − tfidf_length_logreg" in text

@@ -47,9 +47,9 @@ def _same_result(a, b):
     ha, hb = pd.read_csv(a / "history.csv"), pd.read_csv(b / "history.csv")
     assert ha["epoch"].tolist() == hb["epoch"].tolist() == [1, 2]
     np.testing.assert_allclose(ha["val_log_loss"], hb["val_log_loss"], rtol=1e-5)
-    pa = pd.read_csv(a / "valid_predictions.csv").set_index("id")
-    pb = pd.read_csv(b / "valid_predictions.csv").set_index("id")
-    np.testing.assert_allclose(pa.to_numpy(), pb.loc[pa.index].to_numpy(), atol=1e-5)
+    for name in ("valid_predictions.csv", "validation/epoch-1.csv", "validation/epoch-2.csv"):
+        pa, pb = (pd.read_csv(d / name).set_index("id") for d in (a, b))
+        np.testing.assert_allclose(pa.to_numpy(), pb.loc[pa.index].to_numpy(), atol=1e-5)
     final = [(d / "checkpoints" / "state").iterdir() for d in (a, b)]
     assert max(int(p.name) for p in final[0] if p.name.isdigit()) == 54
     assert max(int(p.name) for p in final[1] if p.name.isdigit()) == 54
