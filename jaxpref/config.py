@@ -184,6 +184,12 @@ class OptimConfig:
     label_smoothing: float = option(
         0.02, "label smoothing of the training loss (log_loss stays unsmoothed)", min=0, below=1
     )
+    weight_decay: float = option(
+        0.0,
+        "decoupled weight decay (AdamW) of the trainable weights (with LoRA: the adapters and "
+        "the head), as a fraction of the learning rate per step",
+        min=0,
+    )
     soft_label_weight: float = option(
         0.5,
         "with --soft-labels, a row's training target is (1 - W) * its one-hot label + W * the "

@@ -352,7 +352,7 @@ def compile_for_training(model, cfg: TrainConfig, steps_per_epoch: int):
         steps_per_epoch * cfg.optim.epochs,
         cfg.optim.warmup_fraction,
     )
-    optimization.compile_model(model, rate, cfg.optim.label_smoothing)
+    optimization.compile_model(model, rate, cfg.optim.label_smoothing, cfg.optim.weight_decay)
     return rate
 
 
