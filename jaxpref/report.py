@@ -94,23 +94,27 @@ def evaluation_markdown(result: Mapping) -> str:
 
 def crossval_markdown(result: Mapping, train_csv: str) -> str:
     """cv.md: the score table, the paired differences and the per-epoch scores."""
-    diffs = "\n".join(
-        f"- model − {name}: {d['log_loss']:+.4f} (paired standard error {d['se']:.4f})"
-        for name, d in result["model_minus_baseline"].items()
-    )
     epochs = ", ".join(f"{i + 1}: {v:.4f}" for i, v in enumerate(result["epoch_log_loss"]))
     last = len(result["epoch_log_loss"])
-    last_diffs = "".join(
-        f"\n- epoch {last} − {name}: {d['log_loss']:+.4f} (paired standard error {d['se']:.4f})"
-        for name, d in (result["epoch_minus_baseline"][-1] if last else {}).items()
+    last_diffs = (
+        difference_lines(f"epoch {last}", result["epoch_minus_baseline"][-1]) if last else ""
     )
     return (
         f"# {result['folds']}-fold cross-validation (grouped by prompt) of `{train_csv}`\n\n"
         f"{result['rows']} out-of-fold rows.\n\n{markdown_table(result['scores'])}\n\n"
-        f"{diffs}\n\nModel log loss by epoch, the same epoch in every fold, before temperature "
-        f"scaling (nothing chosen on the scored rows; oof-epoch<e>.csv): {epochs}. The model row "
-        "above uses each fold's best epoch and its temperature, both chosen on that fold's "
-        f"validation rows.\n{last_diffs}\n"
+        f"{difference_lines('model', result['model_minus_baseline'])}\n\n"
+        "Model log loss by epoch, the same epoch in every fold, before temperature scaling "
+        f"(nothing chosen on the scored rows; oof-epoch<e>.csv): {epochs}. The model row above "
+        "uses each fold's best epoch and its temperature, both chosen on that fold's validation "
+        f"rows.\n\n{last_diffs}\n"
+    )
+
+
+def difference_lines(label: str, differences: Mapping) -> str:
+    """One markdown line per baseline: `label` − baseline, with its paired standard error."""
+    return "\n".join(
+        f"- {label} − {name}: {d['log_loss']:+.4f} (paired standard error {d['se']:.4f})"
+        for name, d in differences.items()
     )
 
 
