@@ -194,6 +194,11 @@ def evaluate_flags(p: argparse.ArgumentParser) -> None:
 
 def crossval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--folds", type=int, default=5, help="number of folds (default: 5)")
+    p.add_argument(
+        "--train-fraction", type=float, default=1.0,
+        help="train each fold on this seeded fraction of its training rows, scored on all its "
+        "validation rows (a learning curve on paired rows) (default: 1.0)",
+    )  # fmt: skip
     add_config_flags(p, exclude=("valid_fraction", "group_by_prompt"))
     add_process_flags(p)
 
@@ -369,7 +374,7 @@ def cross_validate(args: argparse.Namespace) -> None:
     cfg = args.train_config
     cfg = cfg.replace(run_dir=cfg.run.run_dir or f"runs/cv-{args.folds}fold")
     initialize_processes(args)
-    crossval.cross_validate(cfg, args.folds)
+    crossval.cross_validate(cfg, args.folds, args.train_fraction)
 
 
 def ensemble(args: argparse.Namespace) -> None:

@@ -27,15 +27,30 @@ log = logging.getLogger("jaxpref")
 OOF_FILE = "oof.csv"
 
 
-def fold_indices(frame: pd.DataFrame, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train rows, validation rows) per fold; one prompt never sits in two folds."""
+def fold_indices(
+    frame: pd.DataFrame, folds: int, seed: int, train_fraction: float = 1.0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train rows, validation rows) per fold; one prompt never sits in two folds.
+
+    With `train_fraction` < 1 each fold trains on a seeded subset of its training rows and is
+    still scored on all of its validation rows: a learning curve whose points are scored on the
+    same rows, so their differences are paired. Smaller fractions take prefixes of the same
+    shuffle (nested subsets).
+    """
     from sklearn.model_selection import StratifiedGroupKFold
 
     if folds < 2:
         raise ValueError(f"--folds must be at least 2, got {folds}")
+    if not 0 < train_fraction <= 1:
+        raise ValueError(f"--train-fraction must be in (0, 1], got {train_fraction}")
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     labels = frame["label"].to_numpy()
-    return list(splitter.split(np.zeros(len(frame)), labels, data.prompt_groups(frame)))
+    splits = splitter.split(np.zeros(len(frame)), labels, data.prompt_groups(frame))
+    rng = np.random.default_rng(seed)
+    return [
+        (np.sort(rng.permutation(train)[: max(1, round(train_fraction * len(train)))]), valid)
+        for train, valid in splits
+    ]
 
 
 def epoch_predictions(root: Path, frame: pd.DataFrame, splits: list) -> list[np.ndarray]:
@@ -66,15 +81,17 @@ def epoch_oof_file(epoch: int) -> str:
     return f"oof-epoch{epoch}.csv"
 
 
-def cross_validate(cfg: TrainConfig, folds: int) -> dict:
-    """Train `folds` runs under `cfg.run.run_dir`; write and return the out-of-fold report."""
+def cross_validate(cfg: TrainConfig, folds: int, train_fraction: float = 1.0) -> dict:
+    """Train `folds` runs under `cfg.run.run_dir` (each on `train_fraction` of its training
+    rows); write and return the out-of-fold report."""
     import keras
 
     from jaxpref import training
 
     root = Path(cfg.run.run_dir)
     frame = data.read_arena_csv(training_csv(cfg), labelled=True)
-    for fold, (train_rows, valid_rows) in enumerate(fold_indices(frame, folds, cfg.run.seed)):
+    splits = fold_indices(frame, folds, cfg.run.seed, train_fraction)
+    for fold, (train_rows, valid_rows) in enumerate(splits):
         train_df = frame.iloc[train_rows].reset_index(drop=True)
         valid_df = frame.iloc[valid_rows].reset_index(drop=True)
         monitoring.setup_logging()  # stderr only; each fold's run logs to its own train.log
@@ -84,7 +101,7 @@ def cross_validate(cfg: TrainConfig, folds: int) -> dict:
         )  # fmt: skip
         training.train(cfg.replace(run_dir=str(root / f"fold{fold}")), train_df, valid_df)
         keras.backend.clear_session()
-    return write_report(cfg, folds)
+    return write_report(cfg, folds, train_fraction)
 
 
 def training_csv(cfg: TrainConfig) -> str:
@@ -113,14 +130,14 @@ def baseline_predictions(frame: pd.DataFrame, splits: list) -> dict[str, np.ndar
     return out
 
 
-def write_report(cfg: TrainConfig, folds: int) -> dict:
+def write_report(cfg: TrainConfig, folds: int, train_fraction: float = 1.0) -> dict:
     """Score the fold runs under `cfg.run.run_dir` beside the baselines; write cv.json, cv.md
     and oof.csv (the model's out-of-fold predictions: a teacher file for --soft-labels, an
     input of `jaxpref ensemble`), and each epoch's selection-free oof-epoch<e>.csv."""
     root = Path(cfg.run.run_dir)
     train_csv = training_csv(cfg)
     frame = data.read_arena_csv(train_csv, labelled=True)
-    splits = fold_indices(frame, folds, cfg.run.seed)
+    splits = fold_indices(frame, folds, cfg.run.seed, train_fraction)
     labels = frame["label"].to_numpy()
     model_probs = model_predictions(root, frame, splits)
     baseline_probs = baseline_predictions(frame, splits)
@@ -128,6 +145,8 @@ def write_report(cfg: TrainConfig, folds: int) -> dict:
     per_epoch = [metrics.score_table(probs, baseline_probs, labels) for probs in epochs]
     result = {
         "folds": folds,
+        "train_fraction": train_fraction,
+        "train_rows": [len(train_rows) for train_rows, _ in splits],
         "config": cfg.to_dict(),
         **metrics.score_table(model_probs, baseline_probs, labels),
         "epoch_log_loss": [table["scores"][metrics.MODEL]["log_loss"] for table in per_epoch],

@@ -4,7 +4,10 @@ The blend is log-linear, softmax(sum_k w_k log p_k + b), with weights w_k >= 0 a
 bias b, fitted to minimise log loss (scipy's L-BFGS-B with the exact gradient). Weights scored
 on the rows they were fitted on flatter the blend, so the reported score is nested: for each
 fold (grouped by prompt), the weights are fitted on the other folds' rows and predict the
-held-out ones. The saved weights are then refitted on every row. The inputs must be
+held-out ones. The saved weights are then refitted on every row. Picking the best of several
+configurations by their out-of-fold scores flatters the winner the same way, so the report also
+holds a nested selection: each fold's rows are predicted by the predictor that scores best on
+the other folds. The inputs must be
 out-of-fold predictions (each row predicted by a model that did not train on it), such as the
 `oof.csv` of cross_validate.py.
 """
@@ -94,6 +97,21 @@ def nested_predictions(probs: Sequence[np.ndarray], labels: np.ndarray, splits: 
     return out
 
 
+def nested_selection(
+    names: Sequence[str], probs: Sequence[np.ndarray], labels: np.ndarray, splits: list
+) -> tuple[list[str], np.ndarray]:
+    """The predictor picked for each fold (least log loss on the other folds' rows) and the (n, 3)
+    predictions it makes there: the honest score of choosing among configurations."""
+    out = np.full((len(labels), NUM_CLASSES), np.nan)
+    picks = []
+    for fit_rows, held_rows in splits:
+        losses = [metrics.log_loss(p[fit_rows], labels[fit_rows]) for p in probs]
+        best = int(np.argmin(losses))
+        picks.append(names[best])
+        out[held_rows] = probs[best][held_rows]
+    return picks, out
+
+
 def blend_report(
     names: Sequence[str], probs: Sequence[np.ndarray], labels: np.ndarray, splits: list
 ) -> tuple[dict, Blend, np.ndarray]:
@@ -102,7 +120,8 @@ def blend_report(
 
     `log_loss` holds each predictor's and the nested blend's out-of-fold log loss;
     `blend_minus_best` (and `blend_minus_each`) the mean per-row difference of the nested blend
-    to the best single predictor (to each) with its paired standard error.
+    to the best single predictor (to each) with its paired standard error; `selection` the
+    nested selection's picks per fold, log loss and differences to each predictor.
     """
     labels = np.asarray(labels)
     nested = nested_predictions(probs, labels, splits)
@@ -110,6 +129,8 @@ def blend_report(
     singles = {name: table["scores"][name]["log_loss"] for name in names}
     best = min(singles, key=singles.get)
     blend = fit_blend(probs, labels)
+    picks, selected = nested_selection(names, probs, labels, splits)
+    chosen = metrics.score_table(selected, dict(zip(names, probs, strict=True)), labels)
     record = {
         "models": list(names),
         "weights": dict(zip(names, blend.weights.tolist(), strict=True)),
@@ -122,6 +143,12 @@ def blend_report(
         "best_single": best,
         "blend_minus_best": table["model_minus_baseline"][best],
         "blend_minus_each": table["model_minus_baseline"],
+        "selection": {
+            "picks": picks,
+            "log_loss": chosen["scores"][metrics.MODEL]["log_loss"],
+            "log_loss_se": chosen["model_log_loss_se"],
+            "minus_each": chosen["model_minus_baseline"],
+        },
     }
     return record, blend, nested
 
@@ -209,7 +236,7 @@ def blend_test(
 
 def summary(result: dict) -> str:
     """A few lines for the terminal: nested blend score against the best single model."""
-    diff = result["blend_minus_best"]
+    diff, chosen = result["blend_minus_best"], result["selection"]
     lines = [
         f"{result['rows']} rows, {result['folds']} nested folds",
         *(f"  {name}: log loss {result['log_loss'][name]:.4f}, weight {w:.3f}"
@@ -217,5 +244,7 @@ def summary(result: dict) -> str:
         f"blend: log loss {result['log_loss'][BLEND]:.4f} (out of fold, nested); "
         f"minus the best single model ({result['best_single']}): {diff['log_loss']:+.4f} "
         f"± {diff['se'] or 0:.4f}",
+        f"nested selection (the best on the other folds; picks {', '.join(chosen['picks'])}): "
+        f"log loss {chosen['log_loss']:.4f}",
     ]  # fmt: skip
     return "\n".join(lines)

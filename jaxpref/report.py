@@ -99,9 +99,12 @@ def crossval_markdown(result: Mapping, train_csv: str) -> str:
     last_diffs = (
         difference_lines(f"epoch {last}", result["epoch_minus_baseline"][-1]) if last else ""
     )
+    trained = ", ".join(str(n) for n in result["train_rows"])
     return (
         f"# {result['folds']}-fold cross-validation (grouped by prompt) of `{train_csv}`\n\n"
-        f"{result['rows']} out-of-fold rows.\n\n{markdown_table(result['scores'])}\n\n"
+        f"{result['rows']} out-of-fold rows; training rows per fold: {trained} "
+        f"(--train-fraction {result['train_fraction']:g}), baselines fitted on the same.\n\n"
+        f"{markdown_table(result['scores'])}\n\n"
         f"{difference_lines('model', result['model_minus_baseline'])}\n\n"
         "Model log loss by epoch, the same epoch in every fold, before temperature scaling "
         f"(nothing chosen on the scored rows; oof-epoch<e>.csv): {epochs}. The model row above "

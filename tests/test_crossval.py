@@ -24,6 +24,21 @@ def test_folds_cover_every_row_once_and_never_split_a_prompt():
         crossval.fold_indices(frame, 1, seed=0)
 
 
+def test_a_train_fraction_keeps_the_validation_rows_and_nests_the_training_subsets():
+    frame = data.read_arena_csv(data.DEFAULT_TRAIN_CSV, labelled=True)
+    full = crossval.fold_indices(frame, 3, seed=0)
+    half = crossval.fold_indices(frame, 3, seed=0, train_fraction=0.5)
+    quarter = crossval.fold_indices(frame, 3, seed=0, train_fraction=0.25)
+    for (all_train, valid), (half_train, half_valid), (quarter_train, _) in zip(
+        full, half, quarter, strict=True
+    ):
+        np.testing.assert_array_equal(valid, half_valid)
+        assert len(half_train) == round(len(all_train) / 2)
+        assert set(quarter_train) < set(half_train) < set(all_train)
+    with pytest.raises(ValueError, match="train-fraction"):
+        crossval.fold_indices(frame, 3, seed=0, train_fraction=0)
+
+
 def test_epoch_predictions_join_the_folds_for_the_epochs_every_fold_recorded(small_csv, tmp_path):
     frame = data.read_arena_csv(small_csv, labelled=True)
     splits = crossval.fold_indices(frame, 2, seed=0)
@@ -48,7 +63,8 @@ def test_report_of_the_fold_runs_keeps_their_out_of_fold_predictions(small_csv, 
     rng = np.random.default_rng(0)
     expected = np.full((len(frame), 3), np.nan)
     uniform = np.full((len(frame), 3), 1 / 3)
-    for fold, (_, valid_rows) in enumerate(crossval.fold_indices(frame, 2, seed=3)):
+    splits = crossval.fold_indices(frame, 2, seed=3)
+    for fold, (_, valid_rows) in enumerate(splits):
         paths = RunDir(tmp_path / f"fold{fold}")
         paths.root.mkdir()
         expected[valid_rows] = rng.dirichlet(np.ones(3), len(valid_rows))
@@ -66,7 +82,8 @@ def test_report_of_the_fold_runs_keeps_their_out_of_fold_predictions(small_csv, 
     np.testing.assert_allclose(oof.probs, expected, rtol=1e-12)
     model_log_loss = metrics.log_loss(expected, frame["label"].to_numpy())
     assert result["scores"]["model"]["log_loss"] == pytest.approx(model_log_loss)
-    assert json.loads((tmp_path / "cv.json").read_text())["rows"] == 240
+    written = json.loads((tmp_path / "cv.json").read_text())
+    assert written["rows"] == 240 and written["train_rows"] == [len(t) for t, _ in splits]
     assert result["epoch_log_loss"] == [pytest.approx(np.log(3))] and (tmp_path / "cv.md").exists()
     epoch_oof = read_probabilities(tmp_path / crossval.epoch_oof_file(1))
     np.testing.assert_allclose(epoch_oof.probs, uniform)
@@ -78,7 +95,9 @@ def test_two_fold_cross_validation_scores_every_row_beside_the_baselines(
     tiny_preset, small_csv, tmp_path
 ):
     args = tiny_run_args(tiny_preset, small_csv, tmp_path / "cv")
-    result = run_script("cross_validate.py", *args, "--epochs", "1", "--folds", "2")
+    result = run_script(
+        "cross_validate.py", *args, "--epochs", "1", "--folds", "2", "--train-fraction", "0.5"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "cv" / "cv.json").read_text())
     assert report["rows"] == 240 and report["folds"] == 2
@@ -94,6 +113,7 @@ def test_two_fold_cross_validation_scores_every_row_beside_the_baselines(
         for fold in range(2)
     ]  # the same epoch's out-of-fold log loss, as each fold's history saw it
     sizes = pd.read_csv(tmp_path / "cv" / "fold0" / "split.csv")["split"].value_counts()
+    assert sizes["train"] == report["train_rows"][0] == round((240 - sizes["valid"]) / 2)
     weights = [sizes["valid"], 240 - sizes["valid"]]
     assert report["epoch_log_loss"] == [
         pytest.approx(np.average(valid_log_losses, weights=weights))

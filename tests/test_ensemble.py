@@ -52,6 +52,26 @@ def test_nested_score_is_reported_beside_the_in_sample_one():
     assert metrics.log_loss(held, labels) == pytest.approx(nested)
 
 
+def test_nested_selection_picks_each_fold_by_the_other_folds():
+    """A predictor that is only good on fold 0 wins on all rows, but never predicts fold 0."""
+    rows = np.arange(300)
+    labels = np.random.default_rng(2).integers(0, 3, 300)
+    splits = [(np.setdiff1d(rows, held), held) for held in np.array_split(rows, 3)]
+    steady = np.full((300, 3), 0.275)
+    steady[rows, labels] = 0.45
+    lucky = np.full((300, 3), 1 / 3)
+    lucky[:100] = 0.005
+    lucky[rows[:100], labels[:100]] = 0.99
+    record, _, _ = ensemble.blend_report(["steady", "lucky"], [steady, lucky], labels, splits)
+    assert record["best_single"] == "lucky"
+    assert record["selection"]["picks"] == ["steady", "lucky", "lucky"]
+    expected = (-np.log(0.45) + 2 * np.log(3)) / 3
+    assert record["selection"]["log_loss"] == pytest.approx(expected)
+    assert record["selection"]["minus_each"]["lucky"]["log_loss"] == pytest.approx(
+        expected - record["log_loss"]["lucky"]
+    )
+
+
 def write_predictions(path, ids, probs):
     frame = pd.DataFrame(probs, columns=list(data.LABEL_COLUMNS))
     frame.insert(0, "id", list(ids))
