@@ -92,6 +92,14 @@ class DataConfig:
         "Parquet; converted to arena rows with random A/B order, never validated on",
         shown="none",
     )
+    extra_train_tie: float = option(
+        0.0,
+        "the share of each --extra-train row's training target given to a tie: (1 - T) * the "
+        "chosen side + T * tie (chosen/rejected pairs never tie; 295 of the 1,000 embedded arena "
+        "rows do, and without it the model learns to under-predict ties)",
+        min=0,
+        below=1,
+    )
     valid_fraction: float = option(
         0.1, "fraction of rows held out for validation, stratified by label", min=0, below=1
     )

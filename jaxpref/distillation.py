@@ -1,6 +1,6 @@
-"""Soft labels (knowledge distillation): train on a blend of the hard label and a teacher's
-probabilities, such as the out-of-fold predictions of a stronger configuration (the `oof.csv`
-that cross_validate.py writes).
+"""Soft training targets: a blend of the hard label and a teacher's probabilities (knowledge
+distillation from, e.g., the `oof.csv` of a stronger configuration's cross-validation), and a
+tie share for preference rows that cannot tie.
 
 Cross-entropy against the target (1 - W) * one-hot + W * teacher is, up to a constant,
 (1 - W) * the usual loss + W * KL(teacher || student): the student also learns how sure the
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from jaxpref.data import NUM_CLASSES, DataError
+from jaxpref.data import CLASS_NAMES, NUM_CLASSES, DataError
 from jaxpref.probabilities import Probabilities, read_probabilities
 
 log = logging.getLogger("jaxpref")
@@ -46,3 +46,18 @@ def soft_targets(
     covered = index >= 0
     targets[covered] = (1 - weight) * targets[covered] + weight * teacher.probs[index[covered]]
     return targets.astype(np.float32)
+
+
+def with_tie_share(targets: np.ndarray, rows: np.ndarray, share: float) -> np.ndarray:
+    """(n, 3) float32 targets: `rows` get (1 - share) * their target + share * a tie.
+
+    `targets` are class indices (n,) or target rows (n, 3). Chosen/rejected preference data has
+    no tie class; trained on as one-hot wins, it teaches the model that ties do not happen.
+    """
+    targets = np.asarray(targets)
+    if targets.ndim == 1:
+        targets = np.eye(NUM_CLASSES)[targets]
+    targets = targets.astype(np.float32)
+    tie = np.eye(NUM_CLASSES, dtype=np.float32)[CLASS_NAMES.index("winner_tie")]
+    targets[rows] = (1 - share) * targets[rows] + share * tie
+    return targets

@@ -304,13 +304,19 @@ def save_run_files(run: Run, splits: Splits, model, encoder) -> None:
 
 def build_inputs(cfg: TrainConfig, splits: Splits, encoder, model) -> Inputs:
     """Tokenize both splits (cached), fit the side-feature statistics, plan every epoch; with
-    soft labels, blend each training row's target with the teacher's probabilities."""
+    soft labels, blend each training row's target with the teacher's probabilities, and give
+    extra rows their tie share."""
     train_df = pd.concat([splits.train, splits.extra], ignore_index=True)
     train_labels = train_df["label"].to_numpy()
     if splits.teacher is not None:
         train_labels = distillation.soft_targets(
             train_df["id"], train_labels, splits.teacher, cfg.optim.soft_label_weight
         )
+    if cfg.data.extra_train_tie and len(splits.extra):
+        share = cfg.data.extra_train_tie
+        extra_rows = np.arange(len(splits.train), len(train_df))
+        train_labels = distillation.with_tie_share(train_labels, extra_rows, share)
+        log.info("extra rows' targets: %.2f of each on a tie", share)
     cache = pipeline.default_cache_dir()
     log.info("tokenizing (cache: %s)", cache or "off")
     train_tokens = pipeline.tokenize(encoder.texts(train_df), encoder, cache)

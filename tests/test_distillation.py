@@ -67,6 +67,16 @@ def test_soft_targets_blend_teacher_and_one_hot_only_where_the_teacher_has_a_row
     np.testing.assert_allclose(targets.sum(axis=1), 1, rtol=1e-6)
 
 
+def test_a_tie_share_moves_part_of_the_chosen_rows_targets_to_a_tie():
+    targets = distillation.with_tie_share(np.array([0, 1, 2]), np.array([1, 2]), 0.3)
+    assert targets.dtype == np.float32
+    np.testing.assert_allclose(targets, [[1, 0, 0], [0, 0.7, 0.3], [0, 0, 1]], rtol=1e-6)
+    soft = np.array([[0.5, 0.3, 0.2], [0.6, 0.2, 0.2]], np.float32)
+    np.testing.assert_allclose(
+        distillation.with_tie_share(soft, np.array([0]), 0.5), [[0.25, 0.15, 0.6], soft[1]]
+    )
+
+
 def test_teacher_coverage_is_logged_and_a_teacher_of_other_rows_refused(tmp_path, caplog):
     path = write(tmp_path / "t.csv", HEADER + "a,1,0,0\nb,0,1,0\nv,0,0,1\n")
     with caplog.at_level(logging.INFO, logger="jaxpref"):
