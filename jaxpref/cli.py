@@ -144,7 +144,12 @@ def train_flags(p: argparse.ArgumentParser) -> None:
 
 
 def infer_flags(p: argparse.ArgumentParser) -> None:
-    add_trained_run_flag(p)
+    p.add_argument(
+        "--run-dir", required=True, nargs="+", metavar="RUN_DIR",
+        help="directory written by train_jax.py (or an export.py bundle); with several, or a "
+        "cross_validate.py directory (its fold runs), the submission is the mean of their "
+        "calibrated predictions",
+    )  # fmt: skip
     p.add_argument(
         "--test-csv", default=str(data.DEFAULT_TEST_CSV),
         help="arena test CSV (default: the competition's real 3-row test.csv)",

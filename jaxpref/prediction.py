@@ -1,9 +1,12 @@
-"""Inference: rebuild a trained model from its run directory, predict, write submission.csv."""
+"""Inference: rebuild a trained model from its run directory, predict, write submission.csv;
+several runs (a cross-validation's folds) predict as their average."""
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,8 @@ import pandas as pd
 from jaxpref import bundle, calibration, callbacks, data, distribution, pipeline, safety, text
 from jaxpref.config import PRECISIONS, ConfigError, TrainConfig
 from jaxpref.rundir import CheckpointError, RunDir, writable_directory
+
+log = logging.getLogger("jaxpref")
 
 
 def load_run(run_dir: str | os.PathLike, precision: str | None = None):
@@ -145,6 +150,46 @@ def predict_run(
     return calibration.apply_temperature(probs, calibration.load_temperature(paths.calibration))
 
 
+def expand_runs(run_dirs: Sequence[str | os.PathLike]) -> list[Path]:
+    """The run directories (or bundles) to predict with, in order: a cross-validation's
+    directory (cv.json beside fold0/, fold1/, ...) stands for its fold runs."""
+    runs: list[Path] = []
+    for run_dir in run_dirs:
+        root = Path(run_dir)
+        folds = sorted(root.glob("fold[0-9]*"), key=lambda path: int(path.name[4:]))
+        runs += folds if (root / "cv.json").exists() and folds else [root]
+    repeated = sorted({str(run) for run in runs if runs.count(run) > 1})
+    if repeated:
+        raise ConfigError(f"--run-dir {repeated[0]}: given twice")
+    return runs
+
+
+def predict_runs(
+    run_dirs: Sequence[str | os.PathLike],
+    frame: pd.DataFrame,
+    batch_size: int | None = None,
+    devices: str = "auto",
+    num_devices: int | None = None,
+    tta: bool = False,
+    precision: str = "auto",
+) -> np.ndarray:
+    """The mean of the runs' calibrated probabilities (n, 3) (`expand_runs`).
+
+    Averaging a cross-validation's fold models is the usual final submission: each saw a
+    different share of the rows, and their mean is steadier than any one of them.
+    """
+    import keras
+
+    runs = expand_runs(run_dirs)
+    total = np.zeros((len(frame), data.NUM_CLASSES))
+    for number, run in enumerate(runs, start=1):
+        if len(runs) > 1:
+            log.info("predicting with run %d of %d: %s", number, len(runs), run)
+        total += predict_run(run, frame, batch_size, devices, num_devices, tta, precision)
+        keras.backend.clear_session()  # one model in memory at a time
+    return total / len(runs)
+
+
 def write_submission(ids, probs: np.ndarray, path: str | os.PathLike) -> Path:
     """Write `id,winner_model_a,winner_model_b,winner_tie` atomically (temp file + rename)."""
     probs = np.asarray(probs, dtype="float64")
@@ -167,7 +212,7 @@ def write_submission(ids, probs: np.ndarray, path: str | os.PathLike) -> Path:
 
 
 def infer(
-    run_dir: str | os.PathLike,
+    run_dirs: Sequence[str | os.PathLike],
     test_csv: str | os.PathLike,
     output: str | os.PathLike,
     batch_size: int | None = None,
@@ -176,8 +221,9 @@ def infer(
     tta: bool = False,
     precision: str = "auto",
 ) -> Path:
-    """Predict every row of `test_csv` with the run's best weights and write the submission."""
+    """Predict every row of `test_csv` with the runs' best weights (averaged over the runs,
+    `predict_runs`) and write the submission."""
     writable_directory(Path(output).parent, "the output directory")
     frame = data.read_arena_csv(test_csv, labelled=False)
-    probs = predict_run(run_dir, frame, batch_size, devices, num_devices, tta, precision)
+    probs = predict_runs(run_dirs, frame, batch_size, devices, num_devices, tta, precision)
     return write_submission(frame["id"], probs, output)

@@ -4,13 +4,14 @@ import json
 import math
 import os
 import re
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO, infer_predictions, run_script, tiny_run_args, write_learnable_csv
 
-from jaxpref import data
+from jaxpref import calibration, data
 
 
 def _train(tiny_preset, run_dir, *extra):
@@ -148,6 +149,24 @@ def test_submission_for_real_test_csv_on_four_devices(sample_run, tmp_path):
     assert np.isfinite(probs).all() and (probs > 0).all()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
     assert not list(tmp_path.glob(".submission.csv.*"))  # no temp file left behind
+
+
+@pytest.mark.slow
+def test_fold_runs_predict_as_the_mean_of_their_calibrated_predictions(sample_run, tmp_path):
+    """infer.py on a cross-validation directory averages its folds; here two copies of one run
+    whose temperatures differ, so the expected mean follows from one run's submission."""
+    run_dir, _ = sample_run
+    single = infer_predictions(run_dir, data.DEFAULT_TEST_CSV, tmp_path / "single.csv")
+    temperature = calibration.load_temperature(run_dir / "calibration.json")
+    for fold in range(2):
+        shutil.copytree(run_dir, tmp_path / "cv" / f"fold{fold}")
+    (tmp_path / "cv" / "cv.json").write_text("{}")
+    (tmp_path / "cv" / "fold1" / "calibration.json").write_text('{"temperature": 0.5}')
+    averaged = infer_predictions(tmp_path / "cv", data.DEFAULT_TEST_CSV, tmp_path / "cv.csv")
+    probs = single.loc[averaged.index].to_numpy()
+    expected = (probs + calibration.apply_temperature(probs, 0.5 / temperature)) / 2
+    np.testing.assert_allclose(averaged.to_numpy(), expected, atol=1e-5)
+    assert not np.allclose(averaged.to_numpy(), probs, atol=1e-3)
 
 
 @pytest.mark.slow
