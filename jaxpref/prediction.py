@@ -165,15 +165,10 @@ def expand_runs(run_dirs: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def predict_runs(
-    run_dirs: Sequence[str | os.PathLike],
-    frame: pd.DataFrame,
-    batch_size: int | None = None,
-    devices: str = "auto",
-    num_devices: int | None = None,
-    tta: bool = False,
-    precision: str = "auto",
+    run_dirs: Sequence[str | os.PathLike], frame: pd.DataFrame, **options
 ) -> np.ndarray:
-    """The mean of the runs' calibrated probabilities (n, 3) (`expand_runs`).
+    """The mean of the runs' calibrated probabilities (n, 3) (`expand_runs`); `options` are
+    those of `predict_run`.
 
     Averaging a cross-validation's fold models is the usual final submission: each saw a
     different share of the rows, and their mean is steadier than any one of them.
@@ -185,7 +180,7 @@ def predict_runs(
     for number, run in enumerate(runs, start=1):
         if len(runs) > 1:
             log.info("predicting with run %d of %d: %s", number, len(runs), run)
-        total += predict_run(run, frame, batch_size, devices, num_devices, tta, precision)
+        total += predict_run(run, frame, **options)
         keras.backend.clear_session()  # one model in memory at a time
     return total / len(runs)
 
@@ -225,5 +220,8 @@ def infer(
     `predict_runs`) and write the submission."""
     writable_directory(Path(output).parent, "the output directory")
     frame = data.read_arena_csv(test_csv, labelled=False)
-    probs = predict_runs(run_dirs, frame, batch_size, devices, num_devices, tta, precision)
+    probs = predict_runs(
+        run_dirs, frame, batch_size=batch_size, devices=devices, num_devices=num_devices,
+        tta=tta, precision=precision,
+    )  # fmt: skip
     return write_submission(frame["id"], probs, output)

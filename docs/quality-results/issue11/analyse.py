@@ -1,7 +1,7 @@
-"""Selection-free tables of docs/quality.md (regularization, learning curve), from the
-cross-validation directories that `cross_validate.py --folds 3` wrote under ROOT.
+"""Selection-free tables of docs/quality.md (regularization, preference data, learning curve)
+from the cross-validation directories that `cross_validate.py --folds 3` wrote under ROOT.
 
-    python docs/quality-results/issue11/analyse.py ROOT > table.md   (writes ROOT/analysis.json)
+    python docs/quality-results/issue11/analyse.py ROOT > tables.md   (also ROOT/analysis.json)
 
 Every score here chooses nothing on the rows it scores: each epoch's uncalibrated predictions
 (`oof-epoch<e>.csv`), the same after a temperature and bias fitted on the other folds (a nested
@@ -18,14 +18,18 @@ import numpy as np
 from jaxpref import crossval, data, ensemble, metrics
 from jaxpref.probabilities import read_probabilities
 
-REGULARIZATION = {
+CONFIGURATIONS = {
     "siamese2": "siamese, current defaults",
     "wd1": "`--weight-decay 1.0`",
     "rank2": "`--lora-rank 2` (fewer trainable weights)",
+    "extra-siamese": "`--extra-train` 667 HH-RLHF rows",
+    "extra-tie-siamese": "`--extra-train` 667 HH-RLHF rows `--extra-train-tie 0.3`",
 }
+SELECTABLE = ("siamese2", "wd1", "rank2")
 LEARNING_CURVE = {"lc025": 0.25, "lc050": 0.5, "lc075": 0.75, "siamese2": 1.0}
 REFERENCE = ("siamese2", 2)
 BASELINE = "tfidf_length_logreg"
+TIE = data.CLASS_NAMES.index("winner_tie")
 
 root = Path(sys.argv[1])
 frame = data.read_arena_csv(data.DEFAULT_TRAIN_CSV, labelled=True)
@@ -47,70 +51,107 @@ def nested(probs: list[np.ndarray]) -> np.ndarray:
     return ensemble.nested_predictions(probs, labels, splits)
 
 
-reference = epoch_probs(*REFERENCE)
-found = [n for n in REGULARIZATION if (root / n / "oof-epoch2.csv").exists()]
-result: dict = {"configurations": {}, "learning_curve": {}}
-print("| configuration | epoch 1 | epoch 2 | epoch 2, nested temperature | epochs 1+2, nested blend "
-      "| epoch 2 − default's | nested temperature − default's | epoch 2 − TF-IDF + length |")
-print("|---|---|---|---|---|---|---|---|")
-reference_calibrated = nested([reference])
-for name in found:
+def table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def configuration(name: str, reference: np.ndarray, reference_calibrated: np.ndarray) -> dict:
     e1, e2 = epoch_probs(name, 1), epoch_probs(name, 2)
-    cv = json.loads((root / name / "cv.json").read_text())
-    calibrated, averaged = nested([e2]), nested([e1, e2])
-    row = {
+    calibrated = nested([e2])
+    return {
         "epoch_log_loss": [metrics.log_loss(e1, labels), metrics.log_loss(e2, labels)],
         "nested_temperature": metrics.log_loss(calibrated, labels),
-        "nested_epoch_blend": metrics.log_loss(averaged, labels),
+        "nested_epoch_blend": metrics.log_loss(nested([e1, e2]), labels),
+        "mean_tie_probability": float(e2[:, TIE].mean()),
         "minus_default": paired(e2, reference),
         "calibrated_minus_default": paired(calibrated, reference_calibrated),
-        "minus_baseline": cv["epoch_minus_baseline"][1][BASELINE],
+        "minus_baseline": json.loads((root / name / "cv.json").read_text())["epoch_minus_baseline"][
+            1
+        ][BASELINE],
     }
-    result["configurations"][name] = row
-    base = row["minus_baseline"]
-    print(f"| {REGULARIZATION[name]} | {row['epoch_log_loss'][0]:.4f} | {row['epoch_log_loss'][1]:.4f} "
-          f"| {row['nested_temperature']:.4f} | {row['nested_epoch_blend']:.4f} "
-          f"| {'—' if name == REFERENCE[0] else row['minus_default']} "
-          f"| {'—' if name == REFERENCE[0] else row['calibrated_minus_default']} "
-          f"| {base['log_loss']:+.4f} ({base['se']:.4f}) |")
 
-names = [f"{n} epoch {e}" for n in found for e in (1, 2)]
-candidates = [epoch_probs(n, e) for n in found for e in (1, 2)]
-picks, selected = ensemble.nested_selection(names, candidates, labels, splits)
-result["nested_selection"] = {
-    "candidates": names, "picks": picks, "log_loss": metrics.log_loss(selected, labels),
-    "minus_default": paired(selected, reference),
-}
-print(f"\nNested selection among {len(names)} (configuration, epoch) candidates: picks {picks}, "
-      f"log loss {result['nested_selection']['log_loss']:.4f}, − default epoch 2 "
-      f"{result['nested_selection']['minus_default']}")
 
-print("\n| training rows per fold | model, epoch 2 | nested temperature | length LR | TF-IDF + length "
-      "| model − TF-IDF + length |")
-print("|---|---|---|---|---|---|")
-for name, fraction in LEARNING_CURVE.items():
-    if not (root / name / "oof-epoch2.csv").exists():
-        continue
-    cv = json.loads((root / name / "cv.json").read_text())
-    e2 = epoch_probs(name, 2)
-    rows = cv.get("train_rows") or [len(t) for t, _ in splits]
-    point = {
-        "train_rows": rows,
-        "epoch2": metrics.log_loss(e2, labels),
-        "nested_temperature": metrics.log_loss(nested([e2]), labels),
-        "length_logreg": cv["scores"]["length_logreg"]["log_loss"],
-        BASELINE: cv["scores"][BASELINE]["log_loss"],
-        "minus_baseline": cv["epoch_minus_baseline"][1][BASELINE],
+def configurations_table(result: dict) -> str:
+    reference = epoch_probs(*REFERENCE)
+    reference_calibrated = nested([reference])
+    rows = []
+    for name, label in CONFIGURATIONS.items():
+        if not (root / name / "oof-epoch2.csv").exists():
+            continue
+        row = result["configurations"][name] = configuration(name, reference, reference_calibrated)
+        base = row["minus_baseline"]
+        versus = ["—", "—"] if name == REFERENCE[0] else [
+            row["minus_default"], row["calibrated_minus_default"]
+        ]  # fmt: skip
+        rows.append([
+            label, *(f"{v:.4f}" for v in row["epoch_log_loss"]),
+            f"{row['nested_temperature']:.4f}", f"{row['nested_epoch_blend']:.4f}",
+            f"{row['mean_tie_probability']:.3f}", *versus,
+            f"{base['log_loss']:+.4f} ({base['se']:.4f})",
+        ])  # fmt: skip
+    head = [
+        "configuration", "epoch 1", "epoch 2", "epoch 2, nested temperature",
+        "epochs 1+2, nested blend", "mean P(tie), epoch 2", "epoch 2 − default's",
+        "nested temperature − default's", "epoch 2 − TF-IDF + length",
+    ]  # fmt: skip
+    return table(head, rows)
+
+
+def selection_line(result: dict) -> str:
+    found = [n for n in SELECTABLE if n in result["configurations"]]
+    names = [f"{n} epoch {e}" for n in found for e in (1, 2)]
+    candidates = [epoch_probs(n, e) for n in found for e in (1, 2)]
+    picks, selected = ensemble.nested_selection(names, candidates, labels, splits)
+    chosen = result["nested_selection"] = {
+        "candidates": names,
+        "picks": picks,
+        "log_loss": metrics.log_loss(selected, labels),
+        "minus_default": paired(selected, epoch_probs(*REFERENCE)),
     }
-    result["learning_curve"][fraction] = point
-    d = point["minus_baseline"]
-    print(f"| {round(np.mean(rows))} | {point['epoch2']:.4f} | {point['nested_temperature']:.4f} "
-          f"| {point['length_logreg']:.4f} | {point[BASELINE]:.4f} | {d['log_loss']:+.4f} ({d['se']:.4f}) |")
-curve = result["learning_curve"]
-if len(curve) >= 2:
+    return (
+        f"Nested selection among {len(names)} (configuration, epoch) candidates: picks "
+        f"{picks}, log loss {chosen['log_loss']:.4f}, − default epoch 2 {chosen['minus_default']}"
+    )
+
+
+def learning_curve_table(result: dict) -> str:
+    rows = []
+    for name, fraction in LEARNING_CURVE.items():
+        if not (root / name / "oof-epoch2.csv").exists():
+            continue
+        cv = json.loads((root / name / "cv.json").read_text())
+        e2 = epoch_probs(name, 2)
+        point = result["learning_curve"][fraction] = {
+            "train_rows": cv.get("train_rows") or [len(t) for t, _ in splits],
+            "epoch2": metrics.log_loss(e2, labels),
+            "nested_temperature": metrics.log_loss(nested([e2]), labels),
+            "length_logreg": cv["scores"]["length_logreg"]["log_loss"],
+            BASELINE: cv["scores"][BASELINE]["log_loss"],
+            "minus_baseline": cv["epoch_minus_baseline"][1][BASELINE],
+        }
+        d = point["minus_baseline"]
+        rows.append([
+            str(round(np.mean(point["train_rows"]))), f"{point['epoch2']:.4f}",
+            f"{point['nested_temperature']:.4f}", f"{point['length_logreg']:.4f}",
+            f"{point[BASELINE]:.4f}", f"{d['log_loss']:+.4f} ({d['se']:.4f})",
+        ])  # fmt: skip
+    head = [
+        "training rows per fold", "model, epoch 2", "nested temperature", "length LR",
+        "TF-IDF + length", "model epoch 2 − TF-IDF + length",
+    ]  # fmt: skip
+    curve = result["learning_curve"]
     x = np.log2([np.mean(p["train_rows"]) for p in curve.values()])
-    slope, _ = np.polyfit(x, [p["nested_temperature"] for p in curve.values()], 1)
-    result["slope_per_doubling"] = slope
-    print(f"\nLeast-squares slope of the nested-temperature log loss: {slope:+.4f} per doubling of "
-          "the training rows")
+    slope = result["slope_per_doubling"] = np.polyfit(
+        x, [p["nested_temperature"] for p in curve.values()], 1
+    )[0]
+    return (
+        f"{table(head, rows)}\n\nLeast-squares slope of the nested-temperature log loss: "
+        f"{slope:+.4f} per doubling of the training rows"
+    )
+
+
+result: dict = {"configurations": {}, "learning_curve": {}}
+print(configurations_table(result), selection_line(result), learning_curve_table(result),
+      sep="\n\n")  # fmt: skip
 (root / "analysis.json").write_text(json.dumps(result, indent=2) + "\n")
