@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -195,9 +195,11 @@ def write_submission(ids, probs: np.ndarray, path: str | os.PathLike) -> Path:
     frame.insert(0, "id", list(ids))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    # Opened here rather than by tempfile.mkstemp, whose files are private (0600) whatever
+    # the umask: a submission must stay readable to whoever uploads it.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
     try:
-        with os.fdopen(fd, "w", newline="") as handle:
+        with open(tmp, "x", newline="") as handle:
             frame.to_csv(handle, index=False)
         os.replace(tmp, path)
     except BaseException:
