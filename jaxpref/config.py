@@ -93,10 +93,10 @@ class DataConfig:
         shown="none",
     )
     extra_train_tie: float = option(
-        0.0,
+        0.3,
         "the share of each --extra-train row's training target given to a tie: (1 - T) * the "
         "chosen side + T * tie (chosen/rejected pairs never tie; 295 of the 1,000 embedded arena "
-        "rows do, and without it the model learns to under-predict ties)",
+        "rows do; at 0 the model learns to under-predict ties, docs/quality.md)",
         min=0,
         below=1,
     )
