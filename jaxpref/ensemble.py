@@ -7,9 +7,8 @@ fold (grouped by prompt), the weights are fitted on the other folds' rows and pr
 held-out ones. The saved weights are then refitted on every row. Picking the best of several
 configurations by their out-of-fold scores flatters the winner the same way, so the report also
 holds a nested selection: each fold's rows are predicted by the predictor that scores best on
-the other folds. The inputs must be
-out-of-fold predictions (each row predicted by a model that did not train on it), such as the
-`oof.csv` of cross_validate.py.
+the other folds. The inputs must be out-of-fold predictions (each row predicted by a model that
+did not train on it), such as the `oof.csv` of cross_validate.py.
 """
 
 from __future__ import annotations
