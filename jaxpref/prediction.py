@@ -156,7 +156,8 @@ def expand_runs(run_dirs: Sequence[str | os.PathLike]) -> list[Path]:
     runs: list[Path] = []
     for run_dir in run_dirs:
         root = Path(run_dir)
-        folds = sorted(root.glob("fold[0-9]*"), key=lambda path: int(path.name[4:]))
+        folds = [path for path in root.glob("fold*") if path.name[4:].isdigit()]
+        folds.sort(key=lambda path: int(path.name[4:]))
         runs += folds if (root / "cv.json").exists() and folds else [root]
     repeated = sorted({str(run) for run in runs if runs.count(run) > 1})
     if repeated:
