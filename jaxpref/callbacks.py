@@ -21,7 +21,7 @@ from jaxpref.monitoring import (
     duration,
     tensorboard_name,
 )
-from jaxpref.rundir import Diverged
+from jaxpref.rundir import Diverged, epoch_at, period_name
 
 log = logging.getLogger("jaxpref")
 
@@ -45,6 +45,7 @@ class MeshPlacement(keras.callbacks.Callback):
 class RunMonitor(keras.callbacks.Callback):
     """Watches `model.fit` over `batches` (the global batches it feeds, in order).
 
+    Keras' epochs are validation periods, `per_epoch` to an epoch of the run's `epochs`.
     `rate_at(step)` gives the learning rate (`optimization.rate_at`). Every `log_every` seconds
     (None: never; the Keras bar shows progress in a terminal) it logs step, epoch, pairs/s,
     computed tokens/s, loss, learning rate and ETA; after each epoch one line with the epoch's
@@ -61,9 +62,12 @@ class RunMonitor(keras.callbacks.Callback):
         writers: Sequence = (),
         padding_efficiency: float | None = None,
         sequences_per_pair: int = 2,
+        epochs: int | None = None,
+        per_epoch: int = 1,
     ):
         super().__init__()
         self.batches = batches
+        self.epochs, self.per_epoch = epochs, per_epoch
         self.rate_at = rate_at
         self.log_every = log_every
         self.writers = writers
@@ -91,8 +95,9 @@ class RunMonitor(keras.callbacks.Callback):
     def report(self, step: int, loss: float | None) -> None:
         rates, rate = self.progress.rates(), self.learning_rate()
         log.info(
-            "epoch %d/%d step %d/%d: loss %s, lr %.3g, %.1f pairs/s, %.0f tokens/s, ETA %s",
-            self.epoch + 1, self.params["epochs"], step, self.params["steps"],
+            "%s step %d/%d: loss %s, lr %.3g, %.1f pairs/s, %.0f tokens/s, ETA %s",
+            period_name(self.epoch, self.per_epoch, self.epochs or self.params["epochs"]),
+            step, self.params["steps"],
             "?" if loss is None else f"{float(loss):.4f}", rate, rates["pairs_per_s"],
             rates["tokens_per_s"], duration(rates["eta_s"]),
         )  # fmt: skip
@@ -103,8 +108,8 @@ class RunMonitor(keras.callbacks.Callback):
         items = " ".join(f"{k}={v:.4f}" for k, v in sorted(logs.items()))
         seconds = time.monotonic() - self.started
         log.info(
-            "epoch %d: %s (%.0f s, %d XLA compilations)", epoch + 1, items, seconds,
-            self.compiles(),
+            "epoch %s: %s (%.0f s, %d XLA compilations)", epoch_at(epoch + 1, self.per_epoch),
+            items, seconds, self.compiles(),
         )  # fmt: skip
         scalars = {tensorboard_name(k): v for k, v in logs.items()}
         scalars["train/pairs_per_s"] = self.progress.rates()["pairs_per_s"]
@@ -123,15 +128,18 @@ class RunMonitor(keras.callbacks.Callback):
 
 
 class HistoryWriter(keras.callbacks.Callback):
-    """Appends one row per epoch to history.csv: `epoch` (1-based, as every log line counts)
-    and each metric Keras reports."""
+    """Appends one row per validation period (`per_epoch` to an epoch) to history.csv: `epoch`
+    (`rundir.epoch_at`: 1, 2.. or 0.5, 1.., as the log lines count) and each metric Keras
+    reports."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, per_epoch: int = 1):
         super().__init__()
         self.path = Path(path)
+        self.per_epoch = per_epoch
 
     def on_epoch_end(self, epoch, logs=None):
-        row = {"epoch": epoch + 1, **{k: float(v) for k, v in sorted((logs or {}).items())}}
+        metrics = {k: float(v) for k, v in sorted((logs or {}).items())}
+        row = {"epoch": epoch_at(epoch + 1, self.per_epoch), **metrics}
         new = not self.path.exists() or not self.path.stat().st_size
         with open(self.path, "a", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(row))
@@ -145,9 +153,10 @@ class StopOnNonFinite(keras.callbacks.Callback):
     from the diverged weights: the best weights and the last state checkpoint stay as they were.
     """
 
-    def __init__(self, best_directory: Path):
+    def __init__(self, best_directory: Path, per_epoch: int = 1):
         super().__init__()
         self.best_directory = best_directory
+        self.per_epoch = per_epoch
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
@@ -156,7 +165,8 @@ class StopOnNonFinite(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             raise Diverged(
-                f"the training loss became {float(loss)} at epoch {self.epoch + 1}, step "
+                f"the training loss became {float(loss)} at "
+                f"{period_name(self.epoch, self.per_epoch)}, step "
                 f"{step + 1}; stopped without saving it. The best weights so far stay in "
                 f"{self.best_directory}. Try a lower --learning-rate."
             )

@@ -11,13 +11,16 @@ JAX's preemption sync point, so all save at the same step.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
 import math
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from jaxpref.rundir import CheckpointError, ResumeError
 
@@ -47,6 +50,8 @@ class StateCheckpoint(keras.callbacks.Callback):
     """Saves the full training state every `save_every` steps and at every epoch end, and the
     weights of the best epoch.
 
+    Keras' epochs here are periods of `period_steps[i]` steps (whole epochs, or fractions of
+    one when validating several times per epoch); every epoch number below counts them.
     `best` / `best_epoch` track the lowest `val_log_loss` seen, so a resumed run keeps choosing
     the best checkpoint against the whole history; an epoch that improves on it saves its
     weights (trainable and non-trainable, no optimizer) to `best_directory/<epoch>` (1-based,
@@ -57,7 +62,7 @@ class StateCheckpoint(keras.callbacks.Callback):
     def __init__(
         self,
         directory: Path,
-        steps_per_epoch: int,
+        period_steps: Sequence[int],
         save_every: int | None = None,
         best: float = math.inf,
         best_epoch: int = 0,
@@ -65,7 +70,7 @@ class StateCheckpoint(keras.callbacks.Callback):
     ):
         super().__init__()
         self.directory = Path(directory)
-        self.steps_per_epoch = steps_per_epoch
+        self.period_ends = np.cumsum(period_steps).tolist()
         self.save_every = save_every
         self.best = best
         self.best_epoch = best_epoch
@@ -107,12 +112,13 @@ class StateCheckpoint(keras.callbacks.Callback):
         """Save now (blocking); returns the global step saved."""
         model = self.model
         step = self._step()
+        done = bisect.bisect_right(self.period_ends, step)  # periods complete
         tree = model.get_state_tree()
         state = {part: tree[part] for part in SAVED_PARTS if part in tree}
         meta = {
             "global_step": step,
-            "epoch": step // self.steps_per_epoch,
-            "step_in_epoch": step % self.steps_per_epoch,
+            "epoch": done,
+            "step_in_epoch": step - [0, *self.period_ends][done],
             "best_val_log_loss": None if math.isinf(self.best) else self.best,
             "best_epoch": self.best_epoch,
         }
@@ -139,7 +145,7 @@ class StateCheckpoint(keras.callbacks.Callback):
             self.preempted = True
             self.model.stop_training = True
             return
-        at_epoch_end = step % self.steps_per_epoch == 0
+        at_epoch_end = step in self.period_ends
         if self.save_every and step % self.save_every == 0 and not at_epoch_end:
             self.save()
 

@@ -179,6 +179,12 @@ class OptimConfig:
     """How the weights are fitted."""
 
     epochs: int = option(2, "training epochs", min=1)
+    validations_per_epoch: int = option(
+        1,
+        "score the validation rows this many times per epoch, at evenly spaced steps, and keep "
+        "the best of all (early stopping at a fraction of an epoch)",
+        min=1,
+    )
     batch_size: int = option(8, "global batch size; a multiple of the device count", min=1)
     learning_rate: float | None = option(
         None, "peak Adam learning rate", above=0, shown="2e-3 with LoRA, 1e-5 without"

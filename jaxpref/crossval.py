@@ -20,7 +20,7 @@ import pandas as pd
 from jaxpref import baselines, data, metrics, monitoring, prediction, report
 from jaxpref.config import TrainConfig
 from jaxpref.probabilities import read_probabilities
-from jaxpref.rundir import RunDir
+from jaxpref.rundir import RunDir, epoch_at
 
 log = logging.getLogger("jaxpref")
 
@@ -53,9 +53,12 @@ def fold_indices(
     ]
 
 
-def epoch_predictions(root: Path, frame: pd.DataFrame, splits: list) -> list[np.ndarray]:
-    """Per epoch, (n, 3) out-of-fold predictions of that epoch's weights in every fold,
-    uncalibrated, for the epochs every fold recorded.
+def epoch_predictions(
+    root: Path, frame: pd.DataFrame, splits: list, per_epoch: int = 1
+) -> list[np.ndarray]:
+    """Per validation (each epoch, or `per_epoch` times per epoch), (n, 3) out-of-fold
+    predictions of the weights at that point in every fold, uncalibrated, for the validations
+    every fold recorded.
 
     The model's main score uses each fold's best epoch and temperature, both chosen on the rows
     it is scored on; these choose nothing there (a selection-free score, and a fair input for
@@ -63,9 +66,8 @@ def epoch_predictions(root: Path, frame: pd.DataFrame, splits: list) -> list[np.
     """
     epochs = []
     while True:
-        paths = [
-            RunDir(root / f"fold{f}").epoch_predictions(len(epochs) + 1) for f in range(len(splits))
-        ]
+        epoch = epoch_at(len(epochs) + 1, per_epoch)
+        paths = [RunDir(root / f"fold{f}").epoch_predictions(epoch) for f in range(len(splits))]
         if not all(path.exists() for path in paths):
             return epochs
         probs = np.full((len(frame), data.NUM_CLASSES), np.nan)
@@ -76,9 +78,9 @@ def epoch_predictions(root: Path, frame: pd.DataFrame, splits: list) -> list[np.
         epochs.append(probs)
 
 
-def epoch_oof_file(epoch: int) -> str:
-    """Name of epoch `epoch`'s uncalibrated out-of-fold predictions beside oof.csv."""
-    return f"oof-epoch{epoch}.csv"
+def epoch_oof_file(epoch: float) -> str:
+    """Name of the uncalibrated out-of-fold predictions after `epoch` epochs, beside oof.csv."""
+    return f"oof-epoch{epoch:g}.csv"
 
 
 def cross_validate(cfg: TrainConfig, folds: int, train_fraction: float = 1.0) -> dict:
@@ -141,20 +143,23 @@ def write_report(cfg: TrainConfig, folds: int, train_fraction: float = 1.0) -> d
     labels = frame["label"].to_numpy()
     model_probs = model_predictions(root, frame, splits)
     baseline_probs = baseline_predictions(frame, splits)
-    epochs = epoch_predictions(root, frame, splits)
-    per_epoch = [metrics.score_table(probs, baseline_probs, labels) for probs in epochs]
+    per_epoch = cfg.optim.validations_per_epoch
+    epochs = epoch_predictions(root, frame, splits, per_epoch)
+    points = [epoch_at(i, per_epoch) for i in range(1, len(epochs) + 1)]
+    per_point = [metrics.score_table(probs, baseline_probs, labels) for probs in epochs]
     result = {
         "folds": folds,
         "train_fraction": train_fraction,
         "train_rows": [len(train_rows) for train_rows, _ in splits],
         "config": cfg.to_dict(),
         **metrics.score_table(model_probs, baseline_probs, labels),
-        "epoch_log_loss": [table["scores"][metrics.MODEL]["log_loss"] for table in per_epoch],
-        "epoch_minus_baseline": [table["model_minus_baseline"] for table in per_epoch],
+        "epochs": points,
+        "epoch_log_loss": [table["scores"][metrics.MODEL]["log_loss"] for table in per_point],
+        "epoch_minus_baseline": [table["model_minus_baseline"] for table in per_point],
     }
     (root / "cv.json").write_text(json.dumps(result, indent=2) + "\n")
     prediction.write_submission(frame["id"], model_probs, root / OOF_FILE)
-    for epoch, probs in enumerate(epochs, start=1):
+    for epoch, probs in zip(points, epochs, strict=True):
         prediction.write_submission(frame["id"], probs, root / epoch_oof_file(epoch))
     markdown = report.crossval_markdown(result, train_csv)
     (root / "cv.md").write_text(markdown)

@@ -498,15 +498,41 @@ def plan_batches(
         weights = np.concatenate([np.ones(len(carry)), np.zeros(fill)]).astype(np.float32)
         batches.append(Batch(rows, weights, buckets[-1]))
     if shuffle:
-        batches = [batches[i] for i in rng.permutation(len(batches))]
-        # Keras resets its metric variables at each epoch start, and on one device JAX then
-        # compiles the train step again for the epoch's first shape unless that shape opened an
-        # epoch before: every epoch opens with the same (the shortest) padded length.
-        first = min(range(len(batches)), key=lambda i: batches[i].length)
-        batches.insert(0, batches.pop(first))
+        batches = open_with_shortest([batches[i] for i in rng.permutation(len(batches))])
     if swap:
         batches = [dataclasses.replace(b, swap=rng.random(len(b.rows)) < 0.5) for b in batches]
     return batches
+
+
+def open_with_shortest(batches: list[Batch]) -> list[Batch]:
+    """`batches` with the first of the shortest padded length moved to the front.
+
+    Keras resets its metric variables at each epoch start, and on one device JAX then compiles
+    the train step again for the epoch's first shape unless that shape opened an epoch before:
+    every epoch opens with the same (the shortest) padded length.
+    """
+    first = min(range(len(batches)), key=lambda i: batches[i].length)
+    return [batches[first], *batches[:first], *batches[first + 1 :]]
+
+
+def split_plan(plan: Sequence[Batch], parts: int) -> list[list[Batch]]:
+    """`plan` cut into `parts` consecutive periods of near-equal length (validation points
+    inside an epoch). Keras trains each as an epoch, so each opens with the plan's shortest
+    padded length (`open_with_shortest`): a period without a batch of that length swaps its
+    first batch for one from a period with several, while there is one."""
+    if not 1 <= parts <= len(plan):
+        raise ValueError(f"cannot cut {len(plan)} batches into {parts} periods")
+    bounds = np.linspace(0, len(plan), parts + 1).round().astype(int)
+    periods = [list(plan[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    shortest = min(b.length for b in plan)
+    for period in periods:
+        if any(b.length == shortest for b in period):
+            continue
+        donor = next((p for p in periods if sum(b.length == shortest for b in p) > 1), None)
+        if donor is not None:
+            i = max(i for i, b in enumerate(donor) if b.length == shortest)
+            donor[i], period[0] = period[0], donor[i]
+    return [open_with_shortest(period) for period in periods]
 
 
 def padding_efficiency(tokens: TokenizedPairs, plan: Sequence[Batch]) -> float:

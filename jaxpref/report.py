@@ -94,8 +94,10 @@ def evaluation_markdown(result: Mapping) -> str:
 
 def crossval_markdown(result: Mapping, train_csv: str) -> str:
     """cv.md: the score table, the paired differences and the per-epoch scores."""
-    epochs = ", ".join(f"{i + 1}: {v:.4f}" for i, v in enumerate(result["epoch_log_loss"]))
-    last = len(result["epoch_log_loss"])
+    points = result["epochs"]
+    scores = zip(points, result["epoch_log_loss"], strict=True)
+    epochs = ", ".join(f"{e:g}: {v:.4f}" for e, v in scores)
+    last = points[-1] if points else 0
     last_diffs = (
         difference_lines(f"epoch {last}", result["epoch_minus_baseline"][-1]) if last else ""
     )

@@ -5,12 +5,13 @@ RUN/
   config.json            resolved TrainConfig (automatic choices filled in)
   preset/                keras-hub preset without weights: backbone config.json, tokenizer,
                          preprocessor (the trained weights live in the checkpoints)
-  checkpoints/best/<e>/  weights of epoch e (numbered from 1) with the lowest val_log_loss
+  checkpoints/best/<p>/  the weights with the lowest val_log_loss, after validation period p
+                         (from 1; = the epoch unless --validations-per-epoch N > 1)
   checkpoints/state/<s>/ resumable state at global step s (weights, optimizer, RNG, progress)
   split.csv              id -> train / valid / extra
-  history.csv            per epoch (1-based): loss, log_loss, accuracy (train and validation)
+  history.csv            per validation (epoch 1, 2.. or 0.5, 1..): loss, log_loss, accuracy
   valid_predictions.csv  the best weights' calibrated predictions for the validation rows
-  validation/epoch-<e>.csv  epoch e's validation predictions, uncalibrated (nothing chosen on
+  validation/epoch-<e>.csv  validation predictions after e epochs, uncalibrated (nothing chosen on
                          the validation rows: cross-validation's selection-free scores)
   calibration.json       the temperature fitted on them, with the log loss before and after
   summary.json           best epoch, best val_log_loss, the class-prior baseline, timings
@@ -63,6 +64,21 @@ def writable_directory(directory: Path, what: str) -> None:
         raise RunDirError(f"cannot write {what} {directory}: {err}") from None
 
 
+def epoch_at(period: int, per_epoch: int) -> float:
+    """Epochs trained after `period` validation periods of 1 / `per_epoch` epoch each: what
+    logs, history.csv, file names and summaries call the epoch (whole epochs as ints)."""
+    epoch = round(period / per_epoch, 4)
+    return int(epoch) if epoch == int(epoch) else epoch
+
+
+def period_name(period: int, per_epoch: int, epochs: int | None = None) -> str:
+    """How logs name 0-based validation period `period`: "epoch 2", "epoch 2/3", or with
+    several periods per epoch "epoch 2/3 part 1/4"."""
+    epoch, part = divmod(period, per_epoch)
+    name = f"epoch {epoch + 1}" if epochs is None else f"epoch {epoch + 1}/{epochs}"
+    return name if per_epoch == 1 else f"{name} part {part + 1}/{per_epoch}"
+
+
 @dataclasses.dataclass(frozen=True)
 class RunDir:
     """Paths inside one run directory (always absolute: Orbax wants absolute paths)."""
@@ -87,9 +103,9 @@ class RunDir:
     wandb = property(lambda self: self.root / "wandb")
     evaluation = property(lambda self: self.root / "evaluation")
 
-    def epoch_predictions(self, epoch: int) -> Path:
-        """Epoch `epoch`'s (1-based) uncalibrated validation predictions."""
-        return self.root / "validation" / f"epoch-{epoch}.csv"
+    def epoch_predictions(self, epoch: float) -> Path:
+        """The uncalibrated validation predictions after `epoch` epochs (`epoch_at`)."""
+        return self.root / "validation" / f"epoch-{epoch:g}.csv"
 
     def has_checkpoints(self) -> bool:
         return (self.root / "checkpoints").exists()

@@ -33,9 +33,9 @@ from jaxpref import (
     prediction,
     text,
 )
-from jaxpref.config import TrainConfig, default_learning_rate, resolve_precision
+from jaxpref.config import ConfigError, TrainConfig, default_learning_rate, resolve_precision
 from jaxpref.probabilities import Probabilities
-from jaxpref.rundir import Preempted, ResumeError, RunDir
+from jaxpref.rundir import Preempted, ResumeError, RunDir, epoch_at, period_name
 
 log = logging.getLogger("jaxpref")
 
@@ -68,7 +68,8 @@ class Splits:
 @dataclasses.dataclass(frozen=True)
 class Inputs:
     """Tokens, side features and batch plans of both splits; training labels are class indices
-    (n,), or target rows (n, 3) with soft labels."""
+    (n,), or target rows (n, 3) with soft labels. `train_plans` holds one plan per validation
+    period: per epoch, or `validations_per_epoch` per epoch."""
 
     train_tokens: pipeline.TokenizedPairs
     valid_tokens: pipeline.TokenizedPairs
@@ -84,8 +85,8 @@ class Inputs:
     valid_ids: Sequence[str] = ()
 
     @property
-    def steps_per_epoch(self) -> int:
-        return len(self.train_plans[0])
+    def period_steps(self) -> list[int]:
+        return [len(plan) for plan in self.train_plans]
 
     def train_dataset(self, plans: Sequence[Sequence[pipeline.Batch]], run: Run):
         """tf.data pipeline of this process's share of `plans` over the training rows."""
@@ -98,7 +99,8 @@ class Inputs:
 
 @dataclasses.dataclass(frozen=True)
 class Progress:
-    """Where training stands: the next epoch and step in it, and the best epoch so far."""
+    """Where training stands: the next validation period (an epoch unless validating several
+    times per epoch) and step in it, and the best period so far."""
 
     epoch: int = 0
     step: int = 0
@@ -108,7 +110,7 @@ class Progress:
 
 @dataclasses.dataclass(frozen=True)
 class Segment:
-    """Epochs [first_epoch, last_epoch) fitted in one `model.fit`, skipping the first
+    """Periods [first_epoch, last_epoch), Keras' epochs of one `model.fit`, skipping the first
     `skip_steps` steps of `first_epoch` (already trained before an interruption)."""
 
     first_epoch: int
@@ -136,7 +138,7 @@ def train(
     model, encoder = build_model(run.cfg)
     save_run_files(run, splits, model, encoder)
     inputs = build_inputs(run.cfg, splits, encoder, model)
-    rate = compile_for_training(model, run.cfg, inputs.steps_per_epoch)
+    rate = compile_for_training(model, run.cfg, sum(inputs.period_steps))
     progress = restore_progress(model, run) if resume else Progress()
     started = time.time()
     state, validation = fit(model, run, inputs, progress, rate)
@@ -327,7 +329,7 @@ def build_inputs(cfg: TrainConfig, splits: Splits, encoder, model) -> Inputs:
         valid_extra = pipeline.side_features(text.format_pairs(splits.valid), valid_tokens)
         model.fit_side_features(train_extra)
     buckets = pipeline.bucket_lengths(cfg.data.sequence_length)
-    train_plans = [
+    epoch_plans = [
         pipeline.plan_batches(
             train_tokens.row_lengths(), cfg.optim.batch_size, buckets, shuffle=True,
             seed=cfg.run.seed, epoch=epoch, swap=cfg.data.swap_augment,
@@ -335,12 +337,13 @@ def build_inputs(cfg: TrainConfig, splits: Splits, encoder, model) -> Inputs:
         for epoch in range(cfg.optim.epochs)
     ]  # fmt: skip
     valid_plan = pipeline.plan_batches(valid_tokens.row_lengths(), cfg.optim.batch_size, buckets)
-    efficiency = pipeline.padding_efficiency(train_tokens, train_plans[0])
+    efficiency = pipeline.padding_efficiency(train_tokens, epoch_plans[0])
     log.info(
         "batches: %d per epoch, buckets %s; padding efficiency %.3f train, %.3f validation",
-        len(train_plans[0]), list(buckets), efficiency,
+        len(epoch_plans[0]), list(buckets), efficiency,
         pipeline.padding_efficiency(valid_tokens, valid_plan),
     )  # fmt: skip
+    train_plans = validation_periods(epoch_plans, cfg.optim.validations_per_epoch)
     return Inputs(
         train_tokens, valid_tokens, train_labels, splits.valid["label"].to_numpy(), train_plans,
         valid_plan, encoder.input_keys, encoder.layout, train_extra, valid_extra, efficiency,
@@ -348,15 +351,24 @@ def build_inputs(cfg: TrainConfig, splits: Splits, encoder, model) -> Inputs:
     )  # fmt: skip
 
 
-def compile_for_training(model, cfg: TrainConfig, steps_per_epoch: int):
+def validation_periods(epoch_plans: list[list[pipeline.Batch]], per_epoch: int) -> list:
+    """Each epoch's plan cut into `per_epoch` validation periods (Keras trains each as an
+    epoch: the validation, best weights and history of an epoch end follow at every cut)."""
+    steps = len(epoch_plans[0])
+    if per_epoch > steps:
+        raise ConfigError(
+            f"--validations-per-epoch {per_epoch} is more than the {steps} training steps per "
+            "epoch: use at most that many, or a smaller --batch-size"
+        )
+    return [period for plan in epoch_plans for period in pipeline.split_plan(plan, per_epoch)]
+
+
+def compile_for_training(model, cfg: TrainConfig, total_steps: int):
     """Compile with the run's optimizer and loss; returns the learning-rate schedule."""
     from jaxpref import optimization
 
     rate = optimization.learning_rate_schedule(
-        cfg.optim.learning_rate,
-        cfg.optim.schedule,
-        steps_per_epoch * cfg.optim.epochs,
-        cfg.optim.warmup_fraction,
+        cfg.optim.learning_rate, cfg.optim.schedule, total_steps, cfg.optim.warmup_fraction
     )
     optimization.compile_model(model, rate, cfg.optim.label_smoothing, cfg.optim.weight_decay)
     return rate
@@ -369,42 +381,47 @@ def restore_progress(model, run: Run) -> Progress:
     progress = Progress(
         meta["epoch"], meta["step_in_epoch"], math.inf if best is None else best, meta["best_epoch"]
     )
+    per_epoch = run.cfg.optim.validations_per_epoch
     log.info(
-        "resuming at epoch %d, step %d (best so far %.4f)",
-        progress.epoch + 1, progress.step, progress.best,
+        "resuming at %s, step %d (best so far %.4f)",
+        period_name(progress.epoch, per_epoch), progress.step, progress.best,
     )  # fmt: skip
     if run.primary:
-        forget_epochs_from(run.paths, progress.epoch)
+        forget_epochs_from(run.paths, progress.epoch, per_epoch)
     return progress
 
 
-def forget_epochs_from(paths: RunDir, done: int) -> None:
-    """Before replaying the epochs after the first `done`, drop what they wrote last time
-    (best checkpoints and history rows are numbered from 1)."""
+def forget_epochs_from(paths: RunDir, done: int, per_epoch: int = 1) -> None:
+    """Before replaying the validation periods after the first `done`, drop what they wrote
+    last time (best checkpoints are numbered by period from 1, the rest by `epoch_at`)."""
     if paths.best_checkpoints.exists():
         for step in paths.best_checkpoints.iterdir():
             if step.name.isdigit() and int(step.name) > done:
                 shutil.rmtree(step)
-    epoch = done + 1
-    while paths.epoch_predictions(epoch).exists():
-        paths.epoch_predictions(epoch).unlink()
-        epoch += 1
+    period = done + 1
+    while paths.epoch_predictions(epoch_at(period, per_epoch)).exists():
+        paths.epoch_predictions(epoch_at(period, per_epoch)).unlink()
+        period += 1
     history = paths.history
     if history.exists() and history.stat().st_size:
         frame = pd.read_csv(history)
-        frame[frame["epoch"] <= done].to_csv(history, index=False)
+        frame[frame["epoch"] <= epoch_at(done, per_epoch) + 1e-9].to_csv(history, index=False)
     elif history.exists():
         history.unlink()
 
 
-def fit_segments(epochs: int, progress: Progress) -> list[Segment]:
-    """The `model.fit` calls left: the rest of an interrupted epoch, then whole epochs."""
-    segments, epoch = [], progress.epoch
+def fit_segments(period_steps: Sequence[int], progress: Progress) -> list[Segment]:
+    """The `model.fit` calls left: the rest of an interrupted period, then whole periods, one
+    call per run of periods of equal length (Keras' `steps_per_epoch` is one number)."""
+    segments, period = [], progress.epoch
     if progress.step:
-        segments.append(Segment(epoch, epoch + 1, progress.step))
-        epoch += 1
-    if epoch < epochs:
-        segments.append(Segment(epoch, epochs))
+        segments.append(Segment(period, period + 1, progress.step))
+        period += 1
+    for first in range(period, len(period_steps)):
+        if first > period and period_steps[first] == period_steps[first - 1]:
+            segments[-1] = Segment(segments[-1].first_epoch, first + 1)
+        else:
+            segments.append(Segment(first, first + 1))
     return segments
 
 
@@ -417,7 +434,7 @@ def fit(model, run: Run, inputs: Inputs, progress: Progress, rate):
     from jaxpref.callbacks import Validation
 
     state = checkpoints.StateCheckpoint(
-        run.paths.state_checkpoints, inputs.steps_per_epoch, run.cfg.run.save_every,
+        run.paths.state_checkpoints, inputs.period_steps, run.cfg.run.save_every,
         progress.best, progress.best_epoch, run.paths.best_checkpoints,
     )  # fmt: skip
     validation = Validation(
@@ -430,16 +447,16 @@ def fit(model, run: Run, inputs: Inputs, progress: Progress, rate):
         keep=epoch_predictions_writer(run, inputs.valid_ids) if run.primary else None,
     )  # fmt: skip
     with scalar_writers(run) as writers:
-        for segment in fit_segments(run.cfg.optim.epochs, progress):
+        for segment in fit_segments(inputs.period_steps, progress):
             fit_segment(model, run, inputs, validation, state, segment, rate, writers)
     return state, validation
 
 
 def epoch_predictions_writer(run: Run, ids: Sequence[str]):
-    """Writes each epoch's validation predictions to the run directory."""
+    """Writes each validation period's predictions to the run directory."""
 
-    def write(epoch: int, probs: np.ndarray) -> None:
-        path = run.paths.epoch_predictions(epoch)
+    def write(period: int, probs: np.ndarray) -> None:
+        path = run.paths.epoch_predictions(epoch_at(period, run.cfg.optim.validations_per_epoch))
         path.parent.mkdir(exist_ok=True)
         prediction.write_submission(ids, probs, path)
 
@@ -460,7 +477,7 @@ def scalar_writers(run: Run):
 def fit_segment(model, run: Run, inputs: Inputs, validation, state, segment, rate, writers) -> None:
     """`model.fit` over one segment's epochs (the validation and state callbacks live across
     segments); raises `Preempted` when SIGTERM stopped it."""
-    steps = inputs.steps_per_epoch
+    steps = inputs.period_steps[segment.first_epoch]
     if segment.skip_steps:
         plans = [inputs.train_plans[segment.first_epoch][segment.skip_steps :]]
     else:
@@ -500,6 +517,7 @@ def training_callbacks(
     from jaxpref import optimization
     from jaxpref.callbacks import HistoryWriter, MeshPlacement, RunMonitor, StopOnNonFinite
 
+    per_epoch = run.cfg.optim.validations_per_epoch
     monitor = RunMonitor(
         batches,
         optimization.rate_at(rate),
@@ -507,11 +525,13 @@ def training_callbacks(
         writers=writers,
         padding_efficiency=inputs.padding_efficiency,
         sequences_per_pair=1 if inputs.layout == pipeline.CROSS else 2,
+        epochs=run.cfg.optim.epochs,
+        per_epoch=per_epoch,
     )
-    history = [HistoryWriter(run.paths.history)] if run.primary else []
+    history = [HistoryWriter(run.paths.history, per_epoch)] if run.primary else []
     return [
-        MeshPlacement(), StopOnNonFinite(run.paths.best_checkpoints), validation, monitor,
-        *history, state,
+        MeshPlacement(), StopOnNonFinite(run.paths.best_checkpoints, per_epoch), validation,
+        monitor, *history, state,
     ]  # fmt: skip
 
 
@@ -524,8 +544,9 @@ def finish(
         monitoring.weights_fingerprint(model),
     )
     valid_probs = validation.best_probs
+    best_epoch = epoch_at(state.best_epoch, run.cfg.optim.validations_per_epoch)
     if validation.best_epoch != state.best_epoch:  # the best epoch ran before a --resume
-        log.info("restoring the best weights (epoch %d) to predict validation", state.best_epoch)
+        log.info("restoring the best weights (epoch %s) to predict validation", best_epoch)
         model.load_weights(str(run.paths.best_checkpoints))  # the newest step: the best epoch
         valid_probs = prediction.predict_tokens(
             model, inputs.valid_tokens, inputs.valid_plan, inputs.input_keys,
@@ -539,13 +560,14 @@ def finish(
     )  # fmt: skip
     valid_probs = calibration.apply_temperature(valid_probs, fitted.temperature)
     summary = {
-        "best_epoch": state.best_epoch,
+        "best_epoch": best_epoch,
         "best_val_log_loss": state.best,
         "calibrated_val_log_loss": fitted.after,
         "temperature": fitted.temperature,
         "best_val_accuracy": metrics.accuracy(valid_probs, labels),
         "prior_val_log_loss": splits.prior_log_loss,
         "epochs": run.cfg.optim.epochs,
+        "validations_per_epoch": run.cfg.optim.validations_per_epoch,
         "train_rows": len(inputs.train_labels),
         "valid_rows": len(labels),
         "train_seconds": round(seconds, 1),
@@ -556,7 +578,7 @@ def finish(
         run.paths.summary.write_text(json.dumps(summary, indent=2) + "\n")
     distribution.sync_processes("jaxpref: run files written")
     log.info(
-        "best val_log_loss %.4f at epoch %d (class prior %.4f); weights in %s",
+        "best val_log_loss %.4f at epoch %s (class prior %.4f); weights in %s",
         summary["best_val_log_loss"], summary["best_epoch"], splits.prior_log_loss,
         run.paths.best_checkpoints,
     )  # fmt: skip

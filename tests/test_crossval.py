@@ -96,8 +96,9 @@ def test_two_fold_cross_validation_scores_every_row_beside_the_baselines(
 ):
     args = tiny_run_args(tiny_preset, small_csv, tmp_path / "cv")
     result = run_script(
-        "cross_validate.py", *args, "--epochs", "1", "--folds", "2", "--train-fraction", "0.5"
-    )
+        "cross_validate.py", *args, "--epochs", "1", "--folds", "2", "--train-fraction", "0.5",
+        "--validations-per-epoch", "2",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "cv" / "cv.json").read_text())
     assert report["rows"] == 240 and report["folds"] == 2
@@ -108,15 +109,18 @@ def test_two_fold_cross_validation_scores_every_row_beside_the_baselines(
     assert list(read_probabilities(tmp_path / "cv" / crossval.OOF_FILE).ids) == list(
         data.read_arena_csv(small_csv, labelled=True)["id"]
     )
-    valid_log_losses = [
-        pd.read_csv(tmp_path / "cv" / f"fold{fold}" / "history.csv")["val_log_loss"].item()
-        for fold in range(2)
-    ]  # the same epoch's out-of-fold log loss, as each fold's history saw it
+    histories = [pd.read_csv(tmp_path / "cv" / f"fold{f}" / "history.csv") for f in range(2)]
+    assert [h["epoch"].tolist() for h in histories] == [[0.5, 1.0]] * 2
+    assert report["epochs"] == [0.5, 1]
+    # the same point's out-of-fold log loss, as each fold's history saw it
     sizes = pd.read_csv(tmp_path / "cv" / "fold0" / "split.csv")["split"].value_counts()
     assert sizes["train"] == report["train_rows"][0] == round((240 - sizes["valid"]) / 2)
     weights = [sizes["valid"], 240 - sizes["valid"]]
-    assert report["epoch_log_loss"] == [
-        pytest.approx(np.average(valid_log_losses, weights=weights))
-    ]
+    for point in range(2):
+        valid_log_losses = [h["val_log_loss"][point] for h in histories]
+        expected = np.average(valid_log_losses, weights=weights)
+        assert report["epoch_log_loss"][point] == pytest.approx(expected)
+    assert (tmp_path / "cv" / crossval.epoch_oof_file(0.5)).name == "oof-epoch0.5.csv"
+    assert (tmp_path / "cv" / "oof-epoch0.5.csv").exists()
     text = (tmp_path / "cv" / "cv.md").read_text()
     assert "| model |" in text and "model − tfidf_length_logreg" in text

@@ -222,3 +222,20 @@ def test_token_cache_is_keyed_on_the_format_version(tmp_path, monkeypatch, tiny_
     monkeypatch.setattr(pipeline, "TOKEN_FORMAT", pipeline.TOKEN_FORMAT + 1)
     pipeline.tokenize(texts, encoder, tmp_path, progress=False)
     assert len(list(tmp_path.glob("*.npz"))) == 2  # a new format: tokenized again
+
+
+def test_split_plan_cuts_near_equal_periods_each_opening_with_the_shortest_length():
+    """Keras trains each period as an epoch: each opens with the same shape while the plan has
+    enough batches of it (4 of length 64 here), else with its own shortest."""
+    buckets = pipeline.bucket_lengths(1024)
+    lengths = np.random.default_rng(3).integers(10, 300, size=200)
+    plan = pipeline.plan_batches(lengths, 8, buckets, shuffle=True)
+    periods = pipeline.split_plan(plan, 3)
+    assert [len(p) for p in periods] == [8, 9, 8]
+    assert sorted(id(b) for p in periods for b in p) == sorted(id(b) for b in plan)
+    assert [p[0].length for p in periods] == [64] * 3
+    assert pipeline.split_plan(plan, 1) == [plan]
+    long = pipeline.plan_batches(lengths * 3, 8, buckets, shuffle=True)
+    assert all(p[0].length == min(b.length for b in p) for p in pipeline.split_plan(long, 3))
+    with pytest.raises(ValueError):
+        pipeline.split_plan(plan, 26)

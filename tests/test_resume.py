@@ -1,5 +1,7 @@
 """Preemption: kill -9 or SIGTERM mid-run, --resume, and end where an uninterrupted run ends."""
 
+import json
+import re
 import shutil
 import signal
 import time
@@ -43,11 +45,12 @@ def _resume(run_dir, tmp_path):
     return log.read_text()
 
 
-def _same_result(a, b):
+def _same_result(a, b, epochs=(1, 2)):
     ha, hb = pd.read_csv(a / "history.csv"), pd.read_csv(b / "history.csv")
-    assert ha["epoch"].tolist() == hb["epoch"].tolist() == [1, 2]
+    assert ha["epoch"].tolist() == hb["epoch"].tolist() == list(epochs)
     np.testing.assert_allclose(ha["val_log_loss"], hb["val_log_loss"], rtol=1e-5)
-    for name in ("valid_predictions.csv", "validation/epoch-1.csv", "validation/epoch-2.csv"):
+    files = [f"validation/epoch-{e:g}.csv" for e in epochs]
+    for name in ("valid_predictions.csv", *files):
         pa, pb = (pd.read_csv(d / name).set_index("id") for d in (a, b))
         np.testing.assert_allclose(pa.to_numpy(), pb.loc[pa.index].to_numpy(), atol=1e-5)
     final = [(d / "checkpoints" / "state").iterdir() for d in (a, b)]
@@ -124,3 +127,33 @@ def test_fresh_run_refuses_to_overwrite_and_resume_needs_a_state(
     nothing = run_script("train_jax.py", "--devices", "cpu", "--resume", "--run-dir",
                          str(tmp_path / "none"))  # fmt: skip
     assert nothing.returncode == 2 and "--resume needs --run-dir" in nothing.stderr
+
+
+def test_validating_four_times_per_epoch_resumes_mid_period(tiny_preset, small_csv, tmp_path):
+    """27 steps per epoch cut into periods of 7, 7, 6 and 7 steps, each validated and
+    checkpointed; killed inside epoch 1's third period, the resumed run ends as an
+    uninterrupted one does."""
+    flags = ["--validations-per-epoch", "4"]
+    runs = {}
+    for name in ("uninterrupted", "killed"):
+        run_dir = tmp_path / name
+        log = tmp_path / f"{name}.log"
+        proc = start_script(
+            "train_jax.py", *_args(tiny_preset, small_csv, run_dir), *flags, log=log
+        )
+        if name == "killed":
+            meta = _wait_for_state(run_dir, 15, proc)  # saves at 15, 18 (every 3), 20 (period)
+            proc.kill()
+            proc.wait()
+            assert meta["global_step"] < 27, meta  # inside epoch 1
+            resumed = _resume(run_dir, tmp_path)
+            # later saves may land before the kill: any point, named by epoch and part
+            assert re.search(r"resuming at epoch [12] part [1-4]/4, step \d", resumed), resumed
+        else:
+            assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+            assert "epoch 0.75: accuracy=" in log.read_text()
+        runs[name] = run_dir
+    _same_result(runs["uninterrupted"], runs["killed"], [0.25, 0.5, 0.75, 1, 1.25, 1.5, 1.75, 2])
+    summary = json.loads((runs["killed"] / "summary.json").read_text())
+    history = pd.read_csv(runs["killed"] / "history.csv")
+    assert summary["best_epoch"] == history["epoch"][history["val_log_loss"].idxmin()]

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from conftest import REPO, infer_predictions, run_script, tiny_run_args, write_learnable_csv
 
-from jaxpref import calibration, data
+from jaxpref import calibration, data, pipeline
 
 
 def _train(tiny_preset, run_dir, *extra):
@@ -256,11 +256,35 @@ def test_non_default_options_train_and_reload(tiny_preset, small_csv, tmp_path):
     np.testing.assert_allclose(reloaded.loc[during.index], during, atol=1e-5)
 
 
-def test_fit_segments_finish_an_interrupted_epoch_then_run_whole_ones():
+def test_fit_segments_finish_an_interrupted_period_then_run_whole_ones():
     from jaxpref.training import Progress, Segment, fit_segments
 
-    assert fit_segments(3, Progress()) == [Segment(0, 3)]
-    assert fit_segments(3, Progress(epoch=1, step=7)) == [Segment(1, 2, 7), Segment(2, 3)]
-    assert fit_segments(3, Progress(epoch=2, step=7)) == [Segment(2, 3, 7)]
-    assert fit_segments(3, Progress(epoch=2)) == [Segment(2, 3)]
-    assert fit_segments(3, Progress(epoch=3)) == []
+    assert fit_segments([9] * 3, Progress()) == [Segment(0, 3)]
+    assert fit_segments([9] * 3, Progress(epoch=1, step=7)) == [Segment(1, 2, 7), Segment(2, 3)]
+    assert fit_segments([9] * 3, Progress(epoch=2, step=7)) == [Segment(2, 3, 7)]
+    assert fit_segments([9] * 3, Progress(epoch=2)) == [Segment(2, 3)]
+    assert fit_segments([9] * 3, Progress(epoch=3)) == []
+    # Keras' steps_per_epoch is one number: periods of another length get their own fit.
+    periods = [7, 7, 6, 7, 7, 7, 6, 7]
+    assert fit_segments(periods, Progress()) == [
+        Segment(0, 2), Segment(2, 3), Segment(3, 6), Segment(6, 7), Segment(7, 8)
+    ]  # fmt: skip
+    assert fit_segments(periods, Progress(epoch=3, step=2)) == [
+        Segment(3, 4, 2), Segment(4, 6), Segment(6, 7), Segment(7, 8)
+    ]  # fmt: skip
+
+
+def test_validation_periods_cut_each_epoch_and_refuse_more_periods_than_steps():
+    from jaxpref.config import ConfigError
+    from jaxpref.training import validation_periods
+
+    lengths = np.random.default_rng(0).integers(10, 256, size=216)
+    buckets = pipeline.bucket_lengths(256)
+    plans = [pipeline.plan_batches(lengths, 8, buckets, shuffle=True, epoch=e) for e in range(2)]
+    periods = validation_periods(plans, 4)
+    assert [len(p) for p in periods] == [7, 7, 6, 7] * 2
+    for plan, cut in ((plans[0], periods[:4]), (plans[1], periods[4:])):
+        assert sorted(id(b) for p in cut for b in p) == sorted(id(b) for b in plan)
+    assert validation_periods(plans, 1) == plans
+    with pytest.raises(ConfigError, match="more than the 27 training steps per epoch"):
+        validation_periods(plans, 28)
