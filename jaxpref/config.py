@@ -161,6 +161,13 @@ class ModelConfig:
     lora_alpha: float | None = option(
         None, "LoRA scale numerator: adapters are scaled by alpha / rank", above=0, shown="rank"
     )
+    lora_dropout: float = option(
+        0.0,
+        "dropout on the LoRA adapters' input in training (PEFT's lora_dropout); the frozen "
+        "weights see the input as it is",
+        min=0,
+        below=1,
+    )
     remat: bool = option(
         False, "recompute each decoder block in the backward pass (long sequences, less memory)"
     )

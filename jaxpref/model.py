@@ -17,7 +17,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from jaxpref import backbones, families, pipeline, safety, sharding
+from jaxpref import backbones, families, lora, pipeline, safety, sharding
 from jaxpref.config import ConfigError, ModelConfig
 from jaxpref.data import NUM_CLASSES
 from jaxpref.pipeline import FIRST, NUM_SIDE_FEATURES, PART_IDS, SECOND, SIDE_FEATURES
@@ -170,7 +170,8 @@ class PreferenceModel(keras.Model):
     (`fit_side_features` sets the statistics) and joined to each side's vector both as they
     are and through one shared tanh projection. `lora_rank > 0` freezes the backbone and
     trains rank-`lora_rank` adapters on `lora_targets` (None: keras-hub's default layers)
-    scaled by `lora_alpha / lora_rank` (None: 1).
+    scaled by `lora_alpha / lora_rank` (None: 1), their input dropped out at `lora_dropout`
+    in training (`lora.add_dropout`).
     """
 
     layout = pipeline.PAIR
@@ -185,12 +186,19 @@ class PreferenceModel(keras.Model):
         head: str = "symmetric",
         dropout: float = 0.1,
         side_features: int = 0,
+        lora_dropout: float = 0.0,
         name: str | None = None,
         **kwargs,
     ):
         if head not in HEADS:
             raise ValueError(f"head must be one of {tuple(HEADS)}, got {head!r}")
         enable_lora(backbone, lora_rank, lora_targets, lora_alpha)
+        lora_seed = None
+        if lora_dropout:
+            if not lora_rank:
+                raise ValueError("LoRA dropout needs LoRA adapters (lora_rank > 0)")
+            lora_seed = keras.random.SeedGenerator(name="lora_dropout_seed")
+            lora.add_dropout(backbone, lora_dropout, lora_seed)
 
         # === Functional Model ===
         inputs, side_a, side_b = self.encode(backbone)
@@ -207,6 +215,9 @@ class PreferenceModel(keras.Model):
         self.backbone, self.lora_rank = backbone, lora_rank
         self.lora_targets, self.lora_alpha = lora_targets, lora_alpha
         self.head, self.dropout, self.side_features = head, dropout, side_features
+        self.lora_dropout = lora_dropout
+        if lora_seed is not None:
+            self.lora_seed = lora_seed  # tracked: its state trains and checkpoints with the model
 
     def encode(self, backbone) -> tuple[dict, object, object]:
         """(inputs by name, side A vector, side B vector) of the functional graph."""
@@ -251,6 +262,7 @@ class PreferenceModel(keras.Model):
             "head": self.head,
             "dropout": self.dropout,
             "side_features": self.side_features,
+            "lora_dropout": self.lora_dropout,
             "name": self.name,
         }
 
@@ -389,6 +401,8 @@ def build_model(
     decoder = is_decoder_preset(preset)
     if decoder and cfg.architecture != "cross":
         raise ConfigError(f"--preset {cfg.preset} is a decoder LLM: use --architecture cross")
+    if cfg.lora_dropout and not cfg.lora_rank:
+        raise ConfigError("--lora-dropout applies to LoRA adapters: set --lora-rank above 0")
     if cfg.remat and not decoder:
         raise ConfigError("--remat applies to decoder LLM presets (Gemma, Llama, Qwen, Mistral)")
     with remat_scope(preset) if cfg.remat else nullcontext():
@@ -405,6 +419,7 @@ def build_model(
         lora_rank=cfg.lora_rank,
         lora_targets=lora_targets(cfg.lora_targets, backbone, decoder),
         lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
         head=cfg.head,
         dropout=cfg.dropout,
         side_features=NUM_SIDE_FEATURES if cfg.side_features else 0,

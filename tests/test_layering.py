@@ -17,7 +17,7 @@ LAYERS = [
     {
         "backbones", "baselines", "calibration", "deberta_attention", "distillation",
         "distribution", "hf_deberta", "hh_rlhf", "families", "metrics", "probabilities",
-        "sharding", "torch_pickle",
+        "lora", "sharding", "torch_pickle",
         "monitoring", "optimization", "pipeline", "report", "tiny_preset",
     },
     {"bundle", "callbacks", "checkpoints", "model"},

@@ -202,10 +202,11 @@ def test_extra_chosen_rejected_rows_join_training_only(tiny_preset, small_csv, t
 
 @pytest.mark.slow
 def test_quality_options_train_and_reload(tiny_preset, small_csv, tmp_path):
-    """Symmetric head + swap augmentation + side features + cosine schedule, end to end."""
+    """Symmetric head + swap augmentation + side features + cosine schedule + LoRA dropout,
+    end to end."""
     run_dir = tmp_path / "run"
     flags = ["--epochs", "1", "--head", "symmetric", "--swap-augment", "--side-features",
-             "--schedule", "cosine"]  # fmt: skip
+             "--schedule", "cosine", "--lora-dropout", "0.1"]  # fmt: skip
     result = run_script("train_jax.py", *tiny_run_args(tiny_preset, small_csv, run_dir), *flags)
     assert result.returncode == 0, result.stderr[-3000:]
     split = pd.read_csv(run_dir / "split.csv", dtype=str)

@@ -1,0 +1,72 @@
+"""LoRA dropout (PEFT's `lora_dropout`) for Keras' LoRA layers.
+
+Keras adds a LoRA layer's factors into its kernel, W + s A B, and multiplies once: no place is
+left for dropout on the adapter path alone. `add_dropout` gives each such layer a call that
+computes x W + s (dropout(x) A) B instead: the frozen path reads the input as it is, the
+adapters a dropped-out copy while training; at inference both forms give the same outputs up
+to float rounding, so a run trained with dropout predicts as the merged layer would. The
+factored product also never forms the merged kernel or its full-size gradient.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import keras
+from keras import ops
+
+
+def lora_layers(backbone) -> list:
+    """The layers of `backbone` that carry LoRA factors (Dense or EinsumDense)."""
+    return [
+        layer
+        for layer in backbone._flatten_layers(include_self=False)
+        if getattr(layer, "lora_enabled", False)
+    ]
+
+
+def add_dropout(backbone, rate: float, seed_generator: keras.random.SeedGenerator) -> int:
+    """Route every LoRA layer of `backbone` through `dropout_call` with dropout `rate`, masks
+    drawn from `seed_generator` (the caller tracks it, so its state trains and checkpoints
+    with the model's). Call before the backbone is called on symbolic inputs; returns how many
+    layers it changed."""
+    if not 0 < rate < 1:
+        raise ValueError(f"LoRA dropout must be in (0, 1), got {rate}")
+    layers = lora_layers(backbone)
+    for layer in layers:
+        if layer.quantization_mode is not None:
+            raise ValueError(f"{layer.name}: LoRA dropout on a quantized layer is not supported")
+        # Keras inspected `call` at construction (it takes `training`); only the body changes.
+        layer.call = functools.partial(dropout_call, layer, rate, seed_generator)
+    return len(layers)
+
+
+def dropout_call(layer, rate: float, seed_generator, inputs, training=None):
+    """`layer`'s output with LoRA dropout: x W + s (dropout(x) A) B, then bias and activation."""
+    dtype = layer.compute_dtype
+    kernel = ops.cast(layer._kernel, dtype)  # the frozen kernel; `layer.kernel` adds A B
+    a, b = ops.cast(layer.lora_kernel_a, dtype), ops.cast(layer.lora_kernel_b, dtype)
+    scale = layer.lora_alpha / layer.lora_rank
+    dropped = keras.random.dropout(inputs, rate, seed=seed_generator) if training else inputs
+    equation = getattr(layer, "equation", None)
+    if equation is None:  # Dense
+        x = ops.matmul(inputs, kernel) + scale * ops.matmul(ops.matmul(dropped, a), b)
+    elif factored_einsum(equation):
+        x = ops.einsum(equation, inputs, kernel)
+        x = x + scale * ops.matmul(ops.einsum(equation, dropped, a), b)
+    else:
+        x = ops.einsum(equation, inputs, kernel)
+        x = x + ops.einsum(equation, dropped, scale * ops.matmul(a, b))
+    if layer.bias is not None:
+        x = x + ops.cast(layer.bias, dtype)
+    if layer.activation is not None:
+        x = layer.activation(x)
+    return x
+
+
+def factored_einsum(equation: str) -> bool:
+    """Whether the kernel's last axis is the output's last (then einsum(x, A) B = einsum(x, A B),
+    A having the kernel's shape with the last axis cut to the rank)."""
+    operands, output = equation.replace(" ", "").split("->")
+    kernel = operands.split(",")[1]
+    return kernel[-1] == output[-1] and kernel.count(kernel[-1]) == 1
