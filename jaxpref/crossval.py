@@ -101,9 +101,16 @@ def cross_validate(cfg: TrainConfig, folds: int, train_fraction: float = 1.0) ->
             "fold %d/%d: %d train / %d validation rows",
             fold + 1, folds, len(train_df), len(valid_df),
         )  # fmt: skip
-        training.train(cfg.replace(run_dir=str(root / f"fold{fold}")), train_df, valid_df)
+        training.train(fold_config(cfg, root, fold), train_df, valid_df)
         keras.backend.clear_session()
     return write_report(cfg, folds, train_fraction)
+
+
+def fold_config(cfg: TrainConfig, root: Path, fold: int) -> TrainConfig:
+    """Fold `fold`'s run: its directory under `root`, and its own teacher where the
+    --soft-labels path holds {fold} (a teacher that never saw the fold's validation labels)."""
+    soft_labels = cfg.data.soft_labels.replace("{fold}", str(fold))
+    return cfg.replace(run_dir=str(root / f"fold{fold}"), soft_labels=soft_labels)
 
 
 def training_csv(cfg: TrainConfig) -> str:

@@ -124,3 +124,15 @@ def test_two_fold_cross_validation_scores_every_row_beside_the_baselines(
     assert (tmp_path / "cv" / "oof-epoch0.5.csv").exists()
     text = (tmp_path / "cv" / "cv.md").read_text()
     assert "| model |" in text and "model − tfidf_length_logreg" in text
+
+
+def test_each_fold_reads_its_own_teacher_where_the_path_names_the_fold(tmp_path):
+    cfg = TrainConfig().replace(soft_labels="teachers/fold{fold}/oof.csv")
+    runs = [crossval.fold_config(cfg, tmp_path, fold) for fold in range(2)]
+    assert [c.data.soft_labels for c in runs] == [
+        "teachers/fold0/oof.csv",
+        "teachers/fold1/oof.csv",
+    ]
+    assert [c.run.run_dir for c in runs] == [str(tmp_path / "fold0"), str(tmp_path / "fold1")]
+    shared = crossval.fold_config(cfg.replace(soft_labels="oof.csv"), tmp_path, 1)
+    assert shared.data.soft_labels == "oof.csv"

@@ -6,7 +6,10 @@ from the cross-validation directories that `cross_validate.py --folds 3` wrote u
 Every score here chooses nothing on the rows it scores: each epoch's uncalibrated predictions
 (`oof-epoch<e>.csv`), the same after a temperature and bias fitted on the other folds (a nested
 one-input blend), epochs 1 and 2 blended with nested weights (prediction averaging over
-checkpoints), and a nested selection among all configurations and epochs (`jaxpref ensemble`).
+checkpoints), a nested selection among all configurations and epochs (`jaxpref ensemble`), and
+a nested choice of the stop point among the quarter-epoch validations of `--validations-per-epoch
+4`. The cross-encoder rows compare the runs' own selected and calibrated `oof.csv` (the cross
+run predates the per-epoch files).
 """
 
 import json
@@ -24,8 +27,12 @@ CONFIGURATIONS = {
     "rank2": "`--lora-rank 2` (fewer trainable weights)",
     "extra-siamese": "`--extra-train` 667 HH-RLHF rows",
     "extra-tie-siamese": "`--extra-train` 667 HH-RLHF rows `--extra-train-tie 0.3`",
+    "lora-dropout": "`--lora-dropout 0.1`",
+    "quarters": "`--validations-per-epoch 4` (its epochs 1 and 2)",
 }
-SELECTABLE = ("siamese2", "wd1", "rank2")
+SELECTABLE = ("siamese2", "wd1", "rank2", "lora-dropout")
+STOPS = "quarters"
+CROSS = {"cross": "cross-encoder", "extra-tie-cross": "cross-encoder + 667 HH-RLHF rows, tie 0.3"}
 LEARNING_CURVE = {"lc025": 0.25, "lc050": 0.5, "lc075": 0.75, "siamese2": 1.0}
 REFERENCE = ("siamese2", 2)
 BASELINE = "tfidf_length_logreg"
@@ -37,8 +44,12 @@ labels = frame["label"].to_numpy()
 splits = crossval.fold_indices(frame, 3, 42)
 
 
-def epoch_probs(name: str, epoch: int) -> np.ndarray:
-    path = root / name / crossval.epoch_oof_file(epoch)
+def epoch_probs(name: str, epoch: float) -> np.ndarray:
+    return oof_probs(name, crossval.epoch_oof_file(epoch))
+
+
+def oof_probs(name: str, file: str) -> np.ndarray:
+    path = root / name / file
     return read_probabilities(path).aligned(frame["id"], str(path))
 
 
@@ -151,7 +162,56 @@ def learning_curve_table(result: dict) -> str:
     )
 
 
-result: dict = {"configurations": {}, "learning_curve": {}}
+def stop_point_table(result: dict) -> str:
+    """Each quarter-epoch validation's score, and the stop point chosen on the other folds."""
+    cv = json.loads((root / STOPS / "cv.json").read_text())
+    points = [epoch_probs(STOPS, e) for e in cv["epochs"]]
+    reference = epoch_probs(*REFERENCE)
+    names = [f"epoch {e:g}" for e in cv["epochs"]]
+    picks, selected = ensemble.nested_selection(names, points, labels, splits)
+    stops = result["stop_points"] = {
+        "epochs": cv["epochs"],
+        "log_loss": [metrics.log_loss(p, labels) for p in points],
+        "nested_temperature": [metrics.log_loss(nested([p]), labels) for p in points],
+        "picks": picks,
+        "selected_log_loss": metrics.log_loss(selected, labels),
+        "selected_nested_temperature": metrics.log_loss(nested([selected]), labels),
+        "selected_minus_default": paired(selected, reference),
+        "selected_minus_own_epoch2": paired(selected, epoch_probs(STOPS, 2)),
+    }
+    rows = [
+        [name, f"{a:.4f}", f"{b:.4f}"]
+        for name, a, b in zip(names, stops["log_loss"], stops["nested_temperature"], strict=True)
+    ]
+    return (
+        f"{table(['validation', 'log loss', 'nested temperature'], rows)}\n\n"
+        f"Stop point chosen on the other folds: {picks}; log loss "
+        f"{stops['selected_log_loss']:.4f} ({stops['selected_nested_temperature']:.4f} with a "
+        f"nested temperature), − the default's epoch 2 {stops['selected_minus_default']}, − "
+        f"its own epoch 2 {stops['selected_minus_own_epoch2']}"
+    )
+
+
+def cross_table(result: dict) -> str:
+    """The cross-encoder with and without the HH-RLHF rows: selected, calibrated oof.csv."""
+    rows, without = [], oof_probs("cross", crossval.OOF_FILE)
+    for name, label in CROSS.items():
+        cv = json.loads((root / name / "cv.json").read_text())
+        probs = oof_probs(name, crossval.OOF_FILE)
+        row = result["cross"][name] = {
+            "log_loss": metrics.log_loss(probs, labels),
+            "epoch_log_loss": cv["epoch_log_loss"],
+            "minus_cross": paired(probs, without),
+        }
+        versus = "—" if name == "cross" else row["minus_cross"]
+        rows.append([
+            label, f"{row['log_loss']:.4f}", *(f"{v:.4f}" for v in row["epoch_log_loss"]), versus
+        ])  # fmt: skip
+    head = ["configuration", "selected, calibrated", "epoch 1", "epoch 2", "− cross-encoder"]
+    return table(head, rows)
+
+
+result: dict = {"configurations": {}, "learning_curve": {}, "cross": {}}
 print(configurations_table(result), selection_line(result), learning_curve_table(result),
-      sep="\n\n")  # fmt: skip
+      stop_point_table(result), cross_table(result), sep="\n\n")  # fmt: skip
 (root / "analysis.json").write_text(json.dumps(result, indent=2) + "\n")

