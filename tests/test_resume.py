@@ -29,7 +29,10 @@ def _args(tiny_preset, small_csv, run_dir):
 def _wait_for_state(run_dir, min_step, proc, timeout=300):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        meta = latest(run_dir) if (run_dir / "checkpoints").exists() else None
+        try:
+            meta = latest(run_dir) if (run_dir / "checkpoints").exists() else None
+        except FileNotFoundError:  # the run deleted an old step while Orbax listed them
+            meta = None
         if meta and meta["global_step"] >= min_step:
             return meta
         assert proc.poll() is None, "training ended before it could be interrupted"

@@ -178,6 +178,7 @@ def stop_point_table(result: dict) -> str:
         "selected_nested_temperature": metrics.log_loss(nested([selected]), labels),
         "selected_minus_default": paired(selected, reference),
         "selected_minus_own_epoch2": paired(selected, epoch_probs(STOPS, 2)),
+        "last_four_nested_blend": metrics.log_loss(nested(points[-4:]), labels),
     }
     rows = [
         [name, f"{a:.4f}", f"{b:.4f}"]
@@ -188,7 +189,8 @@ def stop_point_table(result: dict) -> str:
         f"Stop point chosen on the other folds: {picks}; log loss "
         f"{stops['selected_log_loss']:.4f} ({stops['selected_nested_temperature']:.4f} with a "
         f"nested temperature), − the default's epoch 2 {stops['selected_minus_default']}, − "
-        f"its own epoch 2 {stops['selected_minus_own_epoch2']}"
+        f"its own epoch 2 {stops['selected_minus_own_epoch2']}. The last four points (epochs "
+        f"1.25-2) blended with nested weights: {stops['last_four_nested_blend']:.4f}"
     )
 
 
