@@ -77,10 +77,15 @@ def configuration(name: str, reference: np.ndarray, reference_calibrated: np.nda
         "mean_tie_probability": float(e2[:, TIE].mean()),
         "minus_default": paired(e2, reference),
         "calibrated_minus_default": paired(calibrated, reference_calibrated),
-        "minus_baseline": json.loads((root / name / "cv.json").read_text())["epoch_minus_baseline"][
-            1
-        ][BASELINE],
+        "minus_baseline": epoch_entry(name, "epoch_minus_baseline", 2)[BASELINE],
     }
+
+
+def epoch_entry(name: str, key: str, epoch: float):
+    """cv.json's `key` list at `epoch` (runs before --validations-per-epoch list epochs 1..)."""
+    cv = json.loads((root / name / "cv.json").read_text())
+    epochs = cv.get("epochs") or list(range(1, len(cv[key]) + 1))
+    return cv[key][epochs.index(epoch)]
 
 
 def configurations_table(result: dict) -> str:
@@ -139,7 +144,7 @@ def learning_curve_table(result: dict) -> str:
             "nested_temperature": metrics.log_loss(nested([e2]), labels),
             "length_logreg": cv["scores"]["length_logreg"]["log_loss"],
             BASELINE: cv["scores"][BASELINE]["log_loss"],
-            "minus_baseline": cv["epoch_minus_baseline"][1][BASELINE],
+            "minus_baseline": epoch_entry(name, "epoch_minus_baseline", 2)[BASELINE],
         }
         d = point["minus_baseline"]
         rows.append([
