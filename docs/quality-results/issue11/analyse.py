@@ -29,6 +29,7 @@ CONFIGURATIONS = {
     "extra-tie-siamese": "`--extra-train` 667 HH-RLHF rows `--extra-train-tie 0.3`",
     "lora-dropout": "`--lora-dropout 0.1`",
     "quarters": "`--validations-per-epoch 4` (its epochs 1 and 2)",
+    "distilled-nested": "`--soft-labels` from per-fold teachers (`nested_teachers.sh`)",
 }
 SELECTABLE = ("siamese2", "wd1", "rank2", "lora-dropout")
 STOPS = "quarters"
