@@ -293,11 +293,9 @@ def enable_lora(backbone, rank: int, targets: list[str], alpha: float | None = N
     if rank < 1:
         raise FamilyError(f"--lora-rank must be at least 1, got {rank}")
     backbone.enable_lora(rank, target_layer_names=targets)
-    layers = [
-        layer
-        for layer in backbone._flatten_layers(include_self=False)
-        if getattr(layer, "lora_enabled", False)
-    ]
+    from jaxpref import lora  # imports keras: only once the backend is chosen
+
+    layers = lora.lora_layers(backbone)
     if alpha is not None:
         for layer in layers:
             layer.lora_alpha = alpha

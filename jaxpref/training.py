@@ -405,7 +405,7 @@ def forget_epochs_from(paths: RunDir, done: int, per_epoch: int = 1) -> None:
     history = paths.history
     if history.exists() and history.stat().st_size:
         frame = pd.read_csv(history)
-        frame[frame["epoch"] <= epoch_at(done, per_epoch) + 1e-9].to_csv(history, index=False)
+        frame[frame["epoch"] <= epoch_at(done, per_epoch)].to_csv(history, index=False)
     elif history.exists():
         history.unlink()
 
