@@ -177,7 +177,12 @@ def infer_flags(p: argparse.ArgumentParser) -> None:
 
 
 def export_flags(p: argparse.ArgumentParser) -> None:
-    add_trained_run_flag(p)
+    p.add_argument(
+        "--run-dir", required=True, nargs="+", metavar="RUN_DIR",
+        help="directory written by train_jax.py; with several, or a cross_validate.py "
+        "directory (its fold runs), the bundle's weights are their mean (LoRA merged first; "
+        "no calibration)",
+    )  # fmt: skip
     p.add_argument(
         "--out", required=True,
         help="bundle directory to write (an earlier bundle there is replaced)",
@@ -349,15 +354,19 @@ def infer(args: argparse.Namespace) -> None:
 
 
 def export_bundle(args: argparse.Namespace) -> None:
-    """Write the bundle and print its size beside the run directory's."""
-    from jaxpref import export
+    """Write the bundle (of one run, or the mean of several) and print its size beside the
+    run directories'."""
+    from jaxpref import export, prediction
 
-    result = export.export_run(args.run_dir, args.out, args.devices, args.num_devices)
-    print(f"wrote {result.path}")
-    print(
-        f"bundle {result.bundle_bytes / 2**20:.2f} MiB; "
-        f"run directory {result.run_bytes / 2**20:.2f} MiB"
-    )
+    runs = prediction.expand_runs(args.run_dir)
+    if len(runs) == 1:
+        result = export.export_run(runs[0], args.out, args.devices, args.num_devices)
+    else:
+        result = export.average_runs(runs, args.out, args.devices, args.num_devices)
+    sources = "run directory" if len(runs) == 1 else f"{len(runs)} run directories"
+    print(f"wrote {result.path}" + (f" (the mean of {sources})" if len(runs) > 1 else ""))
+    mib = (result.bundle_bytes / 2**20, result.run_bytes / 2**20)
+    print(f"bundle {mib[0]:.2f} MiB; {sources} {mib[1]:.2f} MiB")
 
 
 def evaluate(args: argparse.Namespace) -> None:
@@ -457,7 +466,8 @@ COMMANDS = {
         "export.py",
         "Write a self-contained inference bundle of a trained run: a keras-hub backbone preset "
         "with the LoRA adapters merged, the head weights, calibration and config; no optimizer "
-        "state. infer.py --run-dir BUNDLE predicts from it.",
+        "state. infer.py --run-dir BUNDLE predicts from it. Several runs (a cross-validation's "
+        "folds) make one bundle of their averaged weights.",
         export_flags,
         export_bundle,
     ),

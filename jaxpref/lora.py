@@ -1,4 +1,4 @@
-"""LoRA dropout (PEFT's `lora_dropout`) for Keras' LoRA layers.
+"""LoRA dropout (PEFT's `lora_dropout`) and factor merging for Keras' LoRA layers.
 
 Keras adds a LoRA layer's factors into its kernel, W + s A B, and multiplies once: no place is
 left for dropout on the adapter path alone. `add_dropout` gives each such layer a call that
@@ -6,6 +6,7 @@ computes x W + s (dropout(x) A) B instead: the frozen path reads the input as it
 adapters a dropped-out copy while training; at inference both forms give the same outputs up
 to float rounding, so a run trained with dropout predicts as the merged layer would. The
 factored product also never forms the merged kernel or its full-size gradient.
+`merge_into_kernel` folds a layer's factors into its kernel, so that fine-tunes can be averaged.
 """
 
 from __future__ import annotations
@@ -62,6 +63,19 @@ def dropout_call(layer, rate: float, seed_generator, inputs, training=None):
     if layer.activation is not None:
         x = layer.activation(x)
     return x
+
+
+def merge_into_kernel(layer) -> None:
+    """Fold `layer`'s LoRA factors into its frozen kernel (W <- W + s A B, then B <- 0).
+
+    The layer computes the same, but its kernel alone now holds the fine-tune: the mean of
+    several fine-tunes' kernels is the mean of W + s A_i B_i, which averaging the factors
+    A_i and B_i apart would not give (A B is not linear in the pair).
+    """
+    scale = layer.lora_alpha / layer.lora_rank
+    delta = scale * ops.matmul(layer.lora_kernel_a, layer.lora_kernel_b)
+    layer._kernel.assign(ops.add(layer._kernel, ops.cast(delta, layer._kernel.dtype)))
+    layer.lora_kernel_b.assign(ops.zeros(layer.lora_kernel_b.shape, layer.lora_kernel_b.dtype))
 
 
 def factored_einsum(equation: str) -> bool:

@@ -1,7 +1,8 @@
 """Export bundles, inference precision and float16 training, end to end on the tiny preset.
 
 One 1-epoch run is exported; the bundle must predict as the run directory does, hold no
-training state, load in plain keras-hub, and be smaller than the run.
+training state, load in plain keras-hub, and be smaller than the run. Exported with a second
+run, the bundle's weights are the two runs' mean.
 """
 
 import json
@@ -10,6 +11,7 @@ import re
 import subprocess
 import sys
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -153,6 +155,48 @@ def test_mixed_float16_trains_with_loss_scaling(exported, tiny_preset, small_csv
     )
     assert "loss_scale_optimizer" in optimizer_parts(run_dir)
     assert "loss_scale_optimizer" not in optimizer_parts(exported[0])  # the float32 run
+
+
+def bundle_arrays(path) -> dict[str, np.ndarray]:
+    """Every weight a bundle holds, by name: the backbone preset's and head.npz's."""
+    arrays = {}
+    with h5py.File(path / "backbone" / "model.weights.h5") as weights:
+        weights.visititems(
+            lambda name, item: (
+                arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None
+            )
+        )
+    with np.load(path / "head.npz") as head:
+        arrays.update({f"head/{k}": head[k] for k in head})
+    return arrays
+
+
+@pytest.mark.slow
+def test_several_runs_export_as_one_bundle_of_their_mean_weights(
+    exported, tiny_preset, small_csv, unseen_csv, tmp_path
+):
+    """Each weight of the averaged bundle is the mean of the runs' own bundles' (there merged
+    by Keras, here by `lora.merge_into_kernel`); it has no calibration, and it predicts."""
+    run_dir, single, _ = exported
+    other = tmp_path / "other"
+    args = tiny_run_args(tiny_preset, small_csv, other)
+    train = run_script("train_jax.py", *args, "--epochs", "1", "--seed", "7")
+    assert train.returncode == 0, train.stderr[-3000:]
+    for sources, out in (([other], "other-bundle"), ([run_dir, other], "mean")):
+        result = run_script("export.py", "--devices", "cpu", "--run-dir", *map(str, sources),
+                            "--out", str(tmp_path / out))  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert "(the mean of 2 run directories)" in result.stdout
+    first, second, mean = (
+        bundle_arrays(p) for p in (single, tmp_path / "other-bundle", tmp_path / "mean")
+    )
+    assert first.keys() == second.keys() == mean.keys()
+    assert not np.allclose(first["head/logits/win/kernel"], second["head/logits/win/kernel"])
+    for name in mean:
+        np.testing.assert_allclose(mean[name], (first[name] + second[name]) / 2, 1e-5, 1e-6, name)
+    assert not (tmp_path / "mean" / "calibration.json").exists()
+    predictions = infer(tmp_path / "mean", unseen_csv, tmp_path / "submission.csv")
+    assert len(predictions) == 24 and np.isfinite(predictions[list(data.LABEL_COLUMNS)]).all().all()
 
 
 def optimizer_parts(run_dir) -> list[str]:

@@ -1,4 +1,5 @@
-"""LoRA dropout: the factored adapter path, dropout only in training, masks that change."""
+"""LoRA dropout (the factored adapter path, dropout only in training, masks that change) and
+merging the factors into the kernel."""
 
 import dataclasses
 
@@ -45,6 +46,19 @@ def test_einsum_factoring_needs_the_kernels_last_axis_last():
     assert lora.factored_einsum("abc,cde->abde")
     assert lora.factored_einsum("btnh,nhd->btd")
     assert not lora.factored_einsum("abc,cde->abed")
+
+
+def test_merging_the_factors_keeps_the_backbones_outputs(tiny_preset):
+    backbone = _lora_backbone(tiny_preset)
+    x = _inputs(backbone)
+    before = np.asarray(backbone(x))
+    kernels = [np.asarray(layer._kernel) for layer in lora.lora_layers(backbone)]
+    for layer in lora.lora_layers(backbone):
+        lora.merge_into_kernel(layer)
+    np.testing.assert_allclose(np.asarray(backbone(x)), before, rtol=1e-4, atol=1e-5)
+    for layer, kernel in zip(lora.lora_layers(backbone), kernels, strict=True):
+        assert not np.asarray(layer.lora_kernel_b).any()
+        assert not np.allclose(np.asarray(layer._kernel), kernel)  # the kernel holds the delta
 
 
 def test_model_with_lora_dropout_round_trips_and_predicts_as_without(tiny_preset):

