@@ -143,13 +143,19 @@ def train_flags(p: argparse.ArgumentParser) -> None:
     add_process_flags(p)
 
 
-def infer_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
+def add_run_dirs_flag(parser: argparse.ArgumentParser, bundles: str, several: str) -> None:
+    """--run-dir taking several runs; a cross-validation's directory stands for its folds."""
+    parser.add_argument(
         "--run-dir", required=True, nargs="+", metavar="RUN_DIR",
-        help="directory written by train_jax.py (or an export.py bundle); with several, or a "
-        "cross_validate.py directory (its fold runs), the submission is the mean of their "
-        "calibrated predictions",
+        help=f"directory written by train_jax.py{bundles}; with several, or a "
+        f"cross_validate.py directory (its fold runs), {several}",
     )  # fmt: skip
+
+
+def infer_flags(p: argparse.ArgumentParser) -> None:
+    add_run_dirs_flag(
+        p, " (or an export.py bundle)", "the submission is the mean of their calibrated predictions"
+    )
     p.add_argument(
         "--test-csv", default=str(data.DEFAULT_TEST_CSV),
         help="arena test CSV (default: the competition's real 3-row test.csv)",
@@ -177,12 +183,9 @@ def infer_flags(p: argparse.ArgumentParser) -> None:
 
 
 def export_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--run-dir", required=True, nargs="+", metavar="RUN_DIR",
-        help="directory written by train_jax.py; with several, or a cross_validate.py "
-        "directory (its fold runs), the bundle's weights are their mean (LoRA merged first; "
-        "no calibration)",
-    )  # fmt: skip
+    add_run_dirs_flag(
+        p, "", "the bundle's weights are their mean (LoRA merged first; no calibration)"
+    )
     p.add_argument(
         "--out", required=True,
         help="bundle directory to write (an earlier bundle there is replaced)",

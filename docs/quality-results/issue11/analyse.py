@@ -30,11 +30,18 @@ CONFIGURATIONS = {
     "lora-dropout": "`--lora-dropout 0.1`",
     "quarters": "`--validations-per-epoch 4` (its epochs 1 and 2)",
     "distilled-nested": "`--soft-labels` from per-fold teachers (`nested_teachers.sh`)",
+    "distilled-nested-cross": "`--soft-labels` from per-fold siamese + cross-encoder + baselines "
+    "teachers (`nested_teachers.sh ROOT cross`)",
+    "extra-full-siamese": "`--extra-train` the whole HH-RLHF file (2,354 rows), tie 0.3",
 }
 SELECTABLE = ("siamese2", "wd1", "rank2", "lora-dropout")
 STOPS = "quarters"
 CROSS = {"cross": "cross-encoder", "extra-tie-cross": "cross-encoder + 667 HH-RLHF rows, tie 0.3"}
 LEARNING_CURVE = {"lc025": 0.25, "lc050": 0.5, "lc075": 0.75, "siamese2": 1.0}
+FOLD_AVERAGING = {  # `fold_average.sh` ROOT/nested: each fold's 2 inner models, 333 rows each
+    "fold-mean.oof.csv": "2 half-data models, mean of calibrated predictions (`infer.py`)",
+    "fold-average.oof.csv": "2 half-data models, mean weights (`export.py`), one model",
+}
 REFERENCE = ("siamese2", 2)
 BASELINE = "tfidf_length_logreg"
 TIE = data.CLASS_NAMES.index("winner_tie")
@@ -219,7 +226,35 @@ def cross_table(result: dict) -> str:
     return table(head, rows)
 
 
-result: dict = {"configurations": {}, "learning_curve": {}, "cross": {}}
+def fold_averaging_table(result: dict) -> str:
+    """The inner models of `nested_teachers.sh` averaged (predictions or weights) on the rows
+    none of them saw, beside one model trained on all those rows (the default's epoch 2)."""
+    reference = epoch_probs(*REFERENCE)
+    calibrated_reference = nested([reference])
+    rows = [["one model on all 667 rows (the default, epoch 2)",
+             f"{metrics.log_loss(reference, labels):.4f}",
+             f"{metrics.log_loss(calibrated_reference, labels):.4f}", "—", "—"]]  # fmt: skip
+    for file, label in FOLD_AVERAGING.items():
+        probs = oof_probs("nested", file)
+        calibrated = nested([probs])
+        row = result["fold_averaging"][file] = {
+            "log_loss": metrics.log_loss(probs, labels),
+            "nested_temperature": metrics.log_loss(calibrated, labels),
+            "minus_default": paired(probs, reference),
+            "calibrated_minus_default": paired(calibrated, calibrated_reference),
+        }
+        rows.append([
+            label, f"{row['log_loss']:.4f}", f"{row['nested_temperature']:.4f}",
+            row["minus_default"], row["calibrated_minus_default"],
+        ])  # fmt: skip
+    predictions, weights = (nested([oof_probs("nested", f)]) for f in FOLD_AVERAGING)
+    versus = result["fold_averaging"]["weights_minus_predictions"] = paired(weights, predictions)
+    head = ["model", "log loss", "nested temperature", "− default", "nested temp. − default's"]
+    return f"{table(head, rows)}\n\nMean weights − mean predictions, nested temperature: {versus}"
+
+
+result: dict = {"configurations": {}, "learning_curve": {}, "cross": {}, "fold_averaging": {}}
 print(configurations_table(result), selection_line(result), learning_curve_table(result),
-      stop_point_table(result), cross_table(result), sep="\n\n")  # fmt: skip
+      stop_point_table(result), cross_table(result), fold_averaging_table(result),
+      sep="\n\n")  # fmt: skip
 (root / "analysis.json").write_text(json.dumps(result, indent=2) + "\n")
