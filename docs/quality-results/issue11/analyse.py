@@ -36,7 +36,11 @@ CONFIGURATIONS = {
 }
 SELECTABLE = ("siamese2", "wd1", "rank2", "lora-dropout")
 STOPS = "quarters"
-CROSS = {"cross": "cross-encoder", "extra-tie-cross": "cross-encoder + 667 HH-RLHF rows, tie 0.3"}
+CROSS = {
+    "cross": "cross-encoder",
+    "extra-tie-cross": "cross-encoder + 667 HH-RLHF rows, tie 0.3",
+    "extra-full-cross": "cross-encoder + the whole HH-RLHF file (2,354 rows), tie 0.3",
+}
 LEARNING_CURVE = {"lc025": 0.25, "lc050": 0.5, "lc075": 0.75, "siamese2": 1.0}
 FOLD_AVERAGING = {  # `fold_average.sh` ROOT/nested: each fold's 2 inner models, 333 rows each
     "fold-mean.oof.csv": "2 half-data models, mean of calibrated predictions (`infer.py`)",
@@ -211,6 +215,8 @@ def cross_table(result: dict) -> str:
     """The cross-encoder with and without the HH-RLHF rows: selected, calibrated oof.csv."""
     rows, without = [], oof_probs("cross", crossval.OOF_FILE)
     for name, label in CROSS.items():
+        if not (root / name / "cv.json").exists():
+            continue
         cv = json.loads((root / name / "cv.json").read_text())
         probs = oof_probs(name, crossval.OOF_FILE)
         row = result["cross"][name] = {
