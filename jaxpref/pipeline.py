@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxpref import monitoring
+from jaxpref.config import ConfigError
 from jaxpref.data import MIRROR, NUM_CLASSES
 from jaxpref.text import (
     CROSS_KEYS,
@@ -183,6 +184,9 @@ def share_leftover(lengths, keep, budget: int):
     return keep + tf.stack([conversation, first, second], axis=1)
 
 
+MIN_TEXT_TOKENS = 16  # of a cross-encoder's sequence, for the texts after its tags
+
+
 @dataclasses.dataclass
 class CrossEncoder:
     """Tokenizes each row as one sequence, twice: (conversation, A, B) and (conversation, B, A).
@@ -215,7 +219,15 @@ class CrossEncoder:
         else:
             pieces = [[int(start)], [int(end)], [int(end)], [int(end)]]
         self.pieces = pieces
-        self.budget = self.sequence_length - sum(len(p) for p in pieces)
+        tags = sum(len(p) for p in pieces)
+        self.budget = self.sequence_length - tags
+        if self.budget < MIN_TEXT_TOKENS:
+            # Less would leave the texts (nearly) empty: every row the same tags, nothing to learn.
+            raise ConfigError(
+                f"--sequence-length {self.sequence_length} leaves {self.budget} tokens for the "
+                f"conversation and both responses after this tokenizer's {tags} tokens of "
+                f"special tokens and tags; use --sequence-length {tags + MIN_TEXT_TOKENS} or more"
+            )
         pad = getattr(tokenizer, "pad_token_id", None)
         self.pad_id = 0 if pad is None else int(pad)
 

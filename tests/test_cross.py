@@ -2,6 +2,7 @@
 
 import jax
 import keras
+import keras_hub
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -12,6 +13,7 @@ from jaxpref.config import ConfigError, ModelConfig
 from jaxpref.pipeline import CONVERSATION, FIRST, SECOND
 
 LENGTH = 48
+DECODER_LENGTH = 128  # the tiny decoders' tokenizers spend ~70 tokens on the tags
 
 
 def rows(n: int = 6):
@@ -93,18 +95,18 @@ def test_decoder_cross_models_pool_the_last_token_with_lora_on_attention_and_mlp
         preset=str(decoder_presets[name]), architecture="cross", lora_rank=2, precision="float32",
         side_features=False,
     )  # fmt: skip
-    model = model_lib.build_model(cfg, LENGTH)
+    model = model_lib.build_model(cfg, DECODER_LENGTH)
     assert model.pooling == "last"
     lora = [w.path for w in model.trainable_weights if "lora_kernel" in w.path]
     family = families.family_of(model.backbone)
     assert len(lora) == 2 * len(families.lora_targets(family)) == 2 * 7
-    encoder, tokens = tokens_of(model, decoder_presets[name], rows(4))
+    encoder, tokens = tokens_of(model, decoder_presets[name], rows(4), DECODER_LENGTH)
     assert encoder.decoder and encoder.pieces[0]  # the tagged format's opening tokens
-    plan = pipeline.plan_batches(tokens.row_lengths(), 2, (LENGTH,))
+    plan = pipeline.plan_batches(tokens.row_lengths(), 2, (DECODER_LENGTH,))
     probs = prediction.predict_tokens(model, tokens, plan, encoder.input_keys)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
     with pytest.raises(ConfigError, match="--architecture cross"):
-        model_lib.build_model(ModelConfig(preset=cfg.preset, precision="float32"), LENGTH)
+        model_lib.build_model(ModelConfig(preset=cfg.preset, precision="float32"), DECODER_LENGTH)
 
 
 def test_decoder_cross_model_on_a_2x2_mesh_predicts_as_on_one_device(decoder_presets):
@@ -113,17 +115,17 @@ def test_decoder_cross_model_on_a_2x2_mesh_predicts_as_on_one_device(decoder_pre
         preset=preset, architecture="cross", lora_rank=2, precision="float32", side_features=False
     )
     keras.utils.set_random_seed(0)
-    reference = model_lib.build_model(cfg, LENGTH)
+    reference = model_lib.build_model(cfg, DECODER_LENGTH)
     weights = [np.random.default_rng(i).normal(0, 0.05, w.shape) for i, w in enumerate(
         reference.weights)]  # fmt: skip
     weights = [w.astype(v.dtype) for w, v in zip(weights, reference.weights, strict=True)]
-    encoder, tokens = tokens_of(reference, preset, rows(4))
-    plan = pipeline.plan_batches(tokens.row_lengths(), 4, (LENGTH,))
+    encoder, tokens = tokens_of(reference, preset, rows(4), DECODER_LENGTH)
+    plan = pipeline.plan_batches(tokens.row_lengths(), 4, (DECODER_LENGTH,))
     reference.set_weights(weights)
     expected = prediction.predict_tokens(reference, tokens, plan, encoder.input_keys)
     config = sharding.read_backbone_config(preset)
     with sharding.model_parallel(jax.devices(), 2, config).scope():
-        model = model_lib.build_model(cfg, LENGTH)
+        model = model_lib.build_model(cfg, DECODER_LENGTH)
         model.set_weights(weights)
         sharded = prediction.predict_tokens(model, tokens, plan, encoder.input_keys)
     np.testing.assert_allclose(sharded, expected, atol=1e-5)
@@ -133,3 +135,19 @@ def test_decoder_cross_model_on_a_2x2_mesh_predicts_as_on_one_device(decoder_pre
     backbone = {w.path for w in model.backbone.weights}
     kernels = [s for p, s in specs.items() if p in backbone and p.endswith("/kernel")]
     assert kernels and all("model" in s for s in kernels)  # base kernels sharded
+
+
+def test_a_sequence_too_short_for_the_texts_is_refused(decoder_presets, tiny_preset):
+    """At 64 tokens a tiny decoder's tags leave no room for the texts: every row would be the
+    same tags (nothing to learn), so the packer refuses and names the length that works."""
+    for preset, decoder in ((decoder_presets["llama3"], True), (tiny_preset, False)):
+        tokenizer = keras_hub.models.Tokenizer.from_preset(str(preset))
+        tags = sum(len(p) for p in pipeline.CrossEncoder(tokenizer, 512, (), decoder).pieces)
+        enough = tags + pipeline.MIN_TEXT_TOKENS
+        assert pipeline.CrossEncoder(tokenizer, enough, (), decoder).budget == 16
+        with pytest.raises(ConfigError, match=f"use --sequence-length {enough} or more"):
+            pipeline.CrossEncoder(tokenizer, enough - 1, (), decoder)
+    assert tags == 4  # DeBERTa: [CLS] and three [SEP]; the decoder's tags are longer
+    with pytest.raises(ConfigError, match="--sequence-length 64 leaves -"):
+        tokenizer = keras_hub.models.Tokenizer.from_preset(str(decoder_presets["llama3"]))
+        pipeline.CrossEncoder(tokenizer, 64, (), True)
