@@ -43,16 +43,8 @@ def resolve_preset(preset: str) -> str:
                 f"{module_name.replace('_', '-')}"
             ) from None
         return str(Path(module.__file__).parent / sub)
-    path = Path(preset).expanduser()
-    looks_like_path = preset.startswith((".", "/", "~")) or "/" in preset or path.exists()
-    if looks_like_path and "://" not in preset:
-        if not path.is_dir():
-            raise PresetError(f"--preset {preset}: no such directory")
-        if not (path / "config.json").exists():
-            raise PresetError(
-                f"--preset {preset}: {path / 'config.json'} is missing; expected a keras-hub "
-                "preset directory (save_to_preset) or a Hugging Face model directory"
-            )
+    path = check_preset_path(preset)
+    if path is not None:
         if hf_deberta.is_deberta_v2(path):
             try:
                 return str(hf_deberta.converted_preset(path, preset_cache_dir()))
@@ -60,6 +52,23 @@ def resolve_preset(preset: str) -> str:
                 raise PresetError(str(err)) from err
         return str(path.resolve())
     return preset
+
+
+def check_preset_path(preset: str) -> Path | None:
+    """The directory of a local preset (None for names); PresetError if the path is no preset
+    directory. Needs no framework: the CLI checks it before loading them."""
+    path = Path(preset).expanduser()
+    looks_like_path = preset.startswith((".", "/", "~")) or "/" in preset or path.exists()
+    if preset in OFFLINE_ALIASES or not looks_like_path or "://" in preset:
+        return None
+    if not path.is_dir():
+        raise PresetError(f"--preset {preset}: no such directory")
+    if not (path / "config.json").exists():
+        raise PresetError(
+            f"--preset {preset}: {path / 'config.json'} is missing; expected a keras-hub "
+            "preset directory (save_to_preset) or a Hugging Face model directory"
+        )
+    return path
 
 
 @functools.cache

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxpref import model as model_lib
 from jaxpref import safety
 from jaxpref.config import TrainConfig
 from jaxpref.rundir import RunDirError
@@ -187,6 +186,8 @@ def load_bundle(path: str | os.PathLike, precision: str | None = None):
     if precision is not None:
         cfg = cfg.replace(precision=precision)
     keras.utils.set_random_seed(cfg.run.seed)
+    from jaxpref import model as model_lib  # keras: checking a bundle's paths needs none
+
     preset = str(paths.backbone)
     model = model_lib.build_model(cfg.model, cfg.data.sequence_length, preset=preset)
     load_head(model, paths.head)

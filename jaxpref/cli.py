@@ -13,10 +13,27 @@ import dataclasses
 import os
 import sys
 from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
 
-from jaxpref import backbones, data, distribution, families, monitoring, sharding
+from jaxpref import (
+    backbones,
+    bundle,
+    data,
+    distribution,
+    families,
+    monitoring,
+    rundir,
+    sharding,
+)
 from jaxpref.config import GROUPS, PRECISIONS, ConfigError, DeviceConfig, TrainConfig, flag_name
-from jaxpref.rundir import Diverged, Preempted, ResumeError, RunDir, RunDirError
+from jaxpref.rundir import (
+    Diverged,
+    Preempted,
+    ResumeError,
+    RunDir,
+    RunDirError,
+    writable_directory,
+)
 
 USER_ERRORS = (
     ConfigError,
@@ -313,9 +330,10 @@ def resumed_config(args: argparse.Namespace, wanted: TrainConfig) -> TrainConfig
 
 
 def run_with_environment(args: argparse.Namespace, name: str) -> int:
-    """Run command `name`: resolve the settings, set the JAX environment before anything
-    imports JAX and load the frameworks quietly (commands that need them), then run its body;
-    training commands find their TrainConfig in `args.train_config`."""
+    """Run command `name`: resolve the settings, check the paths it needs (before the
+    frameworks load, so a wrong path fails in about a second), set the JAX environment before
+    anything imports JAX and load the frameworks quietly (commands that need them), then run
+    its body; training commands find their TrainConfig in `args.train_config`."""
     command = COMMANDS[name]
     if args.verbose:
         os.environ["JAXPREF_VERBOSE"] = "1"
@@ -326,6 +344,8 @@ def run_with_environment(args: argparse.Namespace, name: str) -> int:
         if "config" in vars(args):
             args.train_config = config_from_args(args)
             devices = args.train_config.devices
+        if command.check is not None:
+            command.check(args)
         if command.frameworks:
             distribution.configure_environment(devices.devices, devices.num_devices)
             with monitoring.native_stderr_captured():
@@ -335,14 +355,47 @@ def run_with_environment(args: argparse.Namespace, name: str) -> int:
     return run_command(go)
 
 
+def check_train(args: argparse.Namespace) -> None:
+    """What a training can be refused for without a framework: nothing to resume, a run
+    directory that cannot be written, a preset path that is no preset, no wandb package."""
+    if args.resume:
+        args.train_config = resumed_config(args, args.train_config)
+    cfg = args.train_config
+    backbones.check_preset_path(cfg.model.preset)
+    if cfg.run.wandb:
+        monitoring.require_wandb()
+    if cfg.run.run_dir:
+        writable_directory(Path(cfg.run.run_dir), "the run directory")
+
+
 def train(args: argparse.Namespace) -> None:
     from jaxpref import training
 
-    cfg = args.train_config
-    if args.resume:
-        cfg = resumed_config(args, cfg)
     initialize_processes(args)
-    training.train(cfg, resume=args.resume)
+    training.train(args.train_config, resume=args.resume)
+
+
+def check_trained_runs(args: argparse.Namespace) -> None:
+    for run in rundir.expand_runs(args.run_dir):
+        rundir.require_trained(run)
+
+
+def check_infer(args: argparse.Namespace) -> None:
+    check_trained_runs(args)
+    data.open_input(args.test_csv, "a CSV file").close()
+    writable_directory(Path(args.output).absolute().parent, "the output directory")
+
+
+def check_export(args: argparse.Namespace) -> None:
+    bundle.check_target(args.out)
+    check_trained_runs(args)
+
+
+def check_evaluate(args: argparse.Namespace) -> None:
+    RunDir.require(RunDir(args.run_dir).config)
+    if args.csv:
+        rundir.require_trained(args.run_dir)
+        data.open_input(args.csv, "a CSV file").close()
 
 
 def infer(args: argparse.Namespace) -> None:
@@ -359,9 +412,9 @@ def infer(args: argparse.Namespace) -> None:
 def export_bundle(args: argparse.Namespace) -> None:
     """Write the bundle (of one run, or the mean of several) and print its size beside the
     run directories'."""
-    from jaxpref import export, prediction
+    from jaxpref import export
 
-    runs = prediction.expand_runs(args.run_dir)
+    runs = rundir.expand_runs(args.run_dir)
     if len(runs) == 1:
         result = export.export_run(runs[0], args.out, args.devices, args.num_devices)
     else:
@@ -426,6 +479,7 @@ class Command:
     add_flags: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], None]
     frameworks: bool = True  # False: runs on numpy/scikit-learn alone, no JAX environment
+    check: Callable[[argparse.Namespace], None] | None = None  # before the frameworks load
 
 
 COMMANDS = {
@@ -435,12 +489,14 @@ COMMANDS = {
         "JAX data parallelism; keep the weights with the best validation log loss.",
         train_flags,
         train,
+        check=check_train,
     ),
     "infer": Command(
         "infer.py",
         "Predict a test CSV with a trained run's best weights; write submission.csv.",
         infer_flags,
         infer,
+        check=check_infer,
     ),
     "evaluate": Command(
         "evaluate.py",
@@ -448,6 +504,7 @@ COMMANDS = {
         "same rows; write evaluation.json/.md and plots.",
         evaluate_flags,
         evaluate,
+        check=check_evaluate,
     ),
     "cv": Command(
         "cross_validate.py",
@@ -473,6 +530,7 @@ COMMANDS = {
         "folds) make one bundle of their averaged weights.",
         export_flags,
         export_bundle,
+        check=check_export,
     ),
     "env": Command(
         "jaxpref env",

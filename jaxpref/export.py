@@ -18,7 +18,7 @@ import numpy as np
 
 from jaxpref import bundle, distribution, lora, prediction
 from jaxpref.config import ConfigError
-from jaxpref.rundir import RunDir
+from jaxpref.rundir import RunDir, expand_runs
 
 log = logging.getLogger("jaxpref")
 
@@ -75,7 +75,7 @@ def average_runs(
     num_devices: int | None = None,
 ) -> Export:
     """Write one bundle whose weights are the mean of the runs' best weights (runs, bundles or
-    a cross-validation's directory, as `prediction.expand_runs` reads them).
+    a cross-validation's directory, as `rundir.expand_runs` reads them).
 
     The 1st place of the LMSYS competition averaged its folds' LoRA weights: one model's
     inference cost instead of one per fold. Each LoRA layer's factors are merged into its
@@ -86,7 +86,7 @@ def average_runs(
     """
     import keras
 
-    runs = prediction.expand_runs(run_dirs)
+    runs = expand_runs(run_dirs)
     if len(runs) < 2:
         raise ConfigError(f"averaging needs two runs or more, got {len(runs)}: {runs[0]}")
     bundle.check_target(out)

@@ -12,7 +12,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from jaxpref import bundle, calibration, callbacks, data, distribution, pipeline, safety, text
+from jaxpref import (
+    bundle,
+    calibration,
+    callbacks,
+    data,
+    distribution,
+    pipeline,
+    rundir,
+    safety,
+    text,
+)
 from jaxpref.config import PRECISIONS, ConfigError, TrainConfig
 from jaxpref.rundir import CheckpointError, RunDir, writable_directory
 
@@ -150,25 +160,10 @@ def predict_run(
     return calibration.apply_temperature(probs, calibration.load_temperature(paths.calibration))
 
 
-def expand_runs(run_dirs: Sequence[str | os.PathLike]) -> list[Path]:
-    """The run directories (or bundles) to predict with, in order: a cross-validation's
-    directory (cv.json beside fold0/, fold1/, ...) stands for its fold runs."""
-    runs: list[Path] = []
-    for run_dir in run_dirs:
-        root = Path(run_dir)
-        folds = [path for path in root.glob("fold*") if path.name[4:].isdigit()]
-        folds.sort(key=lambda path: int(path.name[4:]))
-        runs += folds if (root / "cv.json").exists() and folds else [root]
-    repeated = sorted({str(run) for run in runs if runs.count(run) > 1})
-    if repeated:
-        raise ConfigError(f"--run-dir {repeated[0]}: given twice")
-    return runs
-
-
 def predict_runs(
     run_dirs: Sequence[str | os.PathLike], frame: pd.DataFrame, **options
 ) -> np.ndarray:
-    """The mean of the runs' calibrated probabilities (n, 3) (`expand_runs`); `options` are
+    """The mean of the runs' calibrated probabilities (n, 3) (`rundir.expand_runs`); `options` are
     those of `predict_run`.
 
     Averaging a cross-validation's fold models is the usual final submission: each saw a
@@ -176,7 +171,7 @@ def predict_runs(
     """
     import keras
 
-    runs = expand_runs(run_dirs)
+    runs = rundir.expand_runs(run_dirs)
     total = np.zeros((len(frame), data.NUM_CLASSES))
     for number, run in enumerate(runs, start=1):
         if len(runs) > 1:

@@ -30,7 +30,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
+
+from jaxpref.config import ConfigError
 
 
 class RunDirError(RuntimeError):
@@ -145,3 +148,29 @@ class RunDir:
                 f"{path} is missing; is this the run directory of a finished training?"
             )
         return path
+
+
+def expand_runs(run_dirs: Sequence[str | os.PathLike]) -> list[Path]:
+    """The run directories (or bundles) to predict with, in order: a cross-validation's
+    directory (cv.json beside fold0/, fold1/, ...) stands for its fold runs."""
+    runs: list[Path] = []
+    for run_dir in run_dirs:
+        root = Path(run_dir)
+        folds = [path for path in root.glob("fold*") if path.name[4:].isdigit()]
+        folds.sort(key=lambda path: int(path.name[4:]))
+        runs += folds if (root / "cv.json").exists() and folds else [root]
+    repeated = sorted({str(run) for run in runs if runs.count(run) > 1})
+    if repeated:
+        raise ConfigError(f"--run-dir {repeated[0]}: given twice")
+    return runs
+
+
+def require_trained(path: str | os.PathLike) -> None:
+    """RunDirError unless `path` holds a finished training's files or a bundle's manifest:
+    what commands check before they load any framework, so a wrong path fails in a second."""
+    root = Path(path)
+    if (root / "bundle.json").is_file():
+        return
+    paths = RunDir(root)
+    for part in (paths.config, paths.preset, paths.best_checkpoints):
+        RunDir.require(part)

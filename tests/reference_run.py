@@ -16,17 +16,26 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = 240
+# The tiny preset's shape (the tests' session preset, conftest.tiny_preset, is the same).
+TINY_DEBERTA = dict(
+    vocab_size=600, num_layers=1, num_heads=2, hidden_dim=32, intermediate_dim=64,
+    max_sequence_length=256, seed=0,
+)  # fmt: skip
 
 
-def reference_run(out: Path) -> Path:
-    """Train the reference run under `out`; returns its valid_predictions.csv."""
+def reference_run(out: Path, preset: Path | None = None, env: dict[str, str] | None = None) -> Path:
+    """Train the reference run under `out` on `preset` (built there when None; the tiny preset
+    of `TINY_DEBERTA` on the arena sample); returns its valid_predictions.csv."""
     import pandas as pd
 
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    hidden = ("XLA_FLAGS", "JAX_PLATFORMS")
+    env = {k: v for k, v in (env or os.environ).items() if k not in hidden}
     env["KERAS_BACKEND"] = "jax"
     env["JAXPREF_CACHE"] = "off"
-    preset = out / "preset"
-    subprocess.run([sys.executable, "-c", BUILD_PRESET, str(preset)], check=True, env=env, cwd=REPO)
+    if preset is None:
+        preset = out / "preset"
+        build = [sys.executable, "-c", BUILD_PRESET, str(preset), repr(TINY_DEBERTA)]
+        subprocess.run(build, check=True, env=env, cwd=REPO)
     from jaxpref import data
 
     train_csv = out / "train.csv"
@@ -46,13 +55,11 @@ def reference_run(out: Path) -> Path:
 
 
 BUILD_PRESET = """
-import sys
+import ast, sys
 from jaxpref import data
 from jaxpref.tiny_preset import arena_texts, build_tiny_deberta_preset
-build_tiny_deberta_preset(
-    sys.argv[1], arena_texts(data.DEFAULT_TRAIN_CSV), vocab_size=600, num_layers=1, num_heads=2,
-    hidden_dim=32, intermediate_dim=64, max_sequence_length=256, seed=0,
-)
+shape = ast.literal_eval(sys.argv[2])
+build_tiny_deberta_preset(sys.argv[1], arena_texts(data.DEFAULT_TRAIN_CSV), **shape)
 """
 
 if __name__ == "__main__":

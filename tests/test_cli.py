@@ -77,10 +77,45 @@ def test_uneven_batch_is_a_clear_error(tmp_path):
     assert "--batch-size 6 does not split evenly over 4 devices" in result.stderr
 
 
-def test_missing_run_dir_is_a_clear_error(tmp_path):
-    result = run_script("infer.py", "--devices", "cpu", "--run-dir", str(tmp_path))
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "config.json is missing" in result.stderr
+# Runs `jaxpref ARGS...` and prints which frameworks it loaded (stdout), exiting with its code.
+FRAMEWORKS_LOADED = """
+import sys
+from jaxpref.cli import main
+code = main(sys.argv[1:])
+print(sorted(name for name in ("jax", "keras", "tensorflow") if name in sys.modules))
+sys.exit(code)
+"""
+MISSING_RUN = "{tmp}/none/config.json is missing; is this the run directory of a finished training?"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["infer", "--run-dir", "{tmp}/none"], MISSING_RUN),
+        (["export", "--run-dir", "{tmp}/none", "--out", "{tmp}/bundle"], MISSING_RUN),
+        (["evaluate", "--run-dir", "{tmp}/none"], MISSING_RUN),
+        (["infer", "--run-dir", "{fixture}", "--test-csv", "{tmp}/test.csv"],
+         "{tmp}/test.csv: file not found"),
+        (["train", "--run-dir", "{tmp}/file/run"], "cannot write the run directory {tmp}/file/run"),
+        (["train", "--preset", "{tmp}/none"], "--preset {tmp}/none: no such directory"),
+        (["train", "--resume", "--run-dir", "{tmp}/none"], "--resume needs --run-dir of an"),
+        (["train", "--epochs", "0"], "--epochs 0: must be at least 1"),
+    ],
+)  # fmt: skip
+def test_path_and_flag_errors_come_before_any_framework_loads(argv, message, tmp_path):
+    """A wrong path or flag is one `error:` line in about a second: no JAX, Keras or
+    TensorFlow is imported first (they take 7-14 s to load)."""
+    (tmp_path / "file").write_text("not a directory")
+    fixture = REPO / "tests" / "fixtures" / "format-v1" / "run"
+    argv = [a.format(tmp=tmp_path, fixture=fixture) for a in argv]
+    result = subprocess.run(
+        [sys.executable, "-c", FRAMEWORKS_LOADED, *argv], capture_output=True, text=True,
+        env=script_environment(), cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert message.format(tmp=tmp_path) in result.stderr
+    assert result.stdout.strip() == "[]", result.stdout
 
 
 def test_config_file_round_trips_a_runs_config_and_flags_override_it(tmp_path):
@@ -150,4 +185,4 @@ def test_env_prints_what_a_bug_report_needs():
     assert record["variables"]["KERAS_BACKEND"] == "jax"
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
                           text=True).stdout.strip()  # fmt: skip
-    assert record["git_commit"] is None or record["git_commit"].split("+")[0] == head
+    assert record["git_commit"] and record["git_commit"].split("+")[0] == head  # a checkout

@@ -7,7 +7,7 @@ import stat
 import numpy as np
 import pytest
 
-from jaxpref import prediction
+from jaxpref import prediction, rundir
 from jaxpref.config import ConfigError
 
 
@@ -18,10 +18,10 @@ def test_a_cross_validation_directory_stands_for_its_folds_in_order(tmp_path):
     (cv / "cv.json").write_text("{}")
     single = tmp_path / "run"
     single.mkdir()
-    runs = prediction.expand_runs([str(cv), single])
+    runs = rundir.expand_runs([str(cv), single])
     assert runs == [cv / "fold0", cv / "fold1", cv / "fold2", cv / "fold10", single]
     with pytest.raises(ConfigError, match="fold1: given twice"):
-        prediction.expand_runs([cv, cv / "fold1"])
+        rundir.expand_runs([cv, cv / "fold1"])
 
 
 def test_a_submission_is_written_whole_and_readable_by_others(tmp_path):
