@@ -1,4 +1,9 @@
-"""Shared fixtures. Tests run on CPU with 4 simulated XLA devices (set before JAX starts)."""
+"""Shared fixtures. Tests run on CPU with 4 simulated XLA devices (set before JAX starts).
+
+Under pytest-xdist (`make test`: two workers) the controller imports this file first: the
+caches below are created once there and inherited by the workers through the environment, and
+`built_once` builds the session presets once for all workers.
+"""
 
 import os
 import tempfile
@@ -6,22 +11,35 @@ import tempfile
 os.environ["KERAS_BACKEND"] = "jax"
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ["JAXPREF_CACHE"] = tempfile.mkdtemp(prefix="jaxpref-test-cache-")
+os.environ.setdefault("JAXPREF_CACHE", tempfile.mkdtemp(prefix="jaxpref-test-cache-"))
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 ).strip()
+# The child processes' persistent XLA compilation cache (script_environment): one per test
+# session, so a tiny model's programs compile once, not once per process that trains it.
+XLA_CACHE = os.environ.setdefault("JAXPREF_TEST_XLA_CACHE", tempfile.mkdtemp(prefix="xla-"))
 
 import csv  # noqa: E402
+import fcntl  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+from reference_run import TINY_DEBERTA  # noqa: E402
 
 from jaxpref import data  # noqa: E402
+
+# CI: the same examples every run (a failure reproduces), no example database in the repository.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_COLUMNS = [
@@ -35,22 +53,35 @@ TRAIN_COLUMNS = [
 ]
 
 
+def session_directory(tmp_path_factory) -> Path:
+    """The test session's temporary root, shared by all xdist workers."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:
+    """`build(path)` once per test session, whichever worker asks first; the others wait for it
+    (a file lock) and reuse the directory. Tests must not change what it holds (copy it)."""
+    path = session_directory(tmp_path_factory) / name
+    with open(f"{path}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (path / ".built").exists():
+            shutil.rmtree(path, ignore_errors=True)  # a build that failed half-way
+            path.mkdir(parents=True)
+            build(path)
+            (path / ".built").touch()
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_preset(tmp_path_factory) -> Path:
     """A tiny random DeBERTa-v3 keras-hub preset with a vocabulary trained on the arena sample."""
     from jaxpref.tiny_preset import arena_texts, build_tiny_deberta_preset
 
-    return build_tiny_deberta_preset(
-        tmp_path_factory.mktemp("tiny_deberta"),
-        arena_texts(data.DEFAULT_TRAIN_CSV),
-        vocab_size=600,
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=32,
-        intermediate_dim=64,
-        max_sequence_length=256,
-        seed=0,
-    )
+    def build(path):
+        build_tiny_deberta_preset(path, arena_texts(data.DEFAULT_TRAIN_CSV), **TINY_DEBERTA)
+
+    return built_once(tmp_path_factory, "tiny_deberta", build)
 
 
 @pytest.fixture(scope="session")
@@ -59,12 +90,13 @@ def decoder_presets(tmp_path_factory) -> dict[str, Path]:
     from jaxpref.families import FAMILIES
     from jaxpref.tiny_preset import arena_texts, build_tiny_decoder_preset
 
-    texts = arena_texts(data.DEFAULT_TRAIN_CSV, limit=60)
-    root = tmp_path_factory.mktemp("tiny_decoders")
-    return {
-        name: build_tiny_decoder_preset(root / name, name, texts, vocab_size=400, num_layers=1)
-        for name in FAMILIES
-    }
+    def build(root):
+        texts = arena_texts(data.DEFAULT_TRAIN_CSV, limit=60)
+        for name in FAMILIES:
+            build_tiny_decoder_preset(root / name, name, texts, vocab_size=400, num_layers=1)
+
+    root = built_once(tmp_path_factory, "tiny_decoders", build)
+    return {name: root / name for name in FAMILIES}
 
 
 GOOD = ["excellent", "superb", "brilliant", "perfect"]
@@ -107,16 +139,55 @@ def write_learnable_csv(path: Path, rows: int, seed: int = 0) -> Path:
     return path
 
 
-def script_environment() -> dict[str, str]:
-    """This process's environment less what conftest set for it: scripts start as a user's do."""
-    hidden = ("XLA_FLAGS", "JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL")
-    return {k: v for k, v in os.environ.items() if k not in hidden}
+def script_environment(compilation_cache: bool = True) -> dict[str, str]:
+    """This process's environment less what conftest set for it: scripts start as a user's do,
+    with the session's persistent compilation cache (the same programs recompile in every
+    process otherwise) unless `compilation_cache` is False (tests that count compilations)."""
+    hidden = ("XLA_FLAGS", "JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL", "JAXPREF_TEST_XLA_CACHE")
+    env = {k: v for k, v in os.environ.items() if k not in hidden}
+    if compilation_cache:
+        env.update(
+            JAX_COMPILATION_CACHE_DIR=XLA_CACHE,
+            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+            # A size limit turns on JAX's file lock around reads and writes: processes of
+            # both workers share the cache, and an entry being written is never read half-way.
+            JAX_COMPILATION_CACHE_MAX_SIZE=str(8 * 2**30),
+        )
+    return env
 
 
 def run_script(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run scripts/<script> the way a user does, in a fresh process."""
     return subprocess.run(
         [sys.executable, str(REPO / "scripts" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=script_environment(),
+        cwd=REPO,
+    )
+
+
+# `jaxpref COMMAND ...` lines run one after another in one process (argv[1]: a JSON list of
+# argument lists), stopping at the first that fails: the frameworks load once, not per command.
+SEVERAL_COMMANDS = """
+import json, sys
+import keras
+from jaxpref.cli import main
+for argv in json.loads(sys.argv[1]):
+    keras.backend.clear_session()
+    code = main(argv)
+    if code:
+        sys.exit(code)
+"""
+
+
+def run_commands(*commands: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run several `jaxpref` commands in one fresh process (as `run_script` runs one); for
+    tests of what the commands produce, not of the process boundary between them."""
+    return subprocess.run(
+        [sys.executable, "-c", SEVERAL_COMMANDS, json.dumps([list(map(str, c)) for c in commands])],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -136,6 +207,8 @@ def infer_predictions(run_dir, test_csv, out, *flags) -> pd.DataFrame:
 
 
 def free_port() -> int:
+    """A port free now; another process may take it before ours binds it (run_processes
+    retries then). For a port that must stay unanswered, hold `closed_port()` instead."""
     import socket
 
     with socket.socket() as sock:
@@ -143,22 +216,52 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class closed_port:
+    """A port bound but not listening while the `with` lasts: connections to it are refused,
+    and no other process can take it meanwhile."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        return self.sock.getsockname()[1]
+
+    def __exit__(self, *exc) -> None:
+        self.sock.close()
+
+
 def start_script(script: str, *args: str, log: Path) -> subprocess.Popen:
     """Start scripts/<script> in the background, output to `log` (the caller waits or kills)."""
+    return start_python(str(REPO / "scripts" / script), *args, log=log)
+
+
+def start_python(*argv: str, log: Path) -> subprocess.Popen:
+    """Start `python ARGV...` in the background as `start_script` does."""
     env = {**script_environment(), "PYTHONUNBUFFERED": "1"}
-    handle = open(log, "w")
-    return subprocess.Popen(
-        [sys.executable, str(REPO / "scripts" / script), *args],
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=REPO,
-    )
+    with open(log, "w") as handle:
+        return subprocess.Popen(
+            [sys.executable, *argv], stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=REPO
+        )
 
 
 def run_processes(script: str, args: list[str], count: int, logs: Path, timeout: int = 600):
-    """Run `count` processes of one job on 127.0.0.1; their exit codes (killed on timeout)."""
-    port = free_port()
+    """Run `count` processes of one job on 127.0.0.1; their exit codes (killed on timeout).
+
+    The coordinator's port is picked free, then bound by process 0 a moment later: if another
+    program took it in between, the attempt is repeated on a new port (up to 3 times)."""
+    for _ in range(3):
+        codes = start_and_wait(script, args, count, logs, free_port(), timeout)
+        lost_port = any(
+            "address already in use" in (logs / f"{script}.{i}.log").read_text().lower()
+            for i in range(count)
+        )
+        if codes == [0] * count or not lost_port:
+            return codes
+    return codes
+
+
+def start_and_wait(script, args, count, logs, port, timeout) -> list[int]:
     procs = [
         start_script(
             script, *args, "--coordinator-address", f"127.0.0.1:{port}",
@@ -179,11 +282,25 @@ def run_processes(script: str, args: list[str], count: int, logs: Path, timeout:
 @pytest.fixture(scope="session")
 def small_csv(tmp_path_factory) -> Path:
     """The first 240 rows of the embedded sample: 27 steps an epoch at batch 8."""
-    import pandas as pd
 
-    path = tmp_path_factory.mktemp("small") / "train.csv"
-    pd.read_csv(data.DEFAULT_TRAIN_CSV, dtype=str).head(240).to_csv(path, index=False)
-    return path
+    def build(path):
+        pd.read_csv(data.DEFAULT_TRAIN_CSV, dtype=str).head(240).to_csv(path / "train.csv",
+                                                                        index=False)  # fmt: skip
+
+    return built_once(tmp_path_factory, "small", build) / "train.csv"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_preset, small_csv, tmp_path_factory) -> Path:
+    """A finished 1-epoch float32 LoRA run (`tiny_run_args` on 2 devices), trained once per
+    test session: read it, or copy it (`shutil.copytree`) before changing anything in it."""
+
+    def build(root):
+        result = run_script("train_jax.py", *tiny_run_args(tiny_preset, small_csv, root / "run"),
+                            "--epochs", "1")  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    return built_once(tmp_path_factory, "tiny_run", build) / "run"
 
 
 def tiny_run_args(preset: Path, train_csv: Path, run_dir: Path, devices: int = 2) -> list[str]:

@@ -8,9 +8,16 @@ import numpy as np
 import orbax.checkpoint as oc
 import pandas as pd
 import pytest
-from conftest import free_port, run_processes, run_script, start_script, tiny_run_args
+from conftest import (
+    closed_port,
+    free_port,
+    run_processes,
+    run_script,
+    start_script,
+    tiny_run_args,
+)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("distributed")]
 
 
 def _args(tiny_preset, small_csv, run_dir):
@@ -89,6 +96,7 @@ def test_inference_in_two_processes_writes_one_submission(runs, tmp_path):
     np.testing.assert_allclose(sub.to_numpy(), one.to_numpy(), atol=1e-6)
 
 
+@pytest.mark.serial  # times the survivor's exit: alone, so load cannot stretch it
 def test_a_dead_process_stops_the_others(tiny_preset, small_csv, tmp_path):
     port = free_port()
     args = [*_args(tiny_preset, small_csv, tmp_path / "run"), "--epochs", "20",
@@ -119,10 +127,11 @@ def test_a_dead_process_stops_the_others(tiny_preset, small_csv, tmp_path):
 
 
 def test_unreachable_coordinator_is_a_clear_error(tmp_path):
-    result = run_script(
-        "train_jax.py", "--devices", "cpu", "--run-dir", str(tmp_path / "run"),
-        "--coordinator-address", f"127.0.0.1:{free_port()}", "--num-processes", "2",
-        "--process-id", "1", "--distributed-timeout", "5", timeout=120,
-    )  # fmt: skip
+    with closed_port() as port:  # bound, never listening: nothing can answer there
+        result = run_script(
+            "train_jax.py", "--devices", "cpu", "--run-dir", str(tmp_path / "run"),
+            "--coordinator-address", f"127.0.0.1:{port}", "--num-processes", "2",
+            "--process-id", "1", "--distributed-timeout", "5", timeout=120,
+        )  # fmt: skip
     assert result.returncode == 2, result.stderr[-2000:]
     assert "error: could not join the other processes" in result.stderr

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_script, write_learnable_csv
+from conftest import run_commands, run_script, write_learnable_csv
 from test_report import png_size, write_history
 
 from jaxpref import baselines, data, distribution, evaluation, metrics, prediction
@@ -131,3 +131,27 @@ def test_script_prints_the_table(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "| model |" in result.stdout and "| tfidf_length_logreg |" in result.stdout
     assert (run_dir / "evaluation" / "evaluation.md").exists()
+
+
+@pytest.mark.slow
+def test_evaluate_on_a_csv_scores_what_infer_predicts(tiny_run, small_csv, tmp_path):
+    """`evaluate --csv` on a real run: the model's scores are those of `infer`'s predictions of
+    the same rows (calibrated, from the best weights), beside baselines fitted on the run's
+    training split, which the report says the rows overlap."""
+    result = run_commands(
+        ["evaluate", "--devices", "cpu", "--run-dir", tiny_run, "--csv", small_csv,
+         "--out-dir", tmp_path / "report"],
+        ["infer", "--devices", "cpu", "--run-dir", tiny_run, "--test-csv", small_csv,
+         "--output", tmp_path / "submission.csv"],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "report" / "evaluation.json").read_text())
+    frame = data.read_arena_csv(small_csv, labelled=True)
+    predicted = pd.read_csv(tmp_path / "submission.csv", dtype={"id": str}).set_index("id")
+    probs = predicted.loc[frame["id"], list(data.LABEL_COLUMNS)].to_numpy()
+    expected = metrics.scores(probs, frame["label"].to_numpy())
+    assert report["rows"] == 240 and report["rows_in_training_split"] == 216
+    for name in ("log_loss", "accuracy", "per_class_log_loss"):
+        assert report["scores"]["model"][name] == pytest.approx(expected[name], abs=1e-6), name
+    assert {"length_logreg", "tfidf_length_logreg"} <= set(report["scores"])
+    assert "| model |" in result.stdout

@@ -1,4 +1,4 @@
-"""Export bundles, inference precision and float16 training, end to end on the tiny preset.
+"""Export bundles, inference precision and low-precision training, end to end on the tiny preset.
 
 One 1-epoch run is exported; the bundle must predict as the run directory does, hold no
 training state, load in plain keras-hub, and be smaller than the run. Exported with a second
@@ -15,12 +15,13 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import infer_predictions, run_script, tiny_run_args
+from conftest import run_commands, run_script, tiny_run_args
 
 from jaxpref import bundle, checkpoints, data, prediction
 from jaxpref.config import ConfigError
 from jaxpref.export import directory_size
 
+pytestmark = pytest.mark.xdist_group("export")  # one worker: the module's bundle and predictions
 TOLERANCE = 1e-5  # bundle vs run directory, same precision
 BF16_TOLERANCE = 2e-2  # mixed_bfloat16 vs float32 inference
 
@@ -50,19 +51,14 @@ print(json.dumps({
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_preset, small_csv, tmp_path_factory):
-    """(run directory, bundle, export's stdout) of a 1-epoch float32 run with LoRA."""
-    root = tmp_path_factory.mktemp("export")
-    run_dir, out = root / "run", root / "bundle"
-    train = run_script(
-        "train_jax.py", *tiny_run_args(tiny_preset, small_csv, run_dir), "--epochs", "1"
-    )
-    assert train.returncode == 0, train.stderr[-3000:]
+def exported(tiny_run, tmp_path_factory):
+    """(run directory, bundle, export's stdout): the session's 1-epoch float32 LoRA run."""
+    out = tmp_path_factory.mktemp("export") / "bundle"
     result = run_script(
-        "export.py", "--devices", "cpu", "--run-dir", str(run_dir), "--out", str(out)
+        "export.py", "--devices", "cpu", "--run-dir", str(tiny_run), "--out", str(out)
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir, out, result.stdout
+    return tiny_run, out, result.stdout
 
 
 @pytest.fixture(scope="module")
@@ -73,22 +69,36 @@ def unseen_csv(tmp_path_factory):
     return path
 
 
-def infer(source, test_csv, output, *flags) -> pd.DataFrame:
-    return infer_predictions(source, test_csv, output, *flags).reset_index()
+def infer_command(source, test_csv, output, *flags) -> list[str]:
+    return ["infer", "--devices", "cpu", "--run-dir", source, "--test-csv", test_csv,
+            "--output", output, *flags]  # fmt: skip
+
+
+def submission(path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"id": str})
 
 
 @pytest.fixture(scope="module")
-def run_predictions(exported, unseen_csv, tmp_path_factory):
-    """The run directory's submission for `unseen_csv` (float32: --precision auto on CPU)."""
-    out = tmp_path_factory.mktemp("run_predictions") / "submission.csv"
-    return infer(exported[0], unseen_csv, out, "--num-devices", "2")
+def predictions(exported, unseen_csv, tmp_path_factory):
+    """Submissions for `unseen_csv`, made in one process: the run directory's (float32,
+    --precision auto on CPU, 2 devices), the bundle's (1 device) and the run's in
+    mixed_bfloat16."""
+    run_dir, bundle_dir, _ = exported
+    out = tmp_path_factory.mktemp("predictions")
+    result = run_commands(
+        infer_command(run_dir, unseen_csv, out / "run.csv", "--num-devices", "2"),
+        infer_command(bundle_dir, unseen_csv, out / "bundle.csv", "--num-devices", "1"),
+        infer_command(run_dir, unseen_csv, out / "bf16.csv", "--precision", "mixed_bfloat16"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {name: submission(out / f"{name}.csv") for name in ("run", "bundle", "bf16")}
 
 
 @pytest.mark.slow
-def test_bundle_predicts_as_the_run_directory_does(exported, unseen_csv, run_predictions, tmp_path):
-    from_bundle = infer(exported[1], unseen_csv, tmp_path / "submission.csv", "--num-devices", "1")
-    assert list(from_bundle["id"]) == list(run_predictions["id"]) and len(from_bundle) == 24
-    diff = np.abs(from_bundle[list(data.LABEL_COLUMNS)] - run_predictions[list(data.LABEL_COLUMNS)])
+def test_bundle_predicts_as_the_run_directory_does(predictions):
+    from_bundle, from_run = predictions["bundle"], predictions["run"]
+    assert list(from_bundle["id"]) == list(from_run["id"]) and len(from_bundle) == 24
+    diff = np.abs(from_bundle[list(data.LABEL_COLUMNS)] - from_run[list(data.LABEL_COLUMNS)])
     assert diff.to_numpy().max() < TOLERANCE
 
 
@@ -134,26 +144,36 @@ def test_plain_keras_hub_loads_the_backbone_with_lora_merged(exported, tiny_pres
 
 
 @pytest.mark.slow
-def test_mixed_bfloat16_inference_is_close_to_float32(
-    exported, unseen_csv, run_predictions, tmp_path
-):
-    bf16 = infer(exported[0], unseen_csv, tmp_path / "bf16.csv", "--precision", "mixed_bfloat16")
-    diff = np.abs(bf16[list(data.LABEL_COLUMNS)] - run_predictions[list(data.LABEL_COLUMNS)])
+def test_mixed_bfloat16_inference_is_close_to_float32(predictions):
+    bf16, fp32 = predictions["bf16"], predictions["run"]
+    diff = np.abs(bf16[list(data.LABEL_COLUMNS)] - fp32[list(data.LABEL_COLUMNS)])
     assert 0 < diff.to_numpy().max() < BF16_TOLERANCE  # applied, and harmless
 
 
 @pytest.mark.slow
-def test_mixed_float16_trains_with_loss_scaling(exported, tiny_preset, small_csv, tmp_path):
-    run_dir = tmp_path / "run"
-    args = tiny_run_args(tiny_preset, small_csv, run_dir)
-    result = run_script("train_jax.py", *args, "--epochs", "1", "--precision", "mixed_float16")
+def test_low_precision_runs_train_and_reload(exported, tiny_preset, small_csv, tmp_path):
+    """mixed_float16 (with loss scaling), mixed_bfloat16 and bfloat16 training on CPU, in one
+    process: finite losses, the precision saved, and each run reloaded in its own precision
+    predicting what its training predicted for the validation rows."""
+    commands, runs = [], {}
+    for precision in ("mixed_float16", "mixed_bfloat16", "bfloat16"):
+        run_dir = runs[precision] = tmp_path / precision
+        args = tiny_run_args(tiny_preset, small_csv, run_dir)
+        commands.append(["train", *args, "--epochs", "1", "--precision", precision])
+        commands.append(infer_command(run_dir, small_csv, tmp_path / f"{precision}.csv",
+                                      "--precision", precision))  # fmt: skip
+    result = run_commands(*commands)
     assert result.returncode == 0, result.stderr[-3000:]
-    history = pd.read_csv(run_dir / "history.csv")
-    assert np.isfinite(history[["loss", "val_log_loss"]].to_numpy()).all()
-    assert (
-        json.loads((run_dir / "config.json").read_text())["model"]["precision"] == "mixed_float16"
-    )
-    assert "loss_scale_optimizer" in optimizer_parts(run_dir)
+    for precision, run_dir in runs.items():
+        history = pd.read_csv(run_dir / "history.csv")
+        assert np.isfinite(history[["loss", "val_log_loss"]].to_numpy()).all(), precision
+        config = json.loads((run_dir / "config.json").read_text())
+        assert config["model"]["precision"] == precision
+        during = submission(run_dir / "valid_predictions.csv").set_index("id")
+        reloaded = submission(tmp_path / f"{precision}.csv").set_index("id").loc[during.index]
+        np.testing.assert_allclose(reloaded, during, atol=TOLERANCE, err_msg=precision)
+    assert "loss_scale_optimizer" in optimizer_parts(runs["mixed_float16"])
+    assert "loss_scale_optimizer" not in optimizer_parts(runs["bfloat16"])
     assert "loss_scale_optimizer" not in optimizer_parts(exported[0])  # the float32 run
 
 
@@ -180,12 +200,13 @@ def test_several_runs_export_as_one_bundle_of_their_mean_weights(
     run_dir, single, _ = exported
     other = tmp_path / "other"
     args = tiny_run_args(tiny_preset, small_csv, other)
-    train = run_script("train_jax.py", *args, "--epochs", "1", "--seed", "7")
-    assert train.returncode == 0, train.stderr[-3000:]
-    for sources, out in (([other], "other-bundle"), ([run_dir, other], "mean")):
-        result = run_script("export.py", "--devices", "cpu", "--run-dir", *map(str, sources),
-                            "--out", str(tmp_path / out))  # fmt: skip
-        assert result.returncode == 0, result.stderr[-3000:]
+    result = run_commands(
+        ["train", *args, "--epochs", "1", "--seed", "7"],
+        ["export", "--devices", "cpu", "--run-dir", other, "--out", tmp_path / "other-bundle"],
+        ["export", "--devices", "cpu", "--run-dir", run_dir, other, "--out", tmp_path / "mean"],
+        infer_command(tmp_path / "mean", unseen_csv, tmp_path / "submission.csv"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
     assert "(the mean of 2 run directories)" in result.stdout
     first, second, mean = (
         bundle_arrays(p) for p in (single, tmp_path / "other-bundle", tmp_path / "mean")
@@ -195,7 +216,7 @@ def test_several_runs_export_as_one_bundle_of_their_mean_weights(
     for name in mean:
         np.testing.assert_allclose(mean[name], (first[name] + second[name]) / 2, 1e-5, 1e-6, name)
     assert not (tmp_path / "mean" / "calibration.json").exists()
-    predictions = infer(tmp_path / "mean", unseen_csv, tmp_path / "submission.csv")
+    predictions = submission(tmp_path / "submission.csv")
     assert len(predictions) == 24 and np.isfinite(predictions[list(data.LABEL_COLUMNS)]).all().all()
 
 

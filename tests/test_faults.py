@@ -1,7 +1,6 @@
 """Faults of long runs: NaN, failed saves, two writers, unwritable places, one-class data."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -10,7 +9,7 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import REPO, run_script, start_script, tiny_run_args
+from conftest import REPO, run_script, script_environment, start_script, tiny_run_args
 
 from jaxpref import checkpoints, data
 from jaxpref.rundir import RunDir
@@ -18,7 +17,8 @@ from jaxpref.rundir import RunDir
 # Runs train_jax.py with Orbax's save failing like a full disk from the second save on, after
 # leaving a half-written temporary directory behind (what a crash during a write leaves).
 FAILING_SAVES = """
-import errno, sys
+import errno, os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as the CLI sets it before TensorFlow loads
 from pathlib import Path
 import orbax.checkpoint as oc
 save = oc.v1.training.Checkpointer.save_checkpointables
@@ -47,10 +47,9 @@ def test_a_failed_save_ends_in_one_line_and_the_earlier_checkpoint_resumes(
 ):
     run_dir = tmp_path / "run"
     args = [*tiny_run_args(tiny_preset, small_csv, run_dir), "--save-every", "10"]
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     result = subprocess.run(
         [sys.executable, "-c", FAILING_SAVES, *args],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
+        capture_output=True, text=True, env=script_environment(), cwd=REPO, timeout=600,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
@@ -91,9 +90,9 @@ def test_a_second_training_on_a_live_run_directory_is_refused(tiny_preset, small
         log=tmp_path / "1.log",
     )  # fmt: skip
     try:
-        deadline = time.time() + 120
+        # However loaded the machine: wait for the lock as long as the first run lives.
         while not (run_dir / ".lock").exists() or not (run_dir / ".lock").read_text():
-            assert time.time() < deadline and first.poll() is None
+            assert first.poll() is None, (tmp_path / "1.log").read_text()[-3000:]
             time.sleep(0.2)
         second = run_script("train_jax.py", *tiny_run_args(tiny_preset, small_csv, run_dir))
         assert second.returncode == 2
@@ -166,6 +165,7 @@ def test_misused_flags_are_one_error_line(flags, message, tmp_path):
 # the last epoch; with "kill_after" the process dies like kill -9 once that epoch is saved.
 SCRIPTED_VALIDATION = """
 import json, os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as the CLI sets it before TensorFlow loads
 from jaxpref import checkpoints
 script = json.loads(sys.argv.pop(1))
 scripted = iter(script["losses"])
@@ -182,11 +182,10 @@ sys.exit(train_main(sys.argv[1:]))
 
 
 def train_scripted(args: list[str], losses: list[float], kill_after: int | None = None):
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     script = json.dumps({"losses": losses, "kill_after": kill_after})
     return subprocess.run(
         [sys.executable, "-c", SCRIPTED_VALIDATION, script, *args],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
+        capture_output=True, text=True, env=script_environment(), cwd=REPO, timeout=600,
     )  # fmt: skip
 
 
@@ -226,13 +225,9 @@ def test_a_resumed_epoch_worse_than_the_stored_best_keeps_the_stored_best(
 
 
 @pytest.mark.slow
-def test_inference_on_a_damaged_run_or_into_an_unwritable_place_is_one_line(
-    tiny_preset, small_csv, tmp_path
-):
+def test_inference_on_a_damaged_run_or_into_an_unwritable_place_is_one_line(tiny_run, tmp_path):
     run_dir = tmp_path / "run"
-    trained = run_script("train_jax.py", *tiny_run_args(tiny_preset, small_csv, run_dir),
-                         "--epochs", "1")  # fmt: skip
-    assert trained.returncode == 0, trained.stderr[-3000:]
+    shutil.copytree(tiny_run, run_dir)
 
     def infer(*extra):
         return run_script("infer.py", "--devices", "cpu", "--run-dir", str(run_dir), *extra)

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import start_script, tiny_run_args
+from conftest import built_once, start_python, start_script, tiny_run_args
 
 from jaxpref import checkpoints
 from jaxpref.rundir import RunDir
@@ -26,25 +26,57 @@ def _args(tiny_preset, small_csv, run_dir):
     return [*tiny_run_args(tiny_preset, small_csv, run_dir), "--save-every", "3"]
 
 
-def _wait_for_state(run_dir, min_step, proc, timeout=300):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            meta = latest(run_dir) if (run_dir / "checkpoints").exists() else None
-        except FileNotFoundError:  # the run deleted an old step while Orbax listed them
-            meta = None
-        if meta and meta["global_step"] >= min_step:
-            return meta
-        assert proc.poll() is None, "training ended before it could be interrupted"
+# Runs train_jax.py (argv[3:]) and pauses it for good once the state of global step argv[1]
+# is saved, after writing the file argv[2]: the test then kills it, or sends SIGTERM, which
+# ends the pause (the run saves its state at the next step and stops). However loaded the
+# machine, the run is interrupted at the same step.
+PAUSED_TRAINING = """
+import os, signal, sys, time
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as the CLI sets it before TensorFlow loads
+from pathlib import Path
+from jaxpref import checkpoints
+pause_at, marker = int(sys.argv.pop(1)), Path(sys.argv.pop(1))
+batch_end = checkpoints.StateCheckpoint.on_train_batch_end
+def paused(self, batch, logs=None):
+    batch_end(self, batch, logs)
+    if int(self.model.optimizer.iterations) == pause_at and not marker.exists():
+        handler, terminated = signal.getsignal(signal.SIGTERM), []
+        def on_sigterm(signum, frame):
+            terminated.append(signum)
+            handler(signum, frame)
+        signal.signal(signal.SIGTERM, on_sigterm)
+        marker.write_text(str(pause_at))
+        while not terminated:
+            time.sleep(0.05)
+        signal.signal(signal.SIGTERM, handler)
+checkpoints.StateCheckpoint.on_train_batch_end = paused
+from jaxpref.cli import train_main
+sys.exit(train_main(sys.argv[1:]))
+"""
+
+
+def _start_paused(args, pause_at: int, tmp_path):
+    """The run of `args`, paused after saving the state of step `pause_at` (PAUSED_TRAINING);
+    returns once it is paused."""
+    marker = tmp_path / "paused"
+    log = tmp_path / "train.log"
+    proc = start_python("-c", PAUSED_TRAINING, str(pause_at), str(marker), *args, log=log)
+    while not marker.exists():
+        assert proc.poll() is None, log.read_text()[-3000:]
         time.sleep(0.05)
-    raise TimeoutError("no state checkpoint appeared")
+    return proc
 
 
 def _resume(run_dir, tmp_path):
+    """Resume the run (its programs already compiled by the run it continues: a process that
+    reads them from the tests' persistent compilation cache); its output."""
     log = tmp_path / "resume.log"
     proc = start_script("train_jax.py", "--devices", "cpu", "--num-devices", "2", "--resume",
                         "--run-dir", str(run_dir), log=log)  # fmt: skip
     assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+    lines = log.read_text().splitlines()
+    foreign = [line for line in lines if not re.match(r"\d\d:\d\d:\d\d ", line)]
+    assert not foreign, foreign  # cache hits, like the rest, print nothing of their own
     return log.read_text()
 
 
@@ -61,40 +93,40 @@ def _same_result(a, b, epochs=(1, 2)):
     assert max(int(p.name) for p in final[1] if p.name.isdigit()) == 54
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def uninterrupted(tiny_preset, small_csv, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
-    log = run_dir.parent / "train.log"
-    proc = start_script("train_jax.py", *_args(tiny_preset, small_csv, run_dir), log=log)
-    assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
-    return run_dir
+    """The run the interrupted ones must end as, trained once (copy it to change it)."""
+
+    def build(root):
+        log = root / "train.log"
+        proc = start_script("train_jax.py", *_args(tiny_preset, small_csv, root / "run"), log=log)
+        assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+
+    return built_once(tmp_path_factory, "uninterrupted", build) / "run"
 
 
 def test_kill_9_mid_epoch_then_resume_matches_uninterrupted(
     uninterrupted, tiny_preset, small_csv, tmp_path
 ):
     run_dir = tmp_path / "run"
-    proc = start_script("train_jax.py", *_args(tiny_preset, small_csv, run_dir),
-                        log=tmp_path / "train.log")  # fmt: skip
-    meta = _wait_for_state(run_dir, 6, proc)
+    proc = _start_paused(_args(tiny_preset, small_csv, run_dir), 6, tmp_path)
     proc.kill()
     proc.wait()
-    assert meta["epoch"] == 0 and meta["step_in_epoch"] >= 6  # stopped inside epoch 1
+    meta = latest(run_dir)
+    assert (meta["global_step"], meta["epoch"], meta["step_in_epoch"]) == (6, 0, 6)
     out = _resume(run_dir, tmp_path)
-    assert "resuming at epoch 1, step" in out
+    assert "resuming at epoch 1, step 6" in out
     _same_result(uninterrupted, run_dir)
 
 
 def test_sigterm_saves_exits_143_and_resumes(uninterrupted, tiny_preset, small_csv, tmp_path):
     run_dir = tmp_path / "run"
-    log = tmp_path / "train.log"
-    proc = start_script("train_jax.py", *_args(tiny_preset, small_csv, run_dir), log=log)
-    _wait_for_state(run_dir, 6, proc)
+    proc = _start_paused(_args(tiny_preset, small_csv, run_dir), 6, tmp_path)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 143, log.read_text()[-3000:]
-    assert "train_jax.py --resume --run-dir" in log.read_text()
-    saved = latest(run_dir)
-    assert saved["global_step"] >= 6
+    log = (tmp_path / "train.log").read_text
+    assert proc.wait(timeout=120) == 143, log()[-3000:]
+    assert "train_jax.py --resume --run-dir" in log()
+    assert latest(run_dir)["global_step"] == 7  # the step after the pause, saved on SIGTERM
     _resume(run_dir, tmp_path)
     _same_result(uninterrupted, run_dir)
 
@@ -141,17 +173,18 @@ def test_validating_four_times_per_epoch_resumes_mid_period(tiny_preset, small_c
     for name in ("uninterrupted", "killed"):
         run_dir = tmp_path / name
         log = tmp_path / f"{name}.log"
-        proc = start_script(
-            "train_jax.py", *_args(tiny_preset, small_csv, run_dir), *flags, log=log
-        )
+        args = [*_args(tiny_preset, small_csv, run_dir), *flags]
         if name == "killed":
-            meta = _wait_for_state(run_dir, 15, proc)  # saves at 15, 18 (every 3), 20 (period)
+            proc = _start_paused(args, 15, tmp_path)  # inside epoch 1's third period
+        else:
+            proc = start_script("train_jax.py", *args, log=log)
+        if name == "killed":
             proc.kill()
             proc.wait()
-            assert meta["global_step"] < 27, meta  # inside epoch 1
+            meta = latest(run_dir)  # saves at 3, 6, 7 (period), 9, 12, 14 (period), 15
+            assert (meta["global_step"], meta["epoch"], meta["step_in_epoch"]) == (15, 2, 1)
             resumed = _resume(run_dir, tmp_path)
-            # later saves may land before the kill: any point, named by epoch and part
-            assert re.search(r"resuming at epoch [12] part [1-4]/4, step \d", resumed), resumed
+            assert "resuming at epoch 1 part 3/4, step 1" in resumed, resumed
         else:
             assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
             assert "epoch 0.75: accuracy=" in log.read_text()

@@ -1,13 +1,15 @@
 """Tensor parallelism of tiny decoders of every family on a 2 x 2 (batch x model) CPU mesh."""
 
 import json
+import subprocess
+import sys
 
 import jax
 import keras
 import keras_hub
 import numpy as np
 import pytest
-from conftest import run_script
+from conftest import REPO, run_script, script_environment
 from safetensors.numpy import save_file
 
 from jaxpref import families, sharding
@@ -296,6 +298,39 @@ def test_weight_estimate_of_real_checkpoints(tmp_path, model_type):
     four = sharding.memory_estimate(serialized, 8, 1024, 16, [], "bfloat16", mesh=(1, 4))
     assert one.weights / 4 < four.weights < one.weights / 3.5
     assert four.activations < one.activations
+
+
+# Runs train_jax.py on devices that report 1 MiB of memory (a CPU device reports no limit).
+SMALL_DEVICES = """
+import os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as the CLI sets it before TensorFlow loads
+from jaxpref import sharding
+sharding.device_memory = lambda device: 2**20
+from jaxpref.cli import train_main
+sys.exit(train_main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_training_that_cannot_fit_is_refused_before_the_model_is_built(
+    decoder_presets, small_csv, tmp_path
+):
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-c", SMALL_DEVICES, "--devices", "cpu", "--num-devices", "4",
+         "--preset", str(decoder_presets["llama3"]), "--architecture", "cross",
+         "--model-parallel", "2", "--train-csv", str(small_csv), "--run-dir", str(run_dir),
+         "--batch-size", "8", "--sequence-length", "128"],
+        capture_output=True, text=True, env=script_environment(), cwd=REPO, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert any("memory estimate per device: " in line for line in lines)
+    assert lines[-1].startswith("error: training needs about ") and lines[-1].endswith(
+        "but a device has 0.00 GiB; raise --model-parallel, lower --batch-size or "
+        "--sequence-length, or pass --remat"
+    )
+    assert "model:" not in result.stderr  # refused before the model was built
 
 
 def test_memory_estimate_parts_and_check_fits(decoder_presets):

@@ -1,50 +1,23 @@
-import os
+"""The tiny presets the tests train: tokenizers learnt from the sample, models that load and run
+in plain keras-hub, and the same weights from the same seed."""
 
-os.environ["KERAS_BACKEND"] = "jax"
+import keras_hub
+import numpy as np
+import pytest
+from reference_run import TINY_DEBERTA
 
-import random  # noqa: E402
+from jaxpref import data
+from jaxpref.families import FAMILIES
+from jaxpref.tiny_preset import SPECIAL_PIECES, arena_texts, build_tiny_deberta_preset
 
-import keras_hub  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from jaxpref.families import FAMILIES  # noqa: E402
-from jaxpref.tiny_preset import SPECIAL_PIECES, build_tiny_deberta_preset  # noqa: E402
-
-HIDDEN_DIM = 32
+HIDDEN_DIM = TINY_DEBERTA["hidden_dim"]
 SEQ_LEN = 24
 
 
-def _synthetic_texts(n: int = 300, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    words = (
-        "the a model answer question prompt response better worse tie user assistant "
-        "python code explain why how what when write story poem list number data train "
-        "test good bad helpful short long clear wrong right first second"
-    ).split()
-    return [
-        " ".join(rng.choice(words) for _ in range(rng.randint(4, 12))).capitalize() + "."
-        for _ in range(n)
-    ]
-
-
-def _build(path):
-    return build_tiny_deberta_preset(
-        path,
-        _synthetic_texts(),
-        vocab_size=200,
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=HIDDEN_DIM,
-        intermediate_dim=64,
-        max_sequence_length=64,
-        seed=0,
-    )
-
-
 @pytest.fixture(scope="module")
-def preset_dir(tmp_path_factory):
-    return _build(tmp_path_factory.mktemp("tiny") / "preset")
+def preset_dir(tiny_preset):
+    """The session's tiny DeBERTa-v3 preset (conftest: TINY_DEBERTA, arena sample texts)."""
+    return tiny_preset
 
 
 def test_tokenizer_special_tokens(preset_dir):
@@ -54,7 +27,7 @@ def test_tokenizer_special_tokens(preset_dir):
         assert tokenizer.id_to_token(index) == piece
     assert tokenizer.token_to_id("[MASK]") == tokenizer.mask_token_id
     assert tokenizer.get_vocabulary()[tokenizer.mask_token_id] == "[MASK]"
-    assert tokenizer.vocabulary_size() <= 200 + 1
+    assert tokenizer.vocabulary_size() <= TINY_DEBERTA["vocab_size"] + 1
 
 
 def test_load_and_run(preset_dir):
@@ -78,7 +51,10 @@ def test_load_and_run(preset_dir):
 
 def test_same_seed_same_weights(preset_dir, tmp_path):
     first = keras_hub.models.Backbone.from_preset(str(preset_dir)).get_weights()
-    second = keras_hub.models.Backbone.from_preset(str(_build(tmp_path / "again"))).get_weights()
+    again = build_tiny_deberta_preset(
+        tmp_path / "again", arena_texts(data.DEFAULT_TRAIN_CSV), **TINY_DEBERTA
+    )
+    second = keras_hub.models.Backbone.from_preset(str(again)).get_weights()
     assert len(first) == len(second)
     for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a, b)

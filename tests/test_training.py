@@ -9,7 +9,15 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, infer_predictions, run_script, tiny_run_args, write_learnable_csv
+from conftest import (
+    REPO,
+    built_once,
+    infer_predictions,
+    run_commands,
+    run_script,
+    tiny_run_args,
+    write_learnable_csv,
+)
 
 from jaxpref import calibration, data, pipeline
 
@@ -23,24 +31,28 @@ def _train(tiny_preset, run_dir, *extra):
     return result
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def sample_run(tiny_preset, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("sample_run")
-    result = _train(
-        tiny_preset, run_dir, "--epochs", "2", "--learning-rate", "3e-3", "--log-every", "0.2"
-    )
-    return run_dir, result
+    """(run directory, its stderr) of 2 epochs on the embedded sample, trained once."""
+
+    def build(root):
+        result = _train(tiny_preset, root / "run", "--epochs", "2", "--learning-rate", "3e-3",
+                        "--log-every", "0.2")  # fmt: skip
+        (root / "stderr.txt").write_text(result.stderr)
+
+    root = built_once(tmp_path_factory, "sample_run", build)
+    return root / "run", (root / "stderr.txt").read_text()
 
 
 @pytest.mark.slow
 def test_run_directory_holds_everything_inference_needs(sample_run):
-    run_dir, result = sample_run
+    run_dir, stderr = sample_run
     for name in ("config.json", "preset/config.json", "preset/tokenizer.json", "history.csv",
                  "summary.json", "split.csv", "train.log", "valid_predictions.csv"):  # fmt: skip
         assert (run_dir / name).exists(), name
     config = json.loads((run_dir / "config.json").read_text())
     assert config["devices"]["num_devices"] == 4 and config["model"]["precision"] == "float32"
-    assert "best val_log_loss" in result.stderr
+    assert "best val_log_loss" in stderr
     split = pd.read_csv(run_dir / "split.csv", dtype=str)
     assert len(split) == 1000 and split["id"].is_unique  # every row used, none twice
     assert (split["split"] == "valid").sum() == 100
@@ -63,8 +75,8 @@ def tensorboard_scalars(directory) -> dict[str, list[tuple[int, float]]]:
 def test_the_run_can_be_watched(sample_run):
     """Outside a terminal: jaxpref's own lines first, progress during the first epoch, one line
     per epoch; TensorBoard scalars equal to history.csv; env.json for a bug report."""
-    run_dir, result = sample_run
-    lines = result.stderr.splitlines()
+    run_dir, stderr = sample_run
+    lines = stderr.splitlines()
     assert re.match(r"\d\d:\d\d:\d\d devices: 4 x cpu", lines[0]), lines[:3]
     foreign = [line for line in lines if not re.match(r"\d\d:\d\d:\d\d ", line)]
     assert not foreign, foreign  # no TensorFlow/absl/XLA lines, before or during the run
@@ -207,32 +219,34 @@ def test_quality_options_train_and_reload(tiny_preset, small_csv, tmp_path):
     run_dir = tmp_path / "run"
     flags = ["--epochs", "1", "--head", "symmetric", "--swap-augment", "--side-features",
              "--schedule", "cosine", "--lora-dropout", "0.1"]  # fmt: skip
-    result = run_script("train_jax.py", *tiny_run_args(tiny_preset, small_csv, run_dir), *flags)
+    infer = ["infer", "--devices", "cpu", "--num-devices", "2", "--run-dir", run_dir,
+             "--test-csv", small_csv]  # fmt: skip
+    result = run_commands(
+        ["train", *tiny_run_args(tiny_preset, small_csv, run_dir), *flags],
+        [*infer, "--output", tmp_path / "plain.csv"],
+        [*infer, "--output", tmp_path / "tta.csv", "--tta"],
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    split = pd.read_csv(run_dir / "split.csv", dtype=str)
-    raw = pd.read_csv(small_csv, dtype=str)
-    valid_csv = tmp_path / "valid.csv"
-    raw[raw["id"].isin(split.loc[split["split"] == "valid", "id"])].to_csv(valid_csv, index=False)
-    outputs = {}
-    for name, extra in (("plain", []), ("tta", ["--tta"])):
-        out = tmp_path / f"{name}.csv"
-        infer = run_script("infer.py", "--devices", "cpu", "--num-devices", "2", "--run-dir",
-                           str(run_dir), "--test-csv", str(valid_csv), "--output", str(out),
-                           *extra)  # fmt: skip
-        assert infer.returncode == 0, infer.stderr[-3000:]
-        outputs[name] = pd.read_csv(out, dtype={"id": str}).set_index("id")
+    outputs = {name: submission(tmp_path / f"{name}.csv") for name in ("plain", "tta")}
     # The restored model (side-feature statistics included) reproduces training's predictions.
-    during = pd.read_csv(run_dir / "valid_predictions.csv", dtype={"id": str}).set_index("id")
+    during = submission(run_dir / "valid_predictions.csv")
     np.testing.assert_allclose(outputs["plain"].loc[during.index], during, atol=1e-5)
     # A symmetric head already mirrors exactly, so swap TTA changes nothing.
     np.testing.assert_allclose(outputs["tta"], outputs["plain"], atol=1e-6)
 
 
-def valid_rows_csv(run_dir, source_csv, path):
-    """The run's validation rows of `source_csv`, written to `path` as a test CSV."""
-    split = pd.read_csv(run_dir / "split.csv", dtype=str)
-    raw = pd.read_csv(source_csv, dtype=str)
-    raw[raw["id"].isin(split.loc[split["split"] == "valid", "id"])].to_csv(path, index=False)
+def submission(path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"id": str}).set_index("id")
+
+
+def swapped_sides_csv(source, path):
+    """`source` with responses A and B (and their models and labels) exchanged."""
+    frame = pd.read_csv(source, dtype=str)
+    pairs = [("response_a", "response_b"), ("model_a", "model_b"),
+             ("winner_model_a", "winner_model_b")]  # fmt: skip
+    for a, b in pairs:
+        frame[[a, b]] = frame[[b, a]].to_numpy()
+    frame.to_csv(path, index=False)
     return path
 
 
@@ -242,19 +256,31 @@ def training_predictions(run_dir) -> pd.DataFrame:
 
 @pytest.mark.slow
 def test_non_default_options_train_and_reload(tiny_preset, small_csv, tmp_path):
-    """Concat head, no side features, no swap, constant schedule, full fine-tuning: trained and
-    reloaded end to end, the reloaded model predicting what training predicted."""
+    """Concat head, no side features, no swap, constant schedule, full fine-tuning, no
+    calibration: trained and reloaded end to end, the reloaded model predicting what training
+    predicted; swap TTA is the mean of the prediction and the mirrored prediction of the
+    swapped pair (a concat head does not mirror by itself)."""
     run_dir = tmp_path / "run"
     flags = ["--epochs", "1", "--head", "concat", "--no-swap-augment", "--no-side-features",
-             "--schedule", "constant", "--lora-rank", "0", "--learning-rate", "1e-4"]  # fmt: skip
-    result = run_script("train_jax.py", *tiny_run_args(tiny_preset, small_csv, run_dir), *flags)
+             "--schedule", "constant", "--lora-rank", "0", "--learning-rate", "1e-4",
+             "--no-calibrate"]  # fmt: skip
+    swapped_csv = swapped_sides_csv(small_csv, tmp_path / "swapped.csv")
+    infer = ["infer", "--devices", "cpu", "--num-devices", "2", "--run-dir", run_dir]
+    result = run_commands(
+        ["train", *tiny_run_args(tiny_preset, small_csv, run_dir), *flags],
+        [*infer, "--test-csv", small_csv, "--output", tmp_path / "plain.csv"],
+        [*infer, "--test-csv", swapped_csv, "--output", tmp_path / "swapped.csv"],
+        [*infer, "--test-csv", small_csv, "--output", tmp_path / "tta.csv", "--tta"],
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     config = json.loads((run_dir / "config.json").read_text())["model"]
     assert (config["head"], config["side_features"], config["lora_rank"]) == ("concat", False, 0)
-    valid_csv = valid_rows_csv(run_dir, small_csv, tmp_path / "valid.csv")
-    reloaded = infer_predictions(run_dir, valid_csv, tmp_path / "out.csv", "--num-devices", "2")
+    plain, swapped, tta = (submission(tmp_path / f"{n}.csv") for n in ("plain", "swapped", "tta"))
     during = training_predictions(run_dir)
-    np.testing.assert_allclose(reloaded.loc[during.index], during, atol=1e-5)
+    np.testing.assert_allclose(plain.loc[during.index], during, atol=1e-5)
+    mirrored = swapped[["winner_model_b", "winner_model_a", "winner_tie"]].to_numpy()
+    assert np.abs(plain.to_numpy() - mirrored).max() > 1e-3  # the head is not symmetric
+    np.testing.assert_allclose(tta.to_numpy(), (plain.to_numpy() + mirrored) / 2, atol=1e-6)
 
 
 def test_fit_segments_finish_an_interrupted_period_then_run_whole_ones():
