@@ -139,21 +139,20 @@ def write_learnable_csv(path: Path, rows: int, seed: int = 0) -> Path:
     return path
 
 
-def script_environment(compilation_cache: bool = True) -> dict[str, str]:
+def script_environment() -> dict[str, str]:
     """This process's environment less what conftest set for it: scripts start as a user's do,
-    with the session's persistent compilation cache (the same programs recompile in every
-    process otherwise) unless `compilation_cache` is False (tests that count compilations)."""
+    with the session's persistent compilation cache (the same programs would recompile in every
+    process). In-process tests, those that count compilations among them, do not use it."""
     hidden = ("XLA_FLAGS", "JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL", "JAXPREF_TEST_XLA_CACHE")
     env = {k: v for k, v in os.environ.items() if k not in hidden}
-    if compilation_cache:
-        env.update(
-            JAX_COMPILATION_CACHE_DIR=XLA_CACHE,
-            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-            # A size limit turns on JAX's file lock around reads and writes: processes of
-            # both workers share the cache, and an entry being written is never read half-way.
-            JAX_COMPILATION_CACHE_MAX_SIZE=str(8 * 2**30),
-        )
+    env.update(
+        JAX_COMPILATION_CACHE_DIR=XLA_CACHE,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        # A size limit turns on JAX's file lock around reads and writes: processes of both
+        # workers share the cache, and an entry being written is never read half-way.
+        JAX_COMPILATION_CACHE_MAX_SIZE=str(8 * 2**30),
+    )
     return env
 
 
