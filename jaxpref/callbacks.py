@@ -48,7 +48,8 @@ class RunMonitor(keras.callbacks.Callback):
     Keras' epochs are validation periods, `per_epoch` to an epoch of the run's `epochs`.
     `rate_at(step)` gives the learning rate (`optimization.rate_at`). Every `log_every` seconds
     (None: never; the Keras bar shows progress in a terminal) it logs step, epoch, pairs/s,
-    computed tokens/s, loss, learning rate and ETA; after each epoch one line with the epoch's
+    computed tokens/s, loss, learning rate and ETA (of the period, and of the run's
+    `total_steps` training steps at the same speed); after each epoch one line with the epoch's
     metrics and XLA compilations (every padded length compiles the train step once; later
     epochs should compile nothing). The same figures, the validation metrics and the padding
     efficiency go to each of `writers` (`monitoring.scalar_writers`: TensorBoard, W&B).
@@ -64,9 +65,11 @@ class RunMonitor(keras.callbacks.Callback):
         sequences_per_pair: int = 2,
         epochs: int | None = None,
         per_epoch: int = 1,
+        total_steps: int | None = None,
     ):
         super().__init__()
         self.batches = batches
+        self.total_steps = total_steps  # of the whole run, for its ETA
         self.epochs, self.per_epoch = epochs, per_epoch
         self.rate_at = rate_at
         self.log_every = log_every
@@ -94,12 +97,16 @@ class RunMonitor(keras.callbacks.Callback):
 
     def report(self, step: int, loss: float | None) -> None:
         rates, rate = self.progress.rates(), self.learning_rate()
+        eta = duration(rates["eta_s"])
+        if self.total_steps:  # the run's training steps left, at this period's speed
+            left = self.total_steps - int(self.model.optimizer.iterations)
+            eta += f" (run {duration(left * rates['s_per_step'])})"
         log.info(
             "%s step %d/%d: loss %s, lr %.3g, %.1f pairs/s, %.0f tokens/s, ETA %s",
             period_name(self.epoch, self.per_epoch, self.epochs or self.params["epochs"]),
             step, self.params["steps"],
             "?" if loss is None else f"{float(loss):.4f}", rate, rates["pairs_per_s"],
-            rates["tokens_per_s"], duration(rates["eta_s"]),
+            rates["tokens_per_s"], eta,
         )  # fmt: skip
         self.write({"train/learning_rate": rate, "train/pairs_per_s": rates["pairs_per_s"]})
 

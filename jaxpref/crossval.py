@@ -91,7 +91,8 @@ def cross_validate(cfg: TrainConfig, folds: int, train_fraction: float = 1.0) ->
     from jaxpref import training
 
     root = Path(cfg.run.run_dir)
-    frame = data.read_arena_csv(training_csv(cfg), labelled=True)
+    cfg = cfg.replace(train_csv=data.training_csv(cfg.data.train_csv))  # said once, not per fold
+    frame = data.read_arena_csv(cfg.data.train_csv, labelled=True)
     splits = fold_indices(frame, folds, cfg.run.seed, train_fraction)
     for fold, (train_rows, valid_rows) in enumerate(splits):
         train_df = frame.iloc[train_rows].reset_index(drop=True)
@@ -111,10 +112,6 @@ def fold_config(cfg: TrainConfig, root: Path, fold: int) -> TrainConfig:
     --soft-labels path holds {fold} (a teacher that never saw the fold's validation labels)."""
     soft_labels = cfg.data.soft_labels.replace("{fold}", str(fold))
     return cfg.replace(run_dir=str(root / f"fold{fold}"), soft_labels=soft_labels)
-
-
-def training_csv(cfg: TrainConfig) -> str:
-    return cfg.data.train_csv or str(data.DEFAULT_TRAIN_CSV)
 
 
 def model_predictions(root: Path, frame: pd.DataFrame, splits: list) -> np.ndarray:
@@ -144,7 +141,7 @@ def write_report(cfg: TrainConfig, folds: int, train_fraction: float = 1.0) -> d
     and oof.csv (the model's out-of-fold predictions: a teacher file for --soft-labels, an
     input of `jaxpref ensemble`), and each epoch's selection-free oof-epoch<e>.csv."""
     root = Path(cfg.run.run_dir)
-    train_csv = training_csv(cfg)
+    train_csv = data.training_csv(cfg.data.train_csv)
     frame = data.read_arena_csv(train_csv, labelled=True)
     splits = fold_indices(frame, folds, cfg.run.seed, train_fraction)
     labels = frame["label"].to_numpy()

@@ -118,6 +118,20 @@ def _raise_field_limit() -> None:
         csv.field_size_limit(min(_CSV_FIELD_LIMIT, sys.maxsize))
 
 
+def training_csv(path: str) -> str:
+    """The labelled CSV to train on: `path`, or (when empty) the embedded sample, said loudly:
+    a model of its 1,000 rows is a demonstration, not one to submit."""
+    if path:
+        return path
+    log.warning(
+        "warning: no --train-csv given: training on the embedded %s-row sample (%s), a "
+        "demonstration; "
+        "pass --train-csv with the competition's train.csv for a real model",
+        "1,000", DEFAULT_TRAIN_CSV,
+    )  # fmt: skip
+    return str(DEFAULT_TRAIN_CSV)
+
+
 def open_input(path: str, expected: str, mode: str = "r", **kwargs: object) -> IO:
     """``open(path, mode, **kwargs)``; a missing, directory or unreadable path is a DataError.
 
@@ -199,7 +213,12 @@ def _parse_turns(cell: str, scalars_as_text: bool) -> tuple[list[str | None], bo
     """
     if not cell.strip():
         raise ValueError("empty cell, expected a JSON list of turns")
-    value = decode_json(cell)
+    try:
+        value = decode_json(cell)
+    except ValueError as err:
+        raise ValueError(
+            f'{err}; expected a JSON list of turns such as ["Hi!", "Thanks."]'
+        ) from None
     converted = False
     if scalars_as_text and (value is None or isinstance(value, (str, int, float))):
         value, converted = [value], True

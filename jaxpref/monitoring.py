@@ -48,6 +48,15 @@ def setup_logging(log_file: Path | None = None, log_every: float | None = None) 
     log.propagate = False
 
 
+def log_to_files(message: str) -> None:
+    """Write one line to the log files only (train.log), not to stderr: for what the CLI prints
+    there itself (its `error:` line), so that the log ends as the terminal did."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in log.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def _count_compiles(event: str, duration: float, **kwargs) -> None:
     if event == "/jax/core/compile/backend_compile_duration":
         _COMPILES[0] += 1
@@ -197,11 +206,12 @@ class Progress:
 
     def rates(self) -> dict[str, float]:
         seconds = max(time.monotonic() - self.started, 1e-9)
-        left = (self.total_steps - self.steps) * seconds / max(self.steps, 1)
+        per_step = seconds / max(self.steps, 1)
         return {
             "pairs_per_s": self.pairs / seconds,
             "tokens_per_s": self.tokens / seconds,
-            "eta_s": left,
+            "eta_s": (self.total_steps - self.steps) * per_step,
+            "s_per_step": per_step,
         }
 
 

@@ -56,6 +56,22 @@ class CheckpointError(RunDirError):
     """A checkpoint could not be written or read; earlier complete checkpoints stay intact."""
 
 
+@dataclasses.dataclass
+class RunLock:
+    """A held run-directory lock (`RunDir.lock`); `left_by` names the holder of a lock file
+    that a run which ended without releasing it left behind ("" when there was none)."""
+
+    path: Path
+    handle: object
+    left_by: str = ""
+
+    def release(self) -> None:
+        """Remove the lock file and drop the lock: a finished or failed run leaves none."""
+        if not self.handle.closed:
+            self.path.unlink(missing_ok=True)
+            self.handle.close()
+
+
 def writable_directory(directory: Path, what: str) -> None:
     """Make `directory` and prove it writable, or RunDirError naming it: before any work."""
     try:
@@ -117,13 +133,15 @@ class RunDir:
         """Make the directory and prove it writable now, before any tokenizing or training."""
         writable_directory(self.root, "the run directory")
 
-    def lock(self):
-        """Hold an exclusive lock on the directory for this process's life (or until the
-        returned file is closed); a second run on it is refused at once. The kernel drops the
-        lock when the process dies, so a killed run never leaves it stuck."""
+    def lock(self) -> RunLock:
+        """Hold an exclusive lock on the directory until the returned lock is released (or the
+        process ends); a second run on it is refused at once. The kernel drops the lock of a
+        process that dies, so a killed run never leaves it stuck: the next run takes over the
+        lock file and says whose it was (`RunLock.left_by`)."""
         import fcntl
 
-        handle = open(self.root / ".lock", "a+")
+        path = self.root / ".lock"
+        handle = open(path, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -135,10 +153,12 @@ class RunDir:
                 "or choose another --run-dir"
             ) from None
         handle.seek(0)
+        left_by = handle.read().strip()
+        handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}")
         handle.flush()
-        return handle
+        return RunLock(path, handle, left_by)
 
     @staticmethod
     def require(path: Path) -> Path:

@@ -7,6 +7,7 @@ function with explicit inputs and outputs. What a run writes is described in `ja
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -14,7 +15,7 @@ import math
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -35,7 +36,7 @@ from jaxpref import (
 )
 from jaxpref.config import ConfigError, TrainConfig, default_learning_rate, resolve_precision
 from jaxpref.probabilities import Probabilities
-from jaxpref.rundir import Preempted, ResumeError, RunDir, epoch_at, period_name
+from jaxpref.rundir import Preempted, ResumeError, RunDir, RunLock, epoch_at, period_name
 
 log = logging.getLogger("jaxpref")
 
@@ -50,7 +51,7 @@ class Run:
     primary: bool
     process_index: int
     process_count: int
-    lock: object = None  # the run directory's lock file, held while the run lives
+    lock: RunLock | None = None  # the run directory's lock (primary process), held while it runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,16 +134,42 @@ def train(
     from the newest state checkpoint in `cfg.run.run_dir` with the same data order.
     """
     run = start_run(cfg, resume)
-    splits = load_splits(run.cfg, train_df, valid_df)
-    check_memory(run)
-    model, encoder = build_model(run.cfg)
-    save_run_files(run, splits, model, encoder)
-    inputs = build_inputs(run.cfg, splits, encoder, model)
-    rate = compile_for_training(model, run.cfg, sum(inputs.period_steps))
-    progress = restore_progress(model, run) if resume else Progress()
-    started = time.time()
-    state, validation = fit(model, run, inputs, progress, rate)
-    return finish(model, run, splits, inputs, state, validation, time.time() - started)
+    with recorded(run):
+        splits = load_splits(run.cfg, train_df, valid_df)
+        check_memory(run)
+        model, encoder = build_model(run.cfg)
+        save_run_files(run, splits, model, encoder)
+        inputs = build_inputs(run.cfg, splits, encoder, model)
+        rate = compile_for_training(model, run.cfg, sum(inputs.period_steps))
+        progress = restore_progress(model, run) if resume else Progress()
+        started = time.time()
+        state, validation = fit(model, run, inputs, progress, rate)
+        return finish(model, run, splits, inputs, state, validation, time.time() - started)
+
+
+@contextlib.contextmanager
+def recorded(run: Run) -> Iterator[None]:
+    """The run's life after `start_run`: how it ends goes into train.log as the CLI says it on
+    stderr, and its lock file goes with it (a killed run's is taken over, and said so)."""
+    if run.lock is not None and run.lock.left_by:
+        log.info(
+            "%s was left by %s, which ended without releasing it: taken over",
+            run.lock.path, run.lock.left_by,
+        )  # fmt: skip
+    try:
+        yield
+    except Preempted as stop:
+        monitoring.log_to_files(f"preempted: {stop}")
+        raise
+    except KeyboardInterrupt:
+        monitoring.log_to_files("interrupted")
+        raise
+    except Exception as err:
+        monitoring.log_to_files(f"error: {err}")
+        raise
+    finally:
+        if run.lock is not None:
+            run.lock.release()
 
 
 def start_run(cfg: TrainConfig, resume: bool) -> Run:
@@ -180,7 +207,6 @@ def start_run(cfg: TrainConfig, resume: bool) -> Run:
     platform = distribution.platform_of(selected)
     cfg = cfg.replace(
         run_dir=str(paths.root),
-        train_csv=cfg.data.train_csv or str(data.DEFAULT_TRAIN_CSV),
         num_devices=len(selected),
         precision=resolve_precision(cfg.model.precision, platform),
         learning_rate=cfg.optim.learning_rate or default_learning_rate(cfg.model.lora_rank),
@@ -189,6 +215,7 @@ def start_run(cfg: TrainConfig, resume: bool) -> Run:
         "devices: %d x %s over %d process(es); global batch %d; precision %s",
         len(selected), platform, jax.process_count(), cfg.optim.batch_size, cfg.model.precision,
     )  # fmt: skip
+    cfg = cfg.replace(train_csv=data.training_csv(cfg.data.train_csv))
     return Run(cfg, paths, selected, primary, jax.process_index(), jax.process_count(), lock)
 
 
@@ -495,7 +522,7 @@ def fit_segment(model, run: Run, inputs: Inputs, validation, state, segment, rat
     if state.preempted:
         raise Preempted(
             f"stopped on SIGTERM; state saved in {run.paths.state_checkpoints}. "
-            f"Continue with: train_jax.py --resume --run-dir {run.paths.root}"
+            f"Continue with: jaxpref train --resume --run-dir {run.paths.root}"
         )
 
 
@@ -527,6 +554,7 @@ def training_callbacks(
         sequences_per_pair=1 if inputs.layout == pipeline.CROSS else 2,
         epochs=run.cfg.optim.epochs,
         per_epoch=per_epoch,
+        total_steps=sum(inputs.period_steps),
     )
     history = [HistoryWriter(run.paths.history, per_epoch)] if run.primary else []
     return [

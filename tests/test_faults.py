@@ -103,7 +103,10 @@ def test_a_second_training_on_a_live_run_directory_is_refused(tiny_preset, small
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    RunDir(run_dir).lock().close()  # the kernel dropped the killed run's lock
+    lock = RunDir(run_dir).lock()  # the kernel dropped the killed run's lock
+    assert lock.left_by == f"pid {first.pid}"
+    lock.release()
+    assert not (run_dir / ".lock").exists()
 
 
 def test_places_that_cannot_be_written_are_reported_before_any_work(tmp_path):
@@ -140,6 +143,10 @@ def test_training_data_of_one_class_is_refused_with_the_counts(tiny_preset, tmp_
         f"error: {one_class}: only one class among the training rows (winner_model_a 54, "
         "winner_model_b 0, winner_tie 0); a model cannot learn to compare from that"
     )
+    # The run directory tells the same story: train.log ends with the error, no lock is left.
+    logged = (tmp_path / "run" / "train.log").read_text().strip().splitlines()[-1]
+    assert logged.split(" ", 1)[1] == last_line(result)
+    assert not (tmp_path / "run" / ".lock").exists()
 
 
 @pytest.mark.parametrize(

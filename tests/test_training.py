@@ -53,6 +53,9 @@ def test_run_directory_holds_everything_inference_needs(sample_run):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["devices"]["num_devices"] == 4 and config["model"]["precision"] == "float32"
     assert "best val_log_loss" in stderr
+    # No --train-csv: the embedded sample, said in a warning (here and in train.log).
+    warning = "warning: no --train-csv given: training on the embedded 1,000-row sample ("
+    assert warning in stderr and warning in (run_dir / "train.log").read_text()
     split = pd.read_csv(run_dir / "split.csv", dtype=str)
     assert len(split) == 1000 and split["id"].is_unique  # every row used, none twice
     assert (split["split"] == "valid").sum() == 100
@@ -83,6 +86,7 @@ def test_the_run_can_be_watched(sample_run):
     first_epoch_end = next(i for i, line in enumerate(lines) if " epoch 1: " in line)
     progress = [line for line in lines[:first_epoch_end] if "epoch 1/2 step " in line]
     assert progress and all(k in progress[0] for k in ("pairs/s", "tokens/s", "lr ", "ETA"))
+    assert re.search(r"ETA \d+:\d\d:\d\d \(run \d+:\d\d:\d\d\)", progress[0]), progress[0]
     assert sum(" epoch 2: " in line for line in lines) == 1
 
     scalars = tensorboard_scalars(run_dir / "tensorboard")
