@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -54,6 +55,9 @@ def resolve_preset(preset: str) -> str:
     return preset
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # OWNER/NAME, as Hugging Face names models
+
+
 def check_preset_path(preset: str) -> Path | None:
     """The directory of a local preset (None for names); PresetError if the path is no preset
     directory. Needs no framework: the CLI checks it before loading them."""
@@ -61,6 +65,14 @@ def check_preset_path(preset: str) -> Path | None:
     looks_like_path = preset.startswith((".", "/", "~")) or "/" in preset or path.exists()
     if preset in OFFLINE_ALIASES or not looks_like_path or "://" in preset:
         return None
+    if not path.is_dir() and HUB_ID.fullmatch(preset):
+        name = preset.split("/")[1]
+        raise PresetError(
+            f"--preset {preset}: no such directory; a Hugging Face model id is not downloaded "
+            f"by jaxpref: `hf download {preset} --local-dir models/{name}`, then --preset "
+            f"models/{name} (keras-hub itself reads hf://{preset} for the architectures it "
+            "converts, DeBERTa not among them)"
+        )
     if not path.is_dir():
         raise PresetError(f"--preset {preset}: no such directory")
     if not (path / "config.json").exists():
@@ -108,8 +120,26 @@ def check_hub_preset(preset: str) -> None:
     safety.check_preset_files({name: Path(get_file(preset, name)) for name in present})
 
 
+def check_preset_name(preset: str) -> None:
+    """A bare name must be one of keras-hub's presets: a typo gets the closest names, not
+    keras-hub's download error and network advice."""
+    import difflib
+
+    from keras_hub.src.utils.preset_utils import BUILTIN_PRESETS
+
+    if "://" in preset or Path(preset).is_dir() or preset in BUILTIN_PRESETS:
+        return
+    closest = difflib.get_close_matches(preset, list(BUILTIN_PRESETS), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(closest)}?" if closest else ""
+    raise PresetError(
+        f"--preset {preset}: not a keras-hub preset name{hint} (keras_hub.models.Backbone."
+        "presets lists them; a local directory or a hf:// or kaggle:// handle works too)"
+    )
+
+
 def _load(kind: str, preset: str, loader):
     try:
+        check_preset_name(preset)
         check_untrusted(preset)
         return loader()
     except (PresetError, safety.UnsafeFileError):

@@ -77,9 +77,21 @@ def write_contents(model, encoder, cfg: TrainConfig, root: Path, calibration: Pa
     encoder.save(str(paths.backbone))
     head = {path: np.asarray(v.numpy(), "float32") for path, v in head_variables(model).items()}
     np.savez(paths.head, **head)
-    cfg.replace(lora_rank=0).to_json(paths.config)
+    shareable_config(cfg).to_json(paths.config)
     if calibration is not None:
         shutil.copyfile(calibration, paths.calibration)
+
+
+PATH_SETTINGS = ("run_dir", "train_csv", "extra_train", "soft_labels", "preset")
+
+
+def shareable_config(cfg: TrainConfig) -> TrainConfig:
+    """The config a bundle holds: adapters merged (LoRA rank 0), and of each path setting only
+    its last part. Bundles travel (Kaggle datasets, model hubs): they keep no paths of the
+    machine that trained them, and loading one reads none of them."""
+    flat = cfg.flat()
+    names = {key: Path(flat[key]).name for key in PATH_SETTINGS if os.sep in flat[key]}
+    return cfg.replace(lora_rank=0, **names)
 
 
 def check_target(out: str | os.PathLike) -> Path:

@@ -134,7 +134,7 @@ def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def add_trained_run_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run-dir", required=True, help="directory written by train_jax.py")
+    parser.add_argument("--run-dir", required=True, help="directory written by `jaxpref train`")
 
 
 def given_settings(args: argparse.Namespace) -> dict:
@@ -164,14 +164,16 @@ def add_run_dirs_flag(parser: argparse.ArgumentParser, bundles: str, several: st
     """--run-dir taking several runs; a cross-validation's directory stands for its folds."""
     parser.add_argument(
         "--run-dir", required=True, nargs="+", metavar="RUN_DIR",
-        help=f"directory written by train_jax.py{bundles}; with several, or a "
-        f"cross_validate.py directory (its fold runs), {several}",
+        help=f"directory written by `jaxpref train`{bundles}; with several, or a `jaxpref cv` "
+        f"directory (its fold runs), {several}",
     )  # fmt: skip
 
 
 def infer_flags(p: argparse.ArgumentParser) -> None:
     add_run_dirs_flag(
-        p, " (or an export.py bundle)", "the submission is the mean of their calibrated predictions"
+        p,
+        " (or a `jaxpref export` bundle)",
+        "the submission is the mean of their calibrated predictions",
     )
     p.add_argument(
         "--test-csv", default=str(data.DEFAULT_TEST_CSV),
@@ -237,7 +239,7 @@ def ensemble_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "predictions", nargs="+", metavar="OOF_CSV",
         help="out-of-fold predictions of each model (id, winner_model_a, winner_model_b, "
-        "winner_tie for every row of --train-csv), e.g. cross_validate.py's oof.csv",
+        "winner_tie for every row of --train-csv), e.g. `jaxpref cv`'s oof.csv",
     )  # fmt: skip
     p.add_argument(
         "--train-csv", default=str(data.DEFAULT_TRAIN_CSV),
@@ -435,6 +437,8 @@ def evaluate(args: argparse.Namespace) -> None:
     print(report.markdown_table(result["scores"]))
     se = report.number(result["model_log_loss_se"])
     print(f"\n{result['rows']} rows; model log loss standard error {se}")
+    if result["selected_on_these_rows"]:
+        print(report.SELECTED_ON_THESE_ROWS.replace("**", ""))
     print(f"wrote {args.out_dir or RunDir(result['run_dir']).evaluation}")
 
 
@@ -526,8 +530,8 @@ COMMANDS = {
         "export.py",
         "Write a self-contained inference bundle of a trained run: a keras-hub backbone preset "
         "with the LoRA adapters merged, the head weights, calibration and config; no optimizer "
-        "state. infer.py --run-dir BUNDLE predicts from it. Several runs (a cross-validation's "
-        "folds) make one bundle of their averaged weights.",
+        "state. `jaxpref infer --run-dir BUNDLE` predicts from it. Several runs (a "
+        "cross-validation's folds) make one bundle of their averaged weights.",
         export_flags,
         export_bundle,
         check=check_export,

@@ -113,8 +113,8 @@ class DataConfig:
     soft_labels: str = option(
         "",
         "teacher probabilities for training rows (distillation): CSV of id, winner_model_a, "
-        "winner_model_b, winner_tie, e.g. cross_validate.py's oof.csv; rows without one keep "
-        "their hard label. In cross_validate.py a {fold} in the path becomes the fold number: "
+        "winner_model_b, winner_tie, e.g. `jaxpref cv`'s oof.csv; rows without one keep "
+        "their hard label. In `jaxpref cv` a {fold} in the path becomes the fold number: "
         "a teacher per fold, trained without that fold's validation rows",
         shown="none",
     )

@@ -91,6 +91,8 @@ def evaluate_run(
         "source": source,
         "train_rows": len(train_df),
         "rows_in_training_split": int(rows["id"].isin(set(train_ids)).sum()),
+        # The validation split chose the best epoch and fitted the temperature: optimistic.
+        "selected_on_these_rows": csv_path is None,
         **metrics.score_table(model_probs, baseline_probs, labels),
         "plots": plots,
     }

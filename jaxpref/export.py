@@ -51,7 +51,7 @@ def export_run(
     model, encoder, cfg = prediction.load_run(run_dir)
     paths = RunDir(run_dir)
     calibration = paths.calibration if paths.calibration.exists() else None
-    path = bundle.write_bundle(model, encoder, cfg, out, calibration, source=str(paths.root))
+    path = bundle.write_bundle(model, encoder, cfg, out, calibration, source=paths.root.name)
     return Export(path, directory_size(path), directory_size(paths.root))
 
 
@@ -113,6 +113,6 @@ def average_runs(
             sum_ += np.asarray(variable.numpy(), "float64")
     for sum_, variable in zip(total, variables, strict=True):
         variable.assign((sum_ / len(runs)).astype(variable.dtype))
-    source = f"mean of {len(runs)} runs: " + ", ".join(str(run) for run in runs)
+    source = f"mean of {len(runs)} runs: " + ", ".join(run.name for run in runs)
     path = bundle.write_bundle(model, encoder, cfg, out, None, source=source)
     return Export(path, directory_size(path), sum(directory_size(run) for run in runs))

@@ -291,7 +291,8 @@ def _record_turns(record: dict) -> tuple[Turns, Turns]:
     """The chosen and rejected conversations of one record, as (human, assistant) turns."""
     for field in FIELDS:
         if field not in record:
-            raise _FieldError(field, "missing field")
+            found = ", ".join(map(repr, record)) or "none"
+            raise _FieldError(field, f"missing field (found: {found})")
         if not isinstance(record[field], (str, list)):
             kind = json_type(record[field])
             raise _FieldError(field, f"expected a string or a list of messages, got {kind}")

@@ -45,6 +45,13 @@ def confusion_table(confusion: list[list[int]]) -> str:
     return "\n".join(lines)
 
 
+SELECTED_ON_THESE_ROWS = (
+    "**Note:** the best epoch was chosen and the temperature fitted on these same rows (the "
+    "validation split), so the model's scores are slightly optimistic; `--csv` with rows the "
+    "run never saw gives unbiased ones."
+)
+
+
 def evaluation_markdown(result: Mapping) -> str:
     """The whole evaluation.md for a result of `evaluation.evaluate_run`."""
     model = result["scores"][metrics.MODEL]
@@ -58,6 +65,8 @@ def evaluation_markdown(result: Mapping) -> str:
         f"{result['rows']} rows from {result['source']}; baselines fitted on the run's "
         f"{result['train_rows']} training rows.",
     ]
+    if result.get("selected_on_these_rows"):
+        lines.append(SELECTED_ON_THESE_ROWS)
     if result["rows_in_training_split"]:
         lines.append(
             f"**Warning:** {result['rows_in_training_split']} of these rows were in the run's "

@@ -50,3 +50,23 @@ def test_unreachable_hub_preset_says_so_and_suggests_a_directory(monkeypatch):
     with pytest.raises(backbones.PresetError, match="--preset DIR") as err:
         backbones.load_backbone("deberta_v3_small_en")
     assert "network is unreachable" in str(err.value)
+
+
+def test_a_preset_name_typo_gets_the_closest_names_not_network_advice():
+    with pytest.raises(backbones.PresetError) as err:
+        backbones.load_backbone("deberta_v3_smal_en")
+    assert str(err.value).startswith(
+        "--preset deberta_v3_smal_en: not a keras-hub preset name; did you mean "
+        "deberta_v3_small_en or "
+    )
+    assert "Downloading" not in str(err.value)
+
+
+def test_a_hugging_face_model_id_is_told_how_to_download_it():
+    with pytest.raises(backbones.PresetError) as err:
+        backbones.resolve_preset("microsoft/deberta-v3-base")
+    assert str(err.value).startswith(
+        "--preset microsoft/deberta-v3-base: no such directory; a Hugging Face model id is not "
+        "downloaded by jaxpref: `hf download microsoft/deberta-v3-base --local-dir "
+        "models/deberta-v3-base`, then --preset models/deberta-v3-base"
+    )

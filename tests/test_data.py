@@ -441,9 +441,10 @@ def test_malformed_json(tmp_path, column):
         ('[{"role": "user"}]', "turn 0 is an object"),
         ("[true]", "turn 0 is a boolean"),
         ("", "empty cell"),
-        ("hello", "not valid JSON"),
+        ("hello", 'not valid JSON (Expecting value: line 1 column 1 (char 0)); expected a JSON '
+         'list of turns such as ["Hi!", "Thanks."]'),
     ],
-)
+)  # fmt: skip
 def test_text_cell_with_wrong_shape(tmp_path, cell, problem):
     path = write_train(tmp_path, [train_row("1"), train_row("2", **{"response_b": cell})])
     with pytest.raises(DataError) as info:

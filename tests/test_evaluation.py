@@ -130,7 +130,10 @@ def test_script_prints_the_table(tmp_path):
     result = run_script("evaluate.py", "--devices", "cpu", "--run-dir", str(run_dir))
     assert result.returncode == 0, result.stderr
     assert "| model |" in result.stdout and "| tfidf_length_logreg |" in result.stdout
-    assert (run_dir / "evaluation" / "evaluation.md").exists()
+    # The run's own validation rows chose its epoch and temperature: the report says so.
+    note = "Note: the best epoch was chosen and the temperature fitted on these same rows"
+    assert note in result.stdout
+    assert f"**{note[:5]}**{note[5:]}" in (run_dir / "evaluation" / "evaluation.md").read_text()
 
 
 @pytest.mark.slow
@@ -154,4 +157,6 @@ def test_evaluate_on_a_csv_scores_what_infer_predicts(tiny_run, small_csv, tmp_p
     for name in ("log_loss", "accuracy", "per_class_log_loss"):
         assert report["scores"]["model"][name] == pytest.approx(expected[name], abs=1e-6), name
     assert {"length_logreg", "tfidf_length_logreg"} <= set(report["scores"])
-    assert "| model |" in result.stdout
+    assert "| model |" in result.stdout and "temperature fitted on these same rows" not in (
+        result.stdout
+    )

@@ -112,8 +112,12 @@ def test_bundle_holds_inference_files_only_and_is_smaller(exported):
     assert not orbax and not [n for n in names if "optimizer" in n or "state" in n]
     manifest = json.loads((out / "bundle.json").read_text())
     assert manifest["format"] == bundle.FORMAT and manifest["version"] == bundle.FORMAT_VERSION
-    assert manifest["merged_lora_rank"] == 8 and manifest["source_run"] == str(run_dir)
-    assert json.loads((out / "config.json").read_text())["model"]["lora_rank"] == 0
+    assert manifest["merged_lora_rank"] == 8 and manifest["source_run"] == run_dir.name
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["lora_rank"] == 0
+    # Shared bundles keep no paths of the training machine: names only.
+    assert config["run"]["run_dir"] == run_dir.name and config["data"]["train_csv"] == "train.csv"
+    assert config["model"]["preset"] == "tiny_deberta" and str(run_dir.parent) not in str(config)
     assert (out / "calibration.json").read_bytes() == (run_dir / "calibration.json").read_bytes()
     with np.load(out / "head.npz") as head:
         assert not [k for k in head if "lora" in k or "adam" in k or "optimizer" in k]

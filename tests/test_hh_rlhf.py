@@ -183,7 +183,11 @@ def test_deterministic_for_a_seed_and_balanced(tmp_path):
     [
         ("{not json", None, "not valid JSON"),
         ('["chosen", "rejected"]', None, "expected a JSON object, got a list"),
-        (json.dumps({"chosen": dialogue("q", "a")}), "rejected", "missing field"),
+        (
+            json.dumps({"chosen": dialogue("q", "a"), "id": 7}),
+            "rejected",
+            r"missing field \(found: 'chosen', 'id'\)",
+        ),
         (json.dumps({"chosen": 3, "rejected": dialogue("q", "a")}), "chosen", "a number"),
         (json.dumps({"chosen": dialogue("q", "a"), "rejected": None}), "rejected", "null"),
         (json.dumps({"chosen": dialogue("q"), "rejected": dialogue("q", "a")}), "chosen", "no Ass"),

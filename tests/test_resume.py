@@ -125,7 +125,7 @@ def test_sigterm_saves_exits_143_and_resumes(uninterrupted, tiny_preset, small_c
     proc.send_signal(signal.SIGTERM)
     log = (tmp_path / "train.log").read_text
     assert proc.wait(timeout=120) == 143, log()[-3000:]
-    assert "train_jax.py --resume --run-dir" in log()
+    assert "jaxpref train --resume --run-dir" in log()
     assert latest(run_dir)["global_step"] == 7  # the step after the pause, saved on SIGTERM
     _resume(run_dir, tmp_path)
     _same_result(uninterrupted, run_dir)
