@@ -394,10 +394,11 @@ def check_export(args: argparse.Namespace) -> None:
 
 
 def check_evaluate(args: argparse.Namespace) -> None:
-    RunDir.require(RunDir(args.run_dir).config)
-    if args.csv:
-        rundir.require_trained(args.run_dir)
-        data.open_input(args.csv, "a CSV file").close()
+    if not args.csv:  # the run's own predictions: no model is loaded
+        RunDir.require(RunDir(args.run_dir).config)
+        return
+    rundir.require_trained(args.run_dir)
+    data.open_input(args.csv, "a CSV file").close()
 
 
 def infer(args: argparse.Namespace) -> None:

@@ -124,11 +124,10 @@ def training_csv(path: str) -> str:
     if path:
         return path
     log.warning(
-        "warning: no --train-csv given: training on the embedded %s-row sample (%s), a "
-        "demonstration; "
-        "pass --train-csv with the competition's train.csv for a real model",
-        "1,000", DEFAULT_TRAIN_CSV,
-    )  # fmt: skip
+        "warning: no --train-csv given: training on the embedded 1,000-row sample (%s), a "
+        "demonstration; pass --train-csv with the competition's train.csv for a real model",
+        DEFAULT_TRAIN_CSV,
+    )
     return str(DEFAULT_TRAIN_CSV)
 
 
