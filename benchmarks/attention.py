@@ -80,7 +80,7 @@ def measure_case(batch: int, length: int, impls: list[str], opts: argparse.Names
     import jax
     import keras_hub
 
-    from jaxpref.deberta_attention import efficient_deberta
+    from jaxpref.models.deberta_attention import efficient_deberta
 
     backbone = keras_hub.models.DebertaV3Backbone(**{**SMALL, "num_layers": opts.num_layers})
     if opts.lora_rank:

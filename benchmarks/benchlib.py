@@ -49,10 +49,10 @@ def path_arguments(description: str) -> argparse.ArgumentParser:
 
 
 def load_frame(rows: int | None = None) -> pd.DataFrame:
-    """The embedded 1,000-row arena sample (first `rows` rows), validated by jaxpref.data."""
-    from jaxpref import data
+    """The embedded 1,000-row arena sample (first `rows` rows), validated by jaxpref.data.arena."""
+    from jaxpref.data import arena
 
-    frame = data.read_arena_csv(data.DEFAULT_TRAIN_CSV, labelled=True)
+    frame = arena.read_arena_csv(arena.DEFAULT_TRAIN_CSV, labelled=True)
     return frame if rows is None else frame.iloc[:rows].reset_index(drop=True)
 
 

@@ -41,6 +41,8 @@ from benchlib import RESULT_PREFIX, emit, write_report  # noqa: E402
 from run import git_commit, machine, markdown, progress  # noqa: E402
 from synthetic_arena import make_files  # noqa: E402
 
+from jaxpref.data import splitting  # noqa: E402
+
 SEQUENCE_LENGTH = 1024
 TINY = {"vocab-size": 8000, "hidden-dim": 16, "num-layers": 1, "max-sequence-length": 1024}
 GROUP_STAGES = {
@@ -118,17 +120,17 @@ def save(obj: object, path: Path) -> None:
 
 def child_frame_stages(group: str, rows: int, work: Path) -> None:
     """read (CSV -> frame), split, format (frame -> texts); inputs from the previous stage."""
-    from jaxpref import data, text
+    from jaxpref.data import arena, text
 
     if group == "read":
         with measured("read", rows) as result:
-            frame = data.read_arena_csv(work / f"train-{rows}.csv", labelled=True)
+            frame = arena.read_arena_csv(work / f"train-{rows}.csv", labelled=True)
         emit(result)
         save(frame, work / f"frame-{rows}.pkl")
     elif group == "split":
         frame = load(work / f"frame-{rows}.pkl")
         with measured("split", rows) as result:
-            data.split_train_valid(frame, 0.1, seed=0)
+            splitting.split_train_valid(frame, 0.1, seed=0)
         emit(result)
     else:
         frame = load(work / f"frame-{rows}.pkl")
@@ -140,7 +142,8 @@ def child_frame_stages(group: str, rows: int, work: Path) -> None:
 
 def child_token_stages(group: str, rows: int, work: Path, batch: int) -> None:
     """tokenize with a cold cache; or with a warm one, then plan, side features and feed."""
-    from jaxpref import backbones, pipeline
+    from jaxpref.inputs import pipeline
+    from jaxpref.models import backbones
 
     preset = str(work / "preset")
     keys = tuple(backbones.load_backbone(preset, load_weights=False).input.keys())

@@ -85,7 +85,7 @@ def build_model(arch: str, attention: str, lora_rank: int, vocab: int, sample: d
     """jaxpref's siamese layout around a random DeBERTa-v3 backbone, compiled with Adam."""
     import keras_hub
 
-    from jaxpref.deberta_attention import efficient_deberta
+    from jaxpref.models.deberta_attention import efficient_deberta
 
     backbone = keras_hub.models.DebertaV3Backbone(
         vocabulary_size=vocab, max_sequence_length=512, bucket_size=256, **ARCHS[arch]

@@ -24,7 +24,7 @@ from benchlib import (
     timed,
 )
 
-from jaxpref import backbones, distribution, monitoring, pipeline, text
+from jaxpref import monitoring
 from jaxpref.config import (
     ATTENTIONS,
     ModelConfig,
@@ -32,6 +32,10 @@ from jaxpref.config import (
     default_learning_rate,
     resolve_precision,
 )
+from jaxpref.data import text
+from jaxpref.inputs import pipeline
+from jaxpref.models import backbones, objective
+from jaxpref.parallel import distribution
 
 
 def parse_args(argv: list[str] | None = None):
@@ -175,8 +179,7 @@ def time_pipeline(tokens, plans, keys, labels) -> dict:
 
 def build(args, precision: str):
     """The siamese model (concat head, no side features) compiled as jaxpref trains it."""
-    from jaxpref import model as model_lib
-    from jaxpref import optimization
+    from jaxpref.models import preference as model_lib
 
     cfg = ModelConfig(
         preset=args.preset, head="concat", side_features=False, lora_rank=args.lora_rank,
@@ -184,7 +187,7 @@ def build(args, precision: str):
     )  # fmt: skip
     model = model_lib.build_model(cfg, args.sequence_length)
     rate = default_learning_rate(args.lora_rank)
-    optimization.compile_model(model, rate, OptimConfig().label_smoothing)
+    objective.compile_model(model, rate, OptimConfig().label_smoothing)
     return model.backbone, model
 
 
@@ -226,12 +229,12 @@ def infer(model, tokens, batch_size: int, buckets, keys, repeats: int) -> dict:
 
     Swap test-time augmentation (a second pass with sides A and B exchanged) is timed once.
     """
-    from jaxpref import prediction
+    from jaxpref.serve import predict
 
     plan = pipeline.plan_batches(tokens.row_lengths(), batch_size, buckets)
-    prediction.predict_tokens(model, tokens, plan, keys)
-    times, _ = timed(lambda: prediction.predict_tokens(model, tokens, plan, keys), repeats)
-    tta_s, _ = timed(lambda: prediction.predict_tokens(model, tokens, plan, keys, tta=True), 1)
+    predict.predict_tokens(model, tokens, plan, keys)
+    times, _ = timed(lambda: predict.predict_tokens(model, tokens, plan, keys), repeats)
+    tta_s, _ = timed(lambda: predict.predict_tokens(model, tokens, plan, keys, tta=True), 1)
     result = {
         "seconds": times,
         "padding_efficiency": pipeline.padding_efficiency(tokens, plan),

@@ -21,7 +21,9 @@ from collections import Counter  # noqa: E402
 
 from benchlib import load_frame  # noqa: E402
 
-from jaxpref import backbones, pipeline, text  # noqa: E402
+from jaxpref.data import text  # noqa: E402  # noqa: E402
+from jaxpref.inputs import pipeline
+from jaxpref.models import backbones
 
 BIN = 32
 

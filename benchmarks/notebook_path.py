@@ -29,7 +29,7 @@ from benchlib import (  # noqa: E402
     timed,
 )
 
-from jaxpref import backbones  # noqa: E402
+from jaxpref.models import backbones  # noqa: E402
 
 SHUFFLE_BUFFER = 1024
 
@@ -61,7 +61,7 @@ def build_model(backbone):
     """Shared backbone on each side, mean over all positions, concatenation, softmax head."""
     import keras
 
-    from jaxpref.model import sequence_output
+    from jaxpref.models.preference import sequence_output
 
     keys = tuple(backbone.input.keys())
     inputs = {k: keras.Input(shape=(2, None), dtype="int32", name=k) for k in keys}

@@ -18,8 +18,10 @@ from pathlib import Path
 from jaxpref_path import padding_analysis
 from run import build_tiny_preset, markdown
 
-from jaxpref import backbones, pipeline, text
-from jaxpref.data import DEFAULT_TRAIN_CSV, read_arena_csv
+from jaxpref.data import text
+from jaxpref.data.arena import DEFAULT_TRAIN_CSV, read_arena_csv
+from jaxpref.inputs import pipeline
+from jaxpref.models import backbones
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -106,7 +106,7 @@ def profile_one(backend: str, attention: str, arch: str, length: int) -> dict:
         vocabulary_size=REAL_VOCAB, max_sequence_length=512, bucket_size=256, **ARCHS[arch]
     )
     if attention == "efficient":
-        from jaxpref.deberta_attention import efficient_deberta
+        from jaxpref.models.deberta_attention import efficient_deberta
 
         efficient_deberta(backbone)
     model = build_model(backbone)

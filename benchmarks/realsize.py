@@ -91,7 +91,7 @@ def build_preset(arch: str, work: Path) -> Path:
     code = (
         "import keras, keras_hub, sys\n"
         "from jaxpref import data\n"
-        "from jaxpref.tiny_preset import arena_texts, save_preset, train_sentencepiece\n"
+        "from jaxpref.models.tiny_preset import arena_texts, save_preset, train_sentencepiece\n"
         f"proto = train_sentencepiece(arena_texts(data.DEFAULT_TRAIN_CSV), {VOCAB_PIECES})\n"
         "tok = keras_hub.models.DebertaV3Tokenizer(proto=proto)\n"
         "keras.utils.set_random_seed(0)\n"

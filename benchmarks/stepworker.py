@@ -64,7 +64,10 @@ def jaxpref_worker(args) -> None:
     from benchlib import load_frame, model_flops
     from jaxpref_path import build, fit, setup_devices, warmup_plan
 
-    from jaxpref import backbones, monitoring, pipeline, text
+    from jaxpref import monitoring
+    from jaxpref.data import text
+    from jaxpref.inputs import pipeline
+    from jaxpref.models import backbones
 
     args.devices, args.num_devices = "cpu", 1
     devices, precision = setup_devices(args)
@@ -117,7 +120,7 @@ def jaxpref_worker(args) -> None:
 
 def save_batches(path: str, tokens, plan, keys) -> None:
     """Token ids and padding masks (2B, T) of every batch, for the torch peer."""
-    from jaxpref import pipeline
+    from jaxpref.inputs import pipeline
 
     arrays = {}
     for i, batch in enumerate(plan):
@@ -130,7 +133,7 @@ def save_batches(path: str, tokens, plan, keys) -> None:
 
 def infer_fn(model, tokens, plan, keys):
     """A function running `predict_on_batch` over every batch of `plan` (inputs prepared)."""
-    from jaxpref import pipeline
+    from jaxpref.inputs import pipeline
 
     inputs = []
     for batch in plan:
@@ -153,7 +156,7 @@ def notebook_worker(args) -> None:
     from benchlib import load_frame, model_flops
     from notebook_path import build_dataset, build_model, real_tokens, responses
 
-    from jaxpref import backbones
+    from jaxpref.models import backbones
 
     keras.utils.set_random_seed(args.seed)
     strategy = tf.distribute.MirroredStrategy()

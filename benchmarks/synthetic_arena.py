@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from jaxpref.data import DEFAULT_TRAIN_CSV, LABEL_COLUMNS, TEXT_COLUMNS
+from jaxpref.data.arena import DEFAULT_TRAIN_CSV, LABEL_COLUMNS, TEXT_COLUMNS
 
 TRAIN_HEADER = ("id", "model_a", "model_b", *TEXT_COLUMNS, *LABEL_COLUMNS)
 TEST_HEADER = ("id", *TEXT_COLUMNS)

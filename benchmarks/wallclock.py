@@ -83,10 +83,10 @@ def train_csv(rows: int, work: Path) -> Path:
     """The first `rows` rows of the embedded arena sample as a CSV."""
     import pandas as pd
 
-    from jaxpref import data
+    from jaxpref.data import arena
 
     out = work / f"arena-{rows}.csv"
-    pd.read_csv(data.DEFAULT_TRAIN_CSV, nrows=rows).to_csv(out, index=False)
+    pd.read_csv(arena.DEFAULT_TRAIN_CSV, nrows=rows).to_csv(out, index=False)
     return out
 
 

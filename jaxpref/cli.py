@@ -15,17 +15,11 @@ import sys
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
-from jaxpref import (
-    backbones,
-    bundle,
-    data,
-    distribution,
-    families,
-    monitoring,
-    rundir,
-    sharding,
-)
+from jaxpref import monitoring, rundir
 from jaxpref.config import GROUPS, PRECISIONS, ConfigError, DeviceConfig, TrainConfig, flag_name
+from jaxpref.data import arena
+from jaxpref.models import backbones, families
+from jaxpref.parallel import distribution, sharding
 from jaxpref.rundir import (
     Diverged,
     Preempted,
@@ -34,12 +28,13 @@ from jaxpref.rundir import (
     RunDirError,
     writable_directory,
 )
+from jaxpref.serve import bundle
 
 USER_ERRORS = (
     ConfigError,
     families.FamilyError,
     sharding.ShardingError,
-    data.DataError,
+    arena.DataError,
     distribution.DeviceError,
     backbones.PresetError,
     RunDirError,
@@ -176,7 +171,7 @@ def infer_flags(p: argparse.ArgumentParser) -> None:
         "the submission is the mean of their calibrated predictions",
     )
     p.add_argument(
-        "--test-csv", default=str(data.DEFAULT_TEST_CSV),
+        "--test-csv", default=str(arena.DEFAULT_TEST_CSV),
         help="arena test CSV (default: the competition's real 3-row test.csv)",
     )  # fmt: skip
     p.add_argument(
@@ -242,7 +237,7 @@ def ensemble_flags(p: argparse.ArgumentParser) -> None:
         "winner_tie for every row of --train-csv), e.g. `jaxpref cv`'s oof.csv",
     )  # fmt: skip
     p.add_argument(
-        "--train-csv", default=str(data.DEFAULT_TRAIN_CSV),
+        "--train-csv", default=str(arena.DEFAULT_TRAIN_CSV),
         help="the labelled arena CSV the predictions cover (default: the embedded sample)",
     )  # fmt: skip
     p.add_argument(
@@ -371,10 +366,10 @@ def check_train(args: argparse.Namespace) -> None:
 
 
 def train(args: argparse.Namespace) -> None:
-    from jaxpref import training
+    from jaxpref.training import trainer
 
     initialize_processes(args)
-    training.train(args.train_config, resume=args.resume)
+    trainer.train(args.train_config, resume=args.resume)
 
 
 def check_trained_runs(args: argparse.Namespace) -> None:
@@ -384,7 +379,7 @@ def check_trained_runs(args: argparse.Namespace) -> None:
 
 def check_infer(args: argparse.Namespace) -> None:
     check_trained_runs(args)
-    data.open_input(args.test_csv, "a CSV file").close()
+    arena.open_input(args.test_csv, "a CSV file").close()
     writable_directory(Path(args.output).absolute().parent, "the output directory")
 
 
@@ -398,14 +393,14 @@ def check_evaluate(args: argparse.Namespace) -> None:
         RunDir.require(RunDir(args.run_dir).config)
         return
     rundir.require_trained(args.run_dir)
-    data.open_input(args.csv, "a CSV file").close()
+    arena.open_input(args.csv, "a CSV file").close()
 
 
 def infer(args: argparse.Namespace) -> None:
-    from jaxpref import prediction
+    from jaxpref.jobs import infer as infer_job
 
     initialize_processes(args)
-    path = prediction.infer(
+    path = infer_job.infer(
         args.run_dir, args.test_csv, args.output, args.batch_size, args.devices,
         args.num_devices, args.tta, args.precision,
     )  # fmt: skip
@@ -415,7 +410,7 @@ def infer(args: argparse.Namespace) -> None:
 def export_bundle(args: argparse.Namespace) -> None:
     """Write the bundle (of one run, or the mean of several) and print its size beside the
     run directories'."""
-    from jaxpref import export
+    from jaxpref.jobs import export
 
     runs = rundir.expand_runs(args.run_dir)
     if len(runs) == 1:
@@ -430,9 +425,10 @@ def export_bundle(args: argparse.Namespace) -> None:
 
 def evaluate(args: argparse.Namespace) -> None:
     """Score a run, print the table and where the report went."""
-    from jaxpref import evaluation, report
+    from jaxpref.jobs import evaluate
+    from jaxpref.scoring import report
 
-    result = evaluation.evaluate_run(
+    result = evaluate.evaluate_run(
         args.run_dir, args.csv, args.out_dir, args.devices, args.num_devices
     )
     print(report.markdown_table(result["scores"]))
@@ -444,7 +440,7 @@ def evaluate(args: argparse.Namespace) -> None:
 
 
 def cross_validate(args: argparse.Namespace) -> None:
-    from jaxpref import crossval
+    from jaxpref.jobs import crossval
 
     cfg = args.train_config
     cfg = cfg.replace(run_dir=cfg.run.run_dir or f"runs/cv-{args.folds}fold")
@@ -454,7 +450,7 @@ def cross_validate(args: argparse.Namespace) -> None:
 
 def ensemble(args: argparse.Namespace) -> None:
     """Fit the blend, print its nested score against the best single model."""
-    from jaxpref import ensemble as blending
+    from jaxpref.jobs import ensemble as blending
 
     result = blending.run_ensemble(
         args.predictions, args.train_csv, args.out_dir, args.folds, args.seed, args.baselines,

@@ -15,8 +15,8 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from jaxpref import data  # noqa: E402
-from jaxpref.tiny_preset import (  # noqa: E402
+from jaxpref.data import arena  # noqa: E402  # noqa: E402
+from jaxpref.models.tiny_preset import (  # noqa: E402
     DECODER_TOKENIZERS,
     arena_texts,
     build_tiny_deberta_preset,
@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="preset directory to write")
     parser.add_argument("--family", default="deberta", choices=["deberta", *DECODER_TOKENIZERS])
-    parser.add_argument("--csv", default=str(data.DEFAULT_TRAIN_CSV), help="CSV for the vocabulary")
+    parser.add_argument(
+        "--csv", default=str(arena.DEFAULT_TRAIN_CSV), help="CSV for the vocabulary"
+    )
     parser.add_argument("--vocab-size", type=int, default=1000)
     parser.add_argument("--hidden-dim", type=int, default=64)
     parser.add_argument("--num-layers", type=int, default=2)

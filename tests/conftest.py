@@ -34,7 +34,7 @@ import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 from reference_run import TINY_DEBERTA  # noqa: E402
 
-from jaxpref import data  # noqa: E402
+from jaxpref.data import arena  # noqa: E402  # noqa: E402
 
 # CI: the same examples every run (a failure reproduces), no example database in the repository.
 settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
@@ -49,7 +49,7 @@ TRAIN_COLUMNS = [
     "prompt",
     "response_a",
     "response_b",
-    *data.LABEL_COLUMNS,
+    *arena.LABEL_COLUMNS,
 ]
 
 
@@ -76,22 +76,22 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> 
 @pytest.fixture(scope="session")
 def tiny_preset(tmp_path_factory) -> Path:
     """A tiny random DeBERTa-v3 keras-hub preset with a vocabulary trained on the arena sample."""
-    from jaxpref.tiny_preset import arena_texts, build_tiny_deberta_preset
+    from jaxpref.models.tiny_preset import arena_texts, build_tiny_deberta_preset
 
     def build(path):
-        build_tiny_deberta_preset(path, arena_texts(data.DEFAULT_TRAIN_CSV), **TINY_DEBERTA)
+        build_tiny_deberta_preset(path, arena_texts(arena.DEFAULT_TRAIN_CSV), **TINY_DEBERTA)
 
     return built_once(tmp_path_factory, "tiny_deberta", build)
 
 
 @pytest.fixture(scope="session")
 def decoder_presets(tmp_path_factory) -> dict[str, Path]:
-    """A tiny random decoder preset of every family in jaxpref.families (one block, hidden 32)."""
-    from jaxpref.families import FAMILIES
-    from jaxpref.tiny_preset import arena_texts, build_tiny_decoder_preset
+    """A tiny random decoder preset of every family in models.families (one block, hidden 32)."""
+    from jaxpref.models.families import FAMILIES
+    from jaxpref.models.tiny_preset import arena_texts, build_tiny_decoder_preset
 
     def build(root):
-        texts = arena_texts(data.DEFAULT_TRAIN_CSV, limit=60)
+        texts = arena_texts(arena.DEFAULT_TRAIN_CSV, limit=60)
         for name in FAMILIES:
             build_tiny_decoder_preset(root / name, name, texts, vocab_size=400, num_layers=1)
 
@@ -283,7 +283,7 @@ def small_csv(tmp_path_factory) -> Path:
     """The first 240 rows of the embedded sample: 27 steps an epoch at batch 8."""
 
     def build(path):
-        pd.read_csv(data.DEFAULT_TRAIN_CSV, dtype=str).head(240).to_csv(path / "train.csv",
+        pd.read_csv(arena.DEFAULT_TRAIN_CSV, dtype=str).head(240).to_csv(path / "train.csv",
                                                                         index=False)  # fmt: skip
 
     return built_once(tmp_path_factory, "small", build) / "train.csv"

@@ -36,10 +36,10 @@ def reference_run(out: Path, preset: Path | None = None, env: dict[str, str] | N
         preset = out / "preset"
         build = [sys.executable, "-c", BUILD_PRESET, str(preset), repr(TINY_DEBERTA)]
         subprocess.run(build, check=True, env=env, cwd=REPO)
-    from jaxpref import data
+    from jaxpref.data import arena
 
     train_csv = out / "train.csv"
-    pd.read_csv(data.DEFAULT_TRAIN_CSV, dtype=str).head(ROWS).to_csv(train_csv, index=False)
+    pd.read_csv(arena.DEFAULT_TRAIN_CSV, dtype=str).head(ROWS).to_csv(train_csv, index=False)
     run_dir = out / "run"
     subprocess.run(
         [
@@ -57,7 +57,7 @@ def reference_run(out: Path, preset: Path | None = None, env: dict[str, str] | N
 BUILD_PRESET = """
 import ast, sys
 from jaxpref import data
-from jaxpref.tiny_preset import arena_texts, build_tiny_deberta_preset
+from jaxpref.models.tiny_preset import arena_texts, build_tiny_deberta_preset
 shape = ast.literal_eval(sys.argv[2])
 build_tiny_deberta_preset(sys.argv[1], arena_texts(data.DEFAULT_TRAIN_CSV), **shape)
 """

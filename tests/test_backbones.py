@@ -1,6 +1,6 @@
 import pytest
 
-from jaxpref import backbones
+from jaxpref.models import backbones
 
 
 def test_local_directory_without_config_is_a_clear_error(tmp_path):

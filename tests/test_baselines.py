@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 from conftest import write_learnable_csv
 
-from jaxpref import baselines, data, metrics, text
+from jaxpref.data import arena, splitting, text
+from jaxpref.scoring import baselines, metrics
 
 
 def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -16,8 +17,8 @@ def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def sample_split():
-    frame = data.read_arena_csv(data.DEFAULT_TRAIN_CSV, labelled=True)
-    return data.split_train_valid(frame, 0.2, seed=0)
+    frame = arena.read_arena_csv(arena.DEFAULT_TRAIN_CSV, labelled=True)
+    return splitting.split_train_valid(frame, 0.2, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +129,8 @@ def test_length_baseline_learns_when_length_decides():
 
 
 def test_tfidf_baseline_learns_words_that_length_cannot_see(tmp_path):
-    frame = data.read_arena_csv(write_learnable_csv(tmp_path / "words.csv", 600), labelled=True)
-    train, valid = data.split_train_valid(frame, 0.25, seed=0)
+    frame = arena.read_arena_csv(write_learnable_csv(tmp_path / "words.csv", 600), labelled=True)
+    train, valid = splitting.split_train_valid(frame, 0.25, seed=0)
     probs = baselines.predict_baselines(baselines.fit_baselines(train), valid)
     labels = valid["label"].to_numpy()
     assert log_loss(probs["length_logreg"], labels) > 1.0

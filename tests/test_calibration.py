@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from jaxpref import calibration, metrics
+from jaxpref.scoring import calibration, metrics
 
 
 def _overconfident(n=600, seed=0):

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from jaxpref import metrics
-from jaxpref.callbacks import Validation
+from jaxpref.scoring import metrics
+from jaxpref.training.callbacks import Validation
 
 
 def test_validation_scores_each_epoch_and_keeps_the_best_epochs_probabilities():
@@ -41,7 +41,7 @@ def _train_step_compiles(place: bool) -> list[int]:
     import jax
     import keras
 
-    from jaxpref.callbacks import MeshPlacement
+    from jaxpref.training.callbacks import MeshPlacement
 
     def batches():
         rng = np.random.default_rng(0)

@@ -7,17 +7,21 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from jaxpref import data, families, pipeline, prediction, sharding
-from jaxpref import model as model_lib
 from jaxpref.config import ConfigError, ModelConfig
-from jaxpref.pipeline import CONVERSATION, FIRST, SECOND
+from jaxpref.data import arena
+from jaxpref.inputs import pipeline
+from jaxpref.inputs.pipeline import CONVERSATION, FIRST, SECOND
+from jaxpref.models import families
+from jaxpref.models import preference as model_lib
+from jaxpref.parallel import sharding
+from jaxpref.serve import predict
 
 LENGTH = 48
 DECODER_LENGTH = 128  # the tiny decoders' tokenizers spend ~70 tokens on the tags
 
 
 def rows(n: int = 6):
-    return data.read_arena_csv(data.DEFAULT_TRAIN_CSV, labelled=True).head(n)
+    return arena.read_arena_csv(arena.DEFAULT_TRAIN_CSV, labelled=True).head(n)
 
 
 def tokens_of(model, preset, frame, length=LENGTH):
@@ -75,11 +79,11 @@ def test_cross_model_predicts_swap_tta_mirrors_and_config_round_trips(cross, tin
     encoder, tokens = tokens_of(cross, tiny_preset, rows())
     plan = pipeline.plan_batches(tokens.row_lengths(), 2, (LENGTH,))
     keys = encoder.input_keys
-    probs = prediction.predict_tokens(cross, tokens, plan, keys)
+    probs = predict.predict_tokens(cross, tokens, plan, keys)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
-    tta = prediction.predict_tokens(cross, tokens, plan, keys, tta=True)
-    swapped = prediction.predict_tokens(cross, pipeline.swap_sides(tokens), plan, keys, tta=True)
-    np.testing.assert_allclose(swapped, tta[:, list(data.MIRROR)], atol=1e-9)
+    tta = predict.predict_tokens(cross, tokens, plan, keys, tta=True)
+    swapped = predict.predict_tokens(cross, pipeline.swap_sides(tokens), plan, keys, tta=True)
+    np.testing.assert_allclose(swapped, tta[:, list(arena.MIRROR)], atol=1e-9)
     config = cross.get_config()
     rebuilt = model_lib.CrossEncoderModel.from_config(config)
     assert rebuilt.get_config() == config
@@ -103,7 +107,7 @@ def test_decoder_cross_models_pool_the_last_token_with_lora_on_attention_and_mlp
     encoder, tokens = tokens_of(model, decoder_presets[name], rows(4), DECODER_LENGTH)
     assert encoder.decoder and encoder.pieces[0]  # the tagged format's opening tokens
     plan = pipeline.plan_batches(tokens.row_lengths(), 2, (DECODER_LENGTH,))
-    probs = prediction.predict_tokens(model, tokens, plan, encoder.input_keys)
+    probs = predict.predict_tokens(model, tokens, plan, encoder.input_keys)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
     with pytest.raises(ConfigError, match="--architecture cross"):
         model_lib.build_model(ModelConfig(preset=cfg.preset, precision="float32"), DECODER_LENGTH)
@@ -122,12 +126,12 @@ def test_decoder_cross_model_on_a_2x2_mesh_predicts_as_on_one_device(decoder_pre
     encoder, tokens = tokens_of(reference, preset, rows(4), DECODER_LENGTH)
     plan = pipeline.plan_batches(tokens.row_lengths(), 4, (DECODER_LENGTH,))
     reference.set_weights(weights)
-    expected = prediction.predict_tokens(reference, tokens, plan, encoder.input_keys)
-    config = sharding.read_backbone_config(preset)
+    expected = predict.predict_tokens(reference, tokens, plan, encoder.input_keys)
+    config = families.read_backbone_config(preset)
     with sharding.model_parallel(jax.devices(), 2, config).scope():
         model = model_lib.build_model(cfg, DECODER_LENGTH)
         model.set_weights(weights)
-        sharded = prediction.predict_tokens(model, tokens, plan, encoder.input_keys)
+        sharded = predict.predict_tokens(model, tokens, plan, encoder.input_keys)
     np.testing.assert_allclose(sharded, expected, atol=1e-5)
     specs = {w.path: tuple(w.value.sharding.spec) for w in model.weights}
     lora = {p: s for p, s in specs.items() if "lora_kernel" in p}

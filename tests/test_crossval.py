@@ -5,30 +5,32 @@ import pandas as pd
 import pytest
 from conftest import run_script, tiny_run_args
 
-from jaxpref import crossval, data, metrics, prediction
 from jaxpref.config import TrainConfig
-from jaxpref.probabilities import read_probabilities
+from jaxpref.data import arena, probabilities, splitting
+from jaxpref.data.probabilities import read_probabilities
+from jaxpref.jobs import crossval
 from jaxpref.rundir import RunDir
+from jaxpref.scoring import metrics
 
 
 def test_folds_cover_every_row_once_and_never_split_a_prompt():
-    frame = data.read_arena_csv(data.DEFAULT_TRAIN_CSV, labelled=True)
-    folds = crossval.fold_indices(frame, 5, seed=0)
+    frame = arena.read_arena_csv(arena.DEFAULT_TRAIN_CSV, labelled=True)
+    folds = splitting.fold_indices(frame, 5, seed=0)
     valid = np.concatenate([v for _, v in folds])
     assert sorted(valid.tolist()) == list(range(len(frame)))
-    groups = data.prompt_groups(frame)
+    groups = splitting.prompt_groups(frame)
     for train_rows, valid_rows in folds:
         assert not set(groups[train_rows]) & set(groups[valid_rows])
         assert len(train_rows) + len(valid_rows) == len(frame)
     with pytest.raises(ValueError, match="at least 2"):
-        crossval.fold_indices(frame, 1, seed=0)
+        splitting.fold_indices(frame, 1, seed=0)
 
 
 def test_a_train_fraction_keeps_the_validation_rows_and_nests_the_training_subsets():
-    frame = data.read_arena_csv(data.DEFAULT_TRAIN_CSV, labelled=True)
-    full = crossval.fold_indices(frame, 3, seed=0)
-    half = crossval.fold_indices(frame, 3, seed=0, train_fraction=0.5)
-    quarter = crossval.fold_indices(frame, 3, seed=0, train_fraction=0.25)
+    frame = arena.read_arena_csv(arena.DEFAULT_TRAIN_CSV, labelled=True)
+    full = splitting.fold_indices(frame, 3, seed=0)
+    half = splitting.fold_indices(frame, 3, seed=0, train_fraction=0.5)
+    quarter = splitting.fold_indices(frame, 3, seed=0, train_fraction=0.25)
     for (all_train, valid), (half_train, half_valid), (quarter_train, _) in zip(
         full, half, quarter, strict=True
     ):
@@ -36,12 +38,12 @@ def test_a_train_fraction_keeps_the_validation_rows_and_nests_the_training_subse
         assert len(half_train) == round(len(all_train) / 2)
         assert set(quarter_train) < set(half_train) < set(all_train)
     with pytest.raises(ValueError, match="train-fraction"):
-        crossval.fold_indices(frame, 3, seed=0, train_fraction=0)
+        splitting.fold_indices(frame, 3, seed=0, train_fraction=0)
 
 
 def test_epoch_predictions_join_the_folds_for_the_epochs_every_fold_recorded(small_csv, tmp_path):
-    frame = data.read_arena_csv(small_csv, labelled=True)
-    splits = crossval.fold_indices(frame, 2, seed=0)
+    frame = arena.read_arena_csv(small_csv, labelled=True)
+    splits = splitting.fold_indices(frame, 2, seed=0)
     rng = np.random.default_rng(1)
     expected = [rng.dirichlet(np.ones(3), len(frame)) for _ in range(2)]
     for fold, (_, valid_rows) in enumerate(splits):
@@ -49,7 +51,7 @@ def test_epoch_predictions_join_the_folds_for_the_epochs_every_fold_recorded(sma
         (paths.root / "validation").mkdir(parents=True)
         for epoch in (1, 2) if fold == 0 else (1,):  # fold 1 stopped before its epoch 2
             rows = rng.permutation(valid_rows)
-            prediction.write_submission(
+            probabilities.write_submission(
                 frame["id"].iloc[rows], expected[epoch - 1][rows], paths.epoch_predictions(epoch)
             )
     epochs = crossval.epoch_predictions(tmp_path, frame, splits)
@@ -59,25 +61,25 @@ def test_epoch_predictions_join_the_folds_for_the_epochs_every_fold_recorded(sma
 
 def test_report_of_the_fold_runs_keeps_their_out_of_fold_predictions(small_csv, tmp_path):
     cfg = TrainConfig().replace(run_dir=str(tmp_path), train_csv=str(small_csv), seed=3)
-    frame = data.read_arena_csv(small_csv, labelled=True)
+    frame = arena.read_arena_csv(small_csv, labelled=True)
     rng = np.random.default_rng(0)
     expected = np.full((len(frame), 3), np.nan)
     uniform = np.full((len(frame), 3), 1 / 3)
-    splits = crossval.fold_indices(frame, 2, seed=3)
+    splits = splitting.fold_indices(frame, 2, seed=3)
     for fold, (_, valid_rows) in enumerate(splits):
         paths = RunDir(tmp_path / f"fold{fold}")
         paths.root.mkdir()
         expected[valid_rows] = rng.dirichlet(np.ones(3), len(valid_rows))
         shuffled = rng.permutation(valid_rows)  # a fold's file may list its rows in any order
-        prediction.write_submission(
+        probabilities.write_submission(
             frame["id"].iloc[shuffled], expected[shuffled], paths.valid_predictions
         )
         paths.epoch_predictions(1).parent.mkdir()
-        prediction.write_submission(
+        probabilities.write_submission(
             frame["id"].iloc[valid_rows], uniform[valid_rows], paths.epoch_predictions(1)
         )
     result = crossval.write_report(cfg, 2)
-    oof = read_probabilities(tmp_path / crossval.OOF_FILE)
+    oof = read_probabilities(tmp_path / probabilities.OOF_FILE)
     assert list(oof.ids) == list(frame["id"])
     np.testing.assert_allclose(oof.probs, expected, rtol=1e-12)
     model_log_loss = metrics.log_loss(expected, frame["label"].to_numpy())
@@ -106,8 +108,8 @@ def test_two_fold_cross_validation_scores_every_row_beside_the_baselines(
     assert all(np.isfinite(s["log_loss"]) for s in report["scores"].values())
     for fold in range(2):
         assert (tmp_path / "cv" / f"fold{fold}" / "valid_predictions.csv").exists()
-    assert list(read_probabilities(tmp_path / "cv" / crossval.OOF_FILE).ids) == list(
-        data.read_arena_csv(small_csv, labelled=True)["id"]
+    assert list(read_probabilities(tmp_path / "cv" / probabilities.OOF_FILE).ids) == list(
+        arena.read_arena_csv(small_csv, labelled=True)["id"]
     )
     histories = [pd.read_csv(tmp_path / "cv" / f"fold{f}" / "history.csv") for f in range(2)]
     assert [h["epoch"].tolist() for h in histories] == [[0.5, 1.0]] * 2

@@ -1,4 +1,4 @@
-"""Tests for jaxpref.data: reading and validating arena CSVs, and the train/valid split."""
+"""Tests for jaxpref.data.arena: reading and validating arena CSVs, and the train/valid split."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxpref.data import (
+from jaxpref.data.arena import (
     CLASS_NAMES,
     DEFAULT_TEST_CSV,
     DEFAULT_TRAIN_CSV,
@@ -21,8 +21,8 @@ from jaxpref.data import (
     TEXT_COLUMNS,
     DataError,
     read_arena_csv,
-    split_train_valid,
 )
+from jaxpref.data.splitting import split_train_valid
 
 TRAIN_HEADER = ["id", "model_a", "model_b", *TEXT_COLUMNS, *LABEL_COLUMNS]
 TEST_HEADER = ["id", *TEXT_COLUMNS]
@@ -662,7 +662,7 @@ SCALAR_CELLS = {"prompt": "[true]", "response_a": '["a", 42, -1.5, null]', "resp
 def test_unlabelled_reads_json_scalars_as_text_and_warns(tmp_path, caplog):
     rows = [train_row("1"), train_row("2", **SCALAR_CELLS), train_row("3", response_b='"b"')]
     path = write_train(tmp_path, rows)
-    with caplog.at_level(logging.WARNING, logger="jaxpref.data"):
+    with caplog.at_level(logging.WARNING, logger="jaxpref.data.arena"):
         frame = read_arena_csv(path, labelled=False)
     assert list(frame["id"]) == ["1", "2", "3"]
     assert frame["prompt"][1] == ["true"]
@@ -678,7 +678,7 @@ def test_unlabelled_reads_json_scalars_as_text_and_warns(tmp_path, caplog):
 
 def test_plain_file_reports_no_scalar_cells(tmp_path, caplog):
     path = write_train(tmp_path, [train_row("1")])
-    with caplog.at_level(logging.WARNING, logger="jaxpref.data"):
+    with caplog.at_level(logging.WARNING, logger="jaxpref.data.arena"):
         frame = read_arena_csv(path, labelled=False)
     assert frame.attrs["scalar_cells"] == 0
     assert not caplog.records

@@ -15,7 +15,7 @@ from keras_hub.src.models.deberta_v3.disentangled_self_attention import (
     DisentangledSelfAttention,
 )
 
-from jaxpref.deberta_attention import (
+from jaxpref.models.deberta_attention import (
     AttentionError,
     EfficientDisentangledSelfAttention,
     efficient_deberta,

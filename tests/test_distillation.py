@@ -9,10 +9,12 @@ import pandas as pd
 import pytest
 from conftest import run_script, tiny_run_args
 
-from jaxpref import cli, distillation, pipeline
+from jaxpref import cli
 from jaxpref.config import ConfigError, TrainConfig
-from jaxpref.data import LABEL_COLUMNS, DataError
-from jaxpref.probabilities import read_probabilities
+from jaxpref.data.arena import LABEL_COLUMNS, DataError
+from jaxpref.data.probabilities import read_probabilities
+from jaxpref.inputs import pipeline
+from jaxpref.training import distillation
 
 HEADER = "id,winner_model_a,winner_model_b,winner_tie\n"
 

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from jaxpref import distribution
+from jaxpref.parallel import distribution
 
 
 def test_four_simulated_cpu_devices_are_visible():

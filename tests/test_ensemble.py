@@ -7,9 +7,12 @@ import pandas as pd
 import pytest
 from conftest import run_script
 
-from jaxpref import cli, data, ensemble, metrics
-from jaxpref.ensemble import Blend
-from jaxpref.probabilities import read_probabilities
+from jaxpref import cli
+from jaxpref.data import arena
+from jaxpref.data.probabilities import read_probabilities
+from jaxpref.jobs import ensemble
+from jaxpref.jobs.ensemble import Blend
+from jaxpref.scoring import metrics
 
 
 def softmax(logits):
@@ -73,7 +76,7 @@ def test_nested_selection_picks_each_fold_by_the_other_folds():
 
 
 def write_predictions(path, ids, probs):
-    frame = pd.DataFrame(probs, columns=list(data.LABEL_COLUMNS))
+    frame = pd.DataFrame(probs, columns=list(arena.LABEL_COLUMNS))
     frame.insert(0, "id", list(ids))
     frame.to_csv(path, index=False)
     return path
@@ -87,7 +90,7 @@ def noisy_oof(frame, seed):
 
 
 def test_bad_inputs_are_one_line_errors(small_csv, tmp_path, capsys):
-    frame = data.read_arena_csv(small_csv, labelled=True)
+    frame = arena.read_arena_csv(small_csv, labelled=True)
     good = write_predictions(tmp_path / "a.csv", frame["id"], noisy_oof(frame, 0))
     other = write_predictions(tmp_path / "b.csv", [f"x{i}" for i in range(3)], np.eye(3))
     cases = [
@@ -107,8 +110,8 @@ def test_bad_inputs_are_one_line_errors(small_csv, tmp_path, capsys):
 
 
 def test_ensemble_command_blends_models_and_baselines(small_csv, tmp_path):
-    frame = data.read_arena_csv(small_csv, labelled=True)
-    test = data.read_arena_csv(data.DEFAULT_TEST_CSV, labelled=False)
+    frame = arena.read_arena_csv(small_csv, labelled=True)
+    test = arena.read_arena_csv(arena.DEFAULT_TEST_CSV, labelled=False)
     oofs, tests = [], []
     for k in range(2):
         oofs.append(write_predictions(tmp_path / f"oof{k}.csv", frame["id"], noisy_oof(frame, k)))
@@ -118,7 +121,7 @@ def test_ensemble_command_blends_models_and_baselines(small_csv, tmp_path):
     result = run_script(
         "ensemble.py", *map(str, oofs), "--train-csv", str(small_csv), "--baselines",
         "--folds", "3", "--test-predictions", *map(str, tests),
-        "--test-csv", str(data.DEFAULT_TEST_CSV), "--out-dir", str(out),
+        "--test-csv", str(arena.DEFAULT_TEST_CSV), "--out-dir", str(out),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((out / "blend.json").read_text())
@@ -129,7 +132,7 @@ def test_ensemble_command_blends_models_and_baselines(small_csv, tmp_path):
     assert set(record["weights"]) == set(names) and min(record["weights"].values()) >= 0
     submission = pd.read_csv(out / "submission.csv", dtype={"id": str})
     assert list(submission["id"]) == list(test["id"][::-1])
-    np.testing.assert_allclose(submission[list(data.LABEL_COLUMNS)].sum(axis=1), 1)
+    np.testing.assert_allclose(submission[list(arena.LABEL_COLUMNS)].sum(axis=1), 1)
     assert "blend: log loss" in result.stdout and "wrote" in result.stdout
     teacher = read_probabilities(out / "oof.csv").aligned(frame["id"], "oof.csv")
     assert metrics.log_loss(teacher, frame["label"].to_numpy()) == pytest.approx(

@@ -9,9 +9,13 @@ import pytest
 from conftest import run_commands, run_script, write_learnable_csv
 from test_report import png_size, write_history
 
-from jaxpref import baselines, data, distribution, evaluation, metrics, prediction
 from jaxpref.config import TrainConfig
+from jaxpref.data import arena, probabilities, splitting
+from jaxpref.jobs import evaluate
+from jaxpref.parallel import distribution
 from jaxpref.rundir import RunDirError
+from jaxpref.scoring import baselines, metrics
+from jaxpref.serve import predict
 
 
 def fake_run(tmp_path, rows: int = 150):
@@ -19,8 +23,8 @@ def fake_run(tmp_path, rows: int = 150):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     csv_path = write_learnable_csv(tmp_path / "train.csv", rows)
-    frame = data.read_arena_csv(csv_path, labelled=True)
-    train, valid = data.split_train_valid(frame, 0.2, seed=0)
+    frame = arena.read_arena_csv(csv_path, labelled=True)
+    train, valid = splitting.split_train_valid(frame, 0.2, seed=0)
     TrainConfig.from_flat(
         dict(train_csv=str(csv_path), run_dir=str(run_dir), batch_size=6)
     ).to_json(run_dir / "config.json")
@@ -29,7 +33,7 @@ def fake_run(tmp_path, rows: int = 150):
     )
     probs = np.random.default_rng(0).dirichlet(np.ones(3), size=len(valid))
     order = np.random.default_rng(1).permutation(len(valid))
-    prediction.write_submission(
+    probabilities.write_submission(
         valid["id"].iloc[order], probs[order], run_dir / "valid_predictions.csv"
     )
     write_history(run_dir / "history.csv")
@@ -46,7 +50,7 @@ def assert_same_metrics(got: dict, expected: dict) -> None:
 
 def test_evaluate_run_scores_model_and_baselines_on_the_validation_rows(tmp_path):
     run_dir, train, valid, probs = fake_run(tmp_path)
-    result = evaluation.evaluate_run(run_dir)
+    result = evaluate.evaluate_run(run_dir)
     labels = valid["label"].to_numpy()
 
     assert list(result["scores"]) == ["model", *baselines.BASELINE_NAMES]
@@ -73,15 +77,15 @@ def test_evaluate_run_rejects_predictions_for_other_rows(tmp_path):
     run_dir, *_ = fake_run(tmp_path)
     predictions = pd.read_csv(run_dir / "valid_predictions.csv", dtype={"id": str})
     predictions.iloc[1:].to_csv(run_dir / "valid_predictions.csv", index=False)
-    with pytest.raises(data.DataError, match="ids differ: 1 id.s. of the validation split"):
-        evaluation.evaluate_run(run_dir, out_dir=tmp_path / "report")
+    with pytest.raises(arena.DataError, match="ids differ: 1 id.s. of the validation split"):
+        evaluate.evaluate_run(run_dir, out_dir=tmp_path / "report")
 
 
 def test_evaluate_run_notices_a_changed_training_csv(tmp_path):
     run_dir, *_ = fake_run(tmp_path)
     write_learnable_csv(tmp_path / "train.csv", 100)
     with pytest.raises(RunDirError, match="was the training CSV changed"):
-        evaluation.evaluate_run(run_dir)
+        evaluate.evaluate_run(run_dir)
 
 
 def test_evaluate_run_on_a_csv_predicts_with_the_model(tmp_path, monkeypatch):
@@ -98,12 +102,12 @@ def test_evaluate_run_on_a_csv_predicts_with_the_model(tmp_path, monkeypatch):
 
     monkeypatch.setattr(distribution, "setup", setup)
     monkeypatch.setattr(
-        prediction,
+        predict,
         "load_run",
         lambda d, precision=None: (None, None, TrainConfig.from_json(d / "config.json")),
     )
-    monkeypatch.setattr(prediction, "predict_frame", predict_frame)
-    result = evaluation.evaluate_run(
+    monkeypatch.setattr(predict, "predict_frame", predict_frame)
+    result = evaluate.evaluate_run(
         run_dir, tmp_path / "train.csv", tmp_path / "report", devices="cpu", num_devices=4
     )
     assert calls["devices"] == 4
@@ -149,9 +153,9 @@ def test_evaluate_on_a_csv_scores_what_infer_predicts(tiny_run, small_csv, tmp_p
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "report" / "evaluation.json").read_text())
-    frame = data.read_arena_csv(small_csv, labelled=True)
+    frame = arena.read_arena_csv(small_csv, labelled=True)
     predicted = pd.read_csv(tmp_path / "submission.csv", dtype={"id": str}).set_index("id")
-    probs = predicted.loc[frame["id"], list(data.LABEL_COLUMNS)].to_numpy()
+    probs = predicted.loc[frame["id"], list(arena.LABEL_COLUMNS)].to_numpy()
     expected = metrics.scores(probs, frame["label"].to_numpy())
     assert report["rows"] == 240 and report["rows_in_training_split"] == 216
     for name in ("log_loss", "accuracy", "per_class_log_loss"):

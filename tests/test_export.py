@@ -17,9 +17,11 @@ import pandas as pd
 import pytest
 from conftest import run_commands, run_script, tiny_run_args
 
-from jaxpref import bundle, checkpoints, data, prediction
 from jaxpref.config import ConfigError
-from jaxpref.export import directory_size
+from jaxpref.data import arena
+from jaxpref.jobs.export import directory_size
+from jaxpref.serve import bundle, predict
+from jaxpref.training import checkpoints
 
 pytestmark = pytest.mark.xdist_group("export")  # one worker: the module's bundle and predictions
 TOLERANCE = 1e-5  # bundle vs run directory, same precision
@@ -65,7 +67,7 @@ def exported(tiny_run, tmp_path_factory):
 def unseen_csv(tmp_path_factory):
     """24 sample rows the run never saw."""
     path = tmp_path_factory.mktemp("unseen") / "test.csv"
-    pd.read_csv(data.DEFAULT_TRAIN_CSV, dtype=str).iloc[240:264].to_csv(path, index=False)
+    pd.read_csv(arena.DEFAULT_TRAIN_CSV, dtype=str).iloc[240:264].to_csv(path, index=False)
     return path
 
 
@@ -98,7 +100,7 @@ def predictions(exported, unseen_csv, tmp_path_factory):
 def test_bundle_predicts_as_the_run_directory_does(predictions):
     from_bundle, from_run = predictions["bundle"], predictions["run"]
     assert list(from_bundle["id"]) == list(from_run["id"]) and len(from_bundle) == 24
-    diff = np.abs(from_bundle[list(data.LABEL_COLUMNS)] - from_run[list(data.LABEL_COLUMNS)])
+    diff = np.abs(from_bundle[list(arena.LABEL_COLUMNS)] - from_run[list(arena.LABEL_COLUMNS)])
     assert diff.to_numpy().max() < TOLERANCE
 
 
@@ -150,7 +152,7 @@ def test_plain_keras_hub_loads_the_backbone_with_lora_merged(exported, tiny_pres
 @pytest.mark.slow
 def test_mixed_bfloat16_inference_is_close_to_float32(predictions):
     bf16, fp32 = predictions["bf16"], predictions["run"]
-    diff = np.abs(bf16[list(data.LABEL_COLUMNS)] - fp32[list(data.LABEL_COLUMNS)])
+    diff = np.abs(bf16[list(arena.LABEL_COLUMNS)] - fp32[list(arena.LABEL_COLUMNS)])
     assert 0 < diff.to_numpy().max() < BF16_TOLERANCE  # applied, and harmless
 
 
@@ -221,7 +223,9 @@ def test_several_runs_export_as_one_bundle_of_their_mean_weights(
         np.testing.assert_allclose(mean[name], (first[name] + second[name]) / 2, 1e-5, 1e-6, name)
     assert not (tmp_path / "mean" / "calibration.json").exists()
     predictions = submission(tmp_path / "submission.csv")
-    assert len(predictions) == 24 and np.isfinite(predictions[list(data.LABEL_COLUMNS)]).all().all()
+    assert (
+        len(predictions) == 24 and np.isfinite(predictions[list(arena.LABEL_COLUMNS)]).all().all()
+    )
 
 
 def optimizer_parts(run_dir) -> list[str]:
@@ -257,8 +261,8 @@ def test_unreadable_bundles_are_one_line_errors(tmp_path, manifest, message):
 
 
 def test_inference_precision():
-    assert prediction.inference_precision("auto", "cpu") == "float32"
-    assert prediction.inference_precision("auto", "gpu") is None  # the run's own
-    assert prediction.inference_precision("mixed_float16", "cpu") == "mixed_float16"
+    assert predict.inference_precision("auto", "cpu") == "float32"
+    assert predict.inference_precision("auto", "gpu") is None  # the run's own
+    assert predict.inference_precision("mixed_float16", "cpu") == "mixed_float16"
     with pytest.raises(ConfigError, match="--precision float8"):
-        prediction.inference_precision("float8", "tpu")
+        predict.inference_precision("float8", "tpu")

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 from conftest import REPO, run_script, script_environment, start_script, tiny_run_args
 
-from jaxpref import checkpoints, data
+from jaxpref.data import arena
 from jaxpref.rundir import RunDir
+from jaxpref.training import checkpoints
 
 # Runs train_jax.py with Orbax's save failing like a full disk from the second save on, after
 # leaving a half-written temporary directory behind (what a crash during a write leaves).
@@ -124,14 +125,14 @@ def test_an_input_that_cannot_be_opened_is_one_error_naming_it(tmp_path):
     runs through a regular file."""
     a_file = tmp_path / "file"
     a_file.write_text("not a directory")
-    with pytest.raises(data.DataError) as info:
-        data.read_arena_csv(a_file / "train.csv", labelled=True)
+    with pytest.raises(arena.DataError) as info:
+        arena.read_arena_csv(a_file / "train.csv", labelled=True)
     assert str(info.value) == f"{a_file / 'train.csv'}: cannot open file (Not a directory)"
 
 
 def test_training_data_of_one_class_is_refused_with_the_counts(tiny_preset, tmp_path):
-    frame = pd.read_csv(data.DEFAULT_TRAIN_CSV, dtype=str).head(60)
-    frame[list(data.LABEL_COLUMNS)] = ["1", "0", "0"]
+    frame = pd.read_csv(arena.DEFAULT_TRAIN_CSV, dtype=str).head(60)
+    frame[list(arena.LABEL_COLUMNS)] = ["1", "0", "0"]
     one_class = tmp_path / "one.csv"
     frame.to_csv(one_class, index=False)
     result = run_script(

@@ -4,7 +4,7 @@ Each test starts from a small valid file (an arena CSV, or a preference file in 
 formats of ``tests/fixtures``), applies a few random mutations (bytes flipped, quotes, delimiters,
 brackets and line breaks inserted, the file truncated, bytes deleted, lines duplicated or
 dropped, the text re-encoded as latin-1, cp1252, UTF-16 or UTF-8 with a byte-order mark) and
-reads the result. Any exception other than :class:`jaxpref.data.DataError` is a bug, and so is a
+reads the result. Any exception other than `arena.DataError` is a bug, and so is a
 frame that breaks the reader's contract (column types, unique ids, labels, text that encodes as
 UTF-8 for the tokenizer). Re-encodings and duplicated records also have exact expected results.
 
@@ -32,8 +32,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, reject, settings
 from hypothesis import strategies as st
 
-from jaxpref.data import LABEL_COLUMNS, TEXT_COLUMNS, DataError, read_arena_csv
-from jaxpref.hh_rlhf import read_chosen_rejected
+from jaxpref.data.arena import LABEL_COLUMNS, TEXT_COLUMNS, DataError, read_arena_csv
+from jaxpref.data.preferences import read_chosen_rejected
 
 EXAMPLES = int(os.environ.get("JAXPREF_FUZZ_EXAMPLES", "50"))
 FUZZ = settings(

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from jaxpref import backbones, hf_deberta
+from jaxpref.models import backbones, hf_deberta
 
 FIXTURE = Path(__file__).parent / "fixtures" / "hf_deberta_v3_tiny"
 TOLERANCE = 1e-4
@@ -104,7 +104,7 @@ def test_head_weights_are_ignored_and_counted_under_any_distribution(tmp_path, c
     data_parallel = keras.distribution.DataParallel()
     keras.distribution.set_distribution(data_parallel)  # a run sets it before loading
     try:
-        with caplog.at_level(logging.INFO, logger="jaxpref.hf_deberta"):
+        with caplog.at_level(logging.INFO, logger="jaxpref.models.hf_deberta"):
             hf_deberta.convert(hf_dir(tmp_path / "src"), tmp_path / "preset")
         assert keras.distribution.distribution() is data_parallel
     finally:

@@ -1,4 +1,4 @@
-"""Tests for jaxpref.hh_rlhf: chosen/rejected JSON lines read as labelled arena rows."""
+"""Tests for jaxpref.data.preferences: chosen/rejected JSON lines read as labelled arena rows."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxpref import text
-from jaxpref.data import DEFAULT_TRAIN_CSV, DataError, read_arena_csv
-from jaxpref.hh_rlhf import pair_to_row, parse_dialogue, read_chosen_rejected
+from jaxpref.data import text
+from jaxpref.data.arena import DEFAULT_TRAIN_CSV, DataError, read_arena_csv
+from jaxpref.data.preferences import pair_to_row, parse_dialogue, read_chosen_rejected
 
 
 def dialogue(*turns: str) -> str:

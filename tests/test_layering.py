@@ -1,6 +1,8 @@
-"""The package's shape: layers without cycles, no private names across modules, short functions.
+"""The package's shape, read from its folders: each folder is a stage, and a module imports only
+from its own folder or a lower stage; no job imports another job; no cycle, no private name
+across modules, no long function.
 
-Layers, lowest first (a module imports only from its own layer or lower ones, never in a cycle):
+Stages, lowest first (the package root's modules, `cli` and the public API aside, are the base):
 """
 
 import ast
@@ -12,41 +14,57 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "jaxpref"
-LAYERS = [
-    {"config", "data", "text", "rundir", "safety"},
-    {
-        "backbones", "baselines", "calibration", "deberta_attention", "distillation",
-        "distribution", "hf_deberta", "hh_rlhf", "families", "metrics", "probabilities",
-        "lora", "sharding", "torch_pickle",
-        "monitoring", "optimization", "pipeline", "report", "tiny_preset",
-    },
-    {"bundle", "callbacks", "checkpoints", "model"},
-    {"crossval", "ensemble", "evaluation", "export", "prediction", "training"},
-    {"cli"},
+STAGES = [
+    ".",  # config, rundir, monitoring, safety: what every stage reads
+    "data", ("inputs", "scoring"), "models", "parallel", "serve", "training", "jobs",
+    "api",  # cli.py and the public API in __init__.py
 ]  # fmt: skip
+TOP = {"cli", "__init__"}
 MAX_FUNCTION_LINES = 80
-__doc__ += "\n".join(f"{i}. {', '.join(sorted(layer))}" for i, layer in enumerate(LAYERS))
+__doc__ += "\n".join(f"{i}. {stage}" for i, stage in enumerate(STAGES))
+
+
+def folder_of(module: str) -> str:
+    """'jaxpref.data.arena' -> 'data'; 'jaxpref.config' -> '.'; 'jaxpref.cli' -> 'api'."""
+    parts = module.split(".")[1:]
+    if len(parts) == 1:
+        return "api" if parts[0] in TOP else "."
+    return parts[0]
+
+
+def stage_of(module: str) -> int:
+    folder = folder_of(module)
+    return next(i for i, s in enumerate(STAGES) if folder in (s if isinstance(s, tuple) else (s,)))
 
 
 def modules() -> dict[str, ast.Module]:
-    return {
-        path.stem: ast.parse(path.read_text(), str(path))
-        for path in sorted(PACKAGE.glob("*.py"))
-        if path.stem != "__init__"
-    }
+    """{'jaxpref.data.arena': tree} for every module; a package's __init__ under its own name."""
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        if parts[-1] == "__init__" and len(parts) > 2:
+            parts = parts[:-1]
+        found[".".join(parts)] = ast.parse(path.read_text(), str(path))
+    return found
 
 
-def imported(tree: ast.Module) -> dict[str, set[str]]:
+def imported(tree: ast.Module, known: set[str]) -> dict[str, set[str]]:
     """{jaxpref module: names taken from it} for every import, at any depth of the module."""
     found: dict[str, set[str]] = {}
     aliases: dict[str, str] = {}
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module == "jaxpref":
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("jaxpref"):
             for alias in node.names:
-                found.setdefault(alias.name, set())
-                aliases[alias.asname or alias.name] = alias.name
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("jaxpref."):
-            found.setdefault(node.module.split(".")[1], set()).update(a.name for a in node.names)
+                submodule = f"{node.module}.{alias.name}"
+                if submodule in known:  # from jaxpref.data import arena
+                    found.setdefault(submodule, set())
+                    aliases[alias.asname or alias.name] = submodule
+                else:  # from jaxpref.data.arena import DataError
+                    found.setdefault(node.module, set()).add(alias.name)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("jaxpref."):
+                    found.setdefault(alias.name, set())
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
             if node.value.id in aliases:
@@ -54,35 +72,61 @@ def imported(tree: ast.Module) -> dict[str, set[str]]:
     return found
 
 
-def layer_of(name: str) -> int:
-    return next(i for i, layer in enumerate(LAYERS) if name in layer)
+def graph() -> dict[str, dict[str, set[str]]]:
+    trees = modules()
+    return {name: imported(tree, set(trees)) for name, tree in trees.items()}
 
 
-def test_every_module_has_a_layer():
-    assert set(modules()) == set().union(*LAYERS)
+def test_every_folder_is_a_stage():
+    folders = {folder_of(name) for name in modules() if name != "jaxpref"}
+    named = {f for s in STAGES for f in (s if isinstance(s, tuple) else (s,))}
+    assert folders <= named, f"folders without a stage: {sorted(folders - named)}"
 
 
-def test_imports_go_down_the_layers_and_never_take_private_names():
-    for name, tree in modules().items():
-        for target, names in imported(tree).items():
-            assert layer_of(target) <= layer_of(name), f"{name} imports {target}, a higher layer"
+def test_imports_stay_in_the_folder_or_go_down_the_stages():
+    for name, targets in graph().items():
+        for target, names in targets.items():
+            if target == "jaxpref" or folder_of(target) == folder_of(name):
+                continue
+            assert stage_of(target) < stage_of(name), f"{name} imports {target}, not below it"
             private = sorted(n for n in names if n.startswith("_"))
             assert not private, f"{name} uses private names of {target}: {private}"
 
 
+def test_no_job_imports_another_job():
+    for name, targets in graph().items():
+        if folder_of(name) == "jobs":
+            jobs = sorted(t for t in targets if folder_of(t) == "jobs" and t != "jaxpref.jobs")
+            assert not jobs, f"{name} imports the jobs {jobs}: what two jobs share lives below them"
+
+
 def test_no_import_cycles():
-    graph = {name: set(imported(tree)) for name, tree in modules().items()}
+    edges = {name: set(targets) for name, targets in graph().items()}
     done: set[str] = set()
 
     def visit(name: str, path: tuple[str, ...]) -> None:
         assert name not in path, f"import cycle: {' -> '.join((*path, name))}"
         if name not in done:
-            for target in graph[name]:
+            for target in edges.get(name, ()):
                 visit(target, (*path, name))
             done.add(name)
 
-    for name in graph:
+    for name in edges:
         visit(name, ())
+
+
+def import_depth() -> int:
+    """The longest chain of jaxpref imports (one module importing the next)."""
+    edges = {name: set(targets) - {name} for name, targets in graph().items()}
+    depth: dict[str, int] = {}
+
+    def longest(name: str) -> int:
+        if name not in depth:
+            below = [longest(t) for t in edges.get(name, ()) if t in edges]
+            depth[name] = 1 + max(below, default=0)
+        return depth[name]
+
+    return max(longest(name) for name in edges)
 
 
 def test_no_function_is_longer_than_the_limit():
@@ -93,6 +137,17 @@ def test_no_function_is_longer_than_the_limit():
                 assert length <= MAX_FUNCTION_LINES, f"{name}.{node.name}: {length} lines"
 
 
+def test_the_ensemble_job_loads_no_deep_learning_framework():
+    """Blending predictions is numpy and scikit-learn: it must work where keras cannot load."""
+    script = (
+        "import sys\nimport jaxpref.jobs.ensemble\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'keras', 'jax', 'tensorflow'}))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
+
+
 @pytest.mark.slow
 def test_each_module_imports_first_on_its_own():
     """Each module imported before any other jaxpref module (third-party imports stay cached)."""
@@ -101,7 +156,7 @@ def test_each_module_imports_first_on_its_own():
         f"for name in {sorted(modules())!r}:\n"
         "    for loaded in [m for m in sys.modules if m.startswith('jaxpref')]:\n"
         "        del sys.modules[loaded]\n"
-        "    importlib.import_module('jaxpref.' + name)\n"
+        "    importlib.import_module(name)\n"
     )
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     result = subprocess.run(

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 from conftest import run_commands, run_processes, run_script, write_learnable_csv
 
-from jaxpref import families
-from jaxpref.families import FAMILIES
+from jaxpref.models import families
+from jaxpref.models.families import FAMILIES
 
 pytestmark = pytest.mark.slow
 

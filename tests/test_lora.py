@@ -7,9 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-from jaxpref import backbones, lora
-from jaxpref import model as model_lib
 from jaxpref.config import ConfigError, ModelConfig
+from jaxpref.models import backbones, lora
+from jaxpref.models import preference as model_lib
 
 
 def _lora_backbone(tiny_preset, rank=4):

@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from jaxpref import data, metrics, report
+from jaxpref.data import arena
+from jaxpref.scoring import metrics, report
 
 
 def test_perfect_predictions():
@@ -22,7 +23,7 @@ def test_uniform_predictions():
     labels = np.array([0, 1, 2, 0])
     m = metrics.scores(np.full((4, 3), 1 / 3), labels)
     assert m["log_loss"] == pytest.approx(math.log(3))
-    assert m["per_class_log_loss"] == pytest.approx(dict.fromkeys(data.CLASS_NAMES, math.log(3)))
+    assert m["per_class_log_loss"] == pytest.approx(dict.fromkeys(arena.CLASS_NAMES, math.log(3)))
     assert m["accuracy"] == 0.5  # ties in argmax go to class 0
     assert m["ece"] == pytest.approx(0.5 - 1 / 3)
 

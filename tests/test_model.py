@@ -2,9 +2,12 @@ import keras
 import numpy as np
 import pytest
 
-from jaxpref import backbones, optimization, pipeline, text
-from jaxpref import model as model_lib
 from jaxpref.config import ModelConfig
+from jaxpref.data import text
+from jaxpref.inputs import pipeline
+from jaxpref.models import backbones
+from jaxpref.models import preference as model_lib
+from jaxpref.training import optimization
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +90,7 @@ def test_symmetric_head_mirrors_exactly_when_sides_swap(tiny):
 
 
 def test_swap_tta_makes_any_head_mirror_exactly(tiny):
-    from jaxpref import prediction
+    from jaxpref.serve import predict
 
     backbone, encoder = tiny
     model = model_lib.SiameseModel(backbone, dropout=0.0, head="concat")
@@ -100,13 +103,11 @@ def test_swap_tta_makes_any_head_mirror_exactly(tiny):
     tokens = pipeline.tokenize(texts, encoder, progress=False)
     plan = pipeline.plan_batches(tokens.row_lengths(), 2, (24,))
     keys = encoder.input_keys
-    plain = prediction.predict_tokens(model, tokens, plan, keys)
-    plain_swapped = prediction.predict_tokens(model, pipeline.swap_sides(tokens), plan, keys)
+    plain = predict.predict_tokens(model, tokens, plan, keys)
+    plain_swapped = predict.predict_tokens(model, pipeline.swap_sides(tokens), plan, keys)
     assert not np.allclose(plain_swapped, plain[:, [1, 0, 2]], atol=1e-4)  # the head is not
-    tta = prediction.predict_tokens(model, tokens, plan, keys, tta=True)
-    tta_swapped = prediction.predict_tokens(
-        model, pipeline.swap_sides(tokens), plan, keys, tta=True
-    )
+    tta = predict.predict_tokens(model, tokens, plan, keys, tta=True)
+    tta_swapped = predict.predict_tokens(model, pipeline.swap_sides(tokens), plan, keys, tta=True)
     np.testing.assert_allclose(tta_swapped, tta[:, [1, 0, 2]], atol=1e-9)
 
 
@@ -156,7 +157,7 @@ def test_factory_refuses_an_unknown_head(tiny_preset):
 
 
 def test_efficient_attention_is_a_setting_of_the_factory(tiny_preset):
-    from jaxpref import deberta_attention
+    from jaxpref.models import deberta_attention
 
     models = {}
     for attention in ("keras_hub", "efficient", "efficient_dropout"):

@@ -9,8 +9,12 @@ import numpy as np
 import pytest
 from conftest import run_script
 
-from jaxpref import backbones, callbacks, monitoring, pipeline, text
+from jaxpref import monitoring
 from jaxpref.config import RunConfig
+from jaxpref.data import text
+from jaxpref.inputs import pipeline
+from jaxpref.models import backbones
+from jaxpref.serve import predict
 
 LINE = re.compile(r"(\w+): (\d+)/(\d+) rows \((\d+)%\), [\d.]+ rows/s, ETA \d+:\d\d:\d\d")
 
@@ -66,7 +70,7 @@ def test_prediction_progress_counts_real_rows_per_batch(every_call):
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
     sizes = [4, 4, 1]  # the last global batch holds one real row and three filler copies
-    watch = callbacks.PredictProgress("predicting", sizes)
+    watch = predict.predict_progress("predicting", sizes)
     model.predict(np.zeros((12, 2)), batch_size=4, verbose=0, callbacks=[watch])
     assert [(label, int(done), int(total)) for label, done, total, _ in every_call()] == [
         ("predicting", 4, 9),

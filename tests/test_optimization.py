@@ -4,14 +4,15 @@ import keras
 import numpy as np
 import pytest
 
-from jaxpref import optimization
+from jaxpref.models import objective
+from jaxpref.training import optimization
 
 
 def _one_step(weight_decay: float) -> tuple[np.ndarray, np.ndarray]:
     """(kernel before, kernel after) one training step of a small model from the same start."""
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
-    optimization.compile_model(model, 0.1, weight_decay=weight_decay)
+    objective.compile_model(model, 0.1, weight_decay=weight_decay)
     before = model.layers[0].kernel.numpy().copy()
     x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
     model.train_on_batch(x, np.eye(3, dtype="float32")[np.arange(8) % 3])

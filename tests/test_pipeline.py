@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from jaxpref import backbones, pipeline, text
+from jaxpref.data import text
+from jaxpref.inputs import pipeline
+from jaxpref.models import backbones
 
 
 def test_truncate_pair_keeps_context_end_and_response_start():
@@ -210,7 +212,7 @@ def test_side_features_describe_each_side_and_follow_swaps(encoder):
 
 def test_token_cache_is_keyed_on_the_format_version(tmp_path, monkeypatch, tiny_preset):
     """Tokens cached by code that truncated or formatted differently are never reused."""
-    from jaxpref import backbones
+    from jaxpref.models import backbones
 
     preprocessor = backbones.load_preprocessor(str(tiny_preset), 32)
     encoder = pipeline.PairEncoder(preprocessor, ("token_ids", "padding_mask"))

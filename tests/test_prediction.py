@@ -7,8 +7,9 @@ import stat
 import numpy as np
 import pytest
 
-from jaxpref import prediction, rundir
+from jaxpref import rundir
 from jaxpref.config import ConfigError
+from jaxpref.data import probabilities
 
 
 def test_a_cross_validation_directory_stands_for_its_folds_in_order(tmp_path):
@@ -27,7 +28,7 @@ def test_a_cross_validation_directory_stands_for_its_folds_in_order(tmp_path):
 def test_a_submission_is_written_whole_and_readable_by_others(tmp_path):
     old_umask = os.umask(0o022)
     try:
-        path = prediction.write_submission(
+        path = probabilities.write_submission(
             ["a", "b"], np.array([[2, 1, 1], [1, 1, 2]]), tmp_path / "s.csv"
         )
     finally:

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from conftest import REPO, script_environment
 
-from jaxpref import data
+from jaxpref.data import arena
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("release")]
 FIXTURE = REPO / "tests" / "fixtures" / "format-v1"
@@ -55,11 +55,11 @@ def installed(tmp_path_factory):
 def test_the_wheel_runs_from_its_own_files(installed, tmp_path):
     version = run(installed / "jaxpref", "--version", cwd=tmp_path)
     assert version.stdout.strip() == f"jaxpref {installed_version()}"
-    where = run(installed / "python", "-c", "import jaxpref.data as d; print(d.__file__); "
+    where = run(installed / "python", "-c", "import jaxpref.data.arena as d; print(d.__file__); "
                 "print(d.DEFAULT_TRAIN_CSV); print(d.DEFAULT_TEST_CSV)", cwd=tmp_path)  # fmt: skip
     module, train_csv, test_csv = where.stdout.split()
     assert module.startswith(str(installed.parent)), module  # not this checkout's package
-    assert len(pd.read_csv(train_csv)) == len(pd.read_csv(data.DEFAULT_TRAIN_CSV))
+    assert len(pd.read_csv(train_csv)) == len(pd.read_csv(arena.DEFAULT_TRAIN_CSV))
     assert len(pd.read_csv(test_csv)) == 3
 
 
@@ -72,7 +72,7 @@ def test_what_version_1_wrote_predicts_as_it_did(installed, saved, tmp_path):
     recorded = pd.read_csv(FIXTURE / "predictions.csv", dtype={"id": str})
     produced = pd.read_csv(out, dtype={"id": str})
     assert produced["id"].tolist() == recorded["id"].tolist() and len(produced) == 24
-    columns = list(data.LABEL_COLUMNS)
+    columns = list(arena.LABEL_COLUMNS)
     np.testing.assert_allclose(produced[columns], recorded[columns], atol=TOLERANCE)
 
 

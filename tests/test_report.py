@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxpref import report
+from jaxpref.scoring import report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

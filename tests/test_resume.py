@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from conftest import built_once, start_python, start_script, tiny_run_args
 
-from jaxpref import checkpoints
 from jaxpref.rundir import RunDir
+from jaxpref.training import checkpoints
 
 
 def latest(run_dir):

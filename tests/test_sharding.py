@@ -12,7 +12,8 @@ import pytest
 from conftest import REPO, run_script, script_environment
 from safetensors.numpy import save_file
 
-from jaxpref import families, sharding
+from jaxpref.models import families
+from jaxpref.parallel import sharding
 
 RANK = 2
 ROWS, TOKENS = 4, 16
@@ -74,7 +75,7 @@ def _weight_shapes(backbone) -> dict:
 @pytest.mark.parametrize("name", list(families.FAMILIES))
 def test_family_on_a_2x2_mesh(decoder_presets, name):
     preset = str(decoder_presets[name])
-    config = sharding.read_backbone_config(preset)
+    config = families.read_backbone_config(preset)
     family = families.family_of(config)
     assert family.name == name
     targets = families.lora_targets(family)
@@ -202,7 +203,7 @@ def test_hugging_face_directories_convert(tmp_path, model_type):
     save_file(weights, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     family = families.check_supported_hf_dir(tmp_path)
     assert model_type in family.hf_model_types
-    assert families.family_of(sharding.read_backbone_config(str(tmp_path))) == family
+    assert families.family_of(families.read_backbone_config(str(tmp_path))) == family
     backbone = keras_hub.models.Backbone.from_preset(str(tmp_path))
     assert families.family_of(backbone) == family
     assert _weight_shapes(backbone) == {v.path: tuple(v.shape) for v in backbone.weights}
@@ -214,7 +215,7 @@ def test_kv_heads_the_model_axis_does_not_divide_stay_replicated(tmp_path):
     """Gemma-2B's layout: one kv head, so k/v kernels stay whole on a model axis of 2."""
     hf_config = _hf_config("gemma", **{**TINY_HF, "num_key_value_heads": 1})
     (tmp_path / "config.json").write_text(json.dumps(hf_config))
-    serialized = sharding.read_backbone_config(str(tmp_path))
+    serialized = families.read_backbone_config(str(tmp_path))
     config = serialized["config"]
     keras.utils.set_random_seed(0)
     reference = keras_hub.models.GemmaBackbone(**config)
@@ -292,7 +293,7 @@ def test_weight_estimate_of_real_checkpoints(tmp_path, model_type):
     if model_type == "qwen2":
         config["tie_word_embeddings"] = False
     (tmp_path / "config.json").write_text(json.dumps(config))
-    serialized = sharding.read_backbone_config(str(tmp_path))
+    serialized = families.read_backbone_config(str(tmp_path))
     one = sharding.memory_estimate(serialized, 8, 1024, 16, [], "bfloat16")
     assert one.weights == 2 * parameters and one.lora == 0
     four = sharding.memory_estimate(serialized, 8, 1024, 16, [], "bfloat16", mesh=(1, 4))
@@ -334,7 +335,7 @@ def test_training_that_cannot_fit_is_refused_before_the_model_is_built(
 
 
 def test_memory_estimate_parts_and_check_fits(decoder_presets):
-    config = sharding.read_backbone_config(str(decoder_presets["llama3"]))
+    config = families.read_backbone_config(str(decoder_presets["llama3"]))
     config["config"]["num_layers"] = 4
     targets = families.lora_targets(families.FAMILIES["llama3"], "q,v")
 
@@ -379,8 +380,8 @@ def test_lora_targets_and_alpha(decoder_presets):
 
 
 def test_remat_scope_recomputes_blocks(decoder_presets):
-    config = sharding.read_backbone_config(str(decoder_presets["qwen3"]))
-    with sharding.remat_scope(config):
+    config = families.read_backbone_config(str(decoder_presets["qwen3"]))
+    with families.remat_scope(config):
         backbone = keras_hub.models.Backbone.from_preset(str(decoder_presets["qwen3"]))
     reference = keras_hub.models.Backbone.from_preset(str(decoder_presets["qwen3"]))
     x = _inputs(config["config"]["vocabulary_size"])

@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 
-from jaxpref import data, text
+from jaxpref.data import arena, text
 
 
 def test_single_turn_is_prompt_and_response():
@@ -29,7 +29,7 @@ def test_uneven_turn_counts_keep_every_turn():
 
 
 def test_format_pairs_on_embedded_sample_keeps_every_row_and_side():
-    frame = data.read_arena_csv(data.DEFAULT_TRAIN_CSV, labelled=True)
+    frame = arena.read_arena_csv(arena.DEFAULT_TRAIN_CSV, labelled=True)
     pairs = text.format_pairs(frame)
     assert set(pairs) == set(text.FEATURE_KEYS)
     assert all(len(v) == len(frame) for v in pairs.values())

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from reference_run import TINY_DEBERTA
 
-from jaxpref import data
-from jaxpref.families import FAMILIES
-from jaxpref.tiny_preset import SPECIAL_PIECES, arena_texts, build_tiny_deberta_preset
+from jaxpref.data import arena
+from jaxpref.models.families import FAMILIES
+from jaxpref.models.tiny_preset import SPECIAL_PIECES, arena_texts, build_tiny_deberta_preset
 
 HIDDEN_DIM = TINY_DEBERTA["hidden_dim"]
 SEQ_LEN = 24
@@ -52,7 +52,7 @@ def test_load_and_run(preset_dir):
 def test_same_seed_same_weights(preset_dir, tmp_path):
     first = keras_hub.models.Backbone.from_preset(str(preset_dir)).get_weights()
     again = build_tiny_deberta_preset(
-        tmp_path / "again", arena_texts(data.DEFAULT_TRAIN_CSV), **TINY_DEBERTA
+        tmp_path / "again", arena_texts(arena.DEFAULT_TRAIN_CSV), **TINY_DEBERTA
     )
     second = keras_hub.models.Backbone.from_preset(str(again)).get_weights()
     assert len(first) == len(second)

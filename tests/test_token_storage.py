@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from jaxpref import backbones, data, pipeline, text
+from jaxpref.data import arena, text
+from jaxpref.inputs import pipeline
+from jaxpref.models import backbones
 
 LENGTH = 96
 
@@ -20,7 +22,7 @@ def encoder(tiny_preset):
 @pytest.fixture(scope="module")
 def texts():
     """12 arena rows, most longer than LENGTH; the last three short, one with empty texts."""
-    frame = data.read_arena_csv(data.DEFAULT_TRAIN_CSV, labelled=True).iloc[:12]
+    frame = arena.read_arena_csv(arena.DEFAULT_TRAIN_CSV, labelled=True).iloc[:12]
     pairs = text.format_pairs(frame)
     for key in text.FEATURE_KEYS:
         pairs[key][9:] = ["a short reply", "", f"{key} and some more"]
@@ -71,7 +73,7 @@ def test_cache_file_holds_ragged_tokens_under_a_versioned_name(encoder, texts, t
 
 def test_cross_encoded_orders_are_stored_ragged_and_batched_as_the_encoder_padded_them(encoder):
     cross = pipeline.CrossEncoder(encoder.preprocessor.tokenizer, LENGTH, ("token_ids",))
-    frame = data.read_arena_csv(data.DEFAULT_TRAIN_CSV, labelled=True).iloc[:6]
+    frame = arena.read_arena_csv(arena.DEFAULT_TRAIN_CSV, labelled=True).iloc[:6]
     texts = cross.texts(frame)
     tokens = pipeline.tokenize(texts, cross, progress=False)
     columns = {key: tf.constant(list(texts[key])) for key in text.CROSS_KEYS}

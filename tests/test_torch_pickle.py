@@ -10,7 +10,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from jaxpref import torch_pickle
+from jaxpref.models import torch_pickle
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "hf_deberta_v3_tiny")
 

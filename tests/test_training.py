@@ -19,7 +19,9 @@ from conftest import (
     write_learnable_csv,
 )
 
-from jaxpref import calibration, data, pipeline
+from jaxpref.data import arena
+from jaxpref.inputs import pipeline
+from jaxpref.scoring import calibration
 
 
 def _train(tiny_preset, run_dir, *extra):
@@ -122,9 +124,9 @@ def test_reloaded_weights_reproduce_validation_predictions(sample_run, tmp_path)
     """The best weights, restored from the run directory, give the same predictions."""
     run_dir, _ = sample_run
     split = pd.read_csv(run_dir / "split.csv", dtype=str)
-    train = data.read_arena_csv(data.DEFAULT_TRAIN_CSV, labelled=True)
+    train = arena.read_arena_csv(arena.DEFAULT_TRAIN_CSV, labelled=True)
     valid_ids = set(split.loc[split["split"] == "valid", "id"])
-    raw = pd.read_csv(data.DEFAULT_TRAIN_CSV, dtype=str)
+    raw = pd.read_csv(arena.DEFAULT_TRAIN_CSV, dtype=str)
     valid_csv = tmp_path / "valid.csv"
     raw[raw["id"].isin(valid_ids)].to_csv(valid_csv, index=False)
 
@@ -158,10 +160,10 @@ def test_submission_for_real_test_csv_on_four_devices(sample_run, tmp_path):
                         "--run-dir", relative, "--output", str(out))  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     sub = pd.read_csv(out, dtype={"id": str})
-    sample = pd.read_csv(data.SAMPLE_DIR / "arena_sample_submission.csv", dtype={"id": str})
+    sample = pd.read_csv(arena.SAMPLE_DIR / "arena_sample_submission.csv", dtype={"id": str})
     assert list(sub.columns) == list(sample.columns)
     assert sub["id"].tolist() == sample["id"].tolist() == ["136060", "211333", "1233961"]
-    probs = sub[list(data.LABEL_COLUMNS)].to_numpy()
+    probs = sub[list(arena.LABEL_COLUMNS)].to_numpy()
     assert np.isfinite(probs).all() and (probs > 0).all()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
     assert not list(tmp_path.glob(".submission.csv.*"))  # no temp file left behind
@@ -172,13 +174,13 @@ def test_fold_runs_predict_as_the_mean_of_their_calibrated_predictions(sample_ru
     """infer.py on a cross-validation directory averages its folds; here two copies of one run
     whose temperatures differ, so the expected mean follows from one run's submission."""
     run_dir, _ = sample_run
-    single = infer_predictions(run_dir, data.DEFAULT_TEST_CSV, tmp_path / "single.csv")
+    single = infer_predictions(run_dir, arena.DEFAULT_TEST_CSV, tmp_path / "single.csv")
     temperature = calibration.load_temperature(run_dir / "calibration.json")
     for fold in range(2):
         shutil.copytree(run_dir, tmp_path / "cv" / f"fold{fold}")
     (tmp_path / "cv" / "cv.json").write_text("{}")
     (tmp_path / "cv" / "fold1" / "calibration.json").write_text('{"temperature": 0.5}')
-    averaged = infer_predictions(tmp_path / "cv", data.DEFAULT_TEST_CSV, tmp_path / "cv.csv")
+    averaged = infer_predictions(tmp_path / "cv", arena.DEFAULT_TEST_CSV, tmp_path / "cv.csv")
     probs = single.loc[averaged.index].to_numpy()
     expected = (probs + calibration.apply_temperature(probs, 0.5 / temperature)) / 2
     np.testing.assert_allclose(averaged.to_numpy(), expected, atol=1e-5)
@@ -288,7 +290,7 @@ def test_non_default_options_train_and_reload(tiny_preset, small_csv, tmp_path):
 
 
 def test_fit_segments_finish_an_interrupted_period_then_run_whole_ones():
-    from jaxpref.training import Progress, Segment, fit_segments
+    from jaxpref.training.trainer import Progress, Segment, fit_segments
 
     assert fit_segments([9] * 3, Progress()) == [Segment(0, 3)]
     assert fit_segments([9] * 3, Progress(epoch=1, step=7)) == [Segment(1, 2, 7), Segment(2, 3)]
@@ -307,7 +309,7 @@ def test_fit_segments_finish_an_interrupted_period_then_run_whole_ones():
 
 def test_validation_periods_cut_each_epoch_and_refuse_more_periods_than_steps():
     from jaxpref.config import ConfigError
-    from jaxpref.training import validation_periods
+    from jaxpref.training.trainer import validation_periods
 
     lengths = np.random.default_rng(0).integers(10, 256, size=216)
     buckets = pipeline.bucket_lengths(256)

@@ -15,9 +15,12 @@ import numpy as np
 import pytest
 from conftest import REPO, run_script
 
-from jaxpref import backbones, bundle, data, prediction, safety
-from jaxpref import model as model_lib
+from jaxpref import safety
 from jaxpref.config import TrainConfig
+from jaxpref.data import arena
+from jaxpref.models import backbones
+from jaxpref.models import preference as model_lib
+from jaxpref.serve import bundle, predict
 
 EVIL = {"module": "evil", "class_name": "Module", "config": {}, "registered_name": "evil>Module"}
 
@@ -167,7 +170,7 @@ def fake_bundle(tiny_preset, root, file=None, contents=("backbone", "config.json
 def test_a_run_directory_with_a_lambda_in_its_preset_is_refused(tiny_preset, tmp_path):
     marker = tmp_path / "lambda-ran"
     run = fake_run(tiny_preset, tmp_path / "run", "config.json", dtype=lambda_config(marker))
-    assert refusal(prediction.load_run, run).startswith(
+    assert refusal(predict.load_run, run).startswith(
         f"{run / 'preset' / 'config.json'}: config.dtype is a Lambda object"
     )
     assert not marker.exists()
@@ -177,7 +180,7 @@ def test_a_run_directory_whose_preset_leads_elsewhere_is_refused(tiny_preset, tm
     run = fake_run(tiny_preset, tmp_path / "run")
     shutil.rmtree(run / "preset")
     (run / "preset").symlink_to(tiny_preset)
-    assert refusal(prediction.load_run, run) == (
+    assert refusal(predict.load_run, run) == (
         f"{run / 'preset'}: the run directory entry leads outside {run} (to {tiny_preset}); "
         "refusing to load it"
     )
@@ -186,7 +189,7 @@ def test_a_run_directory_whose_preset_leads_elsewhere_is_refused(tiny_preset, tm
 @pytest.mark.parametrize("entry", ["../secrets", "/etc/passwd"])
 def test_a_bundle_manifest_naming_files_outside_is_refused(tiny_preset, tmp_path, entry):
     root = fake_bundle(tiny_preset, tmp_path / "bundle", contents=["config.json", entry])
-    assert refusal(prediction.load_run, root) == (
+    assert refusal(predict.load_run, root) == (
         f"{root / 'bundle.json'}: contents[1] = {entry!r} is a path leaving its directory; "
         "refusing to load it"
     )
@@ -199,7 +202,7 @@ def test_infer_refuses_a_bundle_with_an_unknown_class_in_one_error_line(
     root = fake_bundle(tiny_preset, tmp_path / "bundle", "config.json", dtype=EVIL)
     result = run_script(
         "infer.py", "--devices", "cpu", "--run-dir", str(root), "--test-csv",
-        str(data.DEFAULT_TRAIN_CSV.parent / "arena_test.csv"), "--output", str(tmp_path / "s.csv"),
+        str(arena.DEFAULT_TRAIN_CSV.parent / "arena_test.csv"), "--output", str(tmp_path / "s.csv"),
     )  # fmt: skip
     assert result.returncode == 2, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]

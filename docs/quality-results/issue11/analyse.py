@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxpref import crossval, data, ensemble, metrics
-from jaxpref.probabilities import read_probabilities
+from jaxpref.data import arena, probabilities, splitting
+from jaxpref.data.probabilities import read_probabilities
+from jaxpref.jobs import crossval, ensemble
+from jaxpref.scoring import metrics
 
 CONFIGURATIONS = {
     "siamese2": "siamese, current defaults",
@@ -48,12 +50,12 @@ FOLD_AVERAGING = {  # `fold_average.sh` ROOT/nested: each fold's 2 inner models,
 }
 REFERENCE = ("siamese2", 2)
 BASELINE = "tfidf_length_logreg"
-TIE = data.CLASS_NAMES.index("winner_tie")
+TIE = arena.CLASS_NAMES.index("winner_tie")
 
 root = Path(sys.argv[1])
-frame = data.read_arena_csv(data.DEFAULT_TRAIN_CSV, labelled=True)
+frame = arena.read_arena_csv(arena.DEFAULT_TRAIN_CSV, labelled=True)
 labels = frame["label"].to_numpy()
-splits = crossval.fold_indices(frame, 3, 42)
+splits = splitting.fold_indices(frame, 3, 42)
 
 
 def epoch_probs(name: str, epoch: float) -> np.ndarray:
@@ -213,12 +215,12 @@ def stop_point_table(result: dict) -> str:
 
 def cross_table(result: dict) -> str:
     """The cross-encoder with and without the HH-RLHF rows: selected, calibrated oof.csv."""
-    rows, without = [], oof_probs("cross", crossval.OOF_FILE)
+    rows, without = [], oof_probs("cross", probabilities.OOF_FILE)
     for name, label in CROSS.items():
         if not (root / name / "cv.json").exists():
             continue
         cv = json.loads((root / name / "cv.json").read_text())
-        probs = oof_probs(name, crossval.OOF_FILE)
+        probs = oof_probs(name, probabilities.OOF_FILE)
         row = result["cross"][name] = {
             "log_loss": metrics.log_loss(probs, labels),
             "epoch_log_loss": cv["epoch_log_loss"],

@@ -1,0 +1,1 @@
+"""Reading data: arena CSVs, preference files, text shaping, splits, probability files."""

@@ -1,0 +1,1 @@
+"""What a user runs: inference, evaluation, cross-validation, blending, export."""

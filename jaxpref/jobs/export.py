@@ -1,0 +1,120 @@
+"""Export a trained run as a self-contained inference bundle (`jaxpref.serve.bundle`).
+
+The bundle holds what inference needs and nothing else (no optimizer state, no resumable
+checkpoints, no logs), with the LoRA adapters merged into the backbone, so it is the thing to
+upload, e.g. as a Kaggle dataset for an offline submission (docs/kaggle.md). `average_runs`
+writes one bundle whose weights are the mean of several runs' (e.g. a cross-validation's folds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from jaxpref.config import ConfigError
+from jaxpref.models import lora
+from jaxpref.parallel import distribution
+from jaxpref.rundir import RunDir, expand_runs
+from jaxpref.serve import bundle, predict
+
+log = logging.getLogger("jaxpref")
+
+
+@dataclasses.dataclass(frozen=True)
+class Export:
+    """Where the bundle went, and its size beside the run directories' (bytes)."""
+
+    path: Path
+    bundle_bytes: int
+    run_bytes: int
+
+
+def directory_size(path: str | os.PathLike) -> int:
+    """Bytes of every file under `path`."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def export_run(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    devices: str = "auto",
+    num_devices: int | None = None,
+) -> Export:
+    """Write the bundle of a run's best weights to `out`, in the precision it was trained in."""
+    if bundle.is_bundle(run_dir):
+        raise bundle.BundleError(f"{run_dir} is already a bundle; pass a run directory")
+    bundle.check_target(out)
+    distribution.setup(devices, num_devices, None)
+    model, encoder, cfg = predict.load_run(run_dir)
+    paths = RunDir(run_dir)
+    calibration = paths.calibration if paths.calibration.exists() else None
+    path = bundle.write_bundle(model, encoder, cfg, out, calibration, source=paths.root.name)
+    return Export(path, directory_size(path), directory_size(paths.root))
+
+
+def averaged_variables(model) -> list:
+    """The variables a weight average covers: every float variable but the LoRA factors
+    (merged into their kernels first); integer state such as a dropout seed is kept as is."""
+    import keras
+
+    return [
+        v
+        for v in model.weights
+        if keras.backend.is_float_dtype(v.dtype)
+        and not v.path.rsplit("/", 1)[-1].startswith("lora_kernel")
+    ]
+
+
+def average_runs(
+    run_dirs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    devices: str = "auto",
+    num_devices: int | None = None,
+) -> Export:
+    """Write one bundle whose weights are the mean of the runs' best weights (runs, bundles or
+    a cross-validation's directory, as `rundir.expand_runs` reads them).
+
+    The 1st place of the LMSYS competition averaged its folds' LoRA weights: one model's
+    inference cost instead of one per fold. Each LoRA layer's factors are merged into its
+    kernel first (`lora.merge_into_kernel`), so every kernel is the mean of the fine-tuned
+    kernels. The runs must have the same variables; fine-tunes of one preset from one seed (a
+    cross-validation's folds) are what averages well. The bundle holds no calibration: each
+    run's temperature was fitted to its own weights, not to their mean.
+    """
+    import keras
+
+    runs = expand_runs(run_dirs)
+    if len(runs) < 2:
+        raise ConfigError(f"averaging needs two runs or more, got {len(runs)}: {runs[0]}")
+    bundle.check_target(out)
+    total, shapes = None, None
+    for number, run in enumerate(runs, start=1):
+        log.info("reading run %d of %d: %s", number, len(runs), run)
+        keras.backend.clear_session()  # one model in memory at a time, with the same paths
+        distribution.setup(devices, num_devices, None)
+        model, encoder, cfg = predict.load_run(run)
+        for layer in lora.lora_layers(model.backbone):
+            lora.merge_into_kernel(layer)
+        variables = averaged_variables(model)
+        found = [(v.path, tuple(v.shape)) for v in variables]
+        if total is None:
+            total, shapes = [np.zeros(shape) for _, shape in found], found
+        elif found != shapes:
+            differ = [f"{a} vs {b}" for a, b in zip(shapes, found, strict=False) if a != b]
+            raise ConfigError(
+                f"{run}: its variables differ from {runs[0]}'s "
+                f"({(differ or [f'{len(shapes)} vs {len(found)} variables'])[0]}); only runs "
+                "of one architecture and model size can be averaged"
+            )
+        for sum_, variable in zip(total, variables, strict=True):
+            sum_ += np.asarray(variable.numpy(), "float64")
+    for sum_, variable in zip(total, variables, strict=True):
+        variable.assign((sum_ / len(runs)).astype(variable.dtype))
+    source = f"mean of {len(runs)} runs: " + ", ".join(run.name for run in runs)
+    path = bundle.write_bundle(model, encoder, cfg, out, None, source=source)
+    return Export(path, directory_size(path), sum(directory_size(run) for run in runs))

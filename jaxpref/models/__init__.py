@@ -1,0 +1,1 @@
+"""Preference models, their backbones, LoRA, attention, and converters from other formats."""

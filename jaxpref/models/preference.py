@@ -1,0 +1,468 @@
+"""Preference models: backbone + LoRA + head, built from one `ModelConfig` by `build_model`.
+
+An architecture is a `PreferenceModel` subclass registered in `ARCHITECTURES`: it says how
+its backbone reads a pair (`encode`: the inputs and two side vectors); the base class adds LoRA,
+side features and the head, outputs a float32 softmax over (winner_model_a, winner_model_b,
+winner_tie), and round-trips through `get_config`/`from_config` (the backbone serialized
+inside, as keras-hub tasks do). `SiameseModel` encodes each side apart with one shared backbone;
+`CrossEncoderModel` reads conversation and both responses in one sequence, with encoders and
+decoder LLMs alike. A new backbone family is whatever `backbones.load_backbone` returns.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import keras
+import numpy as np
+from keras import ops
+
+from jaxpref import safety
+from jaxpref.config import ConfigError, ModelConfig
+from jaxpref.data.arena import NUM_CLASSES
+from jaxpref.inputs import pipeline
+from jaxpref.inputs.pipeline import FIRST, NUM_SIDE_FEATURES, PART_IDS, SECOND, SIDE_FEATURES
+from jaxpref.models import backbones, families, lora
+
+STANDARDIZE = "side_standardize"
+
+
+@keras.saving.register_keras_serializable(package="jaxpref")
+class FoldSides(keras.layers.Layer):
+    """(B, 2, L) -> (2B, L): both sides go through the backbone as one batch."""
+
+    def call(self, x):
+        return ops.reshape(x, (-1, ops.shape(x)[-1]))
+
+    def compute_output_shape(self, input_shape):
+        return (None, input_shape[-1])
+
+
+@keras.saving.register_keras_serializable(package="jaxpref")
+class MaskedMeanPool(keras.layers.Layer):
+    """Mean over real tokens; padding never dilutes the embedding."""
+
+    def call(self, hidden, padding_mask):
+        mask = ops.expand_dims(ops.cast(padding_mask, "float32"), -1)
+        total = ops.sum(ops.cast(hidden, "float32") * mask, axis=1)
+        return total / ops.maximum(ops.sum(mask, axis=1), 1.0)
+
+    def compute_output_shape(self, hidden_shape, padding_mask_shape):
+        return (hidden_shape[0], hidden_shape[-1])
+
+
+@keras.saving.register_keras_serializable(package="jaxpref")
+class UnfoldSides(keras.layers.Layer):
+    """(2B, H) -> side A (B, H) and side B (B, H)."""
+
+    def call(self, x):
+        pairs = ops.reshape(x, (-1, 2, ops.shape(x)[-1]))
+        return pairs[:, 0], pairs[:, 1]
+
+    def compute_output_shape(self, input_shape):
+        return (None, input_shape[-1]), (None, input_shape[-1])
+
+
+@keras.saving.register_keras_serializable(package="jaxpref")
+class SegmentPool(keras.layers.Layer):
+    """(B, L, H) -> the first response, the second response, and the whole sequence (B, H) each.
+
+    Each response is mean-pooled over its own tokens. The whole sequence is mean-pooled over
+    real tokens (`pooling="mean"`, bidirectional encoders) or read at its last real token
+    (`pooling="last"`, decoders: the only position that has seen every token).
+    """
+
+    def __init__(self, pooling: str = "mean", **kwargs):
+        super().__init__(**kwargs)
+        self.pooling = pooling
+
+    def call(self, hidden, part_ids, padding_mask):
+        hidden = ops.cast(hidden, "float32")
+
+        def mean_over(mask):
+            mask = ops.expand_dims(ops.cast(mask, "float32"), -1)
+            return ops.sum(hidden * mask, axis=1) / ops.maximum(ops.sum(mask, axis=1), 1.0)
+
+        if self.pooling == "last":
+            last = ops.sum(ops.cast(padding_mask, "int32"), axis=1) - 1
+            whole = ops.take_along_axis(hidden, ops.reshape(last, (-1, 1, 1)), axis=1)[:, 0]
+        else:
+            whole = mean_over(padding_mask)
+        return mean_over(ops.equal(part_ids, FIRST)), mean_over(ops.equal(part_ids, SECOND)), whole
+
+    def compute_output_shape(self, hidden_shape, part_ids_shape, padding_mask_shape):
+        shape = (hidden_shape[0], hidden_shape[-1])
+        return shape, shape, shape
+
+    def get_config(self):
+        return {**super().get_config(), "pooling": self.pooling}
+
+
+@keras.saving.register_keras_serializable(package="jaxpref")
+class SwapSymmetricHead(keras.layers.Layer):
+    """Logits that mirror exactly when the sides are swapped: P(A wins | A, B) = P(B wins | B, A).
+
+    One scorer rates "this side beats that one" from (this, that, this - that, this * that) and is
+    applied both ways; the tie scorer sees only swap-invariant features (a + b, |a - b|, a * b).
+    """
+
+    def __init__(self, dropout: float = 0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.dropout = dropout
+        self.drop = keras.layers.Dropout(dropout)
+        self.win = keras.layers.Dense(1, dtype="float32", name="win")
+        self.tie = keras.layers.Dense(1, dtype="float32", name="tie")
+
+    def call(self, a, b, training=None):
+        a, b = ops.cast(a, "float32"), ops.cast(b, "float32")
+        both = a * b
+
+        def beats(this, that):
+            features = ops.concatenate([this, that, this - that, both], axis=-1)
+            return self.win(self.drop(features, training=training))
+
+        tie_features = ops.concatenate([a + b, ops.abs(a - b), both], axis=-1)
+        tie = self.tie(self.drop(tie_features, training=training))
+        return ops.concatenate([beats(a, b), beats(b, a), tie], axis=-1)
+
+    def compute_output_shape(self, a_shape, b_shape):
+        return (a_shape[0], NUM_CLASSES)
+
+    def get_config(self):
+        return {**super().get_config(), "dropout": self.dropout}
+
+
+@keras.saving.register_keras_serializable(package="jaxpref")
+class Standardize(keras.layers.Layer):
+    """(x - mean) / std per feature, with mean and std fitted on the training split.
+
+    Raw log-counts (~0-9) would saturate the tanh projection; the statistics are non-trainable
+    weights, so they are checkpointed and restored with the model.
+    """
+
+    def build(self, input_shape):
+        shape = (input_shape[-1],)
+        self.mean = self.add_weight(shape=shape, initializer="zeros", trainable=False, name="mean")
+        self.std = self.add_weight(shape=shape, initializer="ones", trainable=False, name="std")
+
+    def fit(self, features) -> None:
+        """Set the statistics from (..., F) training features."""
+        flat = np.asarray(features, np.float64).reshape(-1, features.shape[-1])
+        self.mean.assign(flat.mean(axis=0).astype("float32"))
+        self.std.assign(np.maximum(flat.std(axis=0), 1e-3).astype("float32"))
+
+    def call(self, x):
+        return (ops.cast(x, "float32") - self.mean) / self.std
+
+
+def sequence_output(outputs):
+    """Token embeddings from a backbone (BERT returns a dict, DeBERTa a tensor)."""
+    return outputs["sequence_output"] if isinstance(outputs, dict) else outputs
+
+
+class PreferenceModel(keras.Model):
+    """Base of every architecture: backbone + LoRA + head, config round-trip, gathered
+    predictions.
+
+    A subclass names its input `layout` and implements `encode(backbone)`, which builds the
+    model's inputs and the two side vectors the head compares; everything else is shared.
+    `head="symmetric"`: `SwapSymmetricHead`, whose predictions mirror exactly when the sides
+    swap; `head="concat"`: a dense layer over [a, b, a - b, a * b]. `side_features=F` adds an
+    input (B, 2, F) of per-side features (lengths, markdown counts), standardized
+    (`fit_side_features` sets the statistics) and joined to each side's vector both as they
+    are and through one shared tanh projection. `lora_rank > 0` freezes the backbone and
+    trains rank-`lora_rank` adapters on `lora_targets` (None: keras-hub's default layers)
+    scaled by `lora_alpha / lora_rank` (None: 1), their input dropped out at `lora_dropout`
+    in training (`lora.add_dropout`).
+    """
+
+    layout = pipeline.PAIR
+    default_name = "preference"
+
+    def __init__(
+        self,
+        backbone,
+        lora_rank: int = 0,
+        lora_targets: list[str] | None = None,
+        lora_alpha: float | None = None,
+        head: str = "symmetric",
+        dropout: float = 0.1,
+        side_features: int = 0,
+        lora_dropout: float = 0.0,
+        name: str | None = None,
+        **kwargs,
+    ):
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {tuple(HEADS)}, got {head!r}")
+        enable_lora(backbone, lora_rank, lora_targets, lora_alpha)
+        lora_seed = None
+        if lora_dropout:
+            if not lora_rank:
+                raise ValueError("LoRA dropout needs LoRA adapters (lora_rank > 0)")
+            lora_seed = keras.random.SeedGenerator(name="lora_dropout_seed")
+            lora.add_dropout(backbone, lora_dropout, lora_seed)
+
+        # === Functional Model ===
+        inputs, side_a, side_b = self.encode(backbone)
+        if side_features:
+            inputs[SIDE_FEATURES] = keras.Input(
+                shape=(2, side_features), dtype="float32", name=SIDE_FEATURES
+            )
+            side_a, side_b = with_side_features(inputs[SIDE_FEATURES], side_a, side_b)
+        logits = HEADS[head](side_a, side_b, dropout)
+        probs = keras.layers.Activation("softmax", dtype="float32", name="probs")(logits)
+        super().__init__(inputs=inputs, outputs=probs, name=name or self.default_name, **kwargs)
+
+        # === Config ===
+        self.backbone, self.lora_rank = backbone, lora_rank
+        self.lora_targets, self.lora_alpha = lora_targets, lora_alpha
+        self.head, self.dropout, self.side_features = head, dropout, side_features
+        self.lora_dropout = lora_dropout
+        if lora_seed is not None:
+            self.lora_seed = lora_seed  # tracked: its state trains and checkpoints with the model
+
+    def encode(self, backbone) -> tuple[dict, object, object]:
+        """(inputs by name, side A vector, side B vector) of the functional graph."""
+        raise NotImplementedError
+
+    @property
+    def backbone_input_keys(self) -> tuple[str, ...]:
+        return tuple(self.backbone.input.keys())
+
+    @property
+    def input_keys(self) -> tuple[str, ...]:
+        """The integer inputs the pipeline feeds (side features aside)."""
+        return self.backbone_input_keys
+
+    def fit_side_features(self, features: np.ndarray) -> None:
+        """Fit the side-feature standardization on the training split's (n, 2, F) features."""
+        self.get_layer(STANDARDIZE).fit(features)
+
+    def predict_step(self, state, data):
+        """Gather the (B, 3) predictions onto every process, so any process can write files.
+
+        Under multi-host data parallelism each process holds only its share of a global batch.
+        """
+        import jax
+
+        outputs, non_trainable_variables = super().predict_step(state, data)
+        dist = keras.distribution.distribution()
+        if dist is not None:
+            everywhere = jax.sharding.NamedSharding(
+                dist.device_mesh.backend_mesh, jax.sharding.PartitionSpec()
+            )
+            outputs = jax.lax.with_sharding_constraint(outputs, everywhere)
+        return outputs, non_trainable_variables
+
+    def get_config(self):
+        # Not chained to Functional.get_config: that nested graph cannot rebuild a subclass.
+        return {
+            "backbone": keras.layers.serialize(self.backbone),
+            "lora_rank": self.lora_rank,
+            "lora_targets": self.lora_targets,
+            "lora_alpha": self.lora_alpha,
+            "head": self.head,
+            "dropout": self.dropout,
+            "side_features": self.side_features,
+            "lora_dropout": self.lora_dropout,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        """Rebuild from `get_config`; the backbone config passes `safety` first (no code, only
+        keras, keras_hub and jaxpref classes, no file outside its preset)."""
+        config = dict(config)
+        if isinstance(config["backbone"], dict):
+            safety.check_serialized(config["backbone"], f"{cls.__name__} config", "backbone")
+            config["backbone"] = keras.layers.deserialize(config["backbone"])
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="jaxpref")
+class SiameseModel(PreferenceModel):
+    """One shared backbone encodes each side; the head compares the two mean-pooled vectors.
+
+    Inputs are (B, 2, L) per backbone input; both sides are folded into one (2B, L) backbone
+    call (shared weights, one large matmul instead of two) and mean-pooled over real tokens.
+    """
+
+    default_name = "siamese_preference"
+
+    def encode(self, backbone):
+        keys = tuple(backbone.input.keys())
+        inputs = {key: keras.Input(shape=(2, None), dtype="int32", name=key) for key in keys}
+        folded = {key: FoldSides(name=f"fold_{key}")(inputs[key]) for key in keys}
+        hidden = sequence_output(backbone(folded))
+        pooled = MaskedMeanPool(name="mean_pool")(hidden, folded["padding_mask"])
+        side_a, side_b = UnfoldSides(name="unfold")(pooled)
+        return inputs, side_a, side_b
+
+
+@keras.saving.register_keras_serializable(package="jaxpref")
+class CrossEncoderModel(PreferenceModel):
+    """One backbone call reads conversation, first and second response in one sequence.
+
+    Each response is pooled over its own tokens and joined with the whole sequence's vector
+    (`SegmentPool`: `pooling="mean"` for encoders, `"last"` for decoders); the same heads
+    compare the two. The pipeline feeds either order of the responses
+    (`pipeline.CrossEncoder`): swap augmentation in training, and swap test-time augmentation
+    at inference, make the predictions swap-consistent.
+    """
+
+    layout = pipeline.CROSS
+    default_name = "cross_preference"
+
+    def __init__(self, backbone, pooling: str = "mean", **kwargs):
+        self.pooling = pooling
+        super().__init__(backbone, **kwargs)
+
+    def encode(self, backbone):
+        keys = tuple(backbone.input.keys())
+        inputs = {key: keras.Input(shape=(None,), dtype="int32", name=key) for key in keys}
+        inputs[PART_IDS] = keras.Input(shape=(None,), dtype="int32", name=PART_IDS)
+        hidden = sequence_output(backbone({key: inputs[key] for key in keys}))
+        first, second, whole = SegmentPool(self.pooling, name="segment_pool")(
+            hidden, inputs[PART_IDS], inputs["padding_mask"]
+        )
+        side_a = keras.layers.Concatenate(name="first_and_whole")([first, whole])
+        side_b = keras.layers.Concatenate(name="second_and_whole")([second, whole])
+        return inputs, side_a, side_b
+
+    @property
+    def input_keys(self) -> tuple[str, ...]:
+        return (*self.backbone_input_keys, PART_IDS)
+
+    def get_config(self):
+        return {**super().get_config(), "pooling": self.pooling}
+
+
+def enable_lora(backbone, rank: int, targets: list[str] | None, alpha: float | None) -> None:
+    """Freeze `backbone` and add LoRA factors (rank 0: every weight trains)."""
+    if rank <= 0:
+        return
+    if targets is None and alpha is None:
+        backbone.enable_lora(rank)  # keras-hub's default layers
+    else:
+        families.enable_lora(backbone, rank, targets or backbone.default_lora_layer_names(), alpha)
+
+
+def with_side_features(features, side_a, side_b):
+    """Each side's embedding joined with its standardized features, raw and tanh-projected.
+
+    The raw standardized features make the head hold the length-feature logistic regression
+    (A, B, A - B, |A - B|) as a special case.
+    """
+    features = Standardize(dtype="float32", name=STANDARDIZE)(features)
+    project = keras.layers.Dense(16, activation="tanh", dtype="float32", name="side_proj")
+    side_a = keras.layers.Concatenate(name="with_features_a")(
+        [ops.cast(side_a, "float32"), project(features[:, 0]), features[:, 0]]
+    )
+    side_b = keras.layers.Concatenate(name="with_features_b")(
+        [ops.cast(side_b, "float32"), project(features[:, 1]), features[:, 1]]
+    )
+    return side_a, side_b
+
+
+def symmetric_head(side_a, side_b, dropout: float):
+    return SwapSymmetricHead(dropout, name="logits")(side_a, side_b)
+
+
+def concat_head(side_a, side_b, dropout: float):
+    features = keras.layers.Concatenate(name="compare")(
+        [side_a, side_b, side_a - side_b, side_a * side_b]
+    )
+    features = keras.layers.Dropout(dropout, name="head_dropout")(features)
+    return keras.layers.Dense(NUM_CLASSES, dtype="float32", name="logits")(features)
+
+
+HEADS = {"symmetric": symmetric_head, "concat": concat_head}
+ARCHITECTURES: dict[str, type[PreferenceModel]] = {
+    "siamese": SiameseModel,
+    "cross": CrossEncoderModel,
+}
+
+
+def set_precision(precision: str) -> None:
+    """Global Keras dtype policy; call before building the backbone."""
+    keras.config.set_dtype_policy(precision)
+
+
+def build_model(
+    cfg: ModelConfig, sequence_length: int, preset: str | None = None, load_weights: bool = True
+) -> PreferenceModel:
+    """The `cfg.architecture` model around the backbone of `preset` (default `cfg.preset`).
+
+    `cfg.precision` must be resolved (not "auto"). Inference passes a run's weightless preset
+    copy with `load_weights=False`; the trained weights then come from its checkpoint.
+    Decoder LLMs (`families`) get last-token pooling, LoRA on attention and MLP by default,
+    and, with `cfg.remat`, each block recomputed in the backward pass.
+    """
+    set_precision(cfg.precision)
+    preset = backbones.resolve_preset(preset or cfg.preset)
+    decoder = is_decoder_preset(preset)
+    if decoder and cfg.architecture != "cross":
+        raise ConfigError(f"--preset {cfg.preset} is a decoder LLM: use --architecture cross")
+    if cfg.lora_dropout and not cfg.lora_rank:
+        raise ConfigError("--lora-dropout applies to LoRA adapters: set --lora-rank above 0")
+    if cfg.remat and not decoder:
+        raise ConfigError("--remat applies to decoder LLM presets (Gemma, Llama, Qwen, Mistral)")
+    with remat_scope(preset) if cfg.remat else nullcontext():
+        backbone = backbones.load_backbone(preset, dtype=cfg.precision, load_weights=load_weights)
+    backbones.check_sequence_length(backbone, sequence_length)
+    if cfg.attention != "keras_hub" and type(backbone).__name__ == "DebertaV3Backbone":
+        from jaxpref.models import deberta_attention
+
+        dropout = cfg.attention == "efficient_dropout"
+        deberta_attention.efficient_deberta(backbone, attention_dropout=dropout)
+    options = {"pooling": "last" if decoder else "mean"} if cfg.architecture == "cross" else {}
+    return ARCHITECTURES[cfg.architecture](
+        backbone,
+        lora_rank=cfg.lora_rank,
+        lora_targets=lora_targets(cfg.lora_targets, backbone, decoder),
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        head=cfg.head,
+        dropout=cfg.dropout,
+        side_features=NUM_SIDE_FEATURES if cfg.side_features else 0,
+        **options,
+    )
+
+
+def is_decoder_preset(preset: str) -> bool:
+    """Whether a resolved preset holds a decoder LLM backbone of a supported family."""
+    try:
+        families.family_of(families.read_backbone_config(preset))
+    except Exception:  # not a decoder, or unreadable: load_backbone then says why
+        return False
+    return True
+
+
+def remat_scope(preset: str):
+    return families.remat_scope(families.read_backbone_config(preset))
+
+
+def lora_targets(spec: str, backbone, decoder: bool) -> list[str] | None:
+    """Layer names for `--lora-targets`: groups or projections for decoders (default attention
+    + MLP), layer names for encoders (default None: keras-hub's query and value layers)."""
+    if decoder:
+        family = families.family_of(backbone)
+        return families.lora_targets(family, spec or families.DEFAULT_LORA_TARGETS)
+    return [name.strip() for name in spec.split(",")] if spec else None
+
+
+def build_encoder(model: PreferenceModel, preset: str, sequence_length: int):
+    """The tokenizer and packer that feed `model`: the preset's own preprocessor for pairs,
+    its tokenizer for cross-encoded sequences."""
+    if model.layout == pipeline.CROSS:
+        decoder = getattr(model, "pooling", "mean") == "last"
+        tokenizer = backbones.load_tokenizer(preset)
+        return pipeline.CrossEncoder(tokenizer, sequence_length, model.input_keys, decoder)
+    preprocessor = backbones.load_preprocessor(preset, sequence_length)
+    return pipeline.PairEncoder(preprocessor, model.input_keys)
+
+
+def parameter_counts(model: keras.Model) -> tuple[int, int]:
+    """(all parameters, trainable parameters)."""
+    trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+    return model.count_params(), trainable

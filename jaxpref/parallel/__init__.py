@@ -1,0 +1,1 @@
+"""Spreading work over devices and hosts: the distribution and the weights' layout."""

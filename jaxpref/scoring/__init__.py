@@ -1,0 +1,1 @@
+"""Judging predictions: metrics, calibration, baselines, reports."""

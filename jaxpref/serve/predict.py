@@ -1,0 +1,165 @@
+"""Inference: rebuild a trained model from its run directory, predict, write submission.csv;
+several runs (a cross-validation's folds) predict as their average."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from jaxpref import safety
+from jaxpref.config import PRECISIONS, ConfigError, TrainConfig
+from jaxpref.data import arena, text
+from jaxpref.inputs import pipeline
+from jaxpref.models import objective
+from jaxpref.monitoring import Ticker
+from jaxpref.parallel import distribution
+from jaxpref.rundir import CheckpointError, RunDir
+from jaxpref.scoring import calibration
+from jaxpref.serve import bundle
+
+log = logging.getLogger("jaxpref")
+
+
+def load_run(run_dir: str | os.PathLike, precision: str | None = None):
+    """(model with the best weights, its encoder, TrainConfig) from a run directory or an
+    exported bundle (`serve.bundle`), in `precision` (None: the precision it was trained in).
+
+    The distribution must already be set (`distribution.setup`) so that the restored weights
+    land on every device. A directory from elsewhere loads no code: its parts stay inside it,
+    and its preset passes `safety` (in `backbones`) before keras-hub reads it.
+    """
+    import keras
+
+    from jaxpref.models import preference as model_lib
+
+    if bundle.is_bundle(run_dir):
+        return bundle.load_bundle(run_dir, precision)
+    paths = RunDir(run_dir)
+    for part in (paths.config, paths.best_checkpoints, paths.preset):
+        safety.check_inside(paths.require(part), paths.root, "run directory entry")
+    cfg = TrainConfig.from_json(paths.config)
+    if precision is not None:
+        cfg = cfg.replace(precision=precision)
+    checkpoint, preset = paths.best_checkpoints, str(paths.preset)
+    keras.utils.set_random_seed(cfg.run.seed)  # identical initial values on every process
+    model = model_lib.build_model(
+        cfg.model, cfg.data.sequence_length, preset=preset, load_weights=False
+    )
+    # Orbax restores into the compiled state tree (keras needs the optimizer attribute); the
+    # optimizer itself is never stepped here.
+    objective.compile_model(model)
+    try:
+        model.load_weights(str(checkpoint))
+    except Exception as err:  # Orbax and Keras raise many types for a damaged checkpoint
+        raise CheckpointError(
+            f"{checkpoint}: cannot restore the best weights ({type(err).__name__}: "
+            f"{(str(err).strip().splitlines() or [''])[0]}); this run directory is damaged"
+        ) from None
+    encoder = model_lib.build_encoder(model, preset, cfg.data.sequence_length)
+    return model, encoder, cfg
+
+
+def predict_tokens(
+    model,
+    tokens: pipeline.TokenizedPairs,
+    plan,
+    input_keys,
+    tta: bool = False,
+    extra: np.ndarray | None = None,
+    label: str = "predicting",
+) -> np.ndarray:
+    """Class probabilities (n, 3) for every tokenized row, in input order; none dropped.
+
+    `extra` holds the per-side features for models built with them. With `tta`, each row is
+    also predicted with its sides swapped and the mirrored prediction averaged in: the result
+    then mirrors exactly when A and B are swapped.
+    """
+    if tta:
+        direct = predict_tokens(model, tokens, plan, input_keys, extra=extra)
+        swapped_extra = None if extra is None else extra[:, ::-1]
+        swapped = predict_tokens(
+            model, pipeline.swap_sides(tokens), plan, input_keys, extra=swapped_extra
+        )
+        return (direct + swapped[:, list(arena.MIRROR)]) / 2
+    import jax
+
+    shard = (jax.process_index(), jax.process_count())
+    ds = pipeline.make_dataset(tokens, [plan], input_keys, None, *shard, extra, model.layout)
+    sizes = [int((b.weights > 0).sum()) for b in plan]
+    watch = predict_progress(label, sizes)
+    probs = np.asarray(model.predict(ds, verbose=0, callbacks=[watch]), "float64")
+    rows = np.concatenate([b.rows for b in plan])
+    real = np.concatenate([b.weights for b in plan]) > 0
+    out = np.full((len(tokens), probs.shape[1]), np.nan)
+    out[rows[real]] = probs[real]
+    if np.isnan(out).any():
+        raise RuntimeError("some rows received no prediction")
+    return out
+
+
+def predict_frame(
+    model, encoder, frame: pd.DataFrame, batch_size: int, tta: bool = False
+) -> np.ndarray:
+    """Class probabilities (n, 3) for every row of `frame`, in order."""
+    tokens = pipeline.tokenize(encoder.texts(frame), encoder, pipeline.default_cache_dir())
+    extra = None
+    if model.side_features:
+        extra = pipeline.side_features(text.format_pairs(frame), tokens)
+    buckets = pipeline.bucket_lengths(encoder.sequence_length)
+    plan = pipeline.plan_batches(tokens.row_lengths(), batch_size, buckets)
+    return predict_tokens(model, tokens, plan, encoder.input_keys, tta, extra)
+
+
+def inference_precision(requested: str, platform: str) -> str | None:
+    """The dtype policy to predict in; None keeps the run's own.
+
+    "auto" is the run's precision on GPU/TPU and float32 on CPU, where bfloat16 and float16
+    are emulated (slower, and less precise).
+    """
+    if requested not in PRECISIONS:
+        raise ConfigError(f"--precision {requested}: expected one of {', '.join(PRECISIONS)}")
+    if requested == "auto":
+        return "float32" if platform == "cpu" else None
+    return requested
+
+
+def predict_run(
+    run_dir: str | os.PathLike,
+    frame: pd.DataFrame,
+    batch_size: int | None = None,
+    devices: str = "auto",
+    num_devices: int | None = None,
+    tta: bool = False,
+    precision: str = "auto",
+) -> np.ndarray:
+    """Calibrated probabilities (n, 3) of a run's (or bundle's) best weights for every row of
+    `frame`.
+
+    `batch_size` defaults to the training batch rounded up to a multiple of the devices;
+    `precision` is one of config.PRECISIONS (`inference_precision`).
+    """
+    paths = RunDir(run_dir)
+    sharded = paths.config.exists() and paths.preset.exists()  # a run directory, not a bundle
+    parallel = TrainConfig.from_json(paths.config).devices.model_parallel if sharded else 1
+    selected = distribution.setup(devices, num_devices, batch_size, parallel, str(paths.preset))
+    dtype = inference_precision(precision, distribution.platform_of(selected))
+    model, encoder, cfg = load_run(run_dir, dtype)
+    if batch_size is None:
+        batch_size = -(-cfg.optim.batch_size // len(selected)) * len(selected)
+    probs = predict_frame(model, encoder, frame, batch_size, tta)
+    return calibration.apply_temperature(probs, calibration.load_temperature(paths.calibration))
+
+
+def predict_progress(label: str, sizes: Sequence[int]):
+    """A Keras callback reporting `model.predict`'s progress over `sizes[i]` real rows in batch i
+    (a `monitoring.Ticker`: filler copies padding the last global batch are not counted)."""
+    import keras
+
+    ticker = Ticker(label, int(sum(sizes)))
+    return keras.callbacks.LambdaCallback(
+        on_predict_batch_end=lambda batch, logs: ticker.add(int(sizes[batch]))
+    )

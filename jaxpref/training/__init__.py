@@ -1,0 +1,2 @@
+"""Fitting a model: the trainer and its parts (callbacks, checkpoints, optimization,
+distillation)."""

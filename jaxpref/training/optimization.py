@@ -1,0 +1,35 @@
+"""How weights are fitted: the learning-rate schedule, optimizer, loss and metrics."""
+
+from __future__ import annotations
+
+import keras
+
+from jaxpref.config import SCHEDULES
+
+
+def learning_rate_schedule(
+    peak: float, schedule: str = "constant", total_steps: int = 0, warmup_fraction: float = 0.1
+):
+    """A constant rate, or linear warm-up to `peak` followed by cosine decay to zero."""
+    if schedule == "constant":
+        return peak
+    if schedule != "cosine":
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    warmup = int(total_steps * warmup_fraction)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0,
+        decay_steps=max(total_steps - warmup, 1),
+        warmup_target=peak,
+        warmup_steps=warmup,
+    )
+
+
+def rate_at(schedule):
+    """step -> the learning rate as a float, for logs. A schedule is compiled once: evaluated
+    eagerly, Keras' warm-up `cond` compiles fresh branches on every call."""
+    if not callable(schedule):
+        return lambda step: float(schedule)
+    import jax
+
+    compiled = jax.jit(schedule)
+    return lambda step: float(compiled(step))
