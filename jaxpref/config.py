@@ -145,11 +145,11 @@ class ModelConfig:
     )
     dropout: float = option(0.1, "dropout before the head", min=0, below=1)
     attention: str = option(
-        "efficient",
-        "DeBERTa-v3 attention: efficient (keras-hub's weights and outputs, one shared relative "
-        "gather per layer, no dropout on attention probabilities: 1.3-1.4x faster train steps "
-        "at 1,024 tokens on CPU, docs/benchmarks.md), efficient_dropout (the same with "
-        "keras-hub's attention-probability dropout: 1.1-1.2x) or keras_hub (its own layers)",
+        "efficient_dropout",
+        "DeBERTa-v3 attention: efficient_dropout (keras-hub's weights, outputs and attention-"
+        "probability dropout, one shared relative gather per layer: 1.1-1.2x faster train steps "
+        "at 1,024 tokens on CPU, docs/benchmarks.md), efficient (the same without that dropout: "
+        "1.3-1.4x; its effect on fine-tuning quality is unmeasured) or keras_hub (its own layers)",
         choices=ATTENTIONS,
     )
     lora_rank: int = option(8, "LoRA rank of the backbone's adapters; 0 = full fine-tuning", min=0)

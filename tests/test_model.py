@@ -160,14 +160,16 @@ def test_efficient_attention_is_a_setting_of_the_factory(tiny_preset):
     from jaxpref.models import deberta_attention
 
     models = {}
-    for attention in ("keras_hub", "efficient", "efficient_dropout"):
+    for attention in ("keras_hub", "efficient", "efficient_dropout", None):
         keras.utils.set_random_seed(0)
+        chosen = {"attention": attention} if attention else {}  # None: the default
         cfg = ModelConfig(
-            preset=str(tiny_preset), attention=attention, dropout=0.0, precision="float32",
-            side_features=False,
+            preset=str(tiny_preset), dropout=0.0, precision="float32", side_features=False,
+            **chosen,
         )  # fmt: skip
         models[attention] = model_lib.build_model(cfg, 24)
-    for attention, dropout in (("efficient", False), ("efficient_dropout", True)):
+    # The default keeps keras-hub's attention-probability dropout (the seed model's training).
+    for attention, dropout in (("efficient", False), ("efficient_dropout", True), (None, True)):
         layers = [e._self_attention_layer for e in models[attention].backbone.transformer_layers]
         assert all(isinstance(a, deberta_attention.EfficientDisentangledSelfAttention)
                    for a in layers)  # fmt: skip

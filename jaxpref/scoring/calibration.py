@@ -16,6 +16,9 @@ import numpy as np
 
 from jaxpref.scoring.metrics import CLIP, log_loss
 
+BOUNDS = (float(np.log(0.05)), float(np.log(20.0)))
+"""The range of log T searched."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Calibration:
@@ -35,26 +38,21 @@ def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
 
 
 def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
-    """The T in [0.05, 20] (log-spaced grid, then a golden-section refinement) with least loss."""
+    """The T in [0.05, 20] with least log loss: Brent's bounded search over log T.
+
+    The log loss is convex in 1/T, hence unimodal in log T, so the bounded search finds the
+    minimum. It never evaluates the bounds themselves, where the minimum of random scores often
+    lies, so they compete with its result, and so does T = 1 (the loss never gets worse).
+    """
+    from scipy.optimize import minimize_scalar
+
     labels = np.asarray(labels)
 
     def loss(log_t: float) -> float:
         return log_loss(apply_temperature(probs, float(np.exp(log_t))), labels)
 
-    grid = np.linspace(np.log(0.05), np.log(20.0), 81)
-    losses = [loss(g) for g in grid]
-    best = int(np.argmin(losses))
-    lo, hi = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
-    ratio = (np.sqrt(5) - 1) / 2
-    for _ in range(40):
-        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-        if loss(a) < loss(b):
-            hi = b
-        else:
-            lo = a
-    refined = (lo + hi) / 2
-    candidates = {0.0: loss(0.0), refined: loss(refined), grid[best]: losses[best]}
-    return float(np.exp(min(candidates, key=candidates.get)))
+    found = minimize_scalar(loss, bounds=BOUNDS, method="bounded", options={"xatol": 1e-7})
+    return float(np.exp(min((found.x, 0.0, *BOUNDS), key=loss)))
 
 
 def calibrate(probs: np.ndarray, labels: np.ndarray, enabled: bool = True) -> Calibration:
