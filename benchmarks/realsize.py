@@ -90,9 +90,9 @@ def build_preset(arch: str, work: Path) -> Path:
     vocab = 1000 if arch == "tiny" else REAL_VOCAB
     code = (
         "import keras, keras_hub, sys\n"
-        "from jaxpref import data\n"
+        "from jaxpref.data import arena\n"
         "from jaxpref.models.tiny_preset import arena_texts, save_preset, train_sentencepiece\n"
-        f"proto = train_sentencepiece(arena_texts(data.DEFAULT_TRAIN_CSV), {VOCAB_PIECES})\n"
+        f"proto = train_sentencepiece(arena_texts(arena.DEFAULT_TRAIN_CSV), {VOCAB_PIECES})\n"
         "tok = keras_hub.models.DebertaV3Tokenizer(proto=proto)\n"
         "keras.utils.set_random_seed(0)\n"
         f"bb = keras_hub.models.DebertaV3Backbone(vocabulary_size=max({vocab}, "

@@ -56,10 +56,10 @@ def reference_run(out: Path, preset: Path | None = None, env: dict[str, str] | N
 
 BUILD_PRESET = """
 import ast, sys
-from jaxpref import data
+from jaxpref.data import arena
 from jaxpref.models.tiny_preset import arena_texts, build_tiny_deberta_preset
 shape = ast.literal_eval(sys.argv[2])
-build_tiny_deberta_preset(sys.argv[1], arena_texts(data.DEFAULT_TRAIN_CSV), **shape)
+build_tiny_deberta_preset(sys.argv[1], arena_texts(arena.DEFAULT_TRAIN_CSV), **shape)
 """
 
 if __name__ == "__main__":
