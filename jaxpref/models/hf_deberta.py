@@ -1,7 +1,8 @@
 """Convert a Hugging Face DeBERTa-v3 model directory into a keras-hub preset directory.
 
 DeBERTa-v3 checkpoints (microsoft/deberta-v3-* and their fine-tunes) are saved with
-`"model_type": "deberta-v2"` and the v3 settings, an `spm.model` SentencePiece vocabulary and
+`"model_type": "deberta-v2"` and the v3 settings, an `spm.model` SentencePiece vocabulary (or,
+from transformers >= 5, a `tokenizer.json` that `hf_tokenizer` turns back into one) and
 `model.safetensors` or `pytorch_model.bin`; keras-hub has no converter for them (keras-hub #2987).
 `convert` writes a DebertaV3Backbone (config + weights), a DebertaV3Tokenizer and a
 DebertaV3TextClassifierPreprocessor, so the result loads like any keras-hub preset.
@@ -26,13 +27,16 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from jaxpref.models import torch_pickle
+from jaxpref.models import hf_tokenizer, torch_pickle
 
 log = logging.getLogger(__name__)
 
 MODEL_TYPE = "deberta-v2"
 CONFIG_FILE = "config.json"
 VOCAB_FILE = "spm.model"
+TOKENIZER_FILE = hf_tokenizer.TOKENIZER_FILE  # read when VOCAB_FILE is absent (transformers >= 5)
+# SentencePiece role -> piece: the [CLS]/[SEP]/[PAD] keras-hub's DebertaV3Tokenizer uses
+SENTENCEPIECE_ROLES = {"bos": "[CLS]", "eos": "[SEP]", "pad": "[PAD]"}
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # first found wins
 ENCODER_PREFIX = "deberta."  # fine-tunes nest the encoder under this name
 CONVERTER_VERSION = "1"  # part of the cache key: bump when the converted output changes
@@ -155,6 +159,28 @@ def backbone_kwargs(config: dict, config_path: str | os.PathLike) -> dict:
     }
 
 
+def vocabulary_file(model_dir: str | os.PathLike) -> Path:
+    """The directory's vocabulary: spm.model, else the tokenizer.json transformers >= 5 saves."""
+    for name in (VOCAB_FILE, TOKENIZER_FILE):
+        if (Path(model_dir) / name).is_file():
+            return Path(model_dir) / name
+    raise ConversionError(
+        f"{model_dir}: no {VOCAB_FILE} or {TOKENIZER_FILE}; the converter needs the SentencePiece "
+        "vocabulary"
+    )
+
+
+def sentencepiece_proto(vocab_path: Path) -> str | bytes:
+    """What DebertaV3Tokenizer takes as `proto`: spm.model's path, or tokenizer.json rebuilt."""
+    if vocab_path.name == VOCAB_FILE:
+        return str(vocab_path)
+    try:
+        return hf_tokenizer.sentencepiece_model(vocab_path, SENTENCEPIECE_ROLES)
+    except hf_tokenizer.TokenizerFileError as err:
+        hint = f"the base model's {VOCAB_FILE} beside it would be read instead"
+        raise ConversionError(f"{err}; {hint}") from err
+
+
 def weights_file(model_dir: str | os.PathLike) -> Path:
     """The directory's single-file checkpoint: model.safetensors, else pytorch_model.bin."""
     for name in WEIGHT_FILES:
@@ -260,12 +286,11 @@ def convert(model_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     import keras_hub
 
     model_dir, out = Path(model_dir), Path(out_dir)
-    config_path, vocab_path = model_dir / CONFIG_FILE, model_dir / VOCAB_FILE
+    config_path, vocab_path = model_dir / CONFIG_FILE, vocabulary_file(model_dir)
     kwargs = backbone_kwargs(json.loads(config_path.read_text()), config_path)
-    if not vocab_path.is_file():
-        raise ConversionError(f"{vocab_path}: missing; the converter needs the SentencePiece model")
+    proto = sentencepiece_proto(vocab_path)
     try:
-        tokenizer = keras_hub.models.DebertaV3Tokenizer(proto=str(vocab_path))
+        tokenizer = keras_hub.models.DebertaV3Tokenizer(proto=proto)
     except Exception as err:
         raise ConversionError(
             f"{vocab_path}: not a DeBERTa-v3 SentencePiece model ({first_line(err)})"
@@ -301,7 +326,7 @@ def source_digest(model_dir: str | os.PathLike) -> str:
     """A key for the directory's conversion: the converter version and the source files' bytes."""
     digest = hashlib.sha256(CONVERTER_VERSION.encode())
     model_dir = Path(model_dir)
-    for path in (model_dir / CONFIG_FILE, model_dir / VOCAB_FILE, weights_file(model_dir)):
+    for path in (model_dir / CONFIG_FILE, vocabulary_file(model_dir), weights_file(model_dir)):
         digest.update(f"\0{path.name}\0".encode())
         if path.is_file():
             with open(path, "rb") as handle:

@@ -1,0 +1,235 @@
+"""Rebuild a SentencePiece model from a Hugging Face `tokenizer.json` that holds a Unigram model.
+
+transformers >= 5 saves SentencePiece tokenizers (DeBERTa-v3's among them) as `tokenizer.json`
+and `tokenizer_config.json`, without the `spm.model` keras-hub's tokenizers read. From 5.25 on
+the file keeps all SentencePiece needs: the pieces in id order with their scores (`model.vocab`),
+the unknown piece (`model.unk_id`), byte fallback, the normalization table SentencePiece compiled
+(`Precompiled.precompiled_charsmap`), and the whitespace rules (a `Metaspace` pre-tokenizer, a
+`Strip` and a `Replace` of space runs). `sentencepiece_model` turns them back into a model proto
+that tokenizes like the original. Pieces listed as special added tokens become control pieces
+(never produced from text, so typed "[CLS]" stays text), other added tokens user-defined ones.
+transformers 5.0 to 5.24 leave the table out of DeBERTa's tokenizer (Unicode NFC stands in for
+it): such a file is refused, like what SentencePiece cannot do (lowercasing, punctuation
+splitting, other normalizers, BPE or WordPiece models), by file and field, never approximated.
+
+    proto = sentencepiece_model(Path("fine-tune/tokenizer.json"), {"bos": "[CLS]", "eos": "[SEP]"})
+    keras_hub.models.DebertaV3Tokenizer(proto=proto)
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from sentencepiece import sentencepiece_model_pb2
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_FILE = "tokenizer.json"
+WHITESPACE_MARK = "\u2581"  # "▁": SentencePiece's escaped space
+BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")  # SentencePiece's byte-fallback pieces
+SPACE_RUNS = " {2,}"  # the Replace pattern transformers writes for remove_extra_whitespaces
+UNICODE_FORMS = {"NFC", "NFD", "NFKC", "NFKD"}
+LOST_CHARSMAP = (
+    "SentencePiece normalizes with the table it compiled (precompiled_charsmap), not in this file "
+    "(transformers 5.0 to 5.24 save DeBERTa's tokenizer without it)"
+)
+ROLES = ("bos", "eos", "pad")  # SentencePiece roles besides unk, which model.unk_id gives
+PIECE = sentencepiece_model_pb2.ModelProto.SentencePiece
+# "user_defined" is SentencePiece's own name for a table it did not build from a named rule
+CHARSMAP_NAME, NO_NORMALIZATION = "user_defined", "identity"
+
+
+class TokenizerFileError(ValueError):
+    """A tokenizer.json SentencePiece cannot reproduce; the message names the file and field."""
+
+
+def refusal(path: Path, field: str, value, why: str) -> TokenizerFileError:
+    """The one-line error `PATH: FIELD is VALUE; WHY` (VALUE "missing" for None)."""
+    shown = "missing" if value is None else repr(value)
+    return TokenizerFileError(f"{path}: {field} is {shown[:120]}; {why}")
+
+
+def parts(component, key: str, path: Path) -> list[dict]:
+    """The components of a normalizer or pre-tokenizer, `Sequence`s flattened; [] for none."""
+    if component is None:
+        return []
+    if not isinstance(component, dict):
+        raise refusal(path, key, component, "expected a tokenizers component object")
+    if component.get("type") == "Sequence":
+        return [p for c in component.get(key) or [] for p in parts(c, key, path)]
+    return [component]
+
+
+def normalizer_settings(tokenizer: dict, path: Path) -> dict:
+    """NormalizerSpec fields (charsmap, extra-whitespace removal) for the file's normalizer."""
+    charsmap, collapse = b"", False
+    normalizers = parts(tokenizer.get("normalizer"), "normalizers", path)
+    for i, part in enumerate(normalizers):
+        if part.get("type") in UNICODE_FORMS:
+            raise refusal(path, f"normalizer[{i}]", part["type"], LOST_CHARSMAP)
+    for i, part in enumerate(normalizers):
+        field, kind = f"normalizer[{i}]", part.get("type")
+        if kind == "Precompiled":
+            try:
+                charsmap = base64.b64decode(part.get("precompiled_charsmap") or "", validate=True)
+            except (binascii.Error, TypeError) as err:
+                raise TokenizerFileError(
+                    f"{path}: {field}.precompiled_charsmap is not base64 ({err})"
+                ) from err
+        elif kind == "Strip":
+            collapse = True
+        elif kind == "Replace" and part.get("pattern") == {"Regex": SPACE_RUNS}:
+            if part.get("content") not in (" ", WHITESPACE_MARK):
+                raise refusal(path, f"{field}.content", part.get("content"), "expected ' '")
+            collapse = True
+        elif kind == "Lowercase":
+            raise refusal(path, field, kind, "SentencePiece does not lowercase (do_lower_case)")
+        else:
+            detail = f"{kind} {part.get('pattern')}" if kind == "Replace" else kind
+            raise refusal(path, field, detail, "SentencePiece has no such normalization")
+    return {
+        "name": CHARSMAP_NAME if charsmap else NO_NORMALIZATION,
+        "precompiled_charsmap": charsmap,
+        "remove_extra_whitespaces": collapse,
+        "escape_whitespaces": True,
+    }
+
+
+def dummy_prefix(tokenizer: dict, path: Path) -> bool:
+    """Whether the Metaspace pre-tokenizer prepends "▁" (SentencePiece's add_dummy_prefix)."""
+    metaspace = None
+    for i, part in enumerate(parts(tokenizer.get("pre_tokenizer"), "pretokenizers", path)):
+        kind = part.get("type")
+        if kind == "Punctuation":
+            why = "SentencePiece does not split on punctuation (split_by_punct)"
+            raise refusal(path, f"pre_tokenizer[{i}]", kind, why)
+        if kind != "Metaspace":
+            raise refusal(path, f"pre_tokenizer[{i}]", kind, "SentencePiece only escapes spaces")
+        metaspace = part
+    if metaspace is None:
+        raise refusal(path, "pre_tokenizer", None, "SentencePiece needs a Metaspace pre-tokenizer")
+    if metaspace.get("replacement") != WHITESPACE_MARK:
+        raise refusal(path, "pre_tokenizer.replacement", metaspace.get("replacement"), "not '▁'")
+    if "prepend_scheme" in metaspace:
+        return metaspace["prepend_scheme"] != "never"
+    return bool(metaspace.get("add_prefix_space", True))  # tokenizers < 0.14 wrote this key
+
+
+def vocabulary(model: dict, path: Path) -> list[tuple[str, float]]:
+    """model.vocab as (piece, score) pairs; refuses entries SentencePiece could not hold."""
+    vocab = model.get("vocab")
+    if not isinstance(vocab, list) or not vocab:
+        raise refusal(path, "model.vocab", vocab, "expected a list of [piece, score]")
+    pieces: dict[str, int] = {}
+    for i, entry in enumerate(vocab):
+        ok = isinstance(entry, list | tuple) and len(entry) == 2 and isinstance(entry[0], str)
+        if not ok or not entry[0] or not isinstance(entry[1], int | float):
+            raise refusal(path, f"model.vocab[{i}]", entry, "expected [piece, score]")
+        if entry[0] in pieces:
+            raise refusal(
+                path, f"model.vocab[{i}]", entry, f"repeats model.vocab[{pieces[entry[0]]}]"
+            )
+        pieces[entry[0]] = i
+    return [(piece, float(score)) for piece, score in vocab]
+
+
+def added_in_vocabulary(tokenizer: dict, vocab: list, path: Path) -> dict[int, bool]:
+    """Id -> `special` of the added tokens that are vocabulary pieces; logs those past it."""
+    added, past = {}, []
+    for i, token in enumerate(tokenizer.get("added_tokens") or []):
+        token_id = token.get("id") if isinstance(token, dict) else None
+        if (
+            not isinstance(token_id, int)
+            or token_id < 0
+            or not isinstance(token.get("content"), str)
+        ):
+            raise refusal(path, f"added_tokens[{i}]", token, "expected an id and a content")
+        if token_id >= len(vocab):
+            past.append(token["content"])
+        elif vocab[token_id][0] != token["content"]:
+            why = f"model.vocab[{token_id}] is {vocab[token_id][0]!r}"
+            raise refusal(path, f"added_tokens[{i}].content", token["content"], why)
+        else:
+            added[token_id] = bool(token.get("special"))
+    if past:
+        log.info(
+            "%s: %d added tokens past the %d pieces are no SentencePiece pieces (%s)",
+            path,
+            len(past),
+            len(vocab),
+            ", ".join(past[:4]),
+        )
+    return added
+
+
+def piece_type(piece_id: int, piece: str, score: float, added: dict, model: dict) -> int:
+    """The SentencePiece type of a vocabulary piece, from how tokenizer.json lists it.
+
+    transformers lists control pieces as special added tokens; user-defined ones as other
+    added tokens, or (transformers >= 5, Unigram) only in the vocabulary with SentencePiece's
+    score for them, 0 (a normal piece's score is a log probability, below 0).
+    """
+    if piece_id == model["unk_id"]:
+        return PIECE.UNKNOWN
+    if piece_id in added:
+        return PIECE.CONTROL if added[piece_id] else PIECE.USER_DEFINED
+    if model.get("byte_fallback") and BYTE_PIECE.fullmatch(piece):
+        return PIECE.BYTE
+    return PIECE.USER_DEFINED if score == 0.0 else PIECE.NORMAL
+
+
+def read_tokenizer(path: Path) -> dict:
+    """The parsed tokenizer.json, which must hold a `model` object."""
+    try:
+        tokenizer = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise TokenizerFileError(f"{path}: unreadable JSON ({err})") from err
+    if not isinstance(tokenizer, dict) or not isinstance(tokenizer.get("model"), dict):
+        raise TokenizerFileError(f"{path}: no model object; expected a tokenizers tokenizer.json")
+    return tokenizer
+
+
+def sentencepiece_model(path: str | Path, roles: Mapping[str, str] | None = None) -> bytes:
+    """The serialized SentencePiece model proto equivalent to the Unigram `tokenizer.json`.
+
+    `roles` names the pieces of SentencePiece's bos/eos/pad roles (DeBERTa: [CLS], [SEP],
+    [PAD]); a role whose piece is absent, or not named, is disabled. Raises TokenizerFileError.
+    """
+    path = Path(path)
+    tokenizer = read_tokenizer(path)
+    model = tokenizer["model"]
+    if model.get("type") != "Unigram":
+        raise refusal(path, "model.type", model.get("type"), "SentencePiece models are Unigram")
+    vocab = vocabulary(model, path)
+    unk_id = model.get("unk_id")
+    if not isinstance(unk_id, int) or not 0 <= unk_id < len(vocab):
+        raise refusal(path, "model.unk_id", unk_id, "SentencePiece needs an unknown piece")
+    if not isinstance(model.get("byte_fallback", False), bool):
+        raise refusal(path, "model.byte_fallback", model["byte_fallback"], "expected a boolean")
+    added = added_in_vocabulary(tokenizer, vocab, path)
+    proto = sentencepiece_model_pb2.ModelProto()
+    for i, (piece, score) in enumerate(vocab):
+        entry = proto.pieces.add(piece=piece, score=score)
+        if (kind := piece_type(i, piece, score, added, model)) != PIECE.NORMAL:
+            entry.type = kind  # as SentencePiece writes them: NORMAL is the default
+    spec = proto.trainer_spec
+    spec.model_type = spec.UNIGRAM
+    spec.vocab_size = len(vocab)
+    spec.byte_fallback = model.get("byte_fallback", False)
+    spec.unk_id, spec.unk_piece = unk_id, vocab[unk_id][0]
+    ids = {piece: i for i, (piece, _) in enumerate(vocab)}
+    for role in ROLES:
+        piece = (roles or {}).get(role)
+        setattr(spec, f"{role}_id", ids.get(piece, -1))
+        if piece in ids:
+            setattr(spec, f"{role}_piece", piece)
+    for field, value in normalizer_settings(tokenizer, path).items():
+        setattr(proto.normalizer_spec, field, value)
+    proto.normalizer_spec.add_dummy_prefix = dummy_prefix(tokenizer, path)
+    return proto.SerializeToString()
