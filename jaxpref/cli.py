@@ -196,13 +196,23 @@ def infer_flags(p: argparse.ArgumentParser) -> None:
     add_process_flags(p)
 
 
+EXPORT_FORMATS = ("bundle", "transformers")
+
+
 def export_flags(p: argparse.ArgumentParser) -> None:
     add_run_dirs_flag(
         p, "", "the bundle's weights are their mean (LoRA merged first; no calibration)"
     )
     p.add_argument(
         "--out", required=True,
-        help="bundle directory to write (an earlier bundle there is replaced)",
+        help="directory to write: a bundle (an earlier bundle there is replaced), or a new or "
+        "empty directory for --format transformers",
+    )  # fmt: skip
+    p.add_argument(
+        "--format", default="bundle", choices=EXPORT_FORMATS,
+        help="bundle: jaxpref's inference bundle; transformers: a reward model (--objective "
+        "reward) as the directory transformers' AutoModelForSequenceClassification and "
+        "AutoTokenizer load, one run only (default: bundle)",
     )  # fmt: skip
     add_device_flags(p)
 
@@ -384,7 +394,15 @@ def check_infer(args: argparse.Namespace) -> None:
 
 
 def check_export(args: argparse.Namespace) -> None:
-    bundle.check_target(args.out)
+    if args.format == "transformers":
+        if len(rundir.expand_runs(args.run_dir)) > 1:
+            raise ConfigError(
+                "--format transformers exports one run, not the mean of several: pass one run "
+                "directory (one fold of a cross-validation)"
+            )
+        rundir.new_directory(args.out, "--out")
+    else:
+        bundle.check_target(args.out)
     check_trained_runs(args)
 
 
@@ -413,6 +431,12 @@ def export_bundle(args: argparse.Namespace) -> None:
     from jaxpref.jobs import export
 
     runs = rundir.expand_runs(args.run_dir)
+    if args.format == "transformers":
+        result = export.export_transformers(runs[0], args.out, args.devices, args.num_devices)
+        print(f"wrote {result.path} (transformers AutoModelForSequenceClassification)")
+        mib = (result.bundle_bytes / 2**20, result.run_bytes / 2**20)
+        print(f"export {mib[0]:.2f} MiB; run directory {mib[1]:.2f} MiB")
+        return
     if len(runs) == 1:
         result = export.export_run(runs[0], args.out, args.devices, args.num_devices)
     else:
