@@ -174,7 +174,7 @@ def test_misused_flags_are_one_error_line(flags, message, tmp_path):
 SCRIPTED_VALIDATION = """
 import json, os, sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as the CLI sets it before TensorFlow loads
-from jaxpref import checkpoints
+from jaxpref.training import checkpoints
 script = json.loads(sys.argv.pop(1))
 scripted = iter(script["losses"])
 on_epoch_end = checkpoints.StateCheckpoint.on_epoch_end

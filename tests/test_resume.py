@@ -34,7 +34,7 @@ PAUSED_TRAINING = """
 import os, signal, sys, time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as the CLI sets it before TensorFlow loads
 from pathlib import Path
-from jaxpref import checkpoints
+from jaxpref.training import checkpoints
 pause_at, marker = int(sys.argv.pop(1)), Path(sys.argv.pop(1))
 batch_end = checkpoints.StateCheckpoint.on_train_batch_end
 def paused(self, batch, logs=None):
