@@ -1,12 +1,13 @@
 """Resumable training state: weights, optimizer, RNG and progress, saved with Orbax.
 
 `checkpoints/state/<global step>/` holds the model's trainable and non-trainable variables (the
-dropout RNG state among them) and the optimizer's variables; the checkpoint's custom metadata
-holds the epoch, the step inside it and the best validation log loss so far. Orbax writes each
-checkpoint to a temporary directory and renames it when complete, so a process killed during a
-save leaves the previous checkpoint intact. Every process takes part in a save (Orbax
-coordinates them); on several processes a preemption notice (SIGTERM) is agreed on through
-JAX's preemption sync point, so all save at the same step.
+dropout RNG state among them) and the optimizer's variables (with --grad-accum, the gradients
+accumulated since the last update among them); steps count training batches, not optimizer
+updates. The checkpoint's custom metadata holds the epoch, the step inside it and the best
+validation log loss so far. Orbax writes each checkpoint to a temporary directory and renames
+it when complete, so a process killed during a save leaves the previous checkpoint intact.
+Every process takes part in a save (Orbax coordinates them); on several processes a preemption
+notice (SIGTERM) is agreed on through JAX's preemption sync point, so all save at the same step.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import keras
 import numpy as np
 
 from jaxpref.rundir import CheckpointError, ResumeError
+from jaxpref.training import optimization
 
 log = logging.getLogger("jaxpref")
 
@@ -106,7 +108,7 @@ class StateCheckpoint(keras.callbacks.Callback):
         return self._signalled
 
     def _step(self) -> int:
-        return int(self.model.optimizer.iterations)
+        return optimization.batches_done(self.model.optimizer)  # batches, not updates
 
     def save(self) -> int:
         """Save now (blocking); returns the global step saved."""
