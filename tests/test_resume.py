@@ -34,12 +34,12 @@ PAUSED_TRAINING = """
 import os, signal, sys, time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as the CLI sets it before TensorFlow loads
 from pathlib import Path
-from jaxpref.training import checkpoints, optimization
+from jaxpref.training import checkpoints
 pause_at, marker = int(sys.argv.pop(1)), Path(sys.argv.pop(1))
 batch_end = checkpoints.StateCheckpoint.on_train_batch_end
 def paused(self, batch, logs=None):
     batch_end(self, batch, logs)
-    if optimization.batches_done(self.model.optimizer) == pause_at and not marker.exists():
+    if self.step == pause_at and not marker.exists():
         handler, terminated = signal.getsignal(signal.SIGTERM), []
         def on_sigterm(signum, frame):
             terminated.append(signum)

@@ -24,7 +24,6 @@ import keras
 import numpy as np
 
 from jaxpref.rundir import CheckpointError, ResumeError
-from jaxpref.training import optimization
 
 log = logging.getLogger("jaxpref")
 
@@ -59,6 +58,11 @@ class StateCheckpoint(keras.callbacks.Callback):
     weights (trainable and non-trainable, no optimizer) to `best_directory/<epoch>` (1-based,
     only the newest kept), before the state that records it. On SIGTERM the state is saved at
     the next step boundary and training stops (`preempted` is set).
+
+    `step` counts the training batches done, from the newest state in `directory` (the one a
+    resumed run restored) on: the optimizer's counters fall behind it, by the batches a
+    `LossScaleOptimizer` skipped (non-finite gradients), or to one per update with
+    accumulation.
     """
 
     def __init__(
@@ -79,6 +83,8 @@ class StateCheckpoint(keras.callbacks.Callback):
         self.preempted = False
         self._signalled = False
         self._checkpointer = _checkpointer(self.directory)
+        latest = self._checkpointer.latest  # named by its global step
+        self.step = 0 if latest is None else int(latest.step)
         self._best_directory = best_directory
         self._best_checkpointer = (
             _checkpointer(Path(best_directory), keep=1) if best_directory else None
@@ -107,13 +113,10 @@ class StateCheckpoint(keras.callbacks.Callback):
             return multihost_utils.reached_preemption_sync_point(step)
         return self._signalled
 
-    def _step(self) -> int:
-        return optimization.batches_done(self.model.optimizer)  # batches, not updates
-
     def save(self) -> int:
         """Save now (blocking); returns the global step saved."""
         model = self.model
-        step = self._step()
+        step = self.step
         done = bisect.bisect_right(self.period_ends, step)  # periods complete
         tree = model.get_state_tree()
         state = {part: tree[part] for part in SAVED_PARTS if part in tree}
@@ -140,7 +143,7 @@ class StateCheckpoint(keras.callbacks.Callback):
             self._best_checkpointer.wait()
 
     def on_train_batch_end(self, batch, logs=None):
-        step = self._step()
+        self.step = step = self.step + 1
         if self._preemption_requested(step):
             saved = self.save()
             log.warning("SIGTERM: saved the training state at step %d; stopping", saved)
