@@ -42,10 +42,10 @@ def rate_at(schedule):
 
 
 def batches_done(optimizer) -> int:
-    """Training batches the optimizer has applied: the step a learning-rate schedule sees, and
-    the state checkpoints' global step. Keras' `optimizer.iterations` counts updates, one per
+    """Training batches the optimizer has applied: the step its learning-rate schedule sees
+    (progress lines and scalars use it). Keras' `optimizer.iterations` counts updates, one per
     `gradient_accumulation_steps` batches; its batch counter is the private `_iterations` (of
     the inner optimizer under a `LossScaleOptimizer`, which skips batches whose gradients are
-    not finite without counting them)."""
+    not finite without counting them: `checkpoints.StateCheckpoint` counts batches itself)."""
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     return int(inner._iterations)
