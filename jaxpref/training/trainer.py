@@ -205,9 +205,11 @@ def start_run(cfg: TrainConfig, resume: bool) -> Run:
         precision=resolve_precision(cfg.model.precision, platform),
         learning_rate=cfg.optim.learning_rate or default_learning_rate(cfg.model.lora_rank),
     )
+    accumulated = f" ({cfg.optim.grad_accum} x {cfg.optim.batch_size} accumulated)"
     log.info(
-        "devices: %d x %s over %d process(es); global batch %d; precision %s",
-        len(selected), platform, jax.process_count(), cfg.optim.batch_size, cfg.model.precision,
+        "devices: %d x %s over %d process(es); global batch %d%s; precision %s",
+        len(selected), platform, jax.process_count(), cfg.optim.global_batch,
+        accumulated if cfg.optim.grad_accum > 1 else "", cfg.model.precision,
     )  # fmt: skip
     cfg = cfg.replace(train_csv=arena.training_csv(cfg.data.train_csv))
     return Run(cfg, paths, selected, primary, jax.process_index(), jax.process_count(), lock)
@@ -386,13 +388,23 @@ def validation_periods(epoch_plans: list[list[pipeline.Batch]], per_epoch: int) 
 
 
 def compile_for_training(model, cfg: TrainConfig, total_steps: int):
-    """Compile with the run's optimizer and loss; returns the learning-rate schedule."""
+    """Compile with the run's optimizer and loss; returns the learning-rate schedule over the
+    run's `total_steps` batches (with --grad-accum too: Keras evaluates it per batch)."""
     from jaxpref.training import optimization
 
+    optim = cfg.optim
     rate = optimization.learning_rate_schedule(
-        cfg.optim.learning_rate, cfg.optim.schedule, total_steps, cfg.optim.warmup_fraction
+        optim.learning_rate, optim.schedule, total_steps, optim.warmup_fraction
     )
-    objective.compile_model(model, rate, cfg.optim.label_smoothing, cfg.optim.weight_decay)
+    objective.compile_model(
+        model, rate, optim.label_smoothing, optim.weight_decay, optim.grad_accum, optim.clip_norm
+    )
+    if total_steps % optim.grad_accum:
+        log.warning(
+            "--grad-accum %d: the last %d of the run's %d steps complete no update; their "
+            "gradients are accumulated but never applied",
+            optim.grad_accum, total_steps % optim.grad_accum, total_steps,
+        )  # fmt: skip
     return rate
 
 
