@@ -295,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     if kinds and not any(peak_flops(k) for k in kinds):
         notes.append(f"MFU: no bf16 peak known for {', '.join(kinds)} (benchlib.PEAK_BF16_FLOPS)")
     report.finish([table_row(r) for r in results], {"results": results}, notes)
+    print(f"- logs in {work}")
     return 0
 
 

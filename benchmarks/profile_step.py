@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(messages[-1] if messages else failed)
     details = {"arch": args.arch, "length": args.length, "runs": results}
     report.finish(table_rows(results), details)
+    print(f"- logs in {work}")
     return 0
 
 
