@@ -305,7 +305,7 @@ def test_weight_estimate_of_real_checkpoints(tmp_path, model_type):
 SMALL_DEVICES = """
 import os, sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as the CLI sets it before TensorFlow loads
-from jaxpref import sharding
+from jaxpref.parallel import sharding
 sharding.device_memory = lambda device: 2**20
 from jaxpref.cli import train_main
 sys.exit(train_main(sys.argv[1:]))
