@@ -18,7 +18,7 @@ from pathlib import Path
 from jaxpref import monitoring, rundir
 from jaxpref.config import GROUPS, PRECISIONS, ConfigError, DeviceConfig, TrainConfig, flag_name
 from jaxpref.data import arena
-from jaxpref.models import backbones, families
+from jaxpref.models import families, presets
 from jaxpref.parallel import distribution, sharding
 from jaxpref.rundir import (
     Diverged,
@@ -36,7 +36,7 @@ USER_ERRORS = (
     sharding.ShardingError,
     arena.DataError,
     distribution.DeviceError,
-    backbones.PresetError,
+    presets.PresetError,
     RunDirError,
     Diverged,
 )
@@ -354,11 +354,12 @@ def run_with_environment(args: argparse.Namespace, name: str) -> int:
 
 def check_train(args: argparse.Namespace) -> None:
     """What a training can be refused for without a framework: nothing to resume, a run
-    directory that cannot be written, a preset path that is no preset, no wandb package."""
+    directory that cannot be written, a preset path that is no preset or whose config.json
+    cannot be read, no wandb package."""
     if args.resume:
         args.train_config = resumed_config(args, args.train_config)
     cfg = args.train_config
-    backbones.check_preset_path(cfg.model.preset)
+    presets.probe(cfg.model.preset)
     if cfg.run.wandb:
         monitoring.require_wandb()
     if cfg.run.run_dir:

@@ -12,7 +12,7 @@ import time
 
 from jaxpref import monitoring
 from jaxpref.config import PLATFORMS
-from jaxpref.models import families
+from jaxpref.models import presets
 
 
 class DeviceError(RuntimeError):
@@ -186,7 +186,7 @@ def setup(
     """Everything before the first Keras object: TensorFlow kept off the accelerators, the
     devices selected, the global batch (when given) checked against them, and the distribution
     set: data parallel, or with `model_parallel > 1` a (data x model) mesh whose layout is made
-    for the backbone of `preset` (a resolved preset). Returns the selected devices."""
+    for the decoder backbone of `preset`. Returns the selected devices."""
     import jax
     import keras
 
@@ -195,8 +195,9 @@ def setup(
     if model_parallel > 1:
         from jaxpref.parallel import sharding
 
-        config = families.read_backbone_config(preset)
-        distribution = sharding.model_parallel(selected, model_parallel, config)
+        decoder = presets.probe(preset)
+        decoder.check_decoder()  # one line naming the families that work, before any layout
+        distribution = sharding.model_parallel(selected, model_parallel, decoder.backbone_config)
         groups = len(selected) // model_parallel
     else:
         # Each process feeds only its own share of every global batch (the pipeline shards
