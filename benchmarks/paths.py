@@ -22,7 +22,7 @@ import numpy as np
 from benchlib import ArenaInputs, fail, load_frame
 
 from jaxpref.config import ModelConfig, OptimConfig, default_learning_rate, resolve_precision
-from jaxpref.models import backbones, objective
+from jaxpref.models import backbones, objective, presets
 from jaxpref.parallel import distribution
 
 NOTEBOOK_LEARNING_RATE = 5e-6
@@ -59,7 +59,7 @@ def jaxpref_model(
     try:
         preprocessor = backbones.load_preprocessor(preset, sequence_length)
         model = model_lib.build_model(cfg, sequence_length)
-    except backbones.PresetError as err:
+    except presets.PresetError as err:
         fail(str(err))
     objective.compile_model(model, default_learning_rate(lora_rank), OptimConfig().label_smoothing)
     frame = load_frame()
@@ -116,13 +116,13 @@ def notebook_model(preset: str, sequence_length: int, seed: int) -> SimpleNamesp
     labels = keras.utils.to_categorical(frame["label"].to_numpy(), num_classes=3)
     try:
         preprocessor = keras_hub.models.TextClassifierPreprocessor.from_preset(
-            backbones.resolve_preset(preset), sequence_length=sequence_length
+            presets.probe(preset).location, sequence_length=sequence_length
         )
         with strategy.scope():
             backbone = backbones.load_backbone(preset)
             backbones.check_sequence_length(backbone, sequence_length)
             model = build_model(backbone)
-    except backbones.PresetError as err:
+    except presets.PresetError as err:
         fail(str(err))
     return SimpleNamespace(
         strategy=strategy, preprocessor=preprocessor, backbone=backbone, model=model,
