@@ -209,6 +209,25 @@ def setup(
     return selected
 
 
+def seed_keras(seed: int) -> None:
+    """Seed Keras (initializers, dropout: the same initial values on every process), Python and
+    NumPy as `keras.utils.set_random_seed` does, but not TensorFlow: its `set_seed` clears the
+    eager kernel cache and with it the tokenizer resources of every model built earlier in the
+    process (tensorflow/text#570), which could then no longer tokenize. jaxpref draws no random
+    numbers from TensorFlow: tf.data only tokenizes and batches, in a fixed order."""
+    import random
+
+    import numpy as np
+    from keras.src.backend.common import global_state
+    from keras.src.random import seed_generator
+    from keras.src.utils import rng_utils
+
+    global_state.set_global_attribute(rng_utils.GLOBAL_RANDOM_SEED, seed)
+    global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
 def place_on_mesh(variables) -> int:
     """Give every variable the layout of the current distribution; returns how many moved.
 

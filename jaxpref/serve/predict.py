@@ -32,8 +32,6 @@ def load_run(run_dir: str | os.PathLike, precision: str | None = None):
     land on every device. A directory from elsewhere loads no code: its parts stay inside it,
     and its preset passes `safety` (in `backbones`) before keras-hub reads it.
     """
-    import keras
-
     from jaxpref.models import preference as model_lib
 
     if bundle.is_bundle(run_dir):
@@ -45,7 +43,7 @@ def load_run(run_dir: str | os.PathLike, precision: str | None = None):
     if precision is not None:
         cfg = cfg.replace(precision=precision)
     checkpoint, preset = paths.best_checkpoints, str(paths.preset)
-    keras.utils.set_random_seed(cfg.run.seed)  # identical initial values on every process
+    distribution.seed_keras(cfg.run.seed)  # identical initial values on every process
     model = model_lib.build_model(
         cfg.model, cfg.data.sequence_length, preset=preset, load_weights=False
     )

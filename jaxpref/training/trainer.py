@@ -169,7 +169,6 @@ def recorded(run: Run) -> Iterator[None]:
 def start_run(cfg: TrainConfig, resume: bool) -> Run:
     """Devices, distribution, seed, run directory and log; returns the resolved config."""
     import jax
-    import keras
 
     if cfg.run.wandb:
         monitoring.require_wandb()  # before any work, not after tokenizing
@@ -178,7 +177,7 @@ def start_run(cfg: TrainConfig, resume: bool) -> Run:
         cfg.devices.devices, cfg.devices.num_devices, cfg.optim.batch_size,
         cfg.devices.model_parallel, backbones.resolve_preset(cfg.model.preset) if sharded else None,
     )  # fmt: skip
-    keras.utils.set_random_seed(cfg.run.seed)
+    distribution.seed_keras(cfg.run.seed)
     primary = jax.process_index() == 0
     run_dir = cfg.run.run_dir
     if not run_dir:
