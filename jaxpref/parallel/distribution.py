@@ -11,7 +11,7 @@ import socket
 import time
 
 from jaxpref import monitoring
-from jaxpref.config import PLATFORMS
+from jaxpref.config import PLATFORMS, ConfigError
 from jaxpref.models import families
 
 
@@ -123,6 +123,23 @@ def load_frameworks() -> None:
     hide_accelerators_from_tensorflow()
     import keras  # noqa: F401
     import keras_hub  # noqa: F401
+
+
+def start_frameworks(devices: str, num_devices: int | None) -> None:
+    """Set JAX's environment for `devices` (`configure_environment`; a JAX that already
+    started in this process, in a notebook's earlier cell say, keeps the platform and device
+    count it started with), then load the frameworks with their start-up output held back.
+    ConfigError when something imported Keras with another backend first."""
+    configure_environment(devices, num_devices)
+    with monitoring.native_stderr_captured():
+        load_frameworks()
+    import keras
+
+    if keras.backend.backend() != "jax":
+        raise ConfigError(
+            f"Keras runs on its {keras.backend.backend()} backend in this process, but jaxpref "
+            "needs JAX: set KERAS_BACKEND=jax before anything imports Keras"
+        )
 
 
 def hide_accelerators_from_tensorflow() -> None:

@@ -119,7 +119,8 @@ def train(
     valid_df: pd.DataFrame | None = None,
     resume: bool = False,
 ) -> dict:
-    """Train per `cfg` on every selected device; returns the summary written to summary.json.
+    """Train per `cfg` on every selected device; returns the summary written to summary.json,
+    and the run directory (absolute, with the default `runs/<time>` resolved) as `run_dir`.
 
     The split comes from `cfg.data.train_csv` unless both `train_df` and `valid_df` (frames as
     returned by `data.read_arena_csv`) are given, as cross-validation does. The process
@@ -138,7 +139,8 @@ def train(
         progress = restore_progress(model, run) if resume else Progress()
         started = time.time()
         state, validation = fit(model, run, inputs, progress, rate)
-        return finish(model, run, splits, inputs, state, validation, time.time() - started)
+        summary = finish(model, run, splits, inputs, state, validation, time.time() - started)
+        return {**summary, "run_dir": str(run.paths.root)}
 
 
 @contextlib.contextmanager
