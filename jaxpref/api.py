@@ -71,7 +71,7 @@ class Predictor:
     Results are DataFrames in the submission's layout, one row per input row in order: `id`,
     then the calibrated probabilities `winner_model_a`, `winner_model_b`, `winner_tie` (each
     row sums to 1). `result.to_csv(path, index=False)` is a competition submission;
-    `result[list(jaxpref.data.arena.LABEL_COLUMNS)].to_numpy()` the (n, 3) array.
+    `result.iloc[:, 1:].to_numpy()` the (n, 3) array.
 
     Example:
         predictor = jaxpref.load("runs/deberta")
