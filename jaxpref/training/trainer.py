@@ -119,7 +119,8 @@ def train(
     valid_df: pd.DataFrame | None = None,
     resume: bool = False,
 ) -> dict:
-    """Train per `cfg` on every selected device; returns the summary written to summary.json.
+    """Train per `cfg` on every selected device; returns the summary written to summary.json,
+    and the run directory (absolute, with the default `runs/<time>` resolved) as `run_dir`.
 
     The split comes from `cfg.data.train_csv` unless both `train_df` and `valid_df` (frames as
     returned by `data.read_arena_csv`) are given, as cross-validation does. The process
@@ -138,7 +139,8 @@ def train(
         progress = restore_progress(model, run) if resume else Progress()
         started = time.time()
         state, validation = fit(model, run, inputs, progress, rate)
-        return finish(model, run, splits, inputs, state, validation, time.time() - started)
+        summary = finish(model, run, splits, inputs, state, validation, time.time() - started)
+        return {**summary, "run_dir": str(run.paths.root)}
 
 
 @contextlib.contextmanager
@@ -169,7 +171,6 @@ def recorded(run: Run) -> Iterator[None]:
 def start_run(cfg: TrainConfig, resume: bool) -> Run:
     """Devices, distribution, seed, run directory and log; returns the resolved config."""
     import jax
-    import keras
 
     if cfg.run.wandb:
         monitoring.require_wandb()  # before any work, not after tokenizing
@@ -178,7 +179,7 @@ def start_run(cfg: TrainConfig, resume: bool) -> Run:
         cfg.devices.devices, cfg.devices.num_devices, cfg.optim.batch_size,
         cfg.devices.model_parallel, presets.probe(cfg.model.preset).location if sharded else None,
     )  # fmt: skip
-    keras.utils.set_random_seed(cfg.run.seed)
+    distribution.seed_keras(cfg.run.seed)
     primary = jax.process_index() == 0
     run_dir = cfg.run.run_dir
     if not run_dir:
