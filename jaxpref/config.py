@@ -193,7 +193,24 @@ class OptimConfig:
         "the best of all (early stopping at a fraction of an epoch)",
         min=1,
     )
-    batch_size: int = option(8, "global batch size; a multiple of the device count", min=1)
+    batch_size: int = option(
+        8, "rows per training step over all devices; a multiple of the device count", min=1
+    )
+    grad_accum: int = option(
+        1,
+        "gradient accumulation: one optimizer update every N steps, with the mean of their "
+        "gradients (Keras' gradient_accumulation_steps): a global batch of N x --batch-size "
+        "rows at the memory of one step; the learning-rate schedule, --save-every and the "
+        "progress lines still count steps",
+        min=1,
+    )
+    clip_norm: float | None = option(
+        None,
+        "scale the gradient down to this global norm (over all trainable weights, after "
+        "accumulation) when it is larger",
+        above=0,
+        shown="off",
+    )
     learning_rate: float | None = option(
         None, "peak Adam learning rate", above=0, shown="2e-3 with LoRA, 1e-5 without"
     )
@@ -219,6 +236,11 @@ class OptimConfig:
         min=0,
         max=1,
     )
+
+    @property
+    def global_batch(self) -> int:
+        """Rows behind each optimizer update: --batch-size x --grad-accum."""
+        return self.batch_size * self.grad_accum
 
 
 @dataclasses.dataclass
@@ -263,7 +285,11 @@ class TrainConfig:
     devices: DeviceConfig = dataclasses.field(default_factory=DeviceConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The settings in their groups, and `optim.global_batch` (derived, for readers of
+        config.json; `from_dict` checks it rather than setting anything from it)."""
+        values = dataclasses.asdict(self)
+        values["optim"]["global_batch"] = self.optim.global_batch
+        return values
 
     @classmethod
     def from_dict(cls, values: dict, source: str | None = None) -> TrainConfig:
@@ -273,10 +299,17 @@ class TrainConfig:
         for group in GROUPS:
             if isinstance(flat.get(group), dict):
                 flat.update(flat.pop(group))
+        global_batch = flat.pop("global_batch", None)
         unknown = sorted(set(flat) - {f.name for f, _, _ in cls().fields()})
         if source is not None and unknown:
             raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}")
-        return cls.from_flat(flat)
+        cfg = cls.from_flat(flat)
+        if source is not None and global_batch not in (None, cfg.optim.global_batch):
+            raise ConfigError(
+                f"{source}: global_batch {global_batch} is not batch_size x grad_accum "
+                f"({cfg.optim.batch_size} x {cfg.optim.grad_accum}); set those two instead"
+            )
+        return cfg
 
     @classmethod
     def from_flat(cls, values: dict) -> TrainConfig:

@@ -39,7 +39,7 @@ pause_at, marker = int(sys.argv.pop(1)), Path(sys.argv.pop(1))
 batch_end = checkpoints.StateCheckpoint.on_train_batch_end
 def paused(self, batch, logs=None):
     batch_end(self, batch, logs)
-    if int(self.model.optimizer.iterations) == pause_at and not marker.exists():
+    if self.step == pause_at and not marker.exists():
         handler, terminated = signal.getsignal(signal.SIGTERM), []
         def on_sigterm(signum, frame):
             terminated.append(signum)
@@ -80,7 +80,7 @@ def _resume(run_dir, tmp_path):
     return log.read_text()
 
 
-def _same_result(a, b, epochs=(1, 2)):
+def _same_result(a, b, epochs=(1, 2), last_step=54):
     ha, hb = pd.read_csv(a / "history.csv"), pd.read_csv(b / "history.csv")
     assert ha["epoch"].tolist() == hb["epoch"].tolist() == list(epochs)
     np.testing.assert_allclose(ha["val_log_loss"], hb["val_log_loss"], rtol=1e-5)
@@ -89,8 +89,8 @@ def _same_result(a, b, epochs=(1, 2)):
         pa, pb = (pd.read_csv(d / name).set_index("id") for d in (a, b))
         np.testing.assert_allclose(pa.to_numpy(), pb.loc[pa.index].to_numpy(), atol=1e-5)
     final = [(d / "checkpoints" / "state").iterdir() for d in (a, b)]
-    assert max(int(p.name) for p in final[0] if p.name.isdigit()) == 54
-    assert max(int(p.name) for p in final[1] if p.name.isdigit()) == 54
+    assert max(int(p.name) for p in final[0] if p.name.isdigit()) == last_step
+    assert max(int(p.name) for p in final[1] if p.name.isdigit()) == last_step
 
 
 @pytest.fixture(scope="session")
@@ -193,3 +193,28 @@ def test_validating_four_times_per_epoch_resumes_mid_period(tiny_preset, small_c
     summary = json.loads((runs["killed"] / "summary.json").read_text())
     history = pd.read_csv(runs["killed"] / "history.csv")
     assert summary["best_epoch"] == history["epoch"][history["val_log_loss"].idxmin()]
+
+
+def test_gradient_accumulation_trains_and_resumes_between_accumulated_steps(
+    tiny_preset, small_csv, tmp_path
+):
+    """--grad-accum 2 over one epoch of 27 steps (13 updates of 16 rows; step 27 completes
+    none, and the log says so). Killed after the state of step 9 is saved, which holds step 9's
+    gradient accumulated but not yet applied, the resumed run ends as an uninterrupted one."""
+    flags = ["--grad-accum", "2", "--epochs", "1"]
+    args = {name: [*_args(tiny_preset, small_csv, tmp_path / name), *flags]
+            for name in ("uninterrupted", "killed")}  # fmt: skip
+    log = tmp_path / "uninterrupted.log"
+    assert start_script("train_jax.py", *args["uninterrupted"], log=log).wait(timeout=600) == 0
+    text = log.read_text()
+    assert "global batch 16 (2 x 8 accumulated)" in text, text[-3000:]
+    assert "--grad-accum 2: the last 1 of the run's 27 steps complete no update" in text
+    config = json.loads((tmp_path / "uninterrupted" / "config.json").read_text())["optim"]
+    assert (config["batch_size"], config["grad_accum"], config["global_batch"]) == (8, 2, 16)
+    proc = _start_paused(args["killed"], 9, tmp_path)
+    proc.kill()
+    proc.wait()
+    meta = latest(tmp_path / "killed")
+    assert (meta["global_step"], meta["epoch"], meta["step_in_epoch"]) == (9, 0, 9)
+    assert "resuming at epoch 1, step 9" in _resume(tmp_path / "killed", tmp_path)
+    _same_result(tmp_path / "uninterrupted", tmp_path / "killed", epochs=[1], last_step=27)

@@ -22,7 +22,7 @@ from jaxpref.config import ConfigError, ModelConfig
 from jaxpref.data.arena import NUM_CLASSES
 from jaxpref.inputs import pipeline
 from jaxpref.inputs.pipeline import FIRST, NUM_SIDE_FEATURES, PART_IDS, SECOND, SIDE_FEATURES
-from jaxpref.models import backbones, families, lora
+from jaxpref.models import backbones, families, lora, presets
 
 STANDARDIZE = "side_standardize"
 
@@ -194,7 +194,8 @@ class PreferenceModel(keras.Model):
     ):
         if head not in HEADS:
             raise ValueError(f"head must be one of {tuple(HEADS)}, got {head!r}")
-        enable_lora(backbone, lora_rank, lora_targets, lora_alpha)
+        if lora_rank > 0:
+            lora.enable(backbone, lora_rank, lora_targets, lora_alpha)
         lora_seed = None
         if lora_dropout:
             if not lora_rank:
@@ -337,16 +338,6 @@ class CrossEncoderModel(PreferenceModel):
         return {**super().get_config(), "pooling": self.pooling}
 
 
-def enable_lora(backbone, rank: int, targets: list[str] | None, alpha: float | None) -> None:
-    """Freeze `backbone` and add LoRA factors (rank 0: every weight trains)."""
-    if rank <= 0:
-        return
-    if targets is None and alpha is None:
-        backbone.enable_lora(rank)  # keras-hub's default layers
-    else:
-        families.enable_lora(backbone, rank, targets or backbone.default_lora_layer_names(), alpha)
-
-
 def with_side_features(features, side_a, side_b):
     """Each side's embedding joined with its standardized features, raw and tanh-projected.
 
@@ -399,27 +390,15 @@ def build_model(
     and, with `cfg.remat`, each block recomputed in the backward pass.
     """
     set_precision(cfg.precision)
-    preset = backbones.resolve_preset(preset or cfg.preset)
-    decoder = is_decoder_preset(preset)
-    if decoder and cfg.architecture != "cross":
-        raise ConfigError(f"--preset {cfg.preset} is a decoder LLM: use --architecture cross")
-    if cfg.lora_dropout and not cfg.lora_rank:
-        raise ConfigError("--lora-dropout applies to LoRA adapters: set --lora-rank above 0")
-    if cfg.remat and not decoder:
-        raise ConfigError("--remat applies to decoder LLM presets (Gemma, Llama, Qwen, Mistral)")
-    with remat_scope(preset) if cfg.remat else nullcontext():
-        backbone = backbones.load_backbone(preset, dtype=cfg.precision, load_weights=load_weights)
-    backbones.check_sequence_length(backbone, sequence_length)
-    if cfg.attention != "keras_hub" and type(backbone).__name__ == "DebertaV3Backbone":
-        from jaxpref.models import deberta_attention
-
-        dropout = cfg.attention == "efficient_dropout"
-        deberta_attention.efficient_deberta(backbone, attention_dropout=dropout)
-    options = {"pooling": "last" if decoder else "mean"} if cfg.architecture == "cross" else {}
+    preset = presets.probe(preset or cfg.preset)
+    check_options(cfg, decoder=preset.family is not None)
+    backbone = build_backbone(cfg, preset, sequence_length, load_weights)
+    pooling = "mean" if preset.family is None else "last"
+    options = {"pooling": pooling} if cfg.architecture == "cross" else {}
     return ARCHITECTURES[cfg.architecture](
         backbone,
         lora_rank=cfg.lora_rank,
-        lora_targets=lora_targets(cfg.lora_targets, backbone, decoder),
+        lora_targets=lora.target_layers(cfg.lora_targets, preset.family),
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
         head=cfg.head,
@@ -429,26 +408,33 @@ def build_model(
     )
 
 
-def is_decoder_preset(preset: str) -> bool:
-    """Whether a resolved preset holds a decoder LLM backbone of a supported family."""
-    try:
-        families.family_of(families.read_backbone_config(preset))
-    except Exception:  # not a decoder, or unreadable: load_backbone then says why
-        return False
-    return True
+def build_backbone(
+    cfg: ModelConfig, preset: presets.Preset, sequence_length: int, load_weights: bool = True
+):
+    """The preset's backbone as `cfg` asks for it: built with each block recomputed in the
+    backward pass (`cfg.remat`), checked against `sequence_length`, and a DeBERTa's attention
+    replaced per `cfg.attention`."""
+    with families.remat_scope(preset.backbone_config) if cfg.remat else nullcontext():
+        backbone = backbones.load_backbone(
+            preset.location, dtype=cfg.precision, load_weights=load_weights
+        )
+    backbones.check_sequence_length(backbone, sequence_length)
+    if cfg.attention != "keras_hub" and type(backbone).__name__ == "DebertaV3Backbone":
+        from jaxpref.models import deberta_attention
+
+        dropout = cfg.attention == "efficient_dropout"
+        deberta_attention.efficient_deberta(backbone, attention_dropout=dropout)
+    return backbone
 
 
-def remat_scope(preset: str):
-    return families.remat_scope(families.read_backbone_config(preset))
-
-
-def lora_targets(spec: str, backbone, decoder: bool) -> list[str] | None:
-    """Layer names for `--lora-targets`: groups or projections for decoders (default attention
-    + MLP), layer names for encoders (default None: keras-hub's query and value layers)."""
-    if decoder:
-        family = families.family_of(backbone)
-        return families.lora_targets(family, spec or families.DEFAULT_LORA_TARGETS)
-    return [name.strip() for name in spec.split(",")] if spec else None
+def check_options(cfg: ModelConfig, decoder: bool) -> None:
+    """Refuse model options that do not apply to the preset (a decoder LLM or an encoder)."""
+    if decoder and cfg.architecture != "cross":
+        raise ConfigError(f"--preset {cfg.preset} is a decoder LLM: use --architecture cross")
+    if cfg.lora_dropout and not cfg.lora_rank:
+        raise ConfigError("--lora-dropout applies to LoRA adapters: set --lora-rank above 0")
+    if cfg.remat and not decoder:
+        raise ConfigError("--remat applies to decoder LLM presets (Gemma, Llama, Qwen, Mistral)")
 
 
 def build_encoder(model: PreferenceModel, preset: str, sequence_length: int):

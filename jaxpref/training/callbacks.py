@@ -21,6 +21,7 @@ from jaxpref.monitoring import (
 from jaxpref.parallel.distribution import place_on_mesh
 from jaxpref.rundir import Diverged, epoch_at, period_name
 from jaxpref.scoring.metrics import accuracy, log_loss, smoothed_log_loss
+from jaxpref.training.optimization import batches_done
 
 log = logging.getLogger("jaxpref")
 
@@ -98,7 +99,7 @@ class RunMonitor(keras.callbacks.Callback):
         rates, rate = self.progress.rates(), self.learning_rate()
         eta = duration(rates["eta_s"])
         if self.total_steps:  # the run's training steps left, at this period's speed
-            left = self.total_steps - int(self.model.optimizer.iterations)
+            left = self.total_steps - batches_done(self.model.optimizer)
             eta += f" (run {duration(left * rates['s_per_step'])})"
         log.info(
             "%s step %d/%d: loss %s, lr %.3g, %.1f pairs/s, %.0f tokens/s, ETA %s",
@@ -125,10 +126,10 @@ class RunMonitor(keras.callbacks.Callback):
         self.write(scalars)
 
     def learning_rate(self) -> float:
-        return self.rate_at(int(self.model.optimizer.iterations))
+        return self.rate_at(batches_done(self.model.optimizer))
 
     def write(self, scalars: dict[str, float]) -> None:
-        step = int(self.model.optimizer.iterations)
+        step = batches_done(self.model.optimizer)
         for writer in self.writers:
             writer.write(step, scalars)
 

@@ -1,12 +1,13 @@
 """Resumable training state: weights, optimizer, RNG and progress, saved with Orbax.
 
 `checkpoints/state/<global step>/` holds the model's trainable and non-trainable variables (the
-dropout RNG state among them) and the optimizer's variables; the checkpoint's custom metadata
-holds the epoch, the step inside it and the best validation log loss so far. Orbax writes each
-checkpoint to a temporary directory and renames it when complete, so a process killed during a
-save leaves the previous checkpoint intact. Every process takes part in a save (Orbax
-coordinates them); on several processes a preemption notice (SIGTERM) is agreed on through
-JAX's preemption sync point, so all save at the same step.
+dropout RNG state among them) and the optimizer's variables (with --grad-accum, the gradients
+accumulated since the last update among them); steps count training batches, not optimizer
+updates. The checkpoint's custom metadata holds the epoch, the step inside it and the best
+validation log loss so far. Orbax writes each checkpoint to a temporary directory and renames
+it when complete, so a process killed during a save leaves the previous checkpoint intact.
+Every process takes part in a save (Orbax coordinates them); on several processes a preemption
+notice (SIGTERM) is agreed on through JAX's preemption sync point, so all save at the same step.
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ class StateCheckpoint(keras.callbacks.Callback):
     weights (trainable and non-trainable, no optimizer) to `best_directory/<epoch>` (1-based,
     only the newest kept), before the state that records it. On SIGTERM the state is saved at
     the next step boundary and training stops (`preempted` is set).
+
+    `step` counts the training batches done, from the newest state in `directory` (the one a
+    resumed run restored) on: the optimizer's counters fall behind it, by the batches a
+    `LossScaleOptimizer` skipped (non-finite gradients), or to one per update with
+    accumulation.
     """
 
     def __init__(
@@ -77,6 +83,8 @@ class StateCheckpoint(keras.callbacks.Callback):
         self.preempted = False
         self._signalled = False
         self._checkpointer = _checkpointer(self.directory)
+        latest = self._checkpointer.latest  # named by its global step
+        self.step = 0 if latest is None else int(latest.step)
         self._best_directory = best_directory
         self._best_checkpointer = (
             _checkpointer(Path(best_directory), keep=1) if best_directory else None
@@ -105,13 +113,10 @@ class StateCheckpoint(keras.callbacks.Callback):
             return multihost_utils.reached_preemption_sync_point(step)
         return self._signalled
 
-    def _step(self) -> int:
-        return int(self.model.optimizer.iterations)
-
     def save(self) -> int:
         """Save now (blocking); returns the global step saved."""
         model = self.model
-        step = self._step()
+        step = self.step
         done = bisect.bisect_right(self.period_ends, step)  # periods complete
         tree = model.get_state_tree()
         state = {part: tree[part] for part in SAVED_PARTS if part in tree}
@@ -138,7 +143,7 @@ class StateCheckpoint(keras.callbacks.Callback):
             self._best_checkpointer.wait()
 
     def on_train_batch_end(self, batch, logs=None):
-        step = self._step()
+        self.step = step = self.step + 1
         if self._preemption_requested(step):
             saved = self.save()
             log.warning("SIGTERM: saved the training state at step %d; stopping", saved)
