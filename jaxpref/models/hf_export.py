@@ -10,7 +10,8 @@ whose logit is that reward, and that `transformers.AutoTokenizer` reads:
   classifier(act(pooler.dense(h[:, 0]))): the pooler is written as the identity with
   `pooler_hidden_act: "linear"`, the classifier holds the reward kernel and bias. The encoder's
   weights are named by `hf_deberta.weight_table`, the converter's own table read backwards;
-  the tokenizer is the preset's SentencePiece model (`spm.model`).
+  the tokenizer is the preset's SentencePiece model, as tokenizer.json (what transformers 5
+  saves for it: no sentencepiece or protobuf needed to load) and as spm.model.
 - Llama-3 (`Llama3Backbone`) -> `LlamaForSequenceClassification` and Qwen-2 (`QwenBackbone`) ->
   `Qwen2ForSequenceClassification`: keras-hub's own exporter gives the config, the backbone's
   weights and the tokenizer files; the reward kernel becomes `score.weight` (no bias). Those
@@ -21,10 +22,12 @@ whose logit is that reward, and that `transformers.AutoTokenizer` reads:
 Weights are written in the backbone's variable dtype with LoRA factors merged. What keras-hub's
 exporter would leave out (RoPE scaling, sliding windows, quantized layers) is refused by name.
 
-    model, _, _ = jaxpref.serve.predict.load_run("runs/rm")
-    export_reward_model(model.backbone, model.get_layer("reward"), "runs/rm/preset", "rm-hf")
+    export_reward_model(backbone, reward_layer, "runs/rm/preset", "rm-hf")
     # where torch and transformers are installed:
     # AutoModelForSequenceClassification.from_pretrained("rm-hf")(**batch).logits[:, 0]
+
+`jaxpref export --format transformers --run-dir RUN --out DIR` (`jobs.export`) does this for a
+trained run.
 """
 
 from __future__ import annotations
