@@ -1,10 +1,11 @@
 """Every decoder family end to end on a 2 x 2 (batch x model) mesh of 4 simulated CPU devices:
 training lowers the validation loss on learnable rows well below the class prior, infer
-predicts the same from the run directory and from its exported bundle, and within
-INT8_TOLERANCE of that with `--quantize int8` (sharded int8 kernels), a resumed run ends where
-an uninterrupted one ends, and 2 processes x 2 devices train what 1 process x 4 devices trains.
+predicts the same from the run directory and from its exported bundle (Llama-3's also with
+the bundle's weights on a model axis), and within INT8_TOLERANCE of that with `--quantize int8`
+(sharded int8 kernels), a resumed run ends where an uninterrupted one ends, and 2 processes x 2
+devices train what 1 process x 4 devices trains.
 
-A family's train -> export -> infer (run) -> infer (bundle) runs in one process
+A family's train -> export -> infer (run, bundle, int8) runs in one process
 (`run_commands`); resuming and the 2-process run keep their own processes, since the process
 boundary is what they test.
 """
@@ -82,6 +83,14 @@ def infer_args(source, test_csv, out) -> list[str]:
             "--test-csv", str(test_csv), "--output", str(out)]  # fmt: skip
 
 
+def sharded_bundle_args(name: str, bundle, test_csv, out) -> list[list[str]]:
+    """For TWO_PROCESSES only: infer from the bundle with its weights over a model axis of 2
+    (`--model-parallel 2`; a bundle predicts data parallel by default)."""
+    if name != TWO_PROCESSES:
+        return []
+    return [[*infer_args(bundle, test_csv, out), "--model-parallel", "2"]]
+
+
 @pytest.fixture(scope="module")
 def learnable_csv(tmp_path_factory):
     return write_learnable_csv(tmp_path_factory.mktemp("llm_data") / "learnable.csv", rows=240)
@@ -108,6 +117,7 @@ def family_runs(decoder_presets, learnable_csv, tmp_path_factory):
                     infer_args(run_dir, learnable_csv, root / "run.csv"),
                     infer_args(bundle, learnable_csv, root / "bundle.csv"),
                     [*infer_args(run_dir, learnable_csv, root / "int8.csv"), "--quantize", "int8"],
+                    *sharded_bundle_args(name, bundle, learnable_csv, root / "bundle_sharded.csv"),
                 )
             )
             runs[name] = root
@@ -156,6 +166,13 @@ def test_int8_predictions_are_near_float32(family_runs, name):
     difference = float((int8 - float32).abs().to_numpy().max())
     print(f"{name}: int8 vs float32, max abs probability difference {difference:.4f}")
     assert 0 < difference < INT8_TOLERANCE
+
+
+@pytest.mark.xdist_group(f"llm-{TWO_PROCESSES}")
+def test_bundle_on_a_model_axis_predicts_as_data_parallel(family_runs):
+    root = family_runs(TWO_PROCESSES)
+    sharded, replicated = submission(root / "bundle_sharded.csv"), submission(root / "bundle.csv")
+    np.testing.assert_allclose(sharded, replicated, atol=TOLERANCE)
 
 
 @pytest.mark.parametrize("name", [family_param(name) for name in RESUMED])
