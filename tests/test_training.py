@@ -20,7 +20,7 @@ from conftest import (
 )
 
 from jaxpref.data import arena
-from jaxpref.inputs import pipeline
+from jaxpref.inputs import batching
 from jaxpref.scoring import calibration
 
 
@@ -312,8 +312,8 @@ def test_validation_periods_cut_each_epoch_and_refuse_more_periods_than_steps():
     from jaxpref.training.trainer import validation_periods
 
     lengths = np.random.default_rng(0).integers(10, 256, size=216)
-    buckets = pipeline.bucket_lengths(256)
-    plans = [pipeline.plan_batches(lengths, 8, buckets, shuffle=True, epoch=e) for e in range(2)]
+    buckets = batching.bucket_lengths(256)
+    plans = [batching.plan_batches(lengths, 8, buckets, shuffle=True, epoch=e) for e in range(2)]
     periods = validation_periods(plans, 4)
     assert [len(p) for p in periods] == [7, 7, 6, 7] * 2
     for plan, cut in ((plans[0], periods[:4]), (plans[1], periods[4:])):
