@@ -293,16 +293,16 @@ def test_fit_segments_finish_an_interrupted_period_then_run_whole_ones():
     from jaxpref.training.trainer import Progress, Segment, fit_segments
 
     assert fit_segments([9] * 3, Progress()) == [Segment(0, 3)]
-    assert fit_segments([9] * 3, Progress(epoch=1, step=7)) == [Segment(1, 2, 7), Segment(2, 3)]
-    assert fit_segments([9] * 3, Progress(epoch=2, step=7)) == [Segment(2, 3, 7)]
-    assert fit_segments([9] * 3, Progress(epoch=2)) == [Segment(2, 3)]
-    assert fit_segments([9] * 3, Progress(epoch=3)) == []
+    assert fit_segments([9] * 3, Progress(period=1, step=7)) == [Segment(1, 2, 7), Segment(2, 3)]
+    assert fit_segments([9] * 3, Progress(period=2, step=7)) == [Segment(2, 3, 7)]
+    assert fit_segments([9] * 3, Progress(period=2)) == [Segment(2, 3)]
+    assert fit_segments([9] * 3, Progress(period=3)) == []
     # Keras' steps_per_epoch is one number: periods of another length get their own fit.
     periods = [7, 7, 6, 7, 7, 7, 6, 7]
     assert fit_segments(periods, Progress()) == [
         Segment(0, 2), Segment(2, 3), Segment(3, 6), Segment(6, 7), Segment(7, 8)
     ]  # fmt: skip
-    assert fit_segments(periods, Progress(epoch=3, step=2)) == [
+    assert fit_segments(periods, Progress(period=3, step=2)) == [
         Segment(3, 4, 2), Segment(4, 6), Segment(6, 7), Segment(7, 8)
     ]  # fmt: skip
 

@@ -95,21 +95,23 @@ class Inputs:
 @dataclasses.dataclass(frozen=True)
 class Progress:
     """Where training stands: the next validation period (an epoch unless validating several
-    times per epoch) and step in it, and the best period so far."""
+    times per epoch) and step in it, the best validation log loss and how many periods had
+    been trained when it was reached (0: none yet)."""
 
-    epoch: int = 0
+    period: int = 0
     step: int = 0
     best: float = math.inf
-    best_epoch: int = 0
+    best_period: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
 class Segment:
-    """Periods [first_epoch, last_epoch), Keras' epochs of one `model.fit`, skipping the first
-    `skip_steps` steps of `first_epoch` (already trained before an interruption)."""
+    """Validation periods [first_period, last_period), Keras' epochs of one `model.fit`,
+    skipping the first `skip_steps` steps of `first_period` (already trained before an
+    interruption)."""
 
-    first_epoch: int
-    last_epoch: int
+    first_period: int
+    last_period: int
     skip_steps: int = 0
 
 
@@ -409,23 +411,27 @@ def compile_for_training(model, cfg: TrainConfig, total_steps: int):
 
 
 def restore_progress(model, run: Run) -> Progress:
-    """Load the newest state checkpoint; forget what later epochs wrote last time."""
+    """Load the newest state checkpoint; forget what later periods wrote last time (the
+    checkpoint's "epoch" and "best_epoch" count validation periods)."""
     meta = checkpoints.restore_state(model, run.paths.state_checkpoints)
     best = meta["best_val_log_loss"]
     progress = Progress(
-        meta["epoch"], meta["step_in_epoch"], math.inf if best is None else best, meta["best_epoch"]
+        period=meta["epoch"],
+        step=meta["step_in_epoch"],
+        best=math.inf if best is None else best,
+        best_period=meta["best_epoch"],
     )
     per_epoch = run.cfg.optim.validations_per_epoch
     log.info(
         "resuming at %s, step %d (best so far %.4f)",
-        period_name(progress.epoch, per_epoch), progress.step, progress.best,
+        period_name(progress.period, per_epoch), progress.step, progress.best,
     )  # fmt: skip
     if run.primary:
-        forget_epochs_from(run.paths, progress.epoch, per_epoch)
+        forget_periods_after(run.paths, progress.period, per_epoch)
     return progress
 
 
-def forget_epochs_from(paths: RunDir, done: int, per_epoch: int = 1) -> None:
+def forget_periods_after(paths: RunDir, done: int, per_epoch: int = 1) -> None:
     """Before replaying the validation periods after the first `done`, drop what they wrote
     last time (best checkpoints are numbered by period from 1, the rest by `epoch_at`)."""
     if paths.best_checkpoints.exists():
@@ -447,21 +453,21 @@ def forget_epochs_from(paths: RunDir, done: int, per_epoch: int = 1) -> None:
 def fit_segments(period_steps: Sequence[int], progress: Progress) -> list[Segment]:
     """The `model.fit` calls left: the rest of an interrupted period, then whole periods, one
     call per run of periods of equal length (Keras' `steps_per_epoch` is one number)."""
-    segments, period = [], progress.epoch
+    segments, period = [], progress.period
     if progress.step:
         segments.append(Segment(period, period + 1, progress.step))
         period += 1
     for first in range(period, len(period_steps)):
         if first > period and period_steps[first] == period_steps[first - 1]:
-            segments[-1] = Segment(segments[-1].first_epoch, first + 1)
+            segments[-1] = Segment(segments[-1].first_period, first + 1)
         else:
             segments.append(Segment(first, first + 1))
     return segments
 
 
 def fit(model, run: Run, inputs: Inputs, progress: Progress, rate):
-    """Train the remaining segments; returns the state callback, which tracks the best epoch,
-    and the validation callback, which holds this process's best epoch's probabilities.
+    """Train the remaining segments; returns the state callback, which tracks the best period,
+    and the validation callback, which holds this process's best period's probabilities.
 
     Raises `Preempted` after saving the state when SIGTERM arrives.
     """
@@ -469,7 +475,7 @@ def fit(model, run: Run, inputs: Inputs, progress: Progress, rate):
 
     state = checkpoints.StateCheckpoint(
         run.paths.state_checkpoints, inputs.period_steps, run.cfg.run.save_every,
-        progress.best, progress.best_epoch, run.paths.best_checkpoints,
+        progress.best, progress.best_period, run.paths.best_checkpoints,
     )  # fmt: skip
     validation = Validation(
         lambda: inputs.predict_valid(model),
@@ -508,16 +514,16 @@ def scalar_writers(run: Run):
 def fit_segment(model, run: Run, inputs: Inputs, validation, state, segment, rate, writers) -> None:
     """`model.fit` over one segment's epochs (the validation and state callbacks live across
     segments); raises `Preempted` when SIGTERM stopped it."""
-    steps = inputs.period_steps[segment.first_epoch]
+    steps = inputs.period_steps[segment.first_period]
     if segment.skip_steps:
-        plans = [inputs.train_plans[segment.first_epoch][segment.skip_steps :]]
+        plans = [inputs.train_plans[segment.first_period][segment.skip_steps :]]
     else:
-        plans = inputs.train_plans[segment.first_epoch : segment.last_epoch]
+        plans = inputs.train_plans[segment.first_period : segment.last_period]
     batches = [b for plan in plans for b in plan]
     model.fit(
         inputs.train_dataset(plans, run),
-        initial_epoch=segment.first_epoch,
-        epochs=segment.last_epoch,
+        initial_epoch=segment.first_period,
+        epochs=segment.last_period,
         steps_per_epoch=steps - segment.skip_steps,
         shuffle=False,  # the batch plans already shuffle, per epoch
         callbacks=training_callbacks(run, validation, state, batches, inputs, rate, writers),
@@ -577,9 +583,9 @@ def finish(
     )
     valid_probs = validation.best_probs
     best_epoch = epoch_at(state.best_epoch, run.cfg.optim.validations_per_epoch)
-    if validation.best_epoch != state.best_epoch:  # the best epoch ran before a --resume
+    if validation.best_epoch != state.best_epoch:  # the best period ran before a --resume
         log.info("restoring the best weights (epoch %s) to predict validation", best_epoch)
-        model.load_weights(str(run.paths.best_checkpoints))  # the newest step: the best epoch
+        model.load_weights(str(run.paths.best_checkpoints))  # the newest step: the best period
         valid_probs = inputs.predict_valid(model)
     labels = inputs.valid_labels
     fitted = calibration.calibrate(valid_probs, labels, run.cfg.run.calibrate)
