@@ -29,12 +29,13 @@ import sys  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 from reference_run import TINY_DEBERTA  # noqa: E402
 
-from jaxpref.data import arena  # noqa: E402  # noqa: E402
+from jaxpref.data import arena, text  # noqa: E402
 
 # CI: the same examples every run (a failure reproduces), no example database in the repository.
 settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
@@ -137,6 +138,18 @@ def write_learnable_csv(path: Path, rows: int, seed: int = 0) -> Path:
                 ]
             )
     return path
+
+
+def pair_texts(n: int) -> dict:
+    """`text.format_pairs`-style columns of `n` rows, row i about i + 1 times longer than row 0."""
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+    return {
+        key: np.asarray(
+            [f"{key} " + " ".join(words[: (i % len(words)) + 1]) * (i + 1) for i in range(n)],
+            dtype=object,
+        )
+        for key in text.FEATURE_KEYS
+    }
 
 
 def script_environment() -> dict[str, str]:

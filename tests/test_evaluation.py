@@ -92,7 +92,7 @@ def test_evaluate_run_on_a_csv_predicts_with_the_model(tmp_path, monkeypatch):
     run_dir, train, valid, _ = fake_run(tmp_path)
     calls = {}
 
-    def predict_frame(model, encoder, frame, batch_size, tta):
+    def predict_frame(model, packer, frame, batch_size, tta):
         calls["batch_size"] = batch_size
         return np.tile([0.5, 0.3, 0.2], (len(frame), 1))
 

@@ -479,7 +479,7 @@ def test_deberta_parameters_and_lora_equal_a_built_backbones():
 
 def _deberta_gradient_temp_bytes(layers: int, length: int) -> int:
     """XLA's temporary buffers for the siamese LoRA gradient of one pair (hidden 128)."""
-    from jaxpref.inputs.pipeline import NUM_SIDE_FEATURES, SIDE_FEATURES
+    from jaxpref.inputs.featurize import NUM_SIDE_FEATURES, SIDE_FEATURES
     from jaxpref.models import deberta_attention, preference
 
     keras.utils.set_random_seed(0)

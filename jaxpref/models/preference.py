@@ -20,8 +20,8 @@ from keras import ops
 from jaxpref import safety
 from jaxpref.config import ConfigError, ModelConfig
 from jaxpref.data.arena import NUM_CLASSES
-from jaxpref.inputs import pipeline
-from jaxpref.inputs.pipeline import FIRST, NUM_SIDE_FEATURES, PART_IDS, SECOND, SIDE_FEATURES
+from jaxpref.inputs.featurize import NUM_SIDE_FEATURES, SIDE_FEATURES
+from jaxpref.inputs.packers import FIRST, PART_IDS, SECOND, CrossPacker, Packer, PairPacker
 from jaxpref.models import backbones, families, lora, presets
 
 STANDARDIZE = "side_standardize"
@@ -164,8 +164,9 @@ class PreferenceModel(keras.Model):
     """Base of every architecture: backbone + LoRA + head, config round-trip, gathered
     predictions.
 
-    A subclass names its input `layout` and implements `encode(backbone)`, which builds the
-    model's inputs and the two side vectors the head compares; everything else is shared.
+    A subclass implements `encode(backbone)`, which builds the model's inputs and the two side
+    vectors the head compares, and `build_packer`, which makes the packer that feeds those
+    inputs (`inputs.packers`); everything else is shared.
     `head="symmetric"`: `SwapSymmetricHead`, whose predictions mirror exactly when the sides
     swap; `head="concat"`: a dense layer over [a, b, a - b, a * b]. `side_features=F` adds an
     input (B, 2, F) of per-side features (lengths, markdown counts), standardized
@@ -176,7 +177,6 @@ class PreferenceModel(keras.Model):
     in training (`lora.add_dropout`).
     """
 
-    layout = pipeline.PAIR
     default_name = "preference"
 
     def __init__(
@@ -226,13 +226,17 @@ class PreferenceModel(keras.Model):
         """(inputs by name, side A vector, side B vector) of the functional graph."""
         raise NotImplementedError
 
+    def build_packer(self, preset: str, sequence_length: int) -> Packer:
+        """The packer that feeds this model from texts, with the tokenizer of `preset`."""
+        raise NotImplementedError
+
     @property
     def backbone_input_keys(self) -> tuple[str, ...]:
         return tuple(self.backbone.input.keys())
 
     @property
     def input_keys(self) -> tuple[str, ...]:
-        """The integer inputs the pipeline feeds (side features aside)."""
+        """The integer inputs its packer feeds (side features aside)."""
         return self.backbone_input_keys
 
     def fit_side_features(self, features: np.ndarray) -> None:
@@ -299,6 +303,11 @@ class SiameseModel(PreferenceModel):
         side_a, side_b = UnfoldSides(name="unfold")(pooled)
         return inputs, side_a, side_b
 
+    def build_packer(self, preset: str, sequence_length: int) -> PairPacker:
+        """The preset's own preprocessor packs each side."""
+        preprocessor = backbones.load_preprocessor(preset, sequence_length)
+        return PairPacker(preprocessor, self.input_keys)
+
 
 @keras.saving.register_keras_serializable(package="jaxpref")
 class CrossEncoderModel(PreferenceModel):
@@ -306,12 +315,11 @@ class CrossEncoderModel(PreferenceModel):
 
     Each response is pooled over its own tokens and joined with the whole sequence's vector
     (`SegmentPool`: `pooling="mean"` for encoders, `"last"` for decoders); the same heads
-    compare the two. The pipeline feeds either order of the responses
-    (`pipeline.CrossEncoder`): swap augmentation in training, and swap test-time augmentation
-    at inference, make the predictions swap-consistent.
+    compare the two. Its packer feeds either order of the responses (`packers.CrossPacker`):
+    swap augmentation in training, and swap test-time augmentation at inference, make the
+    predictions swap-consistent.
     """
 
-    layout = pipeline.CROSS
     default_name = "cross_preference"
 
     def __init__(self, backbone, pooling: str = "mean", **kwargs):
@@ -333,6 +341,12 @@ class CrossEncoderModel(PreferenceModel):
     @property
     def input_keys(self) -> tuple[str, ...]:
         return (*self.backbone_input_keys, PART_IDS)
+
+    def build_packer(self, preset: str, sequence_length: int) -> CrossPacker:
+        """The preset's tokenizer, packed as the tagged text for decoders (`pooling="last"`)."""
+        tokenizer = backbones.load_tokenizer(preset)
+        decoder = self.pooling == "last"
+        return CrossPacker(tokenizer, sequence_length, self.input_keys, decoder)
 
     def get_config(self):
         return {**super().get_config(), "pooling": self.pooling}
@@ -435,17 +449,6 @@ def check_options(cfg: ModelConfig, decoder: bool) -> None:
         raise ConfigError("--lora-dropout applies to LoRA adapters: set --lora-rank above 0")
     if cfg.remat and not decoder:
         raise ConfigError("--remat applies to decoder LLM presets (Gemma, Llama, Qwen, Mistral)")
-
-
-def build_encoder(model: PreferenceModel, preset: str, sequence_length: int):
-    """The tokenizer and packer that feed `model`: the preset's own preprocessor for pairs,
-    its tokenizer for cross-encoded sequences."""
-    if model.layout == pipeline.CROSS:
-        decoder = getattr(model, "pooling", "mean") == "last"
-        tokenizer = backbones.load_tokenizer(preset)
-        return pipeline.CrossEncoder(tokenizer, sequence_length, model.input_keys, decoder)
-    preprocessor = backbones.load_preprocessor(preset, sequence_length)
-    return pipeline.PairEncoder(preprocessor, model.input_keys)
 
 
 def parameter_counts(model: keras.Model) -> tuple[int, int]:
