@@ -1,14 +1,24 @@
 """jaxpref.data.sources: one reader for arena CSVs, preference files, datasets save_to_disk
-directories and folders of Parquet shards; errors name the file (the shard), row and field."""
+directories and folders of Parquet shards; errors name the file (the shard), row and field;
+a training on preference files with a separate validation file."""
 
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import write_parquet_shards, write_saved_dataset
+from conftest import (
+    BAD,
+    FILLER,
+    GOOD,
+    run_commands,
+    tiny_run_args,
+    write_parquet_shards,
+    write_saved_dataset,
+)
 
 from jaxpref.data import arena, preferences, sources
 from jaxpref.data.arena import DataError
@@ -190,3 +200,51 @@ def test_training_and_validation_files_must_not_share_ids(tmp_path):
         "b/pairs.jsonl, line 1, column 'id': id 'pairs-1' is also in a/pairs.jsonl: the "
         "training and validation files must not share ids"
     )
+
+
+def learnable_pairs(path: Path, rows: int, seed: int) -> Path:
+    """TRL standard records whose chosen reply holds a 'good' word and rejected one a 'bad'."""
+    rng = random.Random(seed)
+
+    def reply(words: list[str]) -> str:
+        return " ".join([*rng.sample(FILLER, 5), rng.choice(words)])
+
+    records = [
+        {"prompt": f"question {rng.randint(0, 999)}", "chosen": reply(GOOD), "rejected": reply(BAD)}
+        for _ in range(rows)
+    ]
+    return write_jsonl(path, records)
+
+
+@pytest.mark.slow
+def test_training_on_preference_files_beats_the_prior(tiny_preset, tmp_path):
+    """--train-file prefs.jsonl --valid-file prefs2.jsonl: no split, no tie rows; the model
+    beats the (two-class) class prior on the validation file, evaluate reads it back and infer
+    predicts it unlabelled, in read_rows' order."""
+    train = learnable_pairs(tmp_path / "prefs.jsonl", 48, seed=0)
+    valid = learnable_pairs(tmp_path / "prefs2.jsonl", 24, seed=1)
+    run_dir = tmp_path / "run"
+    args = tiny_run_args(tiny_preset, train, run_dir)
+    args[args.index("--train-csv")] = "--train-file"
+    result = run_commands(
+        ["train", *args, "--valid-file", valid, "--epochs", "1", "--learning-rate", "1e-2"],
+        ["evaluate", "--run-dir", run_dir],
+        ["infer", "--devices", "cpu", "--run-dir", run_dir, "--test-file", valid,
+         "--output", tmp_path / "predicted.csv"],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["best_val_log_loss"] < summary["prior_val_log_loss"] - 0.02, summary
+    split = pd.read_csv(run_dir / "split.csv", dtype=str)
+    assert split["split"].value_counts().to_dict() == {"train": 48, "valid": 24}
+    config = json.loads((run_dir / "config.json").read_text())["data"]
+    assert (config["train_file"], config["valid_file"]) == (str(train), str(valid))
+    assert config["valid_fraction"] is None
+    assert "no winner_tie rows in training or validation" in (run_dir / "train.log").read_text()
+    report = json.loads((run_dir / "evaluation" / "evaluation.json").read_text())
+    assert report["rows"] == 24 and report["rows_in_training_split"] == 0
+    assert report["scores"]["model"]["log_loss"] == pytest.approx(
+        summary["calibrated_val_log_loss"], abs=1e-4
+    )
+    predicted = pd.read_csv(tmp_path / "predicted.csv", dtype={"id": str})
+    assert list(predicted["id"]) == list(sources.read_rows(valid)["id"])
