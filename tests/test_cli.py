@@ -17,7 +17,10 @@ TRAIN_FLAGS = [
     "--epochs", "--batch-size", "--sequence-length", "--learning-rate", "--lora-rank",
     "--valid-fraction", "--seed",
 ]  # fmt: skip
-INFER_FLAGS = ["--run-dir", "--test-file", "--output", "--batch-size", "--devices"]
+INFER_FLAGS = [
+    "--run-dir", "--test-file", "--output", "--batch-size", "--devices", "--quantize",
+    "--model-parallel",
+]  # fmt: skip
 
 
 def help_entries(parser) -> dict[str, str]:
@@ -49,7 +52,9 @@ def test_defaults_work_without_flags():
     assert cfg.model.preset == "deberta_v3_small_en" and cfg.data.sequence_length == 1024
     assert cfg.data.split_fraction() == 0.1 and cfg.model.lora_rank == 8
     assert cfg.data.train_file == "" and cfg.model.head == "symmetric" and cfg.run.calibrate
-    assert cli.infer_parser().parse_args(["--run-dir", "r"]).test_file.endswith("arena_test.csv")
+    infer = cli.infer_parser().parse_args(["--run-dir", "r"])
+    assert infer.test_file.endswith("arena_test.csv") and infer.precision == "auto"
+    assert infer.quantize is None and infer.model_parallel is None  # None: the run's own
 
 
 @pytest.mark.parametrize(

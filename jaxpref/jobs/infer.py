@@ -50,9 +50,11 @@ def infer(
     num_devices: int | None = None,
     tta: bool = False,
     precision: str = "auto",
+    quantize: str | None = None,
+    model_parallel: int | None = None,
 ) -> Path:
     """Predict every row of `test_file` with the runs' best weights (averaged over the runs,
-    `predict_runs`) and write the submission.
+    `predict_runs`) and write the submission; the options are `serve.predict.predict_run`'s.
 
     `test_file` is any `sources.read_rows` source, read unlabelled: an arena CSV, or preference
     records, whose labels are dropped (their rows, ids and A/B order are those of
@@ -61,6 +63,6 @@ def infer(
     frame = sources.read_rows(test_file, labelled=False)
     probs = predict_runs(
         run_dirs, frame, batch_size=batch_size, devices=devices, num_devices=num_devices,
-        tta=tta, precision=precision,
+        tta=tta, precision=precision, quantize=quantize, model_parallel=model_parallel,
     )  # fmt: skip
     return write_submission(frame["id"], probs, output)
