@@ -90,6 +90,7 @@ def source_kind(path: str | os.PathLike) -> str:
 
 
 def _directory_kind(path: str) -> str:
+    """SAVED_DATASET or PARQUET_SHARDS; DataError for a DatasetDict or a directory of neither."""
     if os.path.isfile(os.path.join(path, STATE_FILE)):
         return SAVED_DATASET
     if os.path.isfile(os.path.join(path, DATASET_DICT_FILE)):
