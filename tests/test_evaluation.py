@@ -104,9 +104,14 @@ def test_evaluate_run_on_a_csv_predicts_with_the_model(tmp_path, monkeypatch):
     monkeypatch.setattr(
         predict,
         "load_run",
-        lambda d, precision=None: (None, None, TrainConfig.from_json(d / "config.json")),
+        lambda d, precision=None, quantize=None: (
+            None,
+            None,
+            TrainConfig.from_json(d / "config.json"),
+        ),
     )
     monkeypatch.setattr(predict, "predict_frame", predict_frame)
+    monkeypatch.setattr(predict, "check_memory", lambda *args: None)  # the fake run has no preset
     result = evaluate.evaluate_run(
         run_dir, tmp_path / "train.csv", tmp_path / "report", devices="cpu", num_devices=4
     )
