@@ -3,7 +3,9 @@
 Each field carries its help text, choices and bounds (`option`), so the command line
 (`cli.add_config_flags`) and validation (`TrainConfig.validate`) are generated from one
 statement. A new setting is one `option(...)` line in its group. Field names are unique across
-groups; each becomes a flag (`lora_rank` -> `--lora-rank`).
+groups; each becomes a flag (`lora_rank` -> `--lora-rank`). A renamed setting keeps its earlier
+name as an alias (`option(..., aliases=("train_csv",))`): the earlier flag, config-file key,
+`replace` keyword and attribute still work, and config.json is written with the new name.
 
 The modelling defaults (symmetric head, swap augmentation, side features, cosine schedule, LoRA
 learning rate) are the best configuration of the cross-validation in docs/quality.md.
@@ -29,6 +31,7 @@ ARCHITECTURES = ("siamese", "cross")
 HEADS = ("symmetric", "concat")
 SCHEDULES = ("cosine", "constant")
 ATTENTIONS = ("efficient", "efficient_dropout", "keras_hub")
+DEFAULT_VALID_FRACTION = 0.1
 
 
 class ConfigError(ValueError):
@@ -45,19 +48,31 @@ def option(
     above: float | None = None,
     below: float | None = None,
     shown: str | None = None,
+    aliases: Sequence[str] = (),
 ) -> Any:
     """A config field with its command-line help, allowed choices and bounds.
 
     `min`/`max` are inclusive bounds, `above`/`below` exclusive ones; `shown` is the default
-    as `--help` should print it when the value itself would mislead (None = chosen at run time).
+    as `--help` should print it when the value itself would mislead (None = chosen at run time);
+    `aliases` are earlier names of the setting, accepted wherever the name is.
     """
     meta = {"help": help, "choices": choices, "min": min, "max": max, "above": above}
-    meta["below"] = below
+    meta.update(below=below, aliases=tuple(aliases))
     return dataclasses.field(default=default, metadata={**meta, "shown": shown})
 
 
+class Group:
+    """A group of settings; an alias of a field (`option(aliases=...)`) reads that field."""
+
+    def __getattr__(self, name: str) -> Any:
+        for f in dataclasses.fields(self):
+            if name in f.metadata["aliases"]:
+                return getattr(self, f.name)
+        raise AttributeError(f"{type(self).__name__} has no setting {name!r}")
+
+
 @dataclasses.dataclass
-class RunConfig:
+class RunConfig(Group):
     """Where the run writes, how it is seeded and checkpointed."""
 
     run_dir: str = option("", "output directory", shown="runs/<time>")
@@ -85,15 +100,29 @@ class RunConfig:
 
 
 @dataclasses.dataclass
-class DataConfig:
+class DataConfig(Group):
     """Which rows train and validate, and how they are fed."""
 
-    train_csv: str = option("", "labelled arena CSV", shown="the embedded 1,000-row sample")
+    train_file: str = option(
+        "",
+        "labelled rows: an arena CSV, a preference file (TRL or HH-RLHF chosen/rejected records "
+        "as JSON lines, .gz allowed, or Parquet), a datasets save_to_disk directory or a folder "
+        "of Parquet shards (docs/usage.md, Preference files)",
+        shown="the embedded 1,000-row sample",
+        aliases=("train_csv",),
+    )
+    valid_file: str = option(
+        "",
+        "validation rows from this file (any --train-file kind; no id of --train-file's) "
+        "instead of a split of --train-file, which is then trained on whole",
+        shown="none: --valid-fraction of --train-file",
+    )
     extra_train: str = option(
         "",
         "extra training rows: TRL preference records (standard or conversational, explicit or "
-        "implicit prompt) or Anthropic HH-RLHF dialogues, as JSON lines (.gz allowed) or "
-        "Parquet; converted to arena rows with random A/B order, never validated on",
+        "implicit prompt) or Anthropic HH-RLHF dialogues, in any --train-file kind but an "
+        "arena CSV; converted to arena rows with random A/B order (by --seed), never "
+        "validated on",
         shown="none",
     )
     extra_train_tie: float = option(
@@ -104,10 +133,17 @@ class DataConfig:
         min=0,
         below=1,
     )
-    valid_fraction: float = option(
-        0.1, "fraction of rows held out for validation, stratified by label", min=0, below=1
+    valid_fraction: float | None = option(
+        None,
+        "fraction of --train-file held out for validation, stratified by label; not with "
+        "--valid-file",
+        min=0,
+        below=1,
+        shown=f"{DEFAULT_VALID_FRACTION} without --valid-file",
     )
-    group_by_prompt: bool = option(False, "keep rows with the same prompt on one side of the split")
+    group_by_prompt: bool = option(
+        False, "keep rows with the same prompt on one side of the split; not with --valid-file"
+    )
     sequence_length: int = option(
         1024, "tokens per side: [CLS] conversation [SEP] response [SEP]", min=8
     )
@@ -123,9 +159,16 @@ class DataConfig:
         shown="none",
     )
 
+    def split_fraction(self) -> float | None:
+        """The share of --train-file to validate on: --valid-fraction, its default, or None
+        with --valid-file (no split)."""
+        if self.valid_file:
+            return None
+        return DEFAULT_VALID_FRACTION if self.valid_fraction is None else self.valid_fraction
+
 
 @dataclasses.dataclass
-class ModelConfig:
+class ModelConfig(Group):
     """The model: backbone, adapters and head."""
 
     preset: str = option(
@@ -187,7 +230,7 @@ class ModelConfig:
 
 
 @dataclasses.dataclass
-class OptimConfig:
+class OptimConfig(Group):
     """How the weights are fitted."""
 
     epochs: int = option(2, "training epochs", min=1)
@@ -248,7 +291,7 @@ class OptimConfig:
 
 
 @dataclasses.dataclass
-class DeviceConfig:
+class DeviceConfig(Group):
     """Which accelerators run the job."""
 
     devices: str = option(
@@ -278,6 +321,30 @@ GROUPS = {
 }
 
 
+def aliases() -> dict[str, str]:
+    """{earlier name: the setting's name} of every alias (`option(aliases=...)`)."""
+    return {
+        alias: f.name
+        for kind in GROUPS.values()
+        for f in dataclasses.fields(kind)
+        for alias in f.metadata["aliases"]
+    }
+
+
+def renamed(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with each alias key replaced by its setting's name; ConfigError when a setting
+    is given under both names."""
+    names = aliases()
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = names.get(key, key)
+        if name in out:
+            earlier = key if key != name else next(k for k in values if names.get(k) == name)
+            raise ConfigError(f"{name} is given twice, also as {earlier} (its earlier name)")
+        out[name] = value
+    return out
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Everything a training run depends on, in groups; None fields are chosen at run time."""
@@ -304,6 +371,7 @@ class TrainConfig:
             if isinstance(flat.get(group), dict):
                 flat.update(flat.pop(group))
         global_batch = flat.pop("global_batch", None)
+        flat = renamed(flat)
         unknown = sorted(set(flat) - {f.name for f, _, _ in cls().fields()})
         if source is not None and unknown:
             raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}")
@@ -318,6 +386,7 @@ class TrainConfig:
     @classmethod
     def from_flat(cls, values: dict) -> TrainConfig:
         """From `{field name: value}` across every group (how command-line flags arrive)."""
+        values = renamed(values)
         parts = {}
         for group, kind in GROUPS.items():
             names = {f.name for f in dataclasses.fields(kind)}
@@ -336,13 +405,22 @@ class TrainConfig:
                 yield f, getattr(part, f.name), group
 
     def replace(self, **changes) -> TrainConfig:
-        """A copy with fields changed by name, whatever their group."""
-        return TrainConfig.from_flat({**self.flat(), **changes})
+        """A copy with fields changed by name (or alias), whatever their group."""
+        return TrainConfig.from_flat({**self.flat(), **renamed(changes)})
 
     def validate(self) -> TrainConfig:
-        """Raise ConfigError naming the flag for any value outside its choices or bounds."""
+        """Raise ConfigError naming the flag for any value outside its choices or bounds, or
+        for a split setting beside --valid-file (which replaces the split)."""
         for f, value, _ in self.fields():
             check_value(f, value)
+        data = self.data
+        if data.valid_file and (data.valid_fraction is not None or data.group_by_prompt):
+            given = f"--valid-fraction {data.valid_fraction}"
+            flag = given if data.valid_fraction is not None else "--group-by-prompt"
+            raise ConfigError(
+                f"{flag}: not with --valid-file {data.valid_file}, whose rows are the "
+                "validation set (--train-file is not split); give one of the two"
+            )
         return self
 
     def to_json(self, path: str | os.PathLike) -> None:
@@ -376,6 +454,11 @@ class TrainConfig:
 
 def flag_name(field: dataclasses.Field) -> str:
     return "--" + field.name.replace("_", "-")
+
+
+def alias_flags(field: dataclasses.Field) -> list[str]:
+    """The flags of a field's earlier names (`--train-csv` of `train_file`)."""
+    return ["--" + alias.replace("_", "-") for alias in field.metadata["aliases"]]
 
 
 def check_value(field: dataclasses.Field, value: Any) -> None:

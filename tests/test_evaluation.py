@@ -84,7 +84,7 @@ def test_evaluate_run_rejects_predictions_for_other_rows(tmp_path):
 def test_evaluate_run_notices_a_changed_training_csv(tmp_path):
     run_dir, *_ = fake_run(tmp_path)
     write_learnable_csv(tmp_path / "train.csv", 100)
-    with pytest.raises(RunDirError, match="was the training CSV changed"):
+    with pytest.raises(RunDirError, match="was the file changed after the run"):
         evaluate.evaluate_run(run_dir)
 
 

@@ -55,8 +55,8 @@ def test_run_directory_holds_everything_inference_needs(sample_run):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["devices"]["num_devices"] == 4 and config["model"]["precision"] == "float32"
     assert "best val_log_loss" in stderr
-    # No --train-csv: the embedded sample, said in a warning (here and in train.log).
-    warning = "warning: no --train-csv given: training on the embedded 1,000-row sample ("
+    # No --train-file: the embedded sample, said in a warning (here and in train.log).
+    warning = "warning: no --train-file given: training on the embedded 1,000-row sample ("
     assert warning in stderr and warning in (run_dir / "train.log").read_text()
     split = pd.read_csv(run_dir / "split.csv", dtype=str)
     assert len(split) == 1000 and split["id"].is_unique  # every row used, none twice

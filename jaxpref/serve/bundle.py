@@ -83,7 +83,7 @@ def write_contents(model, packer, cfg: TrainConfig, root: Path, calibration: Pat
         shutil.copyfile(calibration, paths.calibration)
 
 
-PATH_SETTINGS = ("run_dir", "train_csv", "extra_train", "soft_labels", "preset")
+PATH_SETTINGS = ("run_dir", "train_file", "valid_file", "extra_train", "soft_labels", "preset")
 
 
 def shareable_config(cfg: TrainConfig) -> TrainConfig:

@@ -22,7 +22,7 @@ import pandas as pd
 
 from jaxpref import monitoring
 from jaxpref.config import ConfigError, TrainConfig, default_learning_rate, resolve_precision
-from jaxpref.data import arena, preferences, probabilities, splitting
+from jaxpref.data import arena, probabilities, sources, splitting
 from jaxpref.data.probabilities import Probabilities
 from jaxpref.inputs import batching, feeding, token_store
 from jaxpref.inputs.batching import Batch
@@ -124,9 +124,9 @@ def train(
     """Train per `cfg` on every selected device; returns the summary written to summary.json,
     and the run directory (absolute, with the default `runs/<time>` resolved) as `run_dir`.
 
-    The split comes from `cfg.data.train_csv` unless both `train_df` and `valid_df` (frames as
-    returned by `data.read_arena_csv`) are given, as cross-validation does. The process
-    environment must already select the JAX backend and platform
+    The rows come from `cfg.data.train_file` (and `valid_file`) unless both `train_df` and
+    `valid_df` (frames as `data.sources.read_rows` returns) are given, as cross-validation
+    does. The process environment must already select the JAX backend and platform
     (`distribution.configure_environment`), as the CLI does. With `resume`, training continues
     from the newest state checkpoint in `cfg.run.run_dir` with the same data order.
     """
@@ -207,6 +207,7 @@ def start_run(cfg: TrainConfig, resume: bool) -> Run:
         num_devices=len(selected),
         precision=resolve_precision(cfg.model.precision, platform),
         learning_rate=cfg.optim.learning_rate or default_learning_rate(cfg.model.lora_rank),
+        valid_fraction=cfg.data.split_fraction(),
     )
     accumulated = f" ({cfg.optim.grad_accum} x {cfg.optim.batch_size} accumulated)"
     log.info(
@@ -214,31 +215,31 @@ def start_run(cfg: TrainConfig, resume: bool) -> Run:
         len(selected), platform, jax.process_count(), cfg.optim.global_batch,
         accumulated if cfg.optim.grad_accum > 1 else "", cfg.model.precision,
     )  # fmt: skip
-    cfg = cfg.replace(train_csv=arena.training_csv(cfg.data.train_csv))
+    cfg = cfg.replace(train_file=sources.training_file(cfg.data.train_file))
     return Run(cfg, paths, selected, primary, jax.process_index(), jax.process_count(), lock)
 
 
 def load_splits(
     cfg: TrainConfig, train_df: pd.DataFrame | None, valid_df: pd.DataFrame | None
 ) -> Splits:
-    """The given frames, or `train_csv` split by `valid_fraction`; plus the preference rows of
-    `extra_train`."""
+    """The given frames, or `train_file` split by `valid_fraction` (whole, with `valid_file`'s
+    rows to validate on); plus the preference rows of `extra_train`."""
     if train_df is None or valid_df is None:
-        frame = arena.read_arena_csv(cfg.data.train_csv, labelled=True)
-        train_df, valid_df = splitting.split_train_valid(
-            frame, cfg.data.valid_fraction, cfg.run.seed, group_by_prompt=cfg.data.group_by_prompt
-        )
+        train_df, valid_df = read_train_valid(cfg)
     log.info(
-        "data: %s -> %d train / %d validation", cfg.data.train_csv, len(train_df), len(valid_df)
-    )
+        "data: %s -> %d train / %d validation%s", cfg.data.train_file, len(train_df),
+        len(valid_df), f" (from {cfg.data.valid_file})" if cfg.data.valid_file else "",
+    )  # fmt: skip
     preference_rows = train_df.iloc[:0]
     if cfg.data.extra_train:
-        preference_rows = preferences.read_chosen_rejected(cfg.data.extra_train, seed=cfg.run.seed)
+        preference_rows = sources.read_pairs(
+            cfg.data.extra_train, seed=cfg.run.seed, id_prefix="hh"
+        )
         log.info(
             "extra training rows (chosen/rejected, no ties): %s, %d rows",
             cfg.data.extra_train, len(preference_rows),
         )  # fmt: skip
-    check_classes(train_df["label"].to_numpy(), valid_df["label"].to_numpy(), cfg.data.train_csv)
+    check_classes(train_df["label"].to_numpy(), valid_df["label"].to_numpy(), cfg.data.train_file)
     prior = metrics.prior_log_loss(train_df["label"].to_numpy(), valid_df["label"].to_numpy())
     log.info("class-prior validation log loss (the baseline to beat): %.4f", prior)
     teacher = None
@@ -248,11 +249,27 @@ def load_splits(
     return Splits(train_df, valid_df, preference_rows, prior, teacher)
 
 
+def read_train_valid(cfg: TrainConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The training file's rows and the validation file's, or a split of the training file."""
+    frame = sources.read_rows(cfg.data.train_file)
+    if not cfg.data.valid_file:
+        return splitting.split_train_valid(
+            frame, cfg.data.split_fraction(), cfg.run.seed, group_by_prompt=cfg.data.group_by_prompt
+        )
+    valid = sources.read_rows(cfg.data.valid_file)
+    sources.check_distinct_ids({cfg.data.train_file: frame, cfg.data.valid_file: valid})
+    return frame, valid
+
+
 MIN_VALID_ROWS_PER_CLASS = 5
 
 
 def check_classes(train_labels: np.ndarray, valid_labels: np.ndarray, source: str) -> None:
-    """Refuse training data with a single class; warn when validation has too few of one."""
+    """Refuse training data with a single class; say so when a class is missing from one side
+    (preference rows never tie); warn when validation has too few rows of a class it holds.
+
+    Log loss stays over all three classes: without tie rows anywhere, the model learns that
+    ties are rare (label smoothing keeps their probability above 0)."""
     counts = np.bincount(train_labels, minlength=arena.NUM_CLASSES)
     names = ", ".join(f"{n} {c}" for n, c in zip(arena.CLASS_NAMES, counts, strict=True))
     if (counts > 0).sum() < 2:
@@ -261,8 +278,20 @@ def check_classes(train_labels: np.ndarray, valid_labels: np.ndarray, source: st
             "learn to compare from that"
         )  # fmt: skip
     valid = np.bincount(valid_labels, minlength=arena.NUM_CLASSES)
-    if valid.min() < MIN_VALID_ROWS_PER_CLASS:
-        per_class = ", ".join(f"{n} {c}" for n, c in zip(arena.CLASS_NAMES, valid, strict=True))
+    per_class = ", ".join(f"{n} {c}" for n, c in zip(arena.CLASS_NAMES, valid, strict=True))
+    for name, in_train, in_valid in zip(arena.CLASS_NAMES, counts, valid, strict=True):
+        if not in_train and not in_valid:
+            log.info(
+                "no %s rows in training or validation (chosen/rejected pairs never tie): "
+                "the model learns it as rare; log loss stays over all three classes", name,
+            )  # fmt: skip
+        elif not in_train:
+            log.warning(
+                "validation has %d %s rows but training none: the model cannot learn to "
+                "predict them, and their log loss will be high", in_valid, name,
+            )  # fmt: skip
+    held = valid[(counts > 0) | (valid > 0)]
+    if held.min() < MIN_VALID_ROWS_PER_CLASS:
         log.warning(
             "validation has fewer than %d rows of some class (%s): its log loss, best epoch "
             "and temperature rest on very few rows",
