@@ -124,6 +124,78 @@ class PairEncoder:
         return tokenizer_digest(self.preprocessor.tokenizer, digest)
 
 
+RESPONSE_SEPARATOR = "\nAssistant: "  # between a decoder side's context and its response
+
+
+@dataclasses.dataclass
+class DecoderPairEncoder:
+    """Tokenizes and packs each side of each row apart for a decoder LLM (a siamese reward
+    model), with its own tokenizer: `<bos> context "\nAssistant: " response <eos>` (the
+    special tokens the tokenizer has), the context keeping its end and the response its start
+    (`truncate_pair`). Sides are right-padded: their last real token, which the model reads,
+    closes the response. Decoders take no segment ids; the stored ones are part ids
+    (`CONVERSATION` up to the separator, `FIRST` for the response and <eos>), and a side's
+    length counts its real tokens (a tokenizer's pad id can be a real token, e.g. Llama-3's)."""
+
+    tokenizer: object
+    sequence_length: int
+    input_keys: tuple[str, ...]
+    layout = PAIR
+    text_keys = FEATURE_KEYS
+
+    def __post_init__(self) -> None:
+        start = getattr(self.tokenizer, "start_token_id", None)
+        end = getattr(self.tokenizer, "end_token_id", None)
+        separator = np.asarray(self.tokenizer(RESPONSE_SEPARATOR)).tolist()
+        self.pieces = [[] if start is None else [int(start)], separator]
+        self.pieces.append([] if end is None else [int(end)])
+        self.budget = checked_budget(self.sequence_length, sum(len(p) for p in self.pieces))
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        self.pad_id = 0 if pad is None else int(pad)
+
+    def texts(self, frame) -> dict[str, np.ndarray]:
+        return format_pairs(frame)
+
+    def save(self, preset_dir: str) -> None:
+        """Write what rebuilds this encoder into a keras-hub preset directory."""
+        self.tokenizer.save_to_preset(preset_dir)
+
+    def encode_side(self, context, response) -> tuple:
+        """(token_ids, part ids), both (N, L), of one side."""
+        import tensorflow as tf
+
+        context, response = truncate_pair(
+            self.tokenizer(context), self.tokenizer(response), self.budget
+        )
+        n = tf.shape(context.row_lengths())[0]
+        start, separator, end = (
+            tf.RaggedTensor.from_tensor(tf.tile(tf.constant([p], tf.int32), [n, 1]))
+            for p in self.pieces
+        )
+        parts = [start, tf.cast(context, tf.int32), separator, tf.cast(response, tf.int32), end]
+        ids = [tf.ones_like(p) * (CONVERSATION if i < 3 else FIRST) for i, p in enumerate(parts)]
+        shape = [None, self.sequence_length]
+        return (
+            tf.concat(parts, axis=1).to_tensor(self.pad_id, shape=shape),
+            tf.concat(ids, axis=1).to_tensor(0, shape=shape),
+        )
+
+    def __call__(self, texts: dict) -> dict:
+        """{context_a, ...} strings (N,) -> token_ids/part ids (N, 2, L), lengths (N, 2)."""
+        import tensorflow as tf
+
+        sides = [self.encode_side(texts[f"context_{s}"], texts[f"response_{s}"]) for s in SIDES]
+        token_ids = tf.stack([side[0] for side in sides], axis=1)
+        part_ids = tf.stack([side[1] for side in sides], axis=1)
+        lengths = tf.reduce_sum(tf.cast(part_ids > 0, tf.int32), -1)
+        return {"token_ids": token_ids, "segment_ids": part_ids, "lengths": lengths}
+
+    def fingerprint(self) -> str:
+        """Identifies the tokenization: layout, pieces and vocabulary."""
+        digest = hashlib.sha256(repr(("decoder pair", self.pieces)).encode())
+        return tokenizer_digest(self.tokenizer, digest)
+
+
 def tokenizer_digest(tokenizer, digest) -> str:
     """`digest` updated with the tokenizer's vocabulary, as 16 hex digits."""
     for attr in ("proto", "vocabulary", "merges"):
@@ -187,6 +259,20 @@ def share_leftover(lengths, keep, budget: int):
 MIN_TEXT_TOKENS = 16  # of a cross-encoder's sequence, for the texts after its tags
 
 
+def checked_budget(sequence_length: int, tags: int) -> int:
+    """The tokens a sequence of `sequence_length` leaves its texts after `tags` tokens of
+    special tokens and tags; a ConfigError naming the length that works when that is fewer
+    than `MIN_TEXT_TOKENS` (the texts (nearly) empty: every row the same, nothing to learn)."""
+    budget = sequence_length - tags
+    if budget < MIN_TEXT_TOKENS:
+        raise ConfigError(
+            f"--sequence-length {sequence_length} leaves {budget} tokens for the texts after "
+            f"this tokenizer's {tags} tokens of special tokens and tags; use --sequence-length "
+            f"{tags + MIN_TEXT_TOKENS} or more"
+        )
+    return budget
+
+
 @dataclasses.dataclass
 class CrossEncoder:
     """Tokenizes each row as one sequence, twice: (conversation, A, B) and (conversation, B, A).
@@ -219,15 +305,7 @@ class CrossEncoder:
         else:
             pieces = [[int(start)], [int(end)], [int(end)], [int(end)]]
         self.pieces = pieces
-        tags = sum(len(p) for p in pieces)
-        self.budget = self.sequence_length - tags
-        if self.budget < MIN_TEXT_TOKENS:
-            # Less would leave the texts (nearly) empty: every row the same tags, nothing to learn.
-            raise ConfigError(
-                f"--sequence-length {self.sequence_length} leaves {self.budget} tokens for the "
-                f"conversation and both responses after this tokenizer's {tags} tokens of "
-                f"special tokens and tags; use --sequence-length {tags + MIN_TEXT_TOKENS} or more"
-            )
+        self.budget = checked_budget(self.sequence_length, sum(len(p) for p in pieces))
         pad = getattr(tokenizer, "pad_token_id", None)
         self.pad_id = 0 if pad is None else int(pad)
 

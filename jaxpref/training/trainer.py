@@ -287,6 +287,7 @@ def check_memory(run: Run) -> None:
         mesh=sharding.mesh_shape(len(run.devices), cfg.devices.model_parallel),
         remat=cfg.model.remat,
         fused_attention=distribution.platform_of(run.devices) == "gpu",
+        sequences_per_row=2 if cfg.model.architecture == "siamese" else 1,
     )  # fmt: skip
     log.info("memory estimate per device: %s", estimate.describe())
     local = next(d for d in run.devices if d.process_index == run.process_index)
