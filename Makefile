@@ -40,8 +40,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q -m serial --durations=5 --junitxml=$(BUILD)/tests-serial.xml
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check jaxpref scripts tests benchmarks
-	$(VENV)/bin/ruff format --check jaxpref scripts tests benchmarks
+	$(VENV)/bin/ruff check jaxpref scripts tests benchmarks experiments
+	$(VENV)/bin/ruff format --check jaxpref scripts tests benchmarks experiments
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache $(BUILD)

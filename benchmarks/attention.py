@@ -11,41 +11,18 @@ steps alternate so all see the same machine load. Prints a table and writes JSON
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
-from importlib import metadata
-from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-from benchlib import median, write_report  # noqa: E402
-from run import markdown  # noqa: E402
+from benchlib import ARCHS, REAL_VOCAB, Report, median, parse_args, parser, progress  # noqa: E402
 
 # keras-hub's deberta_v3_small_en: 6 layers, hidden 768, 12 heads, FFN 3072.
-SMALL = {
-    "vocabulary_size": 128100,
-    "num_layers": 6,
-    "num_heads": 12,
-    "hidden_dim": 768,
-    "intermediate_dim": 3072,
-    "max_sequence_length": 512,
-    "bucket_size": 256,
-}
+SMALL = {"vocabulary_size": REAL_VOCAB, **ARCHS["small"], "max_sequence_length": 512}
+SMALL["bucket_size"] = 256
 IMPLS = ("keras_hub", "efficient", "efficient_dropout")
-TARGET_SPEEDUP_1024 = 1.3
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="+", default=["2x1024", "4x512"], help="BATCHxLENGTH")
-    parser.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS[:2]))
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per implementation")
-    parser.add_argument("--num-layers", type=int, default=SMALL["num_layers"])
-    parser.add_argument("--lora-rank", type=int, default=0, help="0: every weight trains")
-    parser.add_argument("--out", type=Path, help="JSON results file")
-    return parser.parse_args(argv)
 
 
 def compile_step(backbone, batch: int, length: int):
@@ -75,7 +52,7 @@ def compile_step(backbone, batch: int, length: int):
     return jax.jit(step).lower(*args).compile(), args
 
 
-def measure_case(batch: int, length: int, impls: list[str], opts: argparse.Namespace) -> dict:
+def measure_case(batch: int, length: int, impls: list[str], opts) -> dict:
     """Compile every implementation on one backbone, then time their steps alternately."""
     import jax
     import keras_hub
@@ -92,7 +69,7 @@ def measure_case(batch: int, length: int, impls: list[str], opts: argparse.Names
         start = time.perf_counter()
         compiled[impl] = compile_step(backbone, batch, length)
         jax.block_until_ready(compiled[impl][0](*compiled[impl][1]))  # warm-up
-        print(f"{batch}x{length} {impl}: compiled in {time.perf_counter() - start:.0f} s")
+        progress(f"{batch}x{length} {impl}: compiled in {time.perf_counter() - start:.0f} s")
     times = {impl: {"wall_s": [], "cpu_s": []} for impl in impls}
     for _ in range(opts.steps):
         for impl in impls:
@@ -107,51 +84,42 @@ def measure_case(batch: int, length: int, impls: list[str], opts: argparse.Names
     return {"batch": batch, "length": length, **times}
 
 
-def table(cases: list[dict], impls: list[str]) -> str:
-    base = impls[0]
+def table_rows(cases: list[dict], impls: list[str]) -> list[dict]:
+    """Median step wall and CPU seconds; speed-ups over the first implementation."""
     rows = []
     for case in cases:
+        base = case[impls[0]]
         for impl in impls:
             wall, cpu = case[impl]["median_wall_s"], case[impl]["median_cpu_s"]
             rows.append(
-                [
-                    f"{case['batch']} x {case['length']}",
-                    impl,
-                    f"{wall:.2f}",
-                    f"{cpu:.2f}",
-                    f"{case[base]['median_wall_s'] / wall:.2f}x",
-                    f"{case[base]['median_cpu_s'] / cpu:.2f}x",
-                ]
+                {
+                    "batch x tokens": f"{case['batch']} x {case['length']}",
+                    "attention": impl,
+                    "step s": wall,
+                    "CPU s": cpu,
+                    "speed-up": f"{base['median_wall_s'] / wall:.2f}x",
+                    "per CPU-s": f"{base['median_cpu_s'] / cpu:.2f}x",
+                }
             )
-    header = ["batch x tokens", "attention", "step s", "CPU s", "speed-up", "per CPU-s"]
-    return markdown(rows, header)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
-    opts = parse_args(argv)
-    load_before = os.getloadavg()
+    parsed = parser(__doc__)
+    parsed.add_argument("--cases", nargs="+", default=["2x1024", "4x512"], help="BATCHxLENGTH")
+    parsed.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS[:2]))
+    parsed.add_argument("--steps", type=int, default=5, help="timed steps per implementation")
+    parsed.add_argument("--num-layers", type=int, default=SMALL["num_layers"])
+    parsed.add_argument("--lora-rank", type=int, default=0, help="0: every weight trains")
+    opts = parse_args(parsed, argv)
+    report = Report("attention", opts.out, argv)
     cases = []
     for spec in opts.cases:
         batch, length = (int(part) for part in spec.split("x"))
         cases.append(measure_case(batch, length, opts.impls, opts))
-    print(table(cases, opts.impls))
-    result = {
-        "argv": sys.argv,
-        "config": {
-            **SMALL,
-            "num_layers": opts.num_layers,
-            "lora_rank": opts.lora_rank,
-            "dtype": "float32",
-        },
-        "versions": {name: metadata.version(name) for name in ("jax", "keras", "keras-hub")},
-        "cpus": os.cpu_count(),
-        "load_average_before": load_before,
-        "load_average_after": os.getloadavg(),
-        "target_speedup_1024": TARGET_SPEEDUP_1024,
-        "cases": cases,
-    }
-    if opts.out:
-        write_report(opts.out, result)
+    config = SMALL | {"num_layers": opts.num_layers, "lora_rank": opts.lora_rank}
+    details = {"config": config | {"dtype": "float32"}, "cases": cases}
+    report.finish(table_rows(cases, opts.impls), details)
     return 0
 
 

@@ -1,54 +1,387 @@
-"""Helpers shared by the benchmark processes: arguments, data, epoch timing, FLOPs, results.
+"""The benchmark harness: one child-process protocol, one result format, one table format.
 
-Nothing here imports Keras, JAX, TensorFlow or pandas at module level: each measuring process
-picks its Keras backend first and imports those afterwards, and `gpu_check.py` runs where only
-jax, keras, keras-hub and numpy are installed.
+A benchmark script parses its flags with `parser()` + `parse_args()` (every script takes
+`--out FILE` and `--show FILE`), measures, and ends with `Report.finish(rows, details)`: the
+rows as a markdown table on stdout and, with `--out`, one JSON document whose schema is the same
+for every benchmark:
+
+    {"benchmark": "padding", "command": "python benchmarks/padding.py --out ...",
+     "git_commit": "...", "date": "...", "machine": {...}, "load_average": [[...], [...]],
+     "wall_s": 28.1, "complete": true, "rows": [{"column": value, ...}, ...],
+     "notes": ["..."], "details": {...what the benchmark measured, raw}}
+
+Work that needs a process of its own (a Keras backend or XLA flags chosen before the first
+import, a clean peak-memory figure, another interpreter) runs as a child through `Worker`:
+`python benchmarks/benchlib.py MODULE FUNCTION JSON` calls `MODULE.FUNCTION(config)`, which
+reports with `send(dict)` (a dict it returns is sent last) or answers commands with `serve`.
+Messages are stdout lines `BENCH <json>`; other output is ignored, and stderr goes to a log whose
+tail explains a failed child.
+
+Nothing here imports Keras, JAX, TensorFlow or pandas at module level: the torch peer's
+interpreter has no jaxpref, and gpu_check.py runs without TensorFlow.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import datetime
+import importlib
 import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
+import tempfile
+import threading
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Sequence
+from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 
-if TYPE_CHECKING:
-    import pandas as pd
-
-RESULT_PREFIX = "BENCH_RESULT "
-NOTEBOOK_LEARNING_RATE = 5e-6
-
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+MESSAGE = "BENCH "
+# The tiny DeBERTa-v3 of run.py, padding.py and wallclock.py (scripts/make_tiny_preset.py flags).
+TINY_DEBERTA = {"vocab-size": 8000, "hidden-dim": 128, "num-layers": 2, "max-sequence-length": 1024}
+# keras-hub's deberta_v3_small_en and deberta_v3_base_en, and a tiny one for quick runs.
+ARCHS = {
+    "small": dict(num_layers=6, num_heads=12, hidden_dim=768, intermediate_dim=3072),
+    "base": dict(num_layers=12, num_heads=12, hidden_dim=768, intermediate_dim=3072),
+    "tiny": dict(num_layers=2, num_heads=2, hidden_dim=64, intermediate_dim=128),
+}
+REAL_VOCAB = 128100
+# Children on one JAX CPU device. glibc hands large freed buffers back to the system: an idle
+# worker then holds its weights, not its last step's peak (the notebook's TensorFlow step at
+# 1,024 tokens peaks at about 13 GB, and realsize.py's workers of a case stay alive together).
+CPU_CHILD_ENV = {"JAX_PLATFORMS": "cpu", "MALLOC_MMAP_THRESHOLD_": "1048576"}
+CPU_CHILD_ENV["MALLOC_TRIM_THRESHOLD_"] = "0"
 # Peak dense bf16 FLOP/s per accelerator (vendor data sheets, without sparsity).
 PEAK_BF16_FLOPS = {
-    "H200": 989e12,
-    "H100": 989e12,
-    "A100": 312e12,
-    "L40S": 362e12,
-    "L4": 121e12,
-    "A10": 125e12,
-    "T4": 65e12,
-}
+    "H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
+    "A10": 125e12, "T4": 65e12,
+}  # fmt: skip
 
 
-def path_arguments(description: str) -> argparse.ArgumentParser:
-    """Flags shared by `jaxpref_path.py` and `notebook_path.py` (one configuration each)."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--preset", required=True, help="preset name, directory or alias")
-    parser.add_argument("--sequence-length", type=int, required=True)
-    parser.add_argument("--rows", type=int, default=1000, help="first N rows train each epoch")
-    parser.add_argument("--batch-size", type=int, required=True, help="global batch")
-    parser.add_argument("--epochs", type=int, default=3, help="timed epochs after the warm-up")
-    parser.add_argument("--infer-repeats", type=int, default=2, help="0 skips inference")
-    parser.add_argument("--seed", type=int, default=42)
-    return parser
+# -- the child-process protocol -----------------------------------------------------------------
 
 
-def load_frame(rows: int | None = None) -> pd.DataFrame:
+def send(message: dict) -> None:
+    """Report one message to the parent (from a child function)."""
+    print(MESSAGE + json.dumps(message), flush=True)
+
+
+def serve(ready: dict, commands: dict[str, Callable[[], dict | None]]) -> None:
+    """Send `ready`, then run each command named on stdin until `quit` or end of input.
+
+    Each answer holds the command's wall and process CPU seconds, merged with what it returns.
+    Keeping workers alive lets the parent interleave them (A, B, A, B) under the same load.
+    """
+    send(ready)
+    for line in sys.stdin:
+        name = line.strip()
+        if name == "quit":
+            break
+        if name not in commands:
+            send({"error": f"unknown command {name!r}"})
+            continue
+        with Stopwatch() as clock:
+            extra = commands[name]() or {}
+        send({"wall_s": clock.wall, "cpu_s": clock.cpu, **extra})
+
+
+def fail(message: str) -> None:
+    """End a child with one error message (a configuration this machine cannot run)."""
+    send({"error": message})
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def child_argv(module: str, function: str, config: dict, python: str = sys.executable) -> list:
+    """The command line of a child running `module.function(config)` (a benchmarks/ module)."""
+    return [python, str(BENCH_DIR / "benchlib.py"), module, function, json.dumps(config)]
+
+
+def child_env(extra: dict | None = None) -> dict:
+    """This environment with this checkout's jaxpref importable and TensorFlow's C++ logs quiet."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    quiet = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+    return {**os.environ, **quiet, "PYTHONPATH": path, **(extra or {})}
+
+
+def status_mb(field: str, pid: int | str = "self") -> float | None:
+    """A /proc/PID/status memory field (VmRSS, VmHWM) in MiB; None once the process is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return None
+    found = [int(line.split()[1]) / 1024 for line in lines if line.startswith(field + ":")]
+    return found[0] if found else None
+
+
+class Worker:
+    """A child process: its messages, commands to it, and how it ended.
+
+        worker = Worker(child_argv("realsize", "jaxpref_worker", config), work / "a.log")
+        ready = worker.receive()         # its first message
+        reply = worker.call("train")     # a child that serves commands
+        ended = worker.close()           # exit status, wall seconds, peak RSS, error
+
+    Any command line works (`scripts/infer.py` too: it sends no messages). With `max_rss_mb`
+    a watchdog kills the child when its resident memory passes that, so a shared machine
+    stays usable.
+    """
+
+    def __init__(self, argv: Sequence[str], log: Path, env: dict | None = None, max_rss_mb=None):
+        self.log, self.ended = log, None
+        self.started, self.killed_at = time.perf_counter(), None
+        with open(log, "w") as err:
+            self.proc = subprocess.Popen(
+                list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                text=True, env=child_env(env), cwd=REPO,
+            )  # fmt: skip
+        self.reaped = threading.Event()
+        if max_rss_mb:
+            threading.Thread(target=self.watch, args=(max_rss_mb,), daemon=True).start()
+
+    def watch(self, max_mb: float) -> None:
+        while not self.reaped.is_set():
+            rss = status_mb("VmRSS", self.proc.pid)
+            if rss is None:
+                return
+            if rss > max_mb:
+                self.killed_at = rss
+                os.kill(self.proc.pid, signal.SIGKILL)
+                return
+            time.sleep(0.2)
+
+    def messages(self) -> Iterator[dict]:
+        """The child's messages until it closes its output."""
+        for line in self.proc.stdout:
+            if line.startswith(MESSAGE):
+                yield json.loads(line[len(MESSAGE) :])
+
+    def receive(self) -> dict:
+        """The next message, or {'error': ...} with the log's tail when the child ended first."""
+        message = next(self.messages(), None)
+        return message if message is not None else {"error": self.close().get("error", "ended")}
+
+    def call(self, command: str) -> dict:
+        with contextlib.suppress(BrokenPipeError, ValueError):  # ended: receive() says why
+            self.proc.stdin.write(command + "\n")
+            self.proc.stdin.flush()
+        return self.receive()
+
+    def close(self) -> dict:
+        """End the child (`quit`) and wait: exit status, wall s, peak RSS MB, error if it failed."""
+        if self.ended is not None:
+            return self.ended
+        with contextlib.suppress(BrokenPipeError, ValueError):
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+        self.proc.stdout.read()
+        _, status, usage = os.wait4(self.proc.pid, 0)
+        self.reaped.set()
+        self.proc.returncode = code = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - self.started
+        self.ended = {"exit_status": code, "wall_s": wall, "maxrss_mb": usage.ru_maxrss / 1024}
+        if self.killed_at is not None:
+            self.ended["error"] = f"killed at {self.killed_at:,.0f} MB (over the memory limit)"
+        elif code:
+            tail = self.log.read_text(errors="replace").strip().splitlines()[-3:]
+            self.ended["error"] = f"exit status {code}: " + " | ".join(tail)
+        return self.ended
+
+
+def run_child(argv: Sequence[str], log: Path, **options) -> tuple[list[dict], dict]:
+    """Run a child to its end: every message it sent, and `Worker.close()`'s summary."""
+    worker = Worker(argv, log, **options)
+    worker.proc.stdin.close()
+    return list(worker.messages()), worker.close()
+
+
+def child_main(argv: Sequence[str]) -> None:
+    """The child's side: `benchlib.py MODULE FUNCTION JSON` calls MODULE.FUNCTION(config)."""
+    module, function, config = argv
+    result = getattr(importlib.import_module(module), function)(json.loads(config))
+    if result is not None:
+        send(result)
+
+
+# -- the result format ---------------------------------------------------------------------------
+
+
+def parser(doc: str, work_dir: bool = False) -> argparse.ArgumentParser:
+    """A benchmark's argument parser (described by its docstring): --out, --show, --work-dir."""
+    parsed = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parsed.add_argument("--out", type=Path, help="write the results here (JSON)")
+    parsed.add_argument("--show", type=Path, help="print the table of a results file and exit")
+    if work_dir:
+        parsed.add_argument("--work-dir", type=Path, help="keep presets, data and logs here")
+    return parsed
+
+
+def parse_args(parsed: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """The flags; with --show, print that results file and exit."""
+    args = parsed.parse_args(argv)
+    if args.show:
+        print_report(json.loads(args.show.read_text()))
+        raise SystemExit(0)
+    return args
+
+
+class Report:
+    """One invocation of a benchmark: what ran, where, and what it measured (see the module)."""
+
+    def __init__(self, benchmark: str, out: Path | None, argv: Sequence[str] | None = None):
+        given = sys.argv[1:] if argv is None else list(argv)
+        self.out, self.started = out, time.time()
+        self.data = {
+            "benchmark": benchmark,
+            "command": shlex.join(["python", f"benchmarks/{benchmark}.py", *given]),
+            "git_commit": git_commit(),
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "machine": machine(),
+            "load_average": [os.getloadavg(), None],
+        }
+
+    def save(self, rows: list[dict], details: dict, notes=(), complete: bool = False) -> dict:
+        """Write what is measured so far (after every case: a run cut short keeps it)."""
+        self.data["load_average"][1] = os.getloadavg()
+        self.data |= {"wall_s": round(time.time() - self.started, 1), "complete": complete}
+        self.data |= {"rows": rows, "notes": list(notes), "details": details}
+        if self.out:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.out.write_text(json.dumps(self.data, indent=2) + "\n")
+        return self.data
+
+    def finish(self, rows: list[dict], details: dict, notes=()) -> dict:
+        """Save the complete results and print them."""
+        print_report(self.save(rows, details, notes, complete=True))
+        if self.out:
+            print(f"wrote {self.out}")
+        return self.data
+
+
+def fmt(value) -> str:
+    """A table cell: three significant digits (no fewer integer digits), '-' for none."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, int) or value == 0 or not math.isfinite(value):
+        return f"{value:,}"
+    return f"{value:,.{max(0, 2 - math.floor(math.log10(abs(value))))}f}"
+
+
+def markdown(rows: Sequence[dict]) -> str:
+    """Rows as a markdown table; the columns are their keys in first-seen order."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def print_report(report: dict) -> None:
+    """A results file as text: its table, its notes, then where and when it ran."""
+    print(markdown(report["rows"]))
+    for note in report["notes"]:
+        print(f"- {note}")
+    before, after = report["load_average"]
+    load = f"load {before[0]:.1f} -> {after[0]:.1f}" if before and after else "load -"
+    wall = f"{report['wall_s']:.0f} s" if report["wall_s"] else "time not recorded"
+    state = "" if report["complete"] else ", cut short"
+    command = report["command"] or "(command not recorded)"
+    commit = report["git_commit"] or "unknown"
+    commit = commit[:12] + ("+dirty" if commit.endswith("+dirty") else "")
+    print(f"- {command} at {commit}: {wall}, {load}{state}")
+
+
+def git_commit() -> str | None:
+    """This checkout's commit, '+dirty' when files differ from it."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "-uno"], capture_output=True, cwd=REPO
+        )
+    except OSError:
+        return None
+    return (head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")) or None
+
+
+def machine() -> dict:
+    """CPU count and model, memory, and the versions that matter."""
+    info = {"nproc": os.cpu_count(), "platform": platform.platform()}
+    with contextlib.suppress(OSError):
+        model = [x for x in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in x]
+        info["cpu_model"] = model[0].split(":", 1)[1].strip() if model else ""
+    info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
+    info["versions"] = {}
+    for package in ("jax", "jaxlib", "keras", "keras-hub", "tensorflow"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            info["versions"][package] = metadata.version(package)
+    return info
+
+
+# -- helpers of several benchmarks ---------------------------------------------------------------
+
+
+def progress(message: str) -> None:
+    stamp = datetime.datetime.now().strftime("%H:%M:%S")
+    print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def work_dir(path: Path | None, prefix: str, keep: bool = True) -> Iterator[Path]:
+    """`path` (made if missing), else a fresh temporary folder, removed at the end unless `keep`."""
+    work = (path or Path(tempfile.mkdtemp(prefix=prefix))).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        yield work
+    finally:
+        if path is None and not keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def tiny_preset(out: Path, sizes: dict = TINY_DEBERTA) -> str:
+    """A random DeBERTa-v3 preset (scripts/make_tiny_preset.py, vocabulary from the sample)."""
+    script = REPO / "scripts" / "make_tiny_preset.py"
+    flags = [f"--{key}={value}" for key, value in sizes.items()]
+    cmd = [sys.executable, str(script), "--out", str(out), *flags]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
+    if proc.returncode:
+        sys.exit(f"error: could not build the tiny preset: {proc.stderr.strip()[-500:]}")
+    return str(out)
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+class Stopwatch:
+    """Wall and process CPU seconds of a `with` block: `with Stopwatch() as clock: ...`."""
+
+    def __enter__(self) -> Stopwatch:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def load_frame(rows: int | None = None):
     """The embedded 1,000-row arena sample (first `rows` rows), validated by jaxpref.data.arena."""
     from jaxpref.data import arena
 
@@ -56,114 +389,104 @@ def load_frame(rows: int | None = None) -> pd.DataFrame:
     return frame if rows is None else frame.iloc[:rows].reset_index(drop=True)
 
 
-def epoch_timer(times: list[float], cpu_times: list[float] | None = None):
-    """A Keras callback appending each epoch's wall time (and process CPU time) in seconds."""
-    import keras
-
-    start: dict[str, float] = {}
-
-    def begin(epoch, logs=None) -> None:
-        start["t"], start["cpu"] = time.perf_counter(), time.process_time()
-
-    def end(epoch, logs=None) -> None:
-        times.append(time.perf_counter() - start["t"])
-        if cpu_times is not None:
-            cpu_times.append(time.process_time() - start["cpu"])
-
-    return keras.callbacks.LambdaCallback(on_epoch_begin=begin, on_epoch_end=end)
-
-
-def timed(fn, repeats: int) -> tuple[list[float], object]:
-    """Wall times of `repeats` calls of `fn()` and the last result."""
-    times, out = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return times, out
-
-
-def median(values: Sequence[float]) -> float:
-    return float(statistics.median(values))
-
-
-def non_embedding_params(backbone) -> int:
-    """Parameters that take part in per-token matmuls (no lookup tables, no unused pooler)."""
-    skip = ("embedding", "pooled_dense")
-    kept = [w for w in backbone.weights if not any(s in w.path for s in skip)]
-    return sum(int(np.prod(w.shape)) for w in kept)
-
-
-def attention_span(backbone) -> int | None:
-    """DeBERTa-v3's relative-position span (2 x bucket size); None for absolute positions."""
-    bucket = backbone.get_config().get("bucket_size")
-    return 2 * int(bucket) if bucket else None
-
-
-def forward_flops(
-    params: int, num_layers: int, hidden: int, length: int, span: int | None
-) -> float:
+def forward_flops(params: int, layers: int, hidden: int, length: int, span: int | None) -> float:
     """Forward FLOPs of one sequence of `length` tokens.
 
     2 * params * T for the dense layers, plus per layer 4 * T^2 * H for scores and weighted sum,
     plus 4 * T * span * H for DeBERTa's content-to-position and position-to-content scores.
     """
-    attention = 4.0 * length * length * hidden
-    if span:
-        attention += 4.0 * length * span * hidden
-    return 2.0 * params * length + num_layers * attention
+    attention = 4.0 * length * length * hidden + (4.0 * length * span * hidden if span else 0.0)
+    return 2.0 * params * length + layers * attention
 
 
 def model_flops(backbone, sequence_lengths: Sequence[int], train: bool = True) -> float:
-    """Model FLOPs for sequences of the given lengths: 3x forward when training (6 * N * T)."""
+    """Model FLOPs for sequences of these lengths, 3x forward when training (6 * N * T).
+
+    N: the weights in per-token matmuls (no lookup tables, no unused pooler); the span is
+    DeBERTa-v3's relative-position span (2 x bucket size; none for absolute positions).
+    """
     config = backbone.get_config()
-    params = non_embedding_params(backbone)
-    span = attention_span(backbone)
-    total = sum(
-        forward_flops(params, config["num_layers"], config["hidden_dim"], int(t), span)
-        for t in sequence_lengths
-    )
+    skip = ("embedding", "pooled_dense")
+    weights = [w for w in backbone.weights if not any(s in w.path for s in skip)]
+    params = sum(int(np.prod(w.shape)) for w in weights)
+    span = 2 * int(config["bucket_size"]) if config.get("bucket_size") else None
+    layers, hidden = config["num_layers"], config["hidden_dim"]
+    total = sum(forward_flops(params, layers, hidden, int(t), span) for t in sequence_lengths)
     return total * (3.0 if train else 1.0)
 
 
 def peak_flops(device_kind: str) -> float | None:
     """Peak dense bf16 FLOP/s for a device kind such as 'NVIDIA H100 80GB HBM3'."""
-    for name, flops in PEAK_BF16_FLOPS.items():
-        if name.lower() in device_kind.lower():
-            return flops
-    return None
+    found = [f for name, f in PEAK_BF16_FLOPS.items() if name.lower() in device_kind.lower()]
+    return found[0] if found else None
 
 
-def emit(result: dict) -> None:
-    """Print the one result line the orchestrator parses."""
-    print(RESULT_PREFIX + json.dumps(result), flush=True)
+# -- jaxpref's input recipe ----------------------------------------------------------------------
 
 
-def parse_result(stdout: str) -> dict | None:
-    for line in reversed(stdout.splitlines()):
-        if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX) :])
-    return None
+@dataclasses.dataclass
+class ArenaInputs:
+    """Texts through jaxpref's input recipe as the trainer runs it: tokenize -> side features ->
+    bucket_lengths -> plan_batches -> make_dataset.
+
+    The one place the benchmarks call `jaxpref.inputs` (padding analysis aside):
+
+        inputs = ArenaInputs.tokenize(text.format_pairs(frame), preprocessor, keys)
+        plan = inputs.plan(8, shuffle=True)
+        dataset = inputs.dataset([plan], frame["label"].to_numpy())
+    """
+
+    texts: dict
+    tokens: object  # pipeline.TokenizedPairs
+    keys: tuple
+    buckets: tuple
+    extra: np.ndarray | None = None
+
+    @classmethod
+    def tokenize(cls, texts, preprocessor, keys, cache=None, around=None) -> ArenaInputs:
+        """Tokenized `texts` (with an on-disk `cache` folder); `around`: a context manager
+        entered around the tokenizing alone, to time it."""
+        from jaxpref.inputs import pipeline
+
+        encoder = pipeline.PairEncoder(preprocessor, tuple(keys))
+        with around or contextlib.nullcontext():
+            tokens = pipeline.tokenize(texts, encoder, cache, False)
+        buckets = pipeline.bucket_lengths(encoder.sequence_length)
+        return cls(texts, tokens, tuple(keys), buckets)
+
+    def add_side_features(self) -> None:
+        from jaxpref.inputs import pipeline
+
+        self.extra = pipeline.side_features(self.texts, self.tokens)
+
+    def plan(self, batch_size: int, shuffle=False, swap=False, buckets=None, lengths=None) -> list:
+        """Batches of rows (of `lengths`, default each row's longer side) by padded length."""
+        from jaxpref.inputs import pipeline
+
+        lengths = self.tokens.row_lengths() if lengths is None else lengths
+        buckets = self.buckets if buckets is None else buckets
+        return pipeline.plan_batches(lengths, batch_size, buckets, shuffle, swap=swap)
+
+    def dataset(self, plans: Sequence[list], labels=None):
+        from jaxpref.inputs import pipeline
+
+        return pipeline.make_dataset(self.tokens, plans, self.keys, labels, extra=self.extra)
+
+    def features(self, batch) -> dict:
+        """The model inputs of one batch, both sides in order."""
+        from jaxpref.inputs import pipeline
+
+        chosen = (batch.rows[:, None], np.array([[0, 1]] * len(batch.rows)))
+        return pipeline.batch_features(self.tokens, chosen, batch.length, self.keys, pipeline.PAIR)
+
+    def padding_efficiency(self, plan) -> float:
+        from jaxpref.inputs import pipeline
+
+        return pipeline.padding_efficiency(self.tokens, plan)
+
+    def take(self, rows) -> ArenaInputs:
+        return dataclasses.replace(self, tokens=self.tokens.take(rows), extra=None)
 
 
-def fail(message: str) -> None:
-    """One `error:` line and exit status 2, for a configuration this machine cannot run."""
-    emit({"error": message})
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-def rates(pairs: int, real_tokens: int, computed_tokens: int, seconds: float) -> dict:
-    """pairs/s, real tokens/s and computed (padded) tokens/s of one timed unit of work."""
-    return {
-        "pairs_per_s": pairs / seconds,
-        "real_tokens_per_s": real_tokens / seconds,
-        "computed_tokens_per_s": computed_tokens / seconds,
-    }
-
-
-def write_report(path, report: dict) -> None:
-    """The benchmark's JSON result at `path` (its folder made), and a line saying so."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {path}")
+if __name__ == "__main__":
+    child_main(sys.argv[1:])

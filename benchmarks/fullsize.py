@@ -7,9 +7,9 @@ and warm token cache), batch planning, side features and one epoch of batch asse
 and 57k rows; then `scripts/infer.py` with a tiny model trained for one epoch on 32 short rows.
 
 Each stage group runs in a fresh process. A stage's peak is the process's VmHWM after resetting
-it (/proc/self/clear_refs) just before the stage; `stage MB` is that peak less the resident
-memory before the stage. Inference is measured as a whole process (ru_maxrss). A watchdog kills
-any process whose resident memory passes --max-rss-gb, so the shared machine stays usable.
+it (/proc/self/clear_refs) just before the stage; `+MB` is that peak less the resident memory
+before the stage. Inference is measured as a whole process (ru_maxrss). A watchdog kills any
+process whose resident memory passes --max-rss-gb, so the shared machine stays usable.
 
     python benchmarks/fullsize.py --out benchmarks/results/fullsize.json   # 10-20 min, 2 cores
     python benchmarks/fullsize.py --groups --infer-rows 25000              # ~20 min more
@@ -17,31 +17,29 @@ any process whose resident memory passes --max-rss-gb, so the shared machine sta
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import csv
-import datetime
-import json
 import os
 import pickle
 import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
-sys.path.insert(0, str(REPO))  # this checkout's jaxpref, also when another one is installed
-
-from benchlib import RESULT_PREFIX, emit, write_report  # noqa: E402
-from run import git_commit, machine, markdown, progress  # noqa: E402
-from synthetic_arena import make_files  # noqa: E402
-
-from jaxpref.data import splitting  # noqa: E402
+from benchlib import (
+    REPO,
+    ArenaInputs,
+    Report,
+    child_argv,
+    parse_args,
+    parser,
+    progress,
+    run_child,
+    send,
+    status_mb,
+    tiny_preset,
+    work_dir,
+)
+from synthetic_arena import make_files
 
 SEQUENCE_LENGTH = 1024
 TINY = {"vocab-size": 8000, "hidden-dim": 16, "num-layers": 1, "max-sequence-length": 1024}
@@ -51,61 +49,25 @@ GROUP_STAGES = {
     "tokens": ("tokenize-warm", "plan", "side-features", "feed"),
 }  # fmt: skip
 """Each group of stages runs in one process; a group's stages need what the one before wrote."""
-GROUPS = tuple(GROUP_STAGES)
 TRAIN_ROWS = 32
 MB = 2**20
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[5000, 20000, 57477])
-    parser.add_argument("--test-rows", type=int, default=25000, help="rows of the test file")
-    parser.add_argument(
-        "--infer-rows", type=int, nargs="*", default=[1000, 5000],
-        help="first N test rows to run scripts/infer.py on (none: skip inference)",
-    )  # fmt: skip
-    parser.add_argument("--groups", nargs="*", choices=GROUPS, default=list(GROUPS))
-    parser.add_argument("--batch-size", type=int, default=8, help="global batch for plan/feed")
-    parser.add_argument("--max-rss-gb", type=float, default=8.0, help="kill a stage above this")
-    parser.add_argument("--work-dir", type=Path, help="keep the files here (default: temporary)")
-    parser.add_argument("--out", type=Path, help="JSON results file")
-    parser.add_argument("--show", type=Path, help="print the tables of a results file and exit")
-    parser.add_argument("--child", choices=GROUPS, help=argparse.SUPPRESS)
-    parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+class Measured:
+    """Wall time and peak RSS of a `with` block (one stage), in `.result` afterwards."""
 
+    def __init__(self, stage: str, rows: int):
+        self.result = {"stage": stage, "rows": rows}
 
-# -- measuring process -------------------------------------------------------------------------
+    def __enter__(self) -> dict:
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+        self.before, self.start = status_mb("VmRSS"), time.perf_counter()
+        return self.result
 
-
-def status_mb(field: str, pid: int | str = "self") -> float | None:
-    """A /proc/PID/status memory field (VmRSS, VmHWM) in MiB; None once the process is gone."""
-    try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return None
-
-
-@contextlib.contextmanager
-def measured(stage: str, rows: int) -> Iterator[dict]:
-    """Time a stage and take its peak RSS into the dict it yields (for the caller to emit)."""
-    result = {"stage": stage, "rows": rows}
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    before = status_mb("VmRSS")
-    start = time.perf_counter()
-    yield result
-    wall = time.perf_counter() - start
-    peak = status_mb("VmHWM")
-    result.update(wall_s=wall, rss_before_mb=before, peak_mb=peak, stage_mb=peak - before)
-
-
-def arrays_mb(obj: object) -> float:
-    """Memory of the numpy arrays among an object's attributes."""
-    return sum(getattr(v, "nbytes", 0) for v in vars(obj).values()) / MB
+    def __exit__(self, *exc) -> None:
+        wall, peak = time.perf_counter() - self.start, status_mb("VmHWM")
+        self.result.update(wall_s=wall, rss_before_mb=self.before, peak_mb=peak)
+        self.result["stage_mb"] = peak - self.before
 
 
 def load(path: Path):
@@ -118,141 +80,95 @@ def save(obj: object, path: Path) -> None:
         pickle.dump(obj, handle, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def child_frame_stages(group: str, rows: int, work: Path) -> None:
+def frame_stages(group: str, rows: int, work: Path) -> None:
     """read (CSV -> frame), split, format (frame -> texts); inputs from the previous stage."""
-    from jaxpref.data import arena, text
+    from jaxpref.data import arena, splitting, text
 
     if group == "read":
-        with measured("read", rows) as result:
+        with Measured("read", rows) as result:
             frame = arena.read_arena_csv(work / f"train-{rows}.csv", labelled=True)
-        emit(result)
+        send(result)
         save(frame, work / f"frame-{rows}.pkl")
     elif group == "split":
         frame = load(work / f"frame-{rows}.pkl")
-        with measured("split", rows) as result:
+        with Measured("split", rows) as result:
             splitting.split_train_valid(frame, 0.1, seed=0)
-        emit(result)
+        send(result)
     else:
         frame = load(work / f"frame-{rows}.pkl")
-        with measured("format", rows) as result:
+        with Measured("format", rows) as result:
             texts = text.format_pairs(frame)
-        emit(result | {"max_chars": {key: max(map(len, v)) for key, v in texts.items()}})
+        send(result | {"max_chars": {key: max(map(len, v)) for key, v in texts.items()}})
         save((texts, frame["label"].to_numpy()), work / f"texts-{rows}.pkl")
 
 
-def child_token_stages(group: str, rows: int, work: Path, batch: int) -> None:
+def token_stages(group: str, rows: int, work: Path, batch: int) -> None:
     """tokenize with a cold cache; or with a warm one, then plan, side features and feed."""
-    from jaxpref.inputs import pipeline
     from jaxpref.models import backbones
 
     preset = str(work / "preset")
     keys = tuple(backbones.load_backbone(preset, load_weights=False).input.keys())
-    encoder = pipeline.PairEncoder(backbones.load_preprocessor(preset, SEQUENCE_LENGTH), keys)
+    preprocessor = backbones.load_preprocessor(preset, SEQUENCE_LENGTH)
     texts, labels = load(work / f"texts-{rows}.pkl")
     cache = work / f"cache-{rows}"
     if group == "tokenize-cold":
         shutil.rmtree(cache, ignore_errors=True)
-    stage = "tokenize-cold" if group == "tokenize-cold" else "tokenize-warm"
-    with measured(stage, rows) as result:
-        tokens = pipeline.tokenize(texts, encoder, cache, progress=False)
-    result["tokens_mb"] = arrays_mb(tokens)
-    result["cache_mb"] = sum(f.stat().st_size for f in cache.iterdir()) / MB
-    emit(result | {"mean_tokens_per_side": float(tokens.lengths.mean())})
+    stage = Measured("tokenize-cold" if group == "tokenize-cold" else "tokenize-warm", rows)
+    inputs = ArenaInputs.tokenize(texts, preprocessor, keys, cache, around=stage)
+    tokens_mb = sum(getattr(v, "nbytes", 0) for v in vars(inputs.tokens).values()) / MB
+    cache_mb = sum(f.stat().st_size for f in cache.iterdir()) / MB
+    mean = float(inputs.tokens.lengths.mean())
+    send(
+        stage.result | {"tokens_mb": tokens_mb, "cache_mb": cache_mb, "mean_tokens_per_side": mean}
+    )
     if group == "tokenize-cold":
         return
-    buckets = pipeline.bucket_lengths(SEQUENCE_LENGTH)
-    with measured("plan", rows) as result:
-        plan = pipeline.plan_batches(tokens.row_lengths(), batch, buckets, True, swap=True)
-    emit(result)
-    with measured("side-features", rows) as result:
-        extra = pipeline.side_features(texts, tokens)
-    emit(result)
-    with measured("feed", rows) as result:
-        for _ in pipeline.make_dataset(tokens, [plan], keys, labels, extra=extra):
+    with Measured("plan", rows) as result:
+        plan = inputs.plan(batch, shuffle=True, swap=True)
+    send(result)
+    with Measured("side-features", rows) as result:
+        inputs.add_side_features()
+    send(result)
+    with Measured("feed", rows) as result:
+        for _ in inputs.dataset([plan], labels):
             pass
-    emit(result | {"batches": len(plan)})
+    send(result | {"batches": len(plan)})
 
 
-def child(args: argparse.Namespace) -> None:
-    work = args.work_dir
-    if args.child in ("read", "split", "format"):
-        child_frame_stages(args.child, args.rows, work)
+def stage_group(config: dict) -> None:
+    """One group of stages at one size (a child: a fresh process per group)."""
+    group, rows, work = config["group"], config["rows"], Path(config["work"])
+    if group in ("read", "split", "format"):
+        frame_stages(group, rows, work)
     else:
-        child_token_stages(args.child, args.rows, work, args.batch_size)
+        token_stages(group, rows, work, config["batch_size"])
 
 
-# -- orchestrator ------------------------------------------------------------------------------
+# -- the parent ---------------------------------------------------------------------------------
 
 
-def child_env(work: Path) -> dict:
-    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    return {
-        **os.environ, "PYTHONPATH": path, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
-        "TF_CPP_MIN_LOG_LEVEL": "2", "JAXPREF_CACHE": str(work / "infer-cache"),
-    }  # fmt: skip
-
-
-def run_watched(cmd: Sequence[str], log: Path, env: dict, max_mb: float) -> dict:
-    """Run a process; wall time, ru_maxrss and its result lines, or an error with the log's tail.
-
-    Polls its resident memory and kills it above `max_mb`.
-    """
-    out = log.with_suffix(".out")
-    start = time.perf_counter()
-    with open(out, "w") as stdout, open(log, "w") as stderr:
-        proc = subprocess.Popen(list(cmd), stdout=stdout, stderr=stderr, env=env, cwd=REPO)
-    killed, highest, load = None, 0.0, os.getloadavg()[0]
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        highest = max(highest, status_mb("VmRSS", proc.pid) or 0.0)
-        if highest > max_mb and killed is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            killed = highest
-        time.sleep(0.2)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - start
-    result = {"wall_s": wall, "maxrss_mb": usage.ru_maxrss / 1024, "load_1min_at_start": load}
-    lines = out.read_text().splitlines()
-    result["stages"] = [
-        json.loads(x[len(RESULT_PREFIX) :]) for x in lines if x.startswith(RESULT_PREFIX)
-    ]
-    if killed is not None:
-        result["error"] = f"killed at {killed:,.0f} MB (over --max-rss-gb)"
-    elif proc.returncode:
-        tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
-        result["error"] = f"exit status {proc.returncode}: {tail}"
-    return result
-
-
-def data_stages(args: argparse.Namespace, work: Path, env: dict) -> list[dict]:
+def data_stages(args, work: Path, env: dict) -> list[dict]:
     """Every stage group at every size, each in its own process."""
     results = []
     for rows in args.sizes:
         for group in args.groups:
             progress(f"{group} at {rows:,} rows ...")
-            cmd = [sys.executable, __file__, "--child", group, "--rows", str(rows)]
-            cmd += ["--work-dir", str(work), "--batch-size", str(args.batch_size)]
-            proc = run_watched(cmd, work / f"{group}-{rows}.log", env, args.max_rss_gb * 1024)
-            if "error" in proc:
-                progress(f"  {proc['error']}")
-            results.extend(proc.pop("stages"))
-            results.append({"group": group, "rows": rows, **proc})
+            config = {
+                "group": group,
+                "rows": rows,
+                "work": str(work),
+                "batch_size": args.batch_size,
+            }
+            load_average = os.getloadavg()[0]
+            stages, ended = run_child(
+                child_argv("fullsize", "stage_group", config),
+                work / f"{group}-{rows}.log", env=env, max_rss_mb=args.max_rss_gb * 1024,
+            )  # fmt: skip
+            if "error" in ended:
+                progress(f"  {ended['error']}")
+            results += [*stages, {"group": group, "rows": rows, "load_1min_at_start": load_average}]
+            results[-1] |= ended
     return results
-
-
-def build_preset(work: Path, env: dict) -> str:
-    """The tiny DeBERTa-v3 preset (SentencePiece vocabulary trained on the embedded rows)."""
-    flags = [f"--{k}={v}" for k, v in TINY.items()]
-    cmd = [
-        sys.executable,
-        str(REPO / "scripts" / "make_tiny_preset.py"),
-        "--out",
-        str(work / "preset"),
-    ]
-    subprocess.run([*cmd, *flags], check=True, capture_output=True, env=env)
-    return str(work / "preset")
 
 
 def write_short_rows(source: Path, out: Path, count: int) -> Path:
@@ -266,7 +182,7 @@ def write_short_rows(source: Path, out: Path, count: int) -> Path:
     return out
 
 
-def inference(args: argparse.Namespace, work: Path, env: dict) -> tuple[dict, list[dict]]:
+def inference(args, work: Path, env: dict) -> tuple[dict, list[dict]]:
     """Train a tiny run for one epoch on a few short rows, then time infer.py per test size."""
     progress(f"training a tiny run on {TRAIN_ROWS} short rows ...")
     short = write_short_rows(work / f"train-{min(args.sizes)}.csv", work / "short.csv", TRAIN_ROWS)
@@ -274,17 +190,18 @@ def inference(args: argparse.Namespace, work: Path, env: dict) -> tuple[dict, li
     cmd += ["--run-dir", str(work / "run"), "--train-csv", str(short), "--epochs", "1"]
     cmd += ["--batch-size", "8", "--sequence-length", str(SEQUENCE_LENGTH), "--devices", "cpu"]
     cmd += ["--num-devices", "1", "--valid-fraction", "0.25", "--no-tensorboard"]
-    train = run_watched(cmd, work / "train.log", env, args.max_rss_gb * 1024)
+    limit = {"max_rss_mb": args.max_rss_gb * 1024}
+    _, train = run_child(cmd, work / "train.log", env=env, **limit)
     results = []
     for rows in args.infer_rows:
         progress(f"infer.py on {rows:,} test rows ...")
         cmd = [sys.executable, str(REPO / "scripts" / "infer.py"), "--run-dir", str(work / "run")]
         cmd += ["--test-csv", str(work / f"test-{rows}.csv"), "--output", str(work / "sub.csv")]
         cmd += ["--devices", "cpu", "--num-devices", "1", "--batch-size", "16"]
-        cache_env = {**env, "JAXPREF_CACHE": str(work / f"infer-cache-{rows}")}
-        proc = run_watched(cmd, work / f"infer-{rows}.log", cache_env, args.max_rss_gb * 1024)
-        proc.pop("stages")
-        results.append({"stage": "infer", "rows": rows, **proc})
+        cache = {"JAXPREF_CACHE": str(work / f"infer-cache-{rows}")}
+        load_average = os.getloadavg()[0]
+        _, ended = run_child(cmd, work / f"infer-{rows}.log", env=env | cache, **limit)
+        results.append({"stage": "infer", "rows": rows, "load_1min_at_start": load_average} | ended)
     return train, results
 
 
@@ -300,87 +217,55 @@ def cell(results: list[dict], stage: str, rows: int) -> str:
     return failed[0].get("error", "-").split(" (")[0][:40] if failed else "-"
 
 
-def growth(results: list[dict], stage: str, small: int, large: int) -> str:
-    """Ratios large/small of wall time and of stage memory (or process peak for inference)."""
+def growth(results: list[dict], stage: str) -> str:
+    """Ratios largest/smallest size of wall time and of stage memory (process peak for infer)."""
     pick = {r["rows"]: r for r in results if r.get("stage") == stage}
-    if small not in pick or large not in pick:
+    if len(pick) < 2:
         return "-"
-    a, b = pick[small], pick[large]
+    a, b = pick[min(pick)], pick[max(pick)]
     key = "stage_mb" if "stage_mb" in a else "maxrss_mb"
     mem = f"{b[key] / a[key]:.1f}x" if a[key] > 1 else "-"
-    return f"{b['wall_s'] / a['wall_s']:.1f}x / {mem}"
+    return f"{min(pick):,} -> {max(pick):,}: {b['wall_s'] / a['wall_s']:.1f}x / {mem}"
 
 
-def tables(results: list[dict]) -> str:
-    """Markdown tables of the data stages by size and of inference by test rows."""
-    sizes = sorted({r["rows"] for r in results if "group" in r})
-    text = ""
-    if sizes:
-        small, large = sizes[0], sizes[-1]
-        header = ["stage", *(f"{n:,} rows" for n in sizes), f"{large:,} / {small:,}: wall / MB"]
-        groups = {r["group"] for r in results if "group" in r}
-        rows = [
-            [s, *(cell(results, s, n) for n in sizes), growth(results, s, small, large)]
-            for g in GROUP_STAGES
-            if g in groups
-            for s in GROUP_STAGES[g]
-        ]
-        text = markdown(rows, header) + "\n\n"
-    infer_rows = sorted(r["rows"] for r in results if r.get("stage") == "infer")
-    if infer_rows:
-        lo, hi = infer_rows[0], infer_rows[-1]
-        header = ["stage", *(f"{n:,} rows" for n in infer_rows), f"{hi:,} / {lo:,}: wall / MB"]
-        line = ["infer.py", *(cell(results, "infer", n) for n in infer_rows)]
-        text += markdown([[*line, growth(results, "infer", lo, hi)]], header) + "\n\n"
-    return text + "cells: wall / peak RSS (+ MB above the RSS before the stage)"
-
-
-@contextlib.contextmanager
-def work_dir(path: Path | None) -> Iterator[Path]:
-    if path is not None:
-        path.mkdir(parents=True, exist_ok=True)
-        yield path.resolve()
-        return
-    with tempfile.TemporaryDirectory(prefix="fullsize-") as tmp:
-        yield Path(tmp)
-
-
-def uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-
-
-def measure(args: argparse.Namespace) -> dict:
-    started, report = time.perf_counter(), {"uptime_before": uptime()}
-    with work_dir(args.work_dir) as work:
-        progress("writing synthetic files ...")
-        make_files(work, args.sizes, sorted({*args.infer_rows, args.test_rows}))
-        env = child_env(work)
-        build_preset(work, env)
-        results = data_stages(args, work, env)
-        if args.infer_rows:
-            report["train_setup"], infer = inference(args, work, env)
-            results += infer
-    report |= {"uptime_after": uptime(), "seconds": time.perf_counter() - started}
-    return report | {"results": results}
+def table_rows(results: list[dict]) -> list[dict]:
+    """A row per stage (infer.py last): 'wall / peak RSS (+MB above the RSS before)' per size."""
+    sizes = sorted({r["rows"] for r in results if "group" in r or r.get("stage") == "infer"})
+    groups = {r["group"] for r in results if "group" in r}
+    stages = [s for g in GROUP_STAGES if g in groups for s in GROUP_STAGES[g]]
+    stages += ["infer"] if any(r.get("stage") == "infer" for r in results) else []
+    return [
+        {"stage": "infer.py" if s == "infer" else s}
+        | {f"{n:,} rows": cell(results, s, n) for n in sizes}
+        | {"growth: wall / MB": growth(results, s)}
+        for s in stages
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.child:
-        child(args)
-        return 0
-    if args.show:
-        report = json.loads(args.show.read_text())
-        print(tables(report["results"]))
-        print(f"load: {report['uptime_before']} -> {report['uptime_after']}")
-        return 0
-    report = {"argv": sys.argv, "commit": git_commit(), "machine": machine()}
-    report["date"] = datetime.datetime.now().isoformat(timespec="seconds")
-    report |= measure(args)
-    print(tables(report["results"]))
-    print(f"{report['seconds']:.0f} s; load: {report['uptime_before']} -> {report['uptime_after']}")
-    if args.out:
-        write_report(args.out, report)
+    parsed = parser(__doc__, work_dir=True)
+    parsed.add_argument("--sizes", type=int, nargs="+", default=[5000, 20000, 57477])
+    parsed.add_argument("--test-rows", type=int, default=25000, help="rows of the test file")
+    parsed.add_argument(
+        "--infer-rows", type=int, nargs="*", default=[1000, 5000],
+        help="first N test rows to run scripts/infer.py on (none: skip inference)",
+    )  # fmt: skip
+    parsed.add_argument("--groups", nargs="*", choices=GROUP_STAGES, default=list(GROUP_STAGES))
+    parsed.add_argument("--batch-size", type=int, default=8, help="global batch for plan/feed")
+    parsed.add_argument("--max-rss-gb", type=float, default=8.0, help="kill a stage above this")
+    args = parse_args(parsed, argv)
+    report, details = Report("fullsize", args.out, argv), {}
+    with work_dir(args.work_dir, "fullsize-", keep=False) as work:
+        progress("writing synthetic files ...")
+        make_files(work, args.sizes, sorted({*args.infer_rows, args.test_rows}))
+        env = {"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+        env["JAXPREF_CACHE"] = str(work / "infer-cache")
+        tiny_preset(work / "preset", TINY)
+        results = data_stages(args, work, env)
+        if args.infer_rows:
+            details["train_setup"], infer = inference(args, work, env)
+            results += infer
+    report.finish(table_rows(results), details | {"results": results})
     return 0
 
 

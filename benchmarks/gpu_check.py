@@ -11,46 +11,42 @@ length, and keras-hub's attention with fixed padding. Prints a table and writes 
 
     python benchmarks/gpu_check.py --out gpu_check.json              # ~6-8 min on one H100/H200
     python benchmarks/gpu_check.py --quick --out /tmp/gpu_check.json  # tiny model, CPU, ~2 min
+    python benchmarks/gpu_check.py --histogram DIR > benchmarks/arena_lengths.json  # TF needed
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import subprocess
 import sys
 import time
-from pathlib import Path
+from collections import Counter
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # jaxpref, not installed there
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from benchlib import median, model_flops, peak_flops  # noqa: E402
+from benchlib import (  # noqa: E402
+    ARCHS,
+    BENCH_DIR,
+    REAL_VOCAB,
+    Report,
+    child_argv,
+    median,
+    model_flops,
+    parse_args,
+    parser,
+    peak_flops,
+    progress,
+    run_child,
+    send,
+    work_dir,
+)
 from keras import ops  # noqa: E402
-from realsize import ARCHS, REAL_VOCAB  # noqa: E402
-from run import fmt, markdown  # noqa: E402
 
-BENCH_DIR = Path(__file__).resolve().parent
 LENGTHS = json.loads((BENCH_DIR / "arena_lengths.json").read_text())
 MODES = (("efficient", "bucketed"), ("efficient", "fixed"), ("keras_hub", "fixed"))
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny model, 256 rows, CPU is fine")
-    parser.add_argument("--archs", nargs="+", default=["small", "base"], choices=list(ARCHS))
-    parser.add_argument("--lengths", nargs="+", type=int, default=[512, 1024], choices=(512, 1024))
-    parser.add_argument("--rows", type=int, default=512, help="pairs per timed epoch")
-    parser.add_argument("--batch-size", type=int, default=8, help="pairs per step (jaxpref's)")
-    parser.add_argument("--lora-rank", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=2, help="timed train epochs")
-    parser.add_argument("--budget-s", type=float, default=450, help="skip what starts later")
-    parser.add_argument("--out", type=Path, help="JSON results file")
-    parser.add_argument("--one", nargs=2, metavar=("ARCH", "LENGTH"), help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+BIN = 32
 
 
 def synthetic_lengths(length: int, rows: int, seed: int = 0) -> np.ndarray:
@@ -136,18 +132,18 @@ def run_epoch(fn, batches) -> float:
     return time.perf_counter() - start
 
 
-def measure_mode(arch: str, length: int, attention: str, padding: str, args) -> dict:
+def measure_mode(arch: str, length: int, attention: str, padding: str, args: dict) -> dict:
     """Warm-up (one step per shape), then a timed train epoch and a timed inference pass."""
     import jax
 
     vocab = 1000 if arch == "tiny" else REAL_VOCAB
-    sides = synthetic_lengths(length, args.rows)
+    sides = synthetic_lengths(length, args["rows"])
     buckets = LENGTHS["buckets"][str(length)] if padding == "bucketed" else [length]
     rng = np.random.default_rng(1)
-    labels = np.eye(3, dtype="float32")[rng.integers(0, 3, args.batch_size)]
-    layout = plan(sides, args.batch_size, buckets)
+    labels = np.eye(3, dtype="float32")[rng.integers(0, 3, args["batch_size"])]
+    layout = plan(sides, args["batch_size"], buckets)
     batches = [(inputs(sides[rows], size, vocab, rng), labels) for rows, size in layout]
-    model, backbone = build_model(arch, attention, args.lora_rank, vocab, batches[0][0])
+    model, backbone = build_model(arch, attention, args["lora_rank"], vocab, batches[0][0])
     shapes = {x["token_ids"].shape[-1]: (x, y) for x, y in batches}
 
     def train(x, y) -> None:
@@ -158,12 +154,12 @@ def measure_mode(arch: str, length: int, attention: str, padding: str, args) -> 
 
     warm = run_epoch(train, [batches[0], *shapes.values()])
     warm += run_epoch(infer, list(shapes.values()))
-    train_s = [run_epoch(train, batches) for _ in range(args.epochs)]
+    train_s = [run_epoch(train, batches) for _ in range(args["epochs"])]
     infer_s = run_epoch(infer, batches)
     side_lengths = [
-        x["token_ids"].shape[-1] for x, _ in batches for _ in range(2 * args.batch_size)
+        x["token_ids"].shape[-1] for x, _ in batches for _ in range(2 * args["batch_size"])
     ]
-    pairs = len(batches) * args.batch_size
+    pairs = len(batches) * args["batch_size"]
     real = int(sum(int(x["padding_mask"].sum()) for x, _ in batches))
     flops = model_flops(backbone, side_lengths)
     epoch_s = median(train_s)
@@ -191,29 +187,26 @@ def measure_mode(arch: str, length: int, attention: str, padding: str, args) -> 
     }
 
 
-RESULT = "GPUCHECK "
-
-
-def one_case(arch: str, length: int, args) -> None:
-    """Every mode of one architecture and length in this process, one result line each."""
+def measure_modes(config: dict) -> None:
+    """Every mode of one architecture and length (a child: a clean peak-memory figure)."""
     import jax
 
     if jax.local_devices()[0].platform != "cpu":
         keras.config.set_dtype_policy("mixed_bfloat16")
-    deadline = time.time() + args.budget_s
+    arch, length = config["arch"], config["length"]
+    deadline = time.time() + config["budget_s"]
     for attention, padding in MODES:
         if time.time() > deadline:
             result = {"skipped": "past --budget-s"}
         else:
             try:
-                result = measure_mode(arch, length, attention, padding, args)
+                result = measure_mode(arch, length, attention, padding, config)
             except Exception as err:  # an out-of-memory shape must not end the whole check
                 result = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
-        base = {"arch": arch, "length": length, "attention": attention, "padding": padding}
-        print(RESULT + json.dumps(base | result), flush=True)
+        send({"arch": arch, "length": length, "attention": attention, "padding": padding} | result)
 
 
-def run_cases(args) -> list[dict]:
+def run_cases(args, work) -> list[dict]:
     """One process per (architecture, length), each within what is left of the budget."""
     results = []
     deadline = time.time() + args.budget_s
@@ -223,61 +216,86 @@ def run_cases(args) -> list[dict]:
             if left <= 0:
                 results.append({"arch": arch, "length": length, "skipped": "past --budget-s"})
                 continue
-            argv = [sys.executable, __file__, "--one", arch, str(length), "--budget-s", str(left)]
-            argv += ["--rows", str(args.rows), "--batch-size", str(args.batch_size)]
-            argv += ["--epochs", str(args.epochs), "--lora-rank", str(args.lora_rank)]
-            print(f"[{time.strftime('%H:%M:%S')}] {arch} at {length} tokens ...", file=sys.stderr)
-            proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True)
-            lines = [ln[len(RESULT) :] for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
-            results += [json.loads(ln) for ln in lines]
-            if proc.returncode:
-                results.append({"arch": arch, "length": length, "error": f"exit {proc.returncode}"})
+            progress(f"{arch} at {length} tokens ...")
+            config = {"arch": arch, "length": length, "budget_s": left, "rows": args.rows}
+            config |= {"batch_size": args.batch_size, "epochs": args.epochs}
+            config |= {"lora_rank": args.lora_rank}
+            argv = child_argv("gpu_check", "measure_modes", config)
+            messages, ended = run_child(argv, work / f"{arch}-{length}.log")
+            results += messages
+            if "error" in ended:
+                results.append({"arch": arch, "length": length, "error": ended["error"]})
     return results
 
 
-def table(results: list[dict]) -> str:
-    header = ["model", "tokens", "attention", "padding", "shapes", "train pairs/s", "real tok/s"]
-    header += ["computed tok/s", "pad eff", "infer pairs/s", "TFLOP/s", "MFU", "peak GiB"]
-    rows = []
-    for r in results:
-        head = [r["arch"], str(r["length"]), r.get("attention", "-"), r.get("padding", "-")]
-        if "train_pairs_per_s" not in r:
-            rows.append([*head, r.get("error") or r.get("skipped"), *["-"] * 8])
-            continue
-        rows.append(
-            [
-                *head,
-                str(r["shapes"]),
-                fmt(r["train_pairs_per_s"], 1),
-                fmt(r["real_tokens_per_s"], 0),
-                fmt(r["computed_tokens_per_s"], 0),
-                fmt(r["padding_efficiency"], 3),
-                fmt(r["infer_pairs_per_s"], 1),
-                fmt(r["model_tflops_per_s"], 2),
-                fmt(r["mfu"], 3) if r["mfu"] is not None else "unknown peak",
-                fmt(r["peak_memory_gib"], 2),
-            ]
-        )
-    return markdown(rows, header)
+def table_row(r: dict) -> dict:
+    row = {"model": r["arch"], "tokens": r["length"]}
+    row |= {"attention": r.get("attention"), "padding": r.get("padding")}
+    if "train_pairs_per_s" not in r:
+        return row | {"error": r.get("error") or r.get("skipped")}
+    mfu = r["mfu"] if r["mfu"] is not None else "unknown peak"
+    return row | {
+        "shapes": r["shapes"],
+        "train pairs/s": r["train_pairs_per_s"],
+        "real tok/s": r["real_tokens_per_s"],
+        "computed tok/s": r["computed_tokens_per_s"],
+        "pad eff": r["padding_efficiency"],
+        "infer pairs/s": r["infer_pairs_per_s"],
+        "TFLOP/s": r["model_tflops_per_s"],
+        "MFU": mfu,
+        "peak GiB": r["peak_memory_gib"],
+    }
+
+
+def length_histogram(preset: str) -> dict:
+    """The arena sample's token-length histogram that `synthetic_lengths` draws from.
+
+    For 512 and 1,024 tokens: jaxpref's pair encoding (prompt as context, both sides truncated
+    to the sequence length) of the 1,000 rows with the tokenizer of `preset`, as sparse
+    [side A bin, side B bin, pairs] counts of BIN-token bins. Needs TensorFlow (the tokenizer).
+    """
+    from benchlib import ArenaInputs, load_frame
+
+    from jaxpref.data import text
+    from jaxpref.models import backbones
+
+    texts = text.format_pairs(load_frame())
+    out = {"source": LENGTHS["source"], "bin": BIN, "buckets": {}}
+    for length in (512, 1024):
+        preprocessor = backbones.load_preprocessor(preset, length)
+        inputs = ArenaInputs.tokenize(texts, preprocessor, ("token_ids", "padding_mask"))
+        counts = Counter((int(a) // BIN, int(b) // BIN) for a, b in inputs.tokens.lengths)
+        out["buckets"][str(length)] = list(inputs.buckets)
+        out[str(length)] = [[a, b, n] for (a, b), n in sorted(counts.items())]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    parsed = parser(__doc__, work_dir=True)
+    parsed.add_argument("--quick", action="store_true", help="tiny model, 64 rows, CPU is fine")
+    parsed.add_argument("--archs", nargs="+", default=["small", "base"], choices=list(ARCHS))
+    parsed.add_argument("--lengths", nargs="+", type=int, default=[512, 1024], choices=(512, 1024))
+    parsed.add_argument("--rows", type=int, default=512, help="pairs per timed epoch")
+    parsed.add_argument("--batch-size", type=int, default=8, help="pairs per step (jaxpref's)")
+    parsed.add_argument("--lora-rank", type=int, default=8)
+    parsed.add_argument("--epochs", type=int, default=2, help="timed train epochs")
+    parsed.add_argument("--budget-s", type=float, default=450, help="skip what starts later")
+    parsed.add_argument("--histogram", metavar="PRESET", help="print arena_lengths.json and exit")
+    args = parse_args(parsed, argv)
+    if args.histogram:
+        print(json.dumps(length_histogram(args.histogram), separators=(",", ":")))
+        return 0
     if args.quick:
         args.archs, args.rows, args.epochs = ["tiny"], min(args.rows, 64), 1
-    if args.one:
-        one_case(args.one[0], int(args.one[1]), args)
-        return 0
-    started = time.time()
-    results = run_cases(args)
-    print(table(results))
+    report = Report("gpu_check", args.out, argv)
+    with work_dir(args.work_dir, "jaxpref-gpu-check-") as work:
+        results = run_cases(args, work)
     kinds = {r["device_kind"] for r in results if "device_kind" in r}
+    notes = []
     if kinds and not any(peak_flops(k) for k in kinds):
-        print(f"- MFU: no bf16 peak known for {', '.join(kinds)} (benchlib.PEAK_BF16_FLOPS)")
-    report = {"argv": sys.argv, "wall_s": time.time() - started, "results": results}
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"- wrote {args.out}; {report['wall_s']:.0f} s")
+        notes.append(f"MFU: no bf16 peak known for {', '.join(kinds)} (benchlib.PEAK_BF16_FLOPS)")
+    report.finish([table_row(r) for r in results], {"results": results}, notes)
+    print(f"- logs in {work}")
     return 0
 
 

@@ -2,7 +2,7 @@
 
     python benchmarks/profile_step.py --out benchmarks/results/profile.json   # ~6 min on 2 CPUs
 
-Each backend runs in its own process: the notebook's Keras model (`notebook_path.build_model`:
+Each backend runs in its own process: the notebook's Keras model (`paths.build_model`:
 the backbone on side A and on side B, mean pooling, a dense head; full fine-tuning, Adam,
 float32) on one pair of fixed-length sides, two warm-up steps, then one step under the backend's
 profiler (`jax.profiler.trace`, `tf.profiler.experimental`). The XSpace it writes is read with
@@ -14,21 +14,27 @@ JAX is profiled with keras-hub's attention and with jaxpref's efficient one.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
 import glob
-import json
-import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
+from benchlib import (
+    ARCHS,
+    REAL_VOCAB,
+    Report,
+    child_argv,
+    parse_args,
+    parser,
+    progress,
+    run_child,
+    work_dir,
+)
+
 # (class, pattern on the op name or TensorFlow op type), first match wins.
 OP_CLASSES = (
     ("matmul", r"dot|matmul|einsum|conv|gemm|ynn_fusion|onednn|custom-call|xnn"),
@@ -43,15 +49,6 @@ SKIP = re.compile(
     r"^\$|^process$|^parallelfor$|threadpool::await|pjit|pjrt|execute|python|session|iterator|thunk",
     re.IGNORECASE,
 )
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="small", help="realsize.ARCHS key")
-    parser.add_argument("--length", type=int, default=1024)
-    parser.add_argument("--out", type=Path, help="JSON results file")
-    parser.add_argument("--one", nargs=2, metavar=("BACKEND", "ATTENTION"), help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
 
 
 def op_class(name: str) -> str:
@@ -93,13 +90,17 @@ def by_class(totals: dict[str, float]) -> dict[str, float]:
     return dict(out)
 
 
-def profile_one(backend: str, attention: str, arch: str, length: int) -> dict:
-    """One warm-up step, one timed step, one profiled step of the notebook's model."""
+def profile_one(config: dict) -> dict:
+    """One warm-up step, one timed step, one profiled step of the notebook's model (a child:
+    KERAS_BACKEND is `backend`)."""
     import keras
     import keras_hub
     import numpy as np
-    from notebook_path import build_model
-    from realsize import ARCHS, REAL_VOCAB
+    from paths import build_model
+
+    backend, attention, arch, length = (
+        config[k] for k in ("backend", "attention", "arch", "length")
+    )
 
     keras.utils.set_random_seed(0)
     backbone = keras_hub.models.DebertaV3Backbone(
@@ -155,46 +156,45 @@ def backend_profiler(backend: str, logdir: str):
         tf.profiler.experimental.stop()
 
 
-RESULT = "PROFILE "
 RUNS = (("jax", "keras_hub"), ("jax", "efficient"), ("tensorflow", "keras_hub"))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.one:
-        result = profile_one(*args.one, args.arch, args.length)
-        print(RESULT + json.dumps(result), flush=True)
-        return 0
-    results = []
-    for backend, attention in RUNS:
-        print(f"[{time.strftime('%H:%M:%S')}] {backend}, {attention} ...", file=sys.stderr)
-        argv = [sys.executable, __file__, "--one", backend, attention, "--arch", args.arch]
-        env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(REPO)}
-        env |= {"TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu"}
-        argv += ["--length", str(args.length)]
-        proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True, env=env, cwd=BENCH_DIR)
-        lines = [ln[len(RESULT) :] for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
-        results.append(json.loads(lines[-1]) if lines else {"backend": backend, "error": "failed"})
-    print(table(results))
-    if args.out:
-        report = {"argv": sys.argv, "arch": args.arch, "length": args.length, "runs": results}
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
-
-
-def table(results: list[dict]) -> str:
+def table_rows(results: list[dict]) -> list[dict]:
     """Milliseconds per op class (summed over threads) and the step's wall time, per run."""
-    from run import markdown
-
     ok = [r for r in results if "error" not in r]
+    runs = {f"{r['backend']} / {r['attention']}": r for r in ok}
     classes = [label for label, _ in OP_CLASSES] + ["other"]
-    header = ["op class", *[f"{r['backend']} / {r['attention']}" for r in ok]]
-    rows = [[c, *[f"{r['classes_ms'].get(c, 0.0):,.0f}" for r in ok]] for c in classes]
-    rows.append(["all ops (thread-ms)", *[f"{r['op_ms_total']:,.0f}" for r in ok]])
+    rows = [
+        {"op class": c} | {k: f"{r['classes_ms'].get(c, 0.0):,.0f}" for k, r in runs.items()}
+        for c in classes
+    ]
     rows.append(
-        ["step wall s (CPU s)", *[f"{r['step_s']:.2f} ({r['step_cpu_s']:.2f})" for r in ok]]
+        {"op class": "all ops (thread-ms)"}
+        | {k: f"{r['op_ms_total']:,.0f}" for k, r in runs.items()}
     )
-    return markdown(rows, header)
+    step = {k: f"{r['step_s']:.2f} ({r['step_cpu_s']:.2f})" for k, r in runs.items()}
+    return [*rows, {"op class": "step wall s (CPU s)"} | step]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parsed = parser(__doc__)
+    parsed.add_argument("--arch", default="small", choices=list(ARCHS))
+    parsed.add_argument("--length", type=int, default=1024)
+    args = parse_args(parsed, argv)
+    report, results = Report("profile_step", args.out, argv), []
+    with work_dir(None, "jaxpref-profile-") as work:
+        for backend, attention in RUNS:
+            progress(f"{backend}, {attention} ...")
+            config = {"backend": backend, "attention": attention, "arch": args.arch}
+            argv = child_argv("profile_step", "profile_one", config | {"length": args.length})
+            env = {"KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu"}
+            messages, ended = run_child(argv, work / f"{backend}-{attention}.log", env=env)
+            failed = {"backend": backend, "attention": attention, "error": ended.get("error")}
+            results.append(messages[-1] if messages else failed)
+    details = {"arch": args.arch, "length": args.length, "runs": results}
+    report.finish(table_rows(results), details)
+    print(f"- logs in {work}")
+    return 0
 
 
 if __name__ == "__main__":

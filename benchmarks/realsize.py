@@ -1,11 +1,11 @@
 """Real-size CPU benchmark: deberta_v3_small/base, jaxpref's path against the notebook's.
 
 Random-weight DeBERTa-v3 presets of the real architectures (the real 128,100-row embedding;
-token ids from a SentencePiece vocabulary trained on the arena sample) are built offline. For
-each case the measuring workers (`stepworker.py`: jaxpref's path, the notebook's, jaxpref with
-keras-hub's attention or with full fine-tuning; `torch_peer.py` when torch and transformers
-import) stay alive and take turns (A, B, A, B) so all share the machine's load. A matmul
-benchmark in the same run gives this CPU's own float32 peak. Prints tables, writes JSON.
+token ids from a SentencePiece vocabulary trained on the arena sample) are built offline. Every
+path of a case is a live worker (`jaxpref_worker`: jaxpref, also with keras-hub's attention or
+full fine-tuning; `notebook_worker`; torch_peer.py when torch and transformers import) that
+warms up, then the workers take turns (A, B, A, B), one epoch each, so all share the machine's
+load. A matmul in the same run gives this CPU's own float32 peak.
 
     python benchmarks/realsize.py --out benchmarks/results/realsize.json   # ~35 min on 2 CPUs
     python benchmarks/realsize.py --quick --out /tmp/realsize-quick.json    # ~3 min
@@ -13,29 +13,35 @@ benchmark in the same run gives this CPU's own float32 peak. Prints tables, writ
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import os
 import subprocess
 import sys
 import time
-from pathlib import Path
+from types import SimpleNamespace
 
-from benchlib import median
-from run import fmt, git_commit, machine, markdown, progress, work_dir, write
-from workerproto import DONE, READY
+import numpy as np
+from benchlib import (
+    ARCHS,
+    CPU_CHILD_ENV,
+    REAL_VOCAB,
+    ArenaInputs,
+    Report,
+    Worker,
+    child_argv,
+    fmt,
+    median,
+    model_flops,
+    parse_args,
+    parser,
+    progress,
+    run_child,
+    serve,
+    work_dir,
+)
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
 VOCAB_PIECES = 8000
-ARCHS = {
-    # keras-hub's deberta_v3_small_en / deberta_v3_base_en.
-    "small": dict(num_layers=6, num_heads=12, hidden_dim=768, intermediate_dim=3072),
-    "base": dict(num_layers=12, num_heads=12, hidden_dim=768, intermediate_dim=3072),
-    "tiny": dict(num_layers=2, num_heads=2, hidden_dim=64, intermediate_dim=128),
-}
-REAL_VOCAB = 128100
+INFER_WORKERS = ("jaxpref", "notebook", "torch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,9 +59,6 @@ class Case:
     notebook_batch: int = 2  # the notebook's; 1 where its step would not fit in memory
 
 
-INFER_WORKERS = ("jaxpref", "notebook", "torch")
-
-
 def cases(quick: bool) -> list[Case]:
     """The suite, sized for about 35 minutes on 2 shared CPU cores (one batch per epoch)."""
     if quick:
@@ -70,132 +73,193 @@ def cases(quick: bool) -> list[Case]:
     ]
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny architecture, every path")
-    parser.add_argument("--out", type=Path, help="JSON results file")
-    parser.add_argument("--work-dir", type=Path, help="presets, batches and worker logs")
-    parser.add_argument("--cases", nargs="+", help="only these cases (by name)")
-    parser.add_argument("--torch-python", default="/tmp/torchenv/bin/python")
-    parser.add_argument("--budget-min", type=float, default=25.0, help="start no case after this")
-    parser.add_argument("--show", type=Path, help="print the tables of a results file and exit")
-    return parser.parse_args(argv)
+# -- the children -------------------------------------------------------------------------------
 
 
-def build_preset(arch: str, work: Path) -> Path:
-    """A random-weight DeBERTa-v3 preset of `arch` (in a subprocess: it picks the backend)."""
-    out = work / f"deberta-{arch}"
-    if (out / "config.json").exists():
-        return out
-    vocab = 1000 if arch == "tiny" else REAL_VOCAB
-    code = (
-        "import keras, keras_hub, sys\n"
-        "from jaxpref.data import arena\n"
-        "from jaxpref.models.tiny_preset import arena_texts, save_preset, train_sentencepiece\n"
-        f"proto = train_sentencepiece(arena_texts(arena.DEFAULT_TRAIN_CSV), {VOCAB_PIECES})\n"
-        "tok = keras_hub.models.DebertaV3Tokenizer(proto=proto)\n"
-        "keras.utils.set_random_seed(0)\n"
-        f"bb = keras_hub.models.DebertaV3Backbone(vocabulary_size=max({vocab}, "
-        f"tok.vocabulary_size()), max_sequence_length=512, bucket_size=256, **{ARCHS[arch]!r})\n"
-        "pre = keras_hub.models.DebertaV3TextClassifierPreprocessor(tok, sequence_length=512)\n"
-        "save_preset(sys.argv[1], bb, tok, pre)\n"
+def build_preset(config: dict) -> dict:
+    """A random-weight DeBERTa-v3 preset of an architecture (KERAS_BACKEND=jax)."""
+    import keras
+    import keras_hub
+
+    from jaxpref.data import arena
+    from jaxpref.models.tiny_preset import arena_texts, save_preset, train_sentencepiece
+
+    proto = train_sentencepiece(arena_texts(arena.DEFAULT_TRAIN_CSV), VOCAB_PIECES)
+    tokenizer = keras_hub.models.DebertaV3Tokenizer(proto=proto)
+    keras.utils.set_random_seed(0)
+    vocab = max(config["vocab"], tokenizer.vocabulary_size())
+    backbone = keras_hub.models.DebertaV3Backbone(
+        vocabulary_size=vocab, max_sequence_length=512, bucket_size=256, **ARCHS[config["arch"]]
     )
-    env = worker_env() | {"KERAS_BACKEND": "jax"}
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(out)], capture_output=True, text=True, env=env
+    pre = keras_hub.models.DebertaV3TextClassifierPreprocessor(tokenizer, sequence_length=512)
+    save_preset(config["out"], backbone, tokenizer, pre)
+    return {"preset": config["out"]}
+
+
+def quantile_plan(plan, count: int) -> list:
+    """`count` batches at the quantiles (i + 0.5) / count of the plan sorted by padded length."""
+    ordered = sorted(plan, key=lambda b: b.length)
+    picks = ((np.arange(count) + 0.5) / count * len(ordered)).astype(int)
+    return [ordered[i] for i in picks]
+
+
+def epoch_cost(inputs: ArenaInputs, plan) -> dict:
+    """Pairs, real and computed (padded) tokens of one epoch of `plan` (two sides per pair)."""
+    rows = np.concatenate([b.rows for b in plan])
+    return {
+        "pairs": len(rows),
+        "real_tokens": int(inputs.tokens.lengths[rows].sum()),
+        "computed_tokens": sum(2 * len(b.rows) * b.length for b in plan),
+        "lengths": [b.length for b in plan],
+    }
+
+
+def jaxpref_worker(config: dict) -> None:
+    """jaxpref's trainer path on `steps` batches at evenly spaced quantiles of its length-sorted
+    1,000-row epoch plan; writes them to `batches_out` (an .npz the torch peer trains on)."""
+    import paths
+
+    from jaxpref import monitoring
+    from jaxpref.data import text
+
+    args = SimpleNamespace(**config)
+    path = paths.jaxpref_model(
+        args.preset, args.sequence_length, args.batch_size, args.lora_rank, args.attention
     )
-    if proc.returncode:
-        sys.exit(f"error: could not build the {arch} preset: {proc.stderr.strip()[-500:]}")
-    return out
+    model, backbone, devices, labels = path.model, path.backbone, path.devices, path.labels
+    texts, keys = text.format_pairs(path.frame), model.backbone_input_keys
+    inputs = ArenaInputs.tokenize(texts, path.preprocessor, keys)
+    sample = quantile_plan(inputs.plan(args.batch_size, shuffle=True), args.steps)
+    full = inputs.plan(args.plan_batch_size, shuffle=True)
+    features = [inputs.features(batch) for batch in sample]
+    if args.batches_out:  # token ids and padding masks (2B, T) of every batch
+        arrays = {}
+        for i, x in enumerate(features):
+            arrays[f"ids{i}"] = x["token_ids"].reshape(-1, x["token_ids"].shape[-1])
+            arrays[f"mask{i}"] = x["padding_mask"].reshape(-1, x["padding_mask"].shape[-1])
+        np.savez(args.batches_out, **arrays)
+    compiles = monitoring.compile_counter()
+    start = time.perf_counter()
+    paths.fit(model, inputs, labels, [paths.warmup_plan(sample)])
+    paths.fit(model, inputs, labels, [sample[:1]])
+
+    def infer() -> dict:
+        for x in features:
+            model.predict_on_batch(x)
+        return {"compiles": compiles()}
+
+    if args.infer:
+        infer()
+    cost = epoch_cost(inputs, sample)
+    sides = [length for length in cost["lengths"] for _ in range(2 * args.batch_size)]
+    ready = {
+        "warmup_s": time.perf_counter() - start,
+        "warmup_compiles": compiles(),
+        "epoch": cost,
+        "full_epoch": epoch_cost(inputs, full) | {"lengths": None},
+        "train_flops": model_flops(backbone, sides),
+        "infer_flops": model_flops(backbone, sides, train=False),
+        "params": model.count_params(),
+        "trainable_params": sum(int(np.prod(w.shape)) for w in model.trainable_weights),
+        "devices": f"{len(devices)} x {devices[0].device_kind}",
+    }
+    rng = np.random.default_rng(args.seed)
+
+    def train() -> dict:
+        plan = [sample[i] for i in [0, *(1 + rng.permutation(len(sample) - 1))]]
+        paths.fit(model, inputs, labels, [plan])
+        return {"compiles": compiles()}
+
+    serve(ready, {"train": train, "infer": infer})
 
 
-def worker_env() -> dict:
-    """Workers import this worktree's jaxpref and run on one JAX CPU device.
+def notebook_worker(config: dict) -> None:
+    """The Kaggle notebook's path (KERAS_BACKEND=tensorflow) on its first rows, fixed padding."""
+    import paths
 
-    A fixed mmap threshold makes glibc hand large freed buffers back to the system: an idle
-    worker then holds its weights, not its last step's peak (the notebook's TensorFlow step
-    at 1,024 tokens peaks at about 13 GB, and the workers of a case stay alive together).
+    args = SimpleNamespace(**config)
+    path = paths.notebook_model(args.preset, args.sequence_length, args.seed)
+    texts, labels, preprocessor = path.texts, path.labels, path.preprocessor
+    backbone, model = path.backbone, path.model
+    n, batch, seed = args.steps * args.batch_size, args.batch_size, args.seed
+    lengths = paths.real_tokens(texts[:n], preprocessor)
+    train_ds = paths.build_dataset(texts[:n], labels[:n], preprocessor, batch, True, seed)
+    infer_ds = paths.build_dataset(texts[:n], None, preprocessor, batch, False, seed)
+    start = time.perf_counter()
+    model.fit(train_ds, epochs=1, verbose=0)
+    if args.infer:
+        model.predict(infer_ds, verbose=0)
+    sides = [args.sequence_length] * 2 * n
+    ready = {
+        "warmup_s": time.perf_counter() - start,
+        "epoch": {
+            "pairs": n,
+            "real_tokens": int(lengths.sum()),
+            "computed_tokens": len(sides) * args.sequence_length,
+        },
+        "train_flops": model_flops(backbone, sides),
+        "infer_flops": model_flops(backbone, sides, train=False),
+        "params": model.count_params(),
+        "trainable_params": model.count_params(),
+    }
+
+    def train() -> None:
+        model.fit(train_ds, epochs=1, verbose=0)
+
+    def infer() -> None:
+        model.predict(infer_ds, verbose=0)
+
+    serve(ready, {"train": train, "infer": infer})
+
+
+def matmul_peak(config: dict) -> dict:
+    """Best float32 GFLOP/s of a square jnp matmul and of a NumPy one on this CPU.
+
+    Also per second of process CPU time (all threads): the figure other load does not lower.
     """
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    malloc = {"MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "0"}
-    quiet = {"TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu"}
-    return {**os.environ, **malloc, **quiet, "PYTHONPATH": path}
+    import jax
+    import jax.numpy as jnp
+
+    size = config.get("size", 2048)
+    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    ja = jnp.asarray(a)
+    dot = jax.jit(jnp.dot)
+    dot(ja, ja).block_until_ready()
+    flops = 2.0 * size**3 / 1e9
+    best = {"gflops_jax": 0.0, "gflops_numpy": 0.0, "gflops_per_cpu_s_jax": 0.0}
+    for _ in range(config.get("repeats", 8)):
+        wall, cpu = time.perf_counter(), time.process_time()
+        dot(ja, ja).block_until_ready()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        best["gflops_jax"] = max(best["gflops_jax"], flops / wall)
+        best["gflops_per_cpu_s_jax"] = max(best["gflops_per_cpu_s_jax"], flops / max(cpu, 1e-9))
+        wall = time.perf_counter()
+        a @ a
+        best["gflops_numpy"] = max(best["gflops_numpy"], flops / (time.perf_counter() - wall))
+    return {"size": size, **best}
 
 
-class Worker:
-    """A live measuring process speaking the `workerproto` protocol."""
-
-    def __init__(self, name: str, argv: list[str], log: Path):
-        self.name, self.log = name, log
-        pipe = subprocess.PIPE
-        with open(log, "w") as err:
-            self.proc = subprocess.Popen(
-                argv,
-                stdin=pipe,
-                stdout=pipe,
-                stderr=err,
-                text=True,
-                env=worker_env(),
-                cwd=BENCH_DIR,
-            )
-        self.ready = self.expect(READY)
-        self.rounds: dict[str, list[dict]] = {"train": [], "infer": []}
-
-    def expect(self, prefix: str) -> dict:
-        for line in self.proc.stdout:
-            if line.startswith(prefix):
-                return json.loads(line[len(prefix) :])
-        tail = self.log.read_text(errors="replace").strip().splitlines()[-3:]
-        return {"error": f"{self.name} exited {self.proc.wait()}: " + " | ".join(tail)}
-
-    @property
-    def ok(self) -> bool:
-        done = [r for rounds in self.rounds.values() for r in rounds]
-        return "error" not in self.ready and all("error" not in r for r in done)
-
-    def run(self, command: str) -> None:
-        if not self.ok:
-            return
-        try:
-            self.proc.stdin.write(command + "\n")
-            self.proc.stdin.flush()
-        except BrokenPipeError:  # the worker died (out of memory, say): expect() says why
-            pass
-        self.rounds[command].append(self.expect(DONE))
-
-    def close(self) -> dict:
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.write("quit\n")
-                self.proc.stdin.close()
-            except BrokenPipeError:
-                pass
-            self.proc.wait()
-        return {"ready": self.ready, **self.rounds}
+# -- the parent ---------------------------------------------------------------------------------
 
 
-def worker_argv(name: str, case: Case, preset: Path, batches: Path, torch_python: str) -> list:
+def worker_argv(name: str, case: Case, preset, batches, torch_python: str) -> list:
     """The command line of worker `name` in `case`."""
-    if name == "torch":
-        arch = ARCHS[case.arch]
-        sizes = [f"--{k.replace('_', '-')}={v}" for k, v in arch.items()]
-        vocab = REAL_VOCAB if case.arch != "tiny" else VOCAB_PIECES
-        argv = [torch_python, "torch_peer.py", "--batches", str(batches), *sizes]
-        return [*argv, f"--vocabulary-size={vocab}", *(["--infer"] if case.infer else [])]
     infer = case.infer and name in INFER_WORKERS
-    kind = "notebook" if name == "notebook" else "jaxpref"
-    argv = [sys.executable, "stepworker.py", kind, "--preset", str(preset)]
-    argv += ["--sequence-length", str(case.length), "--steps", str(case.steps)]
-    argv += ["--batch-size", str(case.notebook_batch if kind == "notebook" else case.batch)]
-    if infer:
-        argv.append("--infer")
-    if name == "jaxpref":
-        argv += ["--batches-out", str(batches)]
-    if name == "jaxpref-keras_hub":
-        argv += ["--attention", "keras_hub"]
-    if name == "jaxpref-full-ft":
-        argv += ["--lora-rank", "0"]
-    return argv
+    if name == "torch":
+        vocab = REAL_VOCAB if case.arch != "tiny" else VOCAB_PIECES
+        config = ARCHS[case.arch] | {"batches": str(batches), "vocabulary_size": vocab}
+        return child_argv("torch_peer", "torch_worker", config | {"infer": infer}, torch_python)
+    config = {"preset": str(preset), "sequence_length": case.length, "steps": case.steps}
+    config |= {"infer": infer, "seed": 42}
+    if name == "notebook":
+        return child_argv(
+            "realsize", "notebook_worker", config | {"batch_size": case.notebook_batch}
+        )
+    config |= {"batch_size": case.batch, "plan_batch_size": 8}
+    config |= {"batches_out": str(batches) if name == "jaxpref" else None}
+    config |= {"attention": "keras_hub" if name == "jaxpref-keras_hub" else "efficient"}
+    config |= {"lora_rank": 0 if name == "jaxpref-full-ft" else 8}
+    return child_argv("realsize", "jaxpref_worker", config)
 
 
 def torch_available(python: str) -> bool:
@@ -206,34 +270,41 @@ def torch_available(python: str) -> bool:
         return False
 
 
-def measure_case(case: Case, opts, preset: Path, work: Path) -> dict:
+def measure_case(case: Case, opts, preset, work) -> dict:
     """Start the case's workers one at a time, then alternate their rounds."""
     batches = work / f"{case.name}-batches.npz"
-    workers = []
+    workers: dict[str, tuple[Worker, dict]] = {}
     for name in case.workers:
         if name == "torch" and not torch_available(opts.torch_python):
             progress(f"{case.name}: torch/transformers not importable, peer skipped")
             continue
         progress(f"{case.name}: starting {name} ...")
+        backend = {"KERAS_BACKEND": "tensorflow" if name == "notebook" else "jax"}
         argv = worker_argv(name, case, preset, batches, opts.torch_python)
-        workers.append(Worker(name, argv, work / f"{case.name}-{name}.log"))
-        if not workers[-1].ok:
-            progress(f"{case.name}: {workers[-1].ready['error']}")
+        worker = Worker(argv, work / f"{case.name}-{name}.log", env=CPU_CHILD_ENV | backend)
+        workers[name] = worker, {"ready": worker.receive(), "train": [], "infer": []}
+        if "error" in workers[name][1]["ready"]:
+            progress(f"{case.name}: {workers[name][1]['ready']['error']}")
     commands = ["train"] * case.rounds + (["infer"] if case.infer else [])
     for i, command in enumerate(commands):
-        for worker in workers:
-            if command == "infer" and worker.name not in INFER_WORKERS:
+        for name, (worker, record) in workers.items():
+            done = [record["ready"], *record["train"], *record["infer"]]
+            failed = any("error" in r for r in done)
+            if failed or (command == "infer" and name not in INFER_WORKERS):
                 continue
-            progress(f"{case.name}: {command} round {i + 1}, {worker.name}")
-            worker.run(command)
+            progress(f"{case.name}: {command} round {i + 1}, {name}")
+            record[command].append(worker.call(command))
     load = os.getloadavg()
+    for worker, _ in workers.values():
+        worker.close()
     return {"case": dataclasses.asdict(case), "load_after": load} | {
-        w.name: w.close() for w in workers
+        name: record for name, (_, record) in workers.items()
     }
 
 
-def summarize(name: str, result: dict, case: dict, peak: float) -> dict | None:
+def summarize(name: str, case: dict, peak: float) -> dict | None:
     """Rates of one worker; the torch peer takes its work figures from the jaxpref worker."""
+    result = case[name]
     source = case["jaxpref"]["ready"] if name == "torch" else result["ready"]
     train = [r for r in result.get("train", []) if "error" not in r]
     if "error" in source or not train or "epoch" not in source:
@@ -274,13 +345,12 @@ def ratios(figures: dict) -> dict:
         x, y = figures[a][key], figures[b][key]
         return y / x if inverse else x / y
 
+    ours, nb = figures.get("jaxpref"), figures.get("notebook")
     return {
         "jaxpref_over_notebook_pairs_per_s": ratio("jaxpref", "notebook", "pairs_per_s"),
         "jaxpref_over_notebook_per_cpu_s": ratio("jaxpref", "notebook", "pairs_per_cpu_s"),
         "jaxpref_projected_epoch_over_notebook": (
-            figures["jaxpref"]["projected_epoch_pairs_per_s"] / figures["notebook"]["pairs_per_s"]
-            if figures.get("jaxpref") and figures.get("notebook")
-            else None
+            ours["projected_epoch_pairs_per_s"] / nb["pairs_per_s"] if ours and nb else None
         ),
         "efficient_over_keras_hub_step": ratio("jaxpref", "jaxpref-keras_hub", "train_s", True),
         "efficient_over_keras_hub_cpu": ratio("jaxpref", "jaxpref-keras_hub", "train_cpu_s", True),
@@ -289,124 +359,89 @@ def ratios(figures: dict) -> dict:
     }
 
 
-def analyse(case: dict, peak: float) -> dict:
-    names = [k for k in case if k not in ("case", "load_after", "figures", "ratios")]
-    figures = {name: summarize(name, case[name], case, peak) for name in names}
-    return {"figures": figures, "ratios": ratios(figures)}
+def worker_row(case: dict, name: str) -> dict:
+    c, f = case["case"], case["figures"][name]
+    row = {"case": c["name"], "path": name}
+    if f is None:
+        return row | {"error": case[name]["ready"].get("error", "no timed round")[:80]}
+    batch = c["notebook_batch"] if name == "notebook" else c["batch"]
+    return row | {
+        "batch x steps": f"{batch} x {c['steps']} x {len(case[name]['train'])} rounds",
+        "train s/epoch (CPU s)": f"{f['train_s']:.1f} ({f['train_cpu_s']:.1f})",
+        "train pairs/s": f["pairs_per_s"],
+        "projected epoch pairs/s": f.get("projected_epoch_pairs_per_s"),
+        "real tok/s": f["real_tokens_per_s"],
+        "computed tok/s": f["computed_tokens_per_s"],
+        "train GFLOP/pair": f["gflop_per_pair"],
+        "GFLOP/s": f["gflops_per_s"],
+        "GFLOP per CPU-s": f.get("gflops_per_cpu_s"),
+        "of matmul peak per CPU-s": f["of_peak"],
+        "infer pairs/s": f.get("infer_pairs_per_s"),
+    }
 
 
-HEADER = [
-    "case",
-    "path",
-    "batch x steps",
-    "train s/epoch (CPU s)",
-    "train pairs/s",
-    "projected epoch pairs/s",
-    "real tok/s",
-    "computed tok/s",
-    "train GFLOP/pair",
-    "GFLOP/s",
-    "GFLOP per CPU-s",
-    "of matmul peak per CPU-s",
-    "infer pairs/s",
-]
-
-
-def rows(case: dict) -> list[list[str]]:
-    out = []
-    c = case["case"]
-    for name, f in case["figures"].items():
-        if f is None:
-            error = case[name]["ready"].get("error", "no timed round")
-            out.append([c["name"], name, "error: " + error[:80], *["-"] * (len(HEADER) - 3)])
-            continue
-        batch = c["notebook_batch"] if name == "notebook" else c["batch"]
-        out.append(
-            [
-                c["name"],
-                name,
-                f"{batch} x {c['steps']} x {len(case[name]['train'])} rounds",
-                f"{fmt(f['train_s'])} ({fmt(f['train_cpu_s'])})",
-                fmt(f["pairs_per_s"], 3),
-                fmt(f.get("projected_epoch_pairs_per_s"), 3),
-                fmt(f["real_tokens_per_s"], 0),
-                fmt(f["computed_tokens_per_s"], 0),
-                fmt(f["gflop_per_pair"], 0),
-                fmt(f["gflops_per_s"], 1),
-                fmt(f.get("gflops_per_cpu_s"), 1),
-                fmt(f["of_peak"], 2),
-                fmt(f.get("infer_pairs_per_s"), 3),
-            ]
+def summary(details: dict) -> tuple[list[dict], dict, list[str]]:
+    """Rows and notes; each case's figures against the best matmul peak measured in the run."""
+    peak = max(m.get("gflops_per_cpu_s_jax", 0.0) for m in details["matmul"]) * 1e9
+    notes = [
+        "jnp.dot peak (float32, 2048 x 2048), GFLOP/s (per CPU-second): "
+        + ", ".join(
+            f"{fmt(m['gflops_jax'])} ({fmt(m.get('gflops_per_cpu_s_jax'))})"
+            for m in details["matmul"]
         )
+    ]
+    for case in details["cases"]:
+        names = [k for k in case if k not in ("case", "load_after", "figures", "ratios")]
+        case["figures"] = {name: summarize(name, case, peak) for name in names}
+        case["ratios"] = ratios(case["figures"])
+        kept = [f"{k} {v:.2f}" for k, v in case["ratios"].items() if v is not None]
+        if kept:
+            notes.append(f"ratios, {case['case']['name']}: {', '.join(kept)}")
+    rows = [worker_row(c, name) for c in details["cases"] for name in c["figures"]]
+    return rows, details, notes
+
+
+def matmul(work) -> list[dict]:
+    """The matmul peak, measured in a child of its own."""
+    log = work / "matmul.log"
+    return run_child(child_argv("realsize", "matmul_peak", {}), log, env=CPU_CHILD_ENV)[0]
+
+
+def arch_preset(arch: str, work):
+    """The random-weight preset of `arch`, built in a child (once per work folder)."""
+    out = work / f"deberta-{arch}"
+    if not (out / "config.json").exists():
+        config = {"arch": arch, "vocab": 1000 if arch == "tiny" else REAL_VOCAB, "out": str(out)}
+        argv = child_argv("realsize", "build_preset", config)
+        _, ended = run_child(
+            argv, work / "preset.log", env=CPU_CHILD_ENV | {"KERAS_BACKEND": "jax"}
+        )
+        if "error" in ended:
+            sys.exit(f"error: could not build the {arch} preset: {ended['error']}")
     return out
 
 
-def ratio_rows(cases: list[dict]) -> str:
-    keys = list(cases[0]["ratios"]) if cases else []
-    body = [[c["case"]["name"], *[fmt(c["ratios"][k], 2) for k in keys]] for c in cases]
-    return markdown(body, ["case", *keys])
-
-
-def print_report(report: dict) -> None:
-    """The tables of a report, figures recomputed from its raw timings (as this code counts)."""
-    peak = matmul_peak(report["matmul"])
-    for case in report["cases"]:
-        case |= analyse(case, peak)
-    print(f"matmul peak (float32, GFLOP/s): {json.dumps(report['matmul'])}")
-    print(markdown([r for c in report["cases"] for r in rows(c)], HEADER))
-    print()
-    print(ratio_rows(report["cases"]))
-    print(f"- uptime before: {report['uptime_before']}")
-    print(f"- uptime after: {report.get('uptime_after', 'run cut short')}")
-    print(f"- wall time {report.get('wall_s', '-')} s")
-
-
-def matmul_peak(measurements: list[dict]) -> float:
-    """The best jnp matmul FLOP/s per CPU-second measured in the run (0 when none)."""
-    return max(m.get("gflops_per_cpu_s_jax", 0.0) for m in measurements) * 1e9
-
-
-def uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-
-
-def matmul(work: Path) -> dict:
-    worker = Worker("matmul", [sys.executable, "stepworker.py", "matmul"], work / "matmul.log")
-    return worker.close()["ready"]
-
-
-def run_suite(opts, command: str) -> dict:
-    """Matmul peak, every selected case (partial results written after each), matmul again."""
-    work = work_dir(opts.work_dir, "jaxpref-realsize-")
-    started = time.time()
-    report = {"command": command, "git_commit": git_commit(), "machine": machine()}
-    report |= {"uptime_before": uptime(), "work_dir": str(work)}
-    progress("matmul peak ...")
-    report["matmul"] = [matmul(work)]
-    peak = matmul_peak(report["matmul"])
-    report["cases"] = []
-    for case in [c for c in cases(opts.quick) if not opts.cases or c.name in opts.cases]:
-        if time.time() - started > opts.budget_min * 60:
-            progress(f"{case.name}: skipped, past --budget-min")
-            continue
-        progress(f"{case.name}: building the {case.arch} preset ...")
-        result = measure_case(case, opts, build_preset(case.arch, work), work)
-        report["cases"].append(result | analyse(result, peak))
-        write(report | {"complete": False}, opts.out)
-    report["matmul"].append(matmul(work))
-    return report | {"uptime_after": uptime(), "wall_s": round(time.time() - started, 1)}
-
-
 def main(argv: list[str] | None = None) -> int:
-    opts = parse_args(argv)
-    if opts.show:
-        print_report(json.loads(opts.show.read_text()))
-        return 0
-    given = sys.argv[1:] if argv is None else argv
-    report = run_suite(opts, " ".join(["python benchmarks/realsize.py", *given]))
-    write(report | {"complete": True}, opts.out)
-    print_report(report)
-    print(f"- logs in {report['work_dir']}" + (f"; wrote {opts.out}" if opts.out else ""))
+    parsed = parser(__doc__, work_dir=True)
+    parsed.add_argument("--quick", action="store_true", help="tiny architecture, every path")
+    parsed.add_argument("--cases", nargs="+", help="only these cases (by name)")
+    parsed.add_argument("--torch-python", default="/tmp/torchenv/bin/python")
+    parsed.add_argument("--budget-min", type=float, default=25.0, help="start no case after this")
+    opts = parse_args(parsed, argv)
+    report, started = Report("realsize", opts.out, argv), time.time()
+    with work_dir(opts.work_dir, "jaxpref-realsize-") as work:
+        progress("matmul peak ...")
+        details = {"work_dir": str(work), "matmul": matmul(work), "cases": []}
+        for case in [c for c in cases(opts.quick) if not opts.cases or c.name in opts.cases]:
+            if time.time() - started > opts.budget_min * 60:
+                progress(f"{case.name}: skipped, past --budget-min")
+                continue
+            progress(f"{case.name}: building the {case.arch} preset ...")
+            details["cases"].append(measure_case(case, opts, arch_preset(case.arch, work), work))
+            report.save(*summary(details))
+        details["matmul"] += matmul(work)
+        report.finish(*summary(details))
+        print(f"- logs in {work}")
     return 0
 
 

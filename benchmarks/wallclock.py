@@ -2,45 +2,40 @@
 
     python benchmarks/wallclock.py --out benchmarks/results/wallclock.json   # ~5 min on 2 CPUs
 
-Trains the tiny DeBERTa-v3 preset of `run.py` at 1,024 tokens on the first 300 arena rows
-(270 train / 30 validation) for 2 epochs in a subprocess, then reads the run's train.log
-timestamps and summary.json: start-up before the first log line, set-up (tokenizing, building,
-compiling for training), each whole epoch (validation and checkpoint saves included) with its XLA
-compilations, the train-step rate of its last progress line, the time from the last epoch to the
-summary (best weights restored, validation predicted, calibrated, files written) and from the
+Trains the tiny DeBERTa-v3 preset of `run.py` (benchlib.TINY_DEBERTA) at 1,024 tokens on the first
+300 arena rows (270 train / 30 validation) for 2 epochs in a subprocess, then reads the run's
+train.log timestamps and summary.json: start-up before the first log line, set-up (tokenizing,
+building, compiling for training), each whole epoch (validation and checkpoint saves included) with
+its XLA compilations, the train-step rate of its last progress line, the time from the last epoch to
+the summary (best weights restored, validation predicted, calibrated, files written) and from the
 summary to the process's exit.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
-import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from realsize import worker_env
-from run import REPO, build_tiny_preset, markdown, progress, work_dir
+from benchlib import (
+    CPU_CHILD_ENV,
+    REPO,
+    Report,
+    parse_args,
+    parser,
+    progress,
+    run_child,
+    tiny_preset,
+    work_dir,
+)
 
 EPOCH = re.compile(r"^(\d\d:\d\d:\d\d) epoch (\d+): .*\((\d+) s, (\d+) XLA compilations\)")
 STEP = re.compile(r"^(\d\d:\d\d:\d\d) epoch (\d+)/\d+ step .* ([\d.]+) pairs/s, (\d+) tokens/s")
 SUMMARY = re.compile(r"^(\d\d:\d\d:\d\d) best val_log_loss")
 STAMP = re.compile(r"^(\d\d:\d\d:\d\d) ")
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=300)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--sequence-length", type=int, default=1024)
-    parser.add_argument("--attention", default="keras_hub", help="train_jax.py --attention")
-    parser.add_argument("--work-dir", type=Path)
-    parser.add_argument("--out", type=Path, help="JSON results file")
-    return parser.parse_args(argv)
 
 
 def clock(stamp: str, day: datetime.date) -> float:
@@ -91,59 +86,57 @@ def train_csv(rows: int, work: Path) -> Path:
 
 
 def run_training(args, preset: str, csv: Path, run_dir: Path) -> dict:
-    """train_jax.py in a subprocess (this worktree's jaxpref, one CPU device), start to exit."""
+    """train_jax.py in a subprocess (this checkout's jaxpref, one CPU device), start to exit."""
     argv = [sys.executable, str(REPO / "scripts" / "train_jax.py"), "--preset", preset]
     argv += ["--train-csv", str(csv), "--run-dir", str(run_dir), "--devices", "cpu"]
     argv += ["--num-devices", "1", "--sequence-length", str(args.sequence_length)]
     argv += ["--epochs", str(args.epochs), "--attention", args.attention, "--log-every", "5"]
     started = time.time()
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=worker_env())
-    ended = time.time()
-    if proc.returncode:
-        sys.exit(f"error: train_jax.py failed: {proc.stderr.strip()[-500:]}")
+    _, ended = run_child(argv, run_dir.parent / "train_jax.log", env=CPU_CHILD_ENV)
+    stopped = time.time()
+    if "error" in ended:
+        sys.exit(f"error: train_jax.py failed: {ended['error']}")
     stages = read_log(run_dir / "train.log", started)
     summary = json.loads((run_dir / "summary.json").read_text())
     return stages | {
-        "wall_s": ended - started,
-        "summary_to_exit_s": ended - stages.pop("summary_at"),
+        "wall_s": stopped - started,
+        "summary_to_exit_s": stopped - stages.pop("summary_at"),
         "summary": summary,
         "argv": argv[1:],
     }
 
 
-def table(result: dict) -> str:
+def table_rows(result: dict) -> list[dict]:
     rows = [
-        ["start-up (imports, until the first log line)", f"{result['startup_s']:.0f}"],
-        ["set-up (data, tokenizing, model, compile for training)", f"{result['setup_s']:.0f}"],
+        ("start-up (imports, until the first log line)", result["startup_s"]),
+        ("set-up (data, tokenizing, model, compile for training)", result["setup_s"]),
     ]
     for epoch in result["epochs"]:
         rate = epoch["last_progress_pairs_per_s"]
-        rows.append(
-            [
-                f"epoch {epoch['epoch']} (validation and checkpoints included): "
-                f"{epoch['compiles']} XLA compilations, last progress line {rate} pairs/s",
-                str(epoch["logged_s"]),
-            ]
-        )
-    rows.append(["last epoch -> summary", f"{result['last_epoch_to_summary_s']:.0f}"])
-    rows.append(["summary -> process exit", f"{result['summary_to_exit_s']:.0f}"])
-    rows.append(["whole run, start to exit", f"{result['wall_s']:.0f}"])
-    return markdown(rows, ["stage", "seconds"])
+        stage = f"epoch {epoch['epoch']} (validation and checkpoints included): "
+        stage += f"{epoch['compiles']} XLA compilations, last progress line {rate} pairs/s"
+        rows.append((stage, epoch["logged_s"]))
+    rows.append(("last epoch -> summary", result["last_epoch_to_summary_s"]))
+    rows.append(("summary -> process exit", result["summary_to_exit_s"]))
+    rows.append(("whole run, start to exit", result["wall_s"]))
+    return [{"stage": stage, "seconds": None if s is None else round(s)} for stage, s in rows]
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    work = work_dir(args.work_dir, "jaxpref-wallclock-")
-    progress("building the tiny preset ...")
-    preset = build_tiny_preset(work)
-    csv = train_csv(args.rows, work)
-    progress("training ...")
-    load_before = os.getloadavg()
-    result = run_training(args, preset, csv, work / "run")
-    result["load_average"] = {"before": load_before, "after": os.getloadavg()}
-    print(table(result))
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    parsed = parser(__doc__, work_dir=True)
+    parsed.add_argument("--rows", type=int, default=300)
+    parsed.add_argument("--epochs", type=int, default=2)
+    parsed.add_argument("--sequence-length", type=int, default=1024)
+    parsed.add_argument("--attention", default="keras_hub", help="train_jax.py --attention")
+    args = parse_args(parsed, argv)
+    report = Report("wallclock", args.out, argv)
+    with work_dir(args.work_dir, "jaxpref-wallclock-") as work:
+        progress("building the tiny preset ...")
+        preset = tiny_preset(work / "tiny_deberta")
+        csv = train_csv(args.rows, work)
+        progress("training ...")
+        result = run_training(args, preset, csv, work / "run")
+    report.finish(table_rows(result), result)
     return 0
 
 

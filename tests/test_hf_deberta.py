@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from jaxpref.models import backbones, hf_deberta
+from jaxpref.models import backbones, hf_deberta, presets
 
 FIXTURE = Path(__file__).parent / "fixtures" / "hf_deberta_v3_tiny"
 TOLERANCE = 1e-4
@@ -187,7 +187,7 @@ def test_missing_or_broken_files_are_refused_by_name(tmp_path):
 def test_preset_dir_converts_once_into_the_cache_then_loads(tmp_path, monkeypatch):
     monkeypatch.setenv("JAXPREF_CACHE", str(tmp_path / "cache" / "tokens"))
     src = hf_dir(tmp_path / "src", "pytorch_model.bin")
-    resolved = Path(backbones.resolve_preset(str(src)))
+    resolved = Path(presets.probe(str(src)).location)
     assert resolved.parent == tmp_path / "cache" / "presets"
     assert os.listdir(resolved.parent) == [resolved.name]  # no temporary left behind
 
@@ -202,22 +202,22 @@ def test_preset_dir_converts_once_into_the_cache_then_loads(tmp_path, monkeypatc
     assert np.asarray(out["token_ids"]).shape == (1, 16)
     (src / "config.json").write_text((src / "config.json").read_text() + "\n")
     with pytest.raises(AssertionError, match="converted twice"):  # a changed source: new key
-        backbones.resolve_preset(str(src))
+        backbones.load_backbone(str(src))
 
 
 def test_refusals_reach_the_cli_as_one_line_preset_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("JAXPREF_CACHE", str(tmp_path / "tokens"))
     src = hf_dir(tmp_path / "src", "pytorch_model.bin", share_att_key=False)
-    with pytest.raises(backbones.PresetError, match="share_att_key is False"):
-        backbones.resolve_preset(str(src))
+    with pytest.raises(presets.PresetError, match="share_att_key is False"):
+        backbones.load_backbone(str(src))
     marker = tmp_path / "pwned"
     src = hf_dir(tmp_path / "evil", weights=None)
     payload = b"\x80\x02cos\nsystem\nX" + len(f"touch {marker}").to_bytes(4, "little")
     payload += f"touch {marker}".encode() + b"\x85R."
     with zipfile.ZipFile(src / "pytorch_model.bin", "w") as archive:
         archive.writestr("archive/data.pkl", payload)
-    with pytest.raises(backbones.PresetError, match="refused to load global os.system"):
-        backbones.resolve_preset(str(src))
+    with pytest.raises(presets.PresetError, match="refused to load global os.system"):
+        backbones.load_backbone(str(src))
     assert not marker.exists()
     assert not list((tmp_path / "presets").glob("*"))  # nothing half-written
 
@@ -231,6 +231,6 @@ def test_refusals_reach_the_cli_as_one_line_preset_errors(tmp_path, monkeypatch)
 )
 def test_other_directories_keep_keras_hub_with_a_one_line_error(tmp_path, config, message):
     (tmp_path / "config.json").write_text(json.dumps(config, indent=2))
-    with pytest.raises(backbones.PresetError) as err:
+    with pytest.raises(presets.PresetError) as err:
         backbones.load_backbone(str(tmp_path))
     assert message in str(err.value) and "\n" not in str(err.value)

@@ -15,7 +15,7 @@ import sentencepiece
 from sentencepiece import sentencepiece_model_pb2
 
 from jaxpref.data.arena import DEFAULT_TRAIN_CSV
-from jaxpref.models import backbones, hf_deberta, hf_tokenizer
+from jaxpref.models import hf_deberta, hf_tokenizer, presets
 from jaxpref.models.tiny_preset import arena_texts
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -36,8 +36,7 @@ def converted():
     import keras_hub
 
     assert not (TF5_DIR / "spm.model").exists()
-    backbones.check_preset_path(str(TF5_DIR))
-    preset = backbones.resolve_preset(str(TF5_DIR))
+    preset = presets.probe(str(TF5_DIR)).location
     return (
         keras_hub.models.Backbone.from_preset(preset),
         keras_hub.models.Tokenizer.from_preset(preset),
@@ -243,13 +242,13 @@ def test_a_refused_tokenizer_json_reaches_the_cli_with_the_spm_model_hint(tmp_pa
     for name in ("config.json", "model.safetensors"):
         (src / name).write_bytes((TF5_DIR / name).read_bytes())
     (src / "tokenizer.json").write_text('{"model": {"type": "WordPiece"')
-    with pytest.raises(backbones.PresetError, match=r"tokenizer.json: unreadable JSON \(") as err:
-        backbones.resolve_preset(str(src))
+    with pytest.raises(presets.PresetError, match=r"tokenizer.json: unreadable JSON \(") as err:
+        _ = presets.probe(str(src)).location  # converting the directory reads its tokenizer
     assert "\n" not in str(err.value)
     saved = json.loads((TF5_DIR / "tokenizer.json").read_text())
     (src / "tokenizer.json").write_text(json.dumps(broken(saved, "transformers_5_24")))
-    with pytest.raises(backbones.PresetError) as err:
-        backbones.resolve_preset(str(src))
+    with pytest.raises(presets.PresetError) as err:
+        _ = presets.probe(str(src)).location  # converting the directory reads its tokenizer
     assert str(err.value).startswith(f"{src / 'tokenizer.json'}: normalizer[1] is 'NFC';")
     assert str(err.value).endswith("; the base model's spm.model beside it would be read instead")
     (src / "spm.model").write_bytes(ORIGINAL_SPM.read_bytes())

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from conftest import run_commands, run_processes, run_script, write_learnable_csv
 
-from jaxpref.models import families
+from jaxpref.models import lora
 from jaxpref.models.families import FAMILIES
 
 pytestmark = pytest.mark.slow
@@ -132,8 +132,8 @@ def test_family_learns_and_its_bundle_predicts_as_the_run(family_runs, name):
         **FAMILY_OPTIONS.get(name, {}),
     }
     assert {key: model[key] for key in options} == options
-    spec = options["lora_targets"] or families.DEFAULT_LORA_TARGETS
-    assert lora_layers(run_dir) == set(families.lora_targets(FAMILIES[name], spec))
+    spec = options["lora_targets"] or lora.DEFAULT_DECODER_TARGETS
+    assert lora_layers(run_dir) == set(lora.target_layers(spec, FAMILIES[name]))
 
     during = submission(run_dir / "valid_predictions.csv")
     from_run = submission(root / "run.csv")

@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO, run_script, script_environment
 from safetensors.numpy import save_file
 
-from jaxpref.models import families
+from jaxpref.models import families, lora, presets
 from jaxpref.parallel import sharding
 
 RANK = 2
@@ -32,7 +32,7 @@ def _inputs(vocab: int) -> dict:
 def _lora_backbone(build, targets: list[str]):
     """A backbone with LoRA factors set to fixed non-zero values, so they change the output."""
     backbone = build()
-    families.enable_lora(backbone, RANK, targets, alpha=2.0 * RANK)
+    lora.enable(backbone, RANK, targets, alpha=2.0 * RANK)
     rng = np.random.default_rng(1)
     for variable in backbone.weights:
         if "lora_kernel" in variable.path:
@@ -75,10 +75,10 @@ def _weight_shapes(backbone) -> dict:
 @pytest.mark.parametrize("name", list(families.FAMILIES))
 def test_family_on_a_2x2_mesh(decoder_presets, name):
     preset = str(decoder_presets[name])
-    config = families.read_backbone_config(preset)
+    config = presets.probe(preset).backbone_config
     family = families.family_of(config)
     assert family.name == name
-    targets = families.lora_targets(family)
+    targets = lora.target_layers("", family)
     x = _inputs(config["config"]["vocabulary_size"])
 
     def build():
@@ -99,9 +99,9 @@ def test_family_on_a_2x2_mesh(decoder_presets, name):
     np.testing.assert_allclose(out, expected, atol=2e-5)
 
     specs = {v.path: tuple(v.value.sharding.spec) for v in backbone.weights}
-    lora = [v for v in backbone.weights if "lora_kernel" in v.path]
+    lora_factors = [v for v in backbone.weights if "lora_kernel" in v.path]
     base = [v for v in backbone.weights if "lora_kernel" not in v.path]
-    assert len(lora) == 2 * len(targets)
+    assert len(lora_factors) == 2 * len(targets)
     for path, spec in specs.items():
         sharded = "model" in spec
         assert sharded == (path.endswith(("/kernel", "/bias", "embeddings"))), (path, spec)
@@ -109,8 +109,8 @@ def test_family_on_a_2x2_mesh(decoder_presets, name):
     estimate = sharding.memory_estimate(config, ROWS, TOKENS, RANK, targets, mesh=(2, 2))
     device = jax.devices()[0]
     assert estimate.weights == _bytes_on(device, base) < sum(v.value.nbytes for v in base)
-    factors = _bytes_on(device, lora)
-    assert factors == sum(v.value.nbytes for v in lora)  # replicated
+    factors = _bytes_on(device, lora_factors)
+    assert factors == sum(v.value.nbytes for v in lora_factors)  # replicated
     trained = _bytes_on(device, backbone.trainable_variables)  # + Qwen-2's q/k/v biases
     moments = _bytes_on(device, [v for v in adam.variables if v.shape])  # Adam m and v
     assert moments == 2 * trained
@@ -201,9 +201,11 @@ def test_hugging_face_directories_convert(tmp_path, model_type):
     (tmp_path / "config.json").write_text(json.dumps(config))
     weights = _hf_weights(config)
     save_file(weights, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
-    family = families.check_supported_hf_dir(tmp_path)
+    preset = presets.probe(tmp_path)
+    assert preset.kind is presets.Kind.HF_DIRECTORY and preset.model_type == model_type
+    family = preset.check_decoder()
     assert model_type in family.hf_model_types
-    assert families.family_of(families.read_backbone_config(str(tmp_path))) == family
+    assert families.family_of(preset.backbone_config) == family == preset.family
     backbone = keras_hub.models.Backbone.from_preset(str(tmp_path))
     assert families.family_of(backbone) == family
     assert _weight_shapes(backbone) == {v.path: tuple(v.shape) for v in backbone.weights}
@@ -215,7 +217,7 @@ def test_kv_heads_the_model_axis_does_not_divide_stay_replicated(tmp_path):
     """Gemma-2B's layout: one kv head, so k/v kernels stay whole on a model axis of 2."""
     hf_config = _hf_config("gemma", **{**TINY_HF, "num_key_value_heads": 1})
     (tmp_path / "config.json").write_text(json.dumps(hf_config))
-    serialized = families.read_backbone_config(str(tmp_path))
+    serialized = presets.probe(tmp_path).backbone_config
     config = serialized["config"]
     keras.utils.set_random_seed(0)
     reference = keras_hub.models.GemmaBackbone(**config)
@@ -234,18 +236,21 @@ def test_kv_heads_the_model_axis_does_not_divide_stay_replicated(tmp_path):
 def test_unsupported_hugging_face_model_type_is_one_line(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "phi3"}))
     with pytest.raises(families.FamilyError) as err:
-        families.check_supported_hf_dir(tmp_path)
+        presets.probe(tmp_path).check_decoder()
     message = str(err.value)
     assert "\n" not in message and "'phi3' is not a supported decoder" in message
     assert "llama3 (llama -> Llama3Backbone)" in message
     with pytest.raises(families.FamilyError, match="'phi3' is not a supported decoder"):
-        families.check_hf_directory(tmp_path)  # keras-hub has no converter either
+        presets.probe(tmp_path).check_convertible()  # keras-hub has no converter either
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    families.check_hf_directory(tmp_path)  # an encoder keras-hub converts: left to keras-hub
+    presets.probe(tmp_path).check_convertible()  # an encoder keras-hub converts: left to it
+    assert presets.probe(tmp_path).family is None
     (tmp_path / "config.json").write_text(json.dumps({"class_name": "BertBackbone"}))
-    with pytest.raises(families.FamilyError, match="has no model_type"):
-        families.check_supported_hf_dir(tmp_path)
-    families.check_hf_directory(tmp_path)  # a keras-hub preset
+    preset = presets.probe(tmp_path)
+    assert preset.kind is presets.Kind.KERAS_HUB_DIRECTORY and preset.model_type is None
+    with pytest.raises(families.FamilyError, match="BertBackbone is not a supported decoder"):
+        preset.check_decoder()
+    preset.check_convertible()  # a keras-hub preset
 
 
 @pytest.mark.parametrize("model_parallel", ["1", "2"])
@@ -293,7 +298,7 @@ def test_weight_estimate_of_real_checkpoints(tmp_path, model_type):
     if model_type == "qwen2":
         config["tie_word_embeddings"] = False
     (tmp_path / "config.json").write_text(json.dumps(config))
-    serialized = families.read_backbone_config(str(tmp_path))
+    serialized = presets.probe(tmp_path).backbone_config
     one = sharding.memory_estimate(serialized, 8, 1024, 16, [], "bfloat16")
     assert one.weights == 2 * parameters and one.lora == 0
     four = sharding.memory_estimate(serialized, 8, 1024, 16, [], "bfloat16", mesh=(1, 4))
@@ -335,9 +340,9 @@ def test_training_that_cannot_fit_is_refused_before_the_model_is_built(
 
 
 def test_memory_estimate_parts_and_check_fits(decoder_presets):
-    config = families.read_backbone_config(str(decoder_presets["llama3"]))
+    config = presets.probe(decoder_presets["llama3"]).backbone_config
     config["config"]["num_layers"] = 4
-    targets = families.lora_targets(families.FAMILIES["llama3"], "q,v")
+    targets = lora.target_layers("q,v", families.FAMILIES["llama3"])
 
     def estimate(rank=RANK, **options):
         return sharding.memory_estimate(config, 8, 64, rank, targets, mesh=(2, 2), **options)
@@ -362,16 +367,18 @@ def test_memory_estimate_parts_and_check_fits(decoder_presets):
 
 def test_lora_targets_and_alpha(decoder_presets):
     gemma, llama = families.FAMILIES["gemma"], families.FAMILIES["llama3"]
-    assert families.lora_targets(llama) == [
+    assert lora.target_layers("", llama) == [
         "query", "key", "value", "attention_output",
         "feedforward_gate_dense", "feedforward_intermediate_dense", "feedforward_output_dense",
     ]  # fmt: skip
-    assert families.lora_targets(gemma, "q,v,ffw_linear") == ["query", "value", "ffw_linear"]
-    assert families.lora_targets(gemma, "mlp,down") == ["ffw_gating", "ffw_gating_2", "ffw_linear"]
+    assert lora.target_layers("q,v,ffw_linear", gemma) == ["query", "value", "ffw_linear"]
+    assert lora.target_layers("mlp,down", gemma) == ["ffw_gating", "ffw_gating_2", "ffw_linear"]
+    assert lora.target_layers("query, value") == ["query", "value"]  # an encoder's layer names
+    assert lora.target_layers("") is None  # an encoder's default: keras-hub's
     with pytest.raises(families.FamilyError, match="unknown target 'lm_head'"):
-        families.lora_targets(gemma, "q,lm_head")
+        lora.target_layers("q,lm_head", gemma)
     backbone = keras_hub.models.Backbone.from_preset(str(decoder_presets["gemma"]))
-    assert families.enable_lora(backbone, RANK, ["query", "value"], alpha=8.0) == 2
+    assert lora.enable(backbone, RANK, ["query", "value"], alpha=8.0) == 2
     assert backbone.get_layer("decoder_block_0").attention.query_dense.lora_alpha == 8.0
     assert [v.path.split("/")[-2:] for v in backbone.trainable_variables] == [
         ["query", "lora_kernel_a"], ["query", "lora_kernel_b"],
@@ -380,7 +387,7 @@ def test_lora_targets_and_alpha(decoder_presets):
 
 
 def test_remat_scope_recomputes_blocks(decoder_presets):
-    config = families.read_backbone_config(str(decoder_presets["qwen3"]))
+    config = presets.probe(decoder_presets["qwen3"]).backbone_config
     with families.remat_scope(config):
         backbone = keras_hub.models.Backbone.from_preset(str(decoder_presets["qwen3"]))
     reference = keras_hub.models.Backbone.from_preset(str(decoder_presets["qwen3"]))

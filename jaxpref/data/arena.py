@@ -18,7 +18,7 @@ import os
 import pathlib
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import IO, Literal
 
 import numpy as np
@@ -34,10 +34,12 @@ __all__ = [
     "SAMPLE_DIR",
     "TEXT_COLUMNS",
     "DataError",
+    "checked_pairs",
     "decode_json",
     "json_type",
     "object_array",
     "open_input",
+    "pairs_frame",
     "read_arena_csv",
 ]
 
@@ -326,6 +328,77 @@ def read_arena_csv(
     frame = pd.DataFrame(columns)
     frame.attrs["scalar_cells"] = len(scalar_cells)
     return frame
+
+
+def checked_pairs(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+    """The ``id`` and text columns of an in-memory frame, checked as ``read_arena_csv`` checks
+    a file: at least one row, every text cell a list (tuple, array) of at least one turn, each
+    a string or None. Other columns are left out.
+
+    Raises:
+        DataError: naming ``source`` (what the frame is, for the message), the row's index and
+            id, and the column.
+    """
+    missing = [name for name in (_ID_COLUMN, *TEXT_COLUMNS) if name not in frame.columns]
+    if missing:
+        detail = f"missing column(s) {', '.join(missing)}; expected those of read_arena_csv"
+        raise DataError(source, detail, column=tuple(missing))
+    if not len(frame):
+        raise DataError(source, "no rows to predict")
+    columns: dict[str, Sequence[object]] = {_ID_COLUMN: frame[_ID_COLUMN].tolist()}
+    for name in TEXT_COLUMNS:
+        turns = []
+        for index, row_id, cell in zip(frame.index, frame[_ID_COLUMN], frame[name], strict=True):
+            try:
+                turns.append(_turn_list(cell))
+            except ValueError as err:
+                where = {"line": index, "column": name, "row_id": row_id, "unit": "index"}
+                raise DataError(source, str(err), **where) from None
+        columns[name] = object_array(turns)
+    return pd.DataFrame(columns)
+
+
+def _turn_list(cell: object) -> list[str | None]:
+    """A text cell's turns; ValueError saying what is wrong with it."""
+    if not isinstance(cell, (list, tuple, np.ndarray)):
+        raise ValueError(
+            f"{type(cell).__name__}, expected a list of turns (strings or None), e.g. ['Hi!']"
+        )
+    if not len(cell):
+        raise ValueError("empty list of turns, expected at least one turn")
+    for i, turn in enumerate(cell):
+        if turn is not None and not isinstance(turn, str):
+            raise ValueError(f"turn {i} is {type(turn).__name__}, expected a string or None")
+    return list(cell)
+
+
+def pairs_frame(
+    prompts: object, responses_a: object, responses_b: object, source: str
+) -> pd.DataFrame:
+    """Rows as ``read_arena_csv(..., labelled=False)`` gives them (less ``line``) from Python
+    values: three strings (one pair, one turn each), or three lists of the same length holding
+    one entry per pair, a string (one turn) or a list of turns. Ids are "0", "1", ...
+
+    Raises:
+        DataError: naming ``source``, the entry and the column, for lists of different lengths
+            or a value that is neither a string nor a list of turns.
+    """
+    given = dict(zip(TEXT_COLUMNS, (prompts, responses_a, responses_b), strict=True))
+    if all(isinstance(value, str) for value in given.values()):
+        given = {name: [value] for name, value in given.items()}
+    entries = {}
+    for name, values in given.items():
+        if isinstance(values, str) or not isinstance(values, Iterable):
+            detail = f"{type(values).__name__}: pass three strings, or three lists (a pair each)"
+            raise DataError(source, detail, column=name)
+        entries[name] = [[value] if isinstance(value, str) else value for value in values]
+    lengths = {name: len(values) for name, values in entries.items()}
+    if len(set(lengths.values())) > 1:
+        shown = ", ".join(f"{name} {length}" for name, length in lengths.items())
+        raise DataError(source, f"one entry a pair in each list, but their lengths differ: {shown}")
+    ids = [str(i) for i in range(lengths[TEXT_COLUMNS[0]])]
+    columns = {name: object_array(values) for name, values in entries.items()}
+    return checked_pairs(pd.DataFrame({_ID_COLUMN: ids, **columns}), source)
 
 
 def _text_cell(

@@ -99,14 +99,21 @@ def probability(path: str, record: dict, column: str, line: int, row_id: str) ->
     return value
 
 
-def write_submission(ids, probs: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write `id,winner_model_a,winner_model_b,winner_tie` atomically (temp file + rename)."""
+def submission_frame(ids, probs: np.ndarray) -> pd.DataFrame:
+    """The submission's rows: `id, winner_model_a, winner_model_b, winner_tie`, each row of
+    `probs` (n, 3) rescaled to sum to 1; ValueError for a non-finite value."""
     probs = np.asarray(probs, dtype="float64")
     if not np.all(np.isfinite(probs)):
         raise ValueError("predictions contain non-finite values")
     probs = probs / probs.sum(axis=1, keepdims=True)
     frame = pd.DataFrame(probs, columns=list(LABEL_COLUMNS))
-    frame.insert(0, "id", list(ids))
+    frame.insert(0, ID_COLUMN, list(ids))
+    return frame
+
+
+def write_submission(ids, probs: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write `submission_frame(ids, probs)` as CSV, atomically (temp file + rename)."""
+    frame = submission_frame(ids, probs)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Opened here rather than by tempfile.mkstemp, whose files are private (0600) whatever

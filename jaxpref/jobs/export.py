@@ -27,11 +27,13 @@ log = logging.getLogger("jaxpref")
 
 @dataclasses.dataclass(frozen=True)
 class Export:
-    """Where the bundle went, and its size beside the run directories' (bytes)."""
+    """Where the bundle went, its size beside the run directories' (bytes), and how many runs
+    it holds the mean of."""
 
     path: Path
     bundle_bytes: int
     run_bytes: int
+    runs: int = 1
 
 
 def directory_size(path: str | os.PathLike) -> int:
@@ -55,6 +57,20 @@ def export_run(
     calibration = paths.calibration if paths.calibration.exists() else None
     path = bundle.write_bundle(model, encoder, cfg, out, calibration, source=paths.root.name)
     return Export(path, directory_size(path), directory_size(paths.root))
+
+
+def export_runs(
+    run_dirs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    devices: str = "auto",
+    num_devices: int | None = None,
+) -> Export:
+    """The bundle of one run (`export_run`), or of the mean of several (`average_runs`; a
+    cross-validation's directory stands for its folds, as `rundir.expand_runs` reads it)."""
+    runs = expand_runs(run_dirs)
+    if len(runs) == 1:
+        return export_run(runs[0], out, devices, num_devices)
+    return average_runs(runs, out, devices, num_devices)
 
 
 def averaged_variables(model) -> list:
@@ -117,4 +133,5 @@ def average_runs(
         variable.assign((sum_ / len(runs)).astype(variable.dtype))
     source = f"mean of {len(runs)} runs: " + ", ".join(run.name for run in runs)
     path = bundle.write_bundle(model, encoder, cfg, out, None, source=source)
-    return Export(path, directory_size(path), sum(directory_size(run) for run in runs))
+    run_bytes = sum(directory_size(run) for run in runs)
+    return Export(path, directory_size(path), run_bytes, len(runs))

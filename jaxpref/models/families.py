@@ -2,22 +2,17 @@
 
 One `Family` per keras-hub backbone (Gemma/Gemma-2, Llama-3, Mistral, Qwen-2, Qwen-3): the
 Hugging Face `model_type`s keras-hub 0.32 converts into it, the names of its projection layers
-(the LoRA targets), and `weights(config)`, the path and shape of every backbone variable. The
-layout map and the memory estimate in `parallel.sharding` are both computed from that table, and
-tests check it against the variables of real backbones.
-"""
+(what `lora.target_layers` picks from), and `weights(config)`, the path and shape of every
+backbone variable. The layout map and the memory estimate in `parallel.sharding` are both
+computed from that table, and tests check it against the variables of real backbones."""
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 TARGET_GROUPS = {"attention": ("q", "k", "v", "o"), "mlp": ("gate", "up", "down")}
-DEFAULT_LORA_TARGETS = "attention,mlp"
 
 
 class FamilyError(ValueError):
@@ -182,22 +177,13 @@ def supported() -> str:
 
 
 def family_of(backbone_or_config) -> Family:
-    """The family of a keras-hub backbone, its serialized config or a Hugging Face config.
+    """The family of a keras-hub backbone or its serialized config.
 
     A serialized config is `keras.saving.serialize_keras_object(backbone)` (a preset's
-    config.json); a Hugging Face config.json has `model_type`. Gemma and Gemma-2 share
-    `GemmaBackbone`; Gemma-2 is the one with post-attention norms.
+    config.json). Gemma and Gemma-2 share `GemmaBackbone`; Gemma-2 is the one with
+    post-attention norms.
     """
     if isinstance(backbone_or_config, Mapping):
-        if "model_type" in backbone_or_config:
-            model_type = backbone_or_config["model_type"]
-            for family in FAMILIES.values():
-                if model_type in family.hf_model_types:
-                    return family
-            raise FamilyError(
-                f"Hugging Face model_type {model_type!r} is not a supported decoder; "
-                f"supported: {supported()}"
-            )
         class_name = backbone_or_config.get("class_name")
         config = backbone_or_config.get("config", {})
     else:
@@ -211,115 +197,15 @@ def family_of(backbone_or_config) -> Family:
     raise FamilyError(f"{class_name} is not a supported decoder backbone; supported: {supported()}")
 
 
-def hf_model_type(directory: str | os.PathLike) -> str | None:
-    """The `model_type` of a local Hugging Face model directory; None for other directories."""
-    path = Path(directory) / "config.json"
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise FamilyError(f"{path}: cannot read the model config ({err})") from None
-    return config.get("model_type") if isinstance(config, dict) else None
-
-
-def check_supported_hf_dir(directory: str | os.PathLike) -> Family:
-    """The family of a local Hugging Face decoder directory, or a one-line error naming it."""
-    model_type = hf_model_type(directory)
-    if model_type is None:
-        raise FamilyError(f"{directory}: config.json has no model_type; not a Hugging Face model")
-    try:
-        return family_of({"model_type": model_type})
-    except FamilyError as err:
-        raise FamilyError(f"{directory}: {err}") from None
-
-
-def check_hf_directory(preset: str | os.PathLike) -> None:
-    """Refuse, in one line naming the families that work, a local Hugging Face directory whose
-    `model_type` neither a family here nor keras-hub covers (keras-hub's own refusal names no
-    alternative). Other presets pass, and so do directories keras-hub converts to backbones
-    outside these families (encoders such as `bert`).
-
-    Call it on a resolved preset (`backbones.resolve_preset` converts DeBERTa directories).
-    """
-    if not (Path(preset) / "config.json").is_file() or hf_model_type(preset) is None:
-        return
-    try:
-        check_supported_hf_dir(preset)
-    except FamilyError:
-        if not keras_hub_converts(preset):
-            raise
-
-
-def keras_hub_converts(directory: str | os.PathLike) -> bool:
-    """Whether keras-hub has a converter for the Hugging Face directory's `model_type`."""
-    from keras_hub.src.utils.preset_utils import get_preset_loader
-
-    try:
-        get_preset_loader(str(directory))
-    except ValueError:
-        return False
-    return True
-
-
-def lora_targets(family: Family, spec: str = DEFAULT_LORA_TARGETS) -> list[str]:
-    """The keras layer names for `--lora-targets`: groups and projections, comma separated.
-
-    Groups are "attention" (q,k,v,o), "mlp" (gate,up,down) and "all"; projections are
-    q, k, v, o, gate, up, down. Layer names of the family are accepted as they are.
-    """
-    names = []
-    for item in (part.strip() for part in spec.split(",")):
-        if item == "all":
-            projections = PROJECTIONS
-        elif item in TARGET_GROUPS:
-            projections = TARGET_GROUPS[item]
-        elif item in family.layer_names:
-            projections = (item,)
-        else:
-            projections = tuple(p for p, name in family.layer_names.items() if name == item)
-        if not projections:
-            choices = ", ".join([*TARGET_GROUPS, "all", *PROJECTIONS])
-            raise FamilyError(f"--lora-targets {spec!r}: unknown target {item!r}; use {choices}")
-        names += [family.layer_names[p] for p in projections]
-    return list(dict.fromkeys(names))
-
-
-def enable_lora(backbone, rank: int, targets: list[str], alpha: float | None = None) -> int:
-    """Freeze `backbone` and add rank-`rank` LoRA factors to the `targets` layers.
-
-    keras-hub's `Backbone.enable_lora(rank, target_layer_names)` has no alpha; the Keras layers
-    do (`lora_alpha`, scale alpha / rank, default alpha = rank), so it is set on each LoRA layer
-    after keras-hub enabled it. Returns how many layers got LoRA factors.
-    """
-    if rank < 1:
-        raise FamilyError(f"--lora-rank must be at least 1, got {rank}")
-    backbone.enable_lora(rank, target_layer_names=targets)
-    from jaxpref.models import lora  # imports keras: only once the backend is chosen
-
-    layers = lora.lora_layers(backbone)
-    if alpha is not None:
-        for layer in layers:
-            layer.lora_alpha = alpha
-    return len(layers)
-
-
-def read_backbone_config(preset: str) -> dict:
-    """The serialized backbone config of a keras-hub preset or Hugging Face directory.
-
-    Read without building the model, so the layout map can be made before any weight exists.
-    Hugging Face configs go through keras-hub's own converter of that `model_type`.
-    """
-    from keras_hub.src.utils.preset_utils import get_preset_loader
-
-    check_hf_directory(preset)
-    loader = get_preset_loader(preset)
-    if "model_type" not in loader.config:
-        return dict(loader.config)
-    check_supported_hf_dir(preset)
-    converter = loader.converter
-    return {
-        "class_name": converter.backbone_cls.__name__,
-        "config": converter.convert_backbone_config(loader.config),
-    }
+def family_of_model_type(model_type: str) -> Family:
+    """The family keras-hub converts a Hugging Face config of `model_type` into."""
+    for family in FAMILIES.values():
+        if model_type in family.hf_model_types:
+            return family
+    raise FamilyError(
+        f"Hugging Face model_type {model_type!r} is not a supported decoder; "
+        f"supported: {supported()}"
+    )
 
 
 def remat_scope(backbone_config: Mapping):

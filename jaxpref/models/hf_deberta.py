@@ -107,15 +107,6 @@ def first_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def is_deberta_v2(model_dir: str | os.PathLike) -> bool:
-    """Whether `model_dir/config.json` is a Hugging Face config of model type deberta-v2."""
-    try:
-        config = json.loads((Path(model_dir) / CONFIG_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and config.get("model_type") == MODEL_TYPE
-
-
 def backbone_kwargs(config: dict, config_path: str | os.PathLike) -> dict:
     """DebertaV3Backbone arguments for a Hugging Face config; refuses what v3 does not do."""
 

@@ -1,11 +1,15 @@
-"""LoRA dropout (PEFT's `lora_dropout`) and factor merging for Keras' LoRA layers.
+"""LoRA for every backbone: which layers get adapters, enabling them, their dropout, merging.
+
+`target_layers` turns `--lora-targets` into layer names (for decoders through the family's
+projection table in `families`); `enable` freezes a backbone and gives those layers rank-r
+factors scaled alpha / r.
 
 Keras adds a LoRA layer's factors into its kernel, W + s A B, and multiplies once: no place is
-left for dropout on the adapter path alone. `add_dropout` gives each such layer a call that
-computes x W + s (dropout(x) A) B instead: the frozen path reads the input as it is, the
-adapters a dropped-out copy while training; at inference both forms give the same outputs up
-to float rounding, so a run trained with dropout predicts as the merged layer would. The
-factored product also never forms the merged kernel or its full-size gradient.
+left for dropout on the adapter path alone (PEFT's `lora_dropout`). `add_dropout` gives each such
+layer a call that computes x W + s (dropout(x) A) B instead: the frozen path reads the input as
+it is, the adapters a dropped-out copy while training; at inference both forms give the same
+outputs up to float rounding, so a run trained with dropout predicts as the merged layer would.
+The factored product also never forms the merged kernel or its full-size gradient.
 `merge_into_kernel` folds a layer's factors into its kernel, so that fine-tunes can be averaged.
 """
 
@@ -15,6 +19,63 @@ import functools
 
 import keras
 from keras import ops
+
+from jaxpref.models import families
+
+DEFAULT_DECODER_TARGETS = "attention,mlp"
+
+
+def target_layers(spec: str, family: families.Family | None = None) -> list[str] | None:
+    """The layer names `--lora-targets` (`spec`, comma separated) means.
+
+    For a decoder `family`: groups "attention" (q,k,v,o), "mlp" (gate,up,down) and "all",
+    projections q, k, v, o, gate, up, down, or the family's own layer names; empty means
+    `DEFAULT_DECODER_TARGETS`. For an encoder (no family): layer names as given; empty means
+    None, keras-hub's default layers (query and value).
+
+    >>> target_layers("q,v,ffw_linear", families.FAMILIES["gemma"])
+    ['query', 'value', 'ffw_linear']
+    """
+    if family is None:
+        return [name.strip() for name in spec.split(",")] if spec else None
+    spec = spec or DEFAULT_DECODER_TARGETS
+    names = []
+    for item in (part.strip() for part in spec.split(",")):
+        if item == "all":
+            projections = families.PROJECTIONS
+        elif item in families.TARGET_GROUPS:
+            projections = families.TARGET_GROUPS[item]
+        elif item in family.layer_names:
+            projections = (item,)
+        else:
+            projections = tuple(p for p, name in family.layer_names.items() if name == item)
+        if not projections:
+            choices = ", ".join([*families.TARGET_GROUPS, "all", *families.PROJECTIONS])
+            raise families.FamilyError(
+                f"--lora-targets {spec!r}: unknown target {item!r}; use {choices}"
+            )
+        names += [family.layer_names[p] for p in projections]
+    return list(dict.fromkeys(names))
+
+
+def enable(
+    backbone, rank: int, targets: list[str] | None = None, alpha: float | None = None
+) -> int:
+    """Freeze `backbone` and add rank-`rank` LoRA factors to the `targets` layers (None:
+    keras-hub's default layers); returns how many layers got factors.
+
+    keras-hub's `Backbone.enable_lora(rank, target_layer_names)` has no alpha; the Keras layers
+    do (`lora_alpha`, scale alpha / rank, default alpha = rank), so it is set on each LoRA layer
+    after keras-hub enabled it.
+    """
+    if rank < 1:
+        raise families.FamilyError(f"--lora-rank must be at least 1, got {rank}")
+    backbone.enable_lora(rank, target_layer_names=targets)
+    layers = lora_layers(backbone)
+    if alpha is not None:
+        for layer in layers:
+            layer.lora_alpha = alpha
+    return len(layers)
 
 
 def lora_layers(backbone) -> list:

@@ -28,7 +28,7 @@ from jaxpref.config import OBJECTIVES, ConfigError, ModelConfig, resolve_side_fe
 from jaxpref.data.arena import NUM_CLASSES
 from jaxpref.inputs import pipeline
 from jaxpref.inputs.pipeline import FIRST, NUM_SIDE_FEATURES, PART_IDS, SECOND, SIDE_FEATURES
-from jaxpref.models import backbones, families, lora
+from jaxpref.models import backbones, families, lora, presets
 
 STANDARDIZE = "side_standardize"
 SIDE_REWARDS = "side_rewards"  # the reward model's layer whose output is (B, 2): [rA, rB]
@@ -297,7 +297,8 @@ class PreferenceModel(GatheredPredictions):
     ):
         check_choices(self, head, pooling, objective, side_features)
         self.pooling = pooling  # before the graph: `encode` reads it
-        enable_lora(backbone, lora_rank, lora_targets, lora_alpha)
+        if lora_rank > 0:
+            lora.enable(backbone, lora_rank, lora_targets, lora_alpha)
         lora_seed = None
         if lora_dropout:
             if not lora_rank:
@@ -467,16 +468,6 @@ def check_choices(
         raise ValueError("a reward model scores the backbone's side states alone: no side features")
 
 
-def enable_lora(backbone, rank: int, targets: list[str] | None, alpha: float | None) -> None:
-    """Freeze `backbone` and add LoRA factors (rank 0: every weight trains)."""
-    if rank <= 0:
-        return
-    if targets is None and alpha is None:
-        backbone.enable_lora(rank)  # keras-hub's default layers
-    else:
-        families.enable_lora(backbone, rank, targets or backbone.default_lora_layer_names(), alpha)
-
-
 def with_side_features(features, side_a, side_b):
     """Each side's embedding joined with its standardized features, raw and tanh-projected.
 
@@ -540,26 +531,15 @@ def build_model(
     an encoder's first token and a decoder's last (`SiameseModel`).
     """
     set_precision(cfg.precision)
-    preset = backbones.resolve_preset(preset or cfg.preset)
-    decoder = is_decoder_preset(preset)
+    preset = presets.probe(preset or cfg.preset)
+    decoder = preset.family is not None
+    check_options(cfg, decoder)
     side_features = resolve_side_features(cfg.side_features, cfg.objective)
-    check_objective(cfg, decoder)
-    if cfg.lora_dropout and not cfg.lora_rank:
-        raise ConfigError("--lora-dropout applies to LoRA adapters: set --lora-rank above 0")
-    if cfg.remat and not decoder:
-        raise ConfigError("--remat applies to decoder LLM presets (Gemma, Llama, Qwen, Mistral)")
-    with remat_scope(preset) if cfg.remat else nullcontext():
-        backbone = backbones.load_backbone(preset, dtype=cfg.precision, load_weights=load_weights)
-    backbones.check_sequence_length(backbone, sequence_length)
-    if cfg.attention != "keras_hub" and type(backbone).__name__ == "DebertaV3Backbone":
-        from jaxpref.models import deberta_attention
-
-        dropout = cfg.attention == "efficient_dropout"
-        deberta_attention.efficient_deberta(backbone, attention_dropout=dropout)
+    backbone = build_backbone(cfg, preset, sequence_length, load_weights)
     return ARCHITECTURES[cfg.architecture](
         backbone,
         lora_rank=cfg.lora_rank,
-        lora_targets=lora_targets(cfg.lora_targets, backbone, decoder),
+        lora_targets=lora.target_layers(cfg.lora_targets, preset.family),
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
         head=cfg.head,
@@ -572,10 +552,38 @@ def build_model(
     )
 
 
-def check_objective(cfg: ModelConfig, decoder: bool) -> None:
-    """ConfigError, naming the flags, for an objective the architecture or preset cannot
-    serve: a reward per side needs the siamese layout; decoders read pairs only as a
-    cross-encoder or as a reward model."""
+def pooling_for(cfg: ModelConfig, decoder: bool) -> str:
+    """What the model reads of each sequence: a decoder's last real token (the only one that
+    has seen all of it) and an encoder's mean, except that an encoder reward model reads its
+    first token, [CLS], as Hugging Face's sequence classifiers do."""
+    if decoder:
+        return "last"
+    return "first" if cfg.objective == "reward" else "mean"
+
+
+def build_backbone(
+    cfg: ModelConfig, preset: presets.Preset, sequence_length: int, load_weights: bool = True
+):
+    """The preset's backbone as `cfg` asks for it: built with each block recomputed in the
+    backward pass (`cfg.remat`), checked against `sequence_length`, and a DeBERTa's attention
+    replaced per `cfg.attention`."""
+    with families.remat_scope(preset.backbone_config) if cfg.remat else nullcontext():
+        backbone = backbones.load_backbone(
+            preset.location, dtype=cfg.precision, load_weights=load_weights
+        )
+    backbones.check_sequence_length(backbone, sequence_length)
+    if cfg.attention != "keras_hub" and type(backbone).__name__ == "DebertaV3Backbone":
+        from jaxpref.models import deberta_attention
+
+        dropout = cfg.attention == "efficient_dropout"
+        deberta_attention.efficient_deberta(backbone, attention_dropout=dropout)
+    return backbone
+
+
+def check_options(cfg: ModelConfig, decoder: bool) -> None:
+    """Refuse model options that do not apply to the preset (a decoder LLM or an encoder) or
+    to the objective: a reward per side needs the siamese layout; decoders read pairs only as
+    a cross-encoder or as a reward model."""
     if cfg.objective == "reward" and cfg.architecture != "siamese":
         raise ConfigError(
             f"--objective reward scores each side on its own; --architecture {cfg.architecture} "
@@ -588,37 +596,10 @@ def check_objective(cfg: ModelConfig, decoder: bool) -> None:
             f"--preset {cfg.preset} is a decoder LLM: use --architecture cross, or "
             "--objective reward"
         )
-
-
-def pooling_for(cfg: ModelConfig, decoder: bool) -> str:
-    """What the model reads of each sequence: a decoder's last real token (the only one that
-    has seen all of it) and an encoder's mean, except that an encoder reward model reads its
-    first token, [CLS], as Hugging Face's sequence classifiers do."""
-    if decoder:
-        return "last"
-    return "first" if cfg.objective == "reward" else "mean"
-
-
-def is_decoder_preset(preset: str) -> bool:
-    """Whether a resolved preset holds a decoder LLM backbone of a supported family."""
-    try:
-        families.family_of(families.read_backbone_config(preset))
-    except Exception:  # not a decoder, or unreadable: load_backbone then says why
-        return False
-    return True
-
-
-def remat_scope(preset: str):
-    return families.remat_scope(families.read_backbone_config(preset))
-
-
-def lora_targets(spec: str, backbone, decoder: bool) -> list[str] | None:
-    """Layer names for `--lora-targets`: groups or projections for decoders (default attention
-    + MLP), layer names for encoders (default None: keras-hub's query and value layers)."""
-    if decoder:
-        family = families.family_of(backbone)
-        return families.lora_targets(family, spec or families.DEFAULT_LORA_TARGETS)
-    return [name.strip() for name in spec.split(",")] if spec else None
+    if cfg.lora_dropout and not cfg.lora_rank:
+        raise ConfigError("--lora-dropout applies to LoRA adapters: set --lora-rank above 0")
+    if cfg.remat and not decoder:
+        raise ConfigError("--remat applies to decoder LLM presets (Gemma, Llama, Qwen, Mistral)")
 
 
 def build_encoder(model: PreferenceModel, preset: str, sequence_length: int):

@@ -11,8 +11,8 @@ import socket
 import time
 
 from jaxpref import monitoring
-from jaxpref.config import PLATFORMS
-from jaxpref.models import families
+from jaxpref.config import PLATFORMS, ConfigError
+from jaxpref.models import presets
 
 
 class DeviceError(RuntimeError):
@@ -125,6 +125,23 @@ def load_frameworks() -> None:
     import keras_hub  # noqa: F401
 
 
+def start_frameworks(devices: str, num_devices: int | None) -> None:
+    """Set JAX's environment for `devices` (`configure_environment`; a JAX that already
+    started in this process, in a notebook's earlier cell say, keeps the platform and device
+    count it started with), then load the frameworks with their start-up output held back.
+    ConfigError when something imported Keras with another backend first."""
+    configure_environment(devices, num_devices)
+    with monitoring.native_stderr_captured():
+        load_frameworks()
+    import keras
+
+    if keras.backend.backend() != "jax":
+        raise ConfigError(
+            f"Keras runs on its {keras.backend.backend()} backend in this process, but jaxpref "
+            "needs JAX: set KERAS_BACKEND=jax before anything imports Keras"
+        )
+
+
 def hide_accelerators_from_tensorflow() -> None:
     """TensorFlow only runs tf.data here; keep it off the GPUs that JAX owns."""
     import tensorflow as tf
@@ -186,7 +203,7 @@ def setup(
     """Everything before the first Keras object: TensorFlow kept off the accelerators, the
     devices selected, the global batch (when given) checked against them, and the distribution
     set: data parallel, or with `model_parallel > 1` a (data x model) mesh whose layout is made
-    for the backbone of `preset` (a resolved preset). Returns the selected devices."""
+    for the decoder backbone of `preset`. Returns the selected devices."""
     import jax
     import keras
 
@@ -195,8 +212,9 @@ def setup(
     if model_parallel > 1:
         from jaxpref.parallel import sharding
 
-        config = families.read_backbone_config(preset)
-        distribution = sharding.model_parallel(selected, model_parallel, config)
+        decoder = presets.probe(preset)
+        decoder.check_decoder()  # one line naming the families that work, before any layout
+        distribution = sharding.model_parallel(selected, model_parallel, decoder.backbone_config)
         groups = len(selected) // model_parallel
     else:
         # Each process feeds only its own share of every global batch (the pipeline shards
@@ -207,6 +225,25 @@ def setup(
         check_batch_size(batch_size, groups, jax.process_count())
     keras.distribution.set_distribution(distribution)
     return selected
+
+
+def seed_keras(seed: int) -> None:
+    """Seed Keras (initializers, dropout: the same initial values on every process), Python and
+    NumPy as `keras.utils.set_random_seed` does, but not TensorFlow: its `set_seed` clears the
+    eager kernel cache and with it the tokenizer resources of every model built earlier in the
+    process (tensorflow/text#570), which could then no longer tokenize. jaxpref draws no random
+    numbers from TensorFlow: tf.data only tokenizes and batches, in a fixed order."""
+    import random
+
+    import numpy as np
+    from keras.src.backend.common import global_state
+    from keras.src.random import seed_generator
+    from keras.src.utils import rng_utils
+
+    global_state.set_global_attribute(rng_utils.GLOBAL_RANDOM_SEED, seed)
+    global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
+    random.seed(seed)
+    np.random.seed(seed)
 
 
 def place_on_mesh(variables) -> int:

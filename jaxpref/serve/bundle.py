@@ -32,6 +32,7 @@ import numpy as np
 
 from jaxpref import safety
 from jaxpref.config import TrainConfig
+from jaxpref.parallel import distribution
 from jaxpref.rundir import RunDirError
 
 FORMAT = "jaxpref-bundle"
@@ -186,8 +187,6 @@ def load_bundle(path: str | os.PathLike, precision: str | None = None):
 
     The distribution must already be set (`distribution.setup`).
     """
-    import keras
-
     paths = Bundle(path)
     read_manifest(paths)
     for required in (paths.config, paths.backbone, paths.head):
@@ -197,7 +196,7 @@ def load_bundle(path: str | os.PathLike, precision: str | None = None):
     cfg = TrainConfig.from_json(paths.config)
     if precision is not None:
         cfg = cfg.replace(precision=precision)
-    keras.utils.set_random_seed(cfg.run.seed)
+    distribution.seed_keras(cfg.run.seed)
     from jaxpref.models import (
         preference as model_lib,  # keras: checking a bundle's paths needs none
     )

@@ -3,9 +3,11 @@ several runs (a cross-validation's folds) predict as their average."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,8 +34,6 @@ def load_run(run_dir: str | os.PathLike, precision: str | None = None):
     land on every device. A directory from elsewhere loads no code: its parts stay inside it,
     and its preset passes `safety` (in `backbones`) before keras-hub reads it.
     """
-    import keras
-
     from jaxpref.models import preference as model_lib
 
     if bundle.is_bundle(run_dir):
@@ -45,7 +45,7 @@ def load_run(run_dir: str | os.PathLike, precision: str | None = None):
     if precision is not None:
         cfg = cfg.replace(precision=precision)
     checkpoint, preset = paths.best_checkpoints, str(paths.preset)
-    keras.utils.set_random_seed(cfg.run.seed)  # identical initial values on every process
+    distribution.seed_keras(cfg.run.seed)  # identical initial values on every process
     model = model_lib.build_model(
         cfg.model, cfg.data.sequence_length, preset=preset, load_weights=False
     )
@@ -127,17 +127,31 @@ def inference_precision(requested: str, platform: str) -> str | None:
     return requested
 
 
-def predict_run(
+@dataclasses.dataclass(frozen=True)
+class LoadedRun:
+    """A run's (or bundle's) best weights on the selected devices, with what its predictions
+    need: the encoder, the global batch size and the calibration temperature."""
+
+    model: Any
+    encoder: Any
+    config: TrainConfig
+    batch_size: int
+    temperature: float
+
+    def predict(self, frame: pd.DataFrame, tta: bool = False) -> np.ndarray:
+        """Calibrated probabilities (n, 3) for every row of `frame`, in order."""
+        probs = predict_frame(self.model, self.encoder, frame, self.batch_size, tta)
+        return calibration.apply_temperature(probs, self.temperature)
+
+
+def load_for_prediction(
     run_dir: str | os.PathLike,
-    frame: pd.DataFrame,
     batch_size: int | None = None,
     devices: str = "auto",
     num_devices: int | None = None,
-    tta: bool = False,
     precision: str = "auto",
-) -> np.ndarray:
-    """Calibrated probabilities (n, 3) of a run's (or bundle's) best weights for every row of
-    `frame`.
+) -> LoadedRun:
+    """Set the distribution over `devices` and load a run's (or bundle's) best weights there.
 
     `batch_size` defaults to the training batch rounded up to a multiple of the devices;
     `precision` is one of config.PRECISIONS (`inference_precision`).
@@ -150,8 +164,23 @@ def predict_run(
     model, encoder, cfg = load_run(run_dir, dtype)
     if batch_size is None:
         batch_size = -(-cfg.optim.batch_size // len(selected)) * len(selected)
-    probs = predict_frame(model, encoder, frame, batch_size, tta)
-    return calibration.apply_temperature(probs, calibration.load_temperature(paths.calibration))
+    temperature = calibration.load_temperature(paths.calibration)
+    return LoadedRun(model, encoder, cfg, batch_size, temperature)
+
+
+def predict_run(
+    run_dir: str | os.PathLike,
+    frame: pd.DataFrame,
+    batch_size: int | None = None,
+    devices: str = "auto",
+    num_devices: int | None = None,
+    tta: bool = False,
+    precision: str = "auto",
+) -> np.ndarray:
+    """Calibrated probabilities (n, 3) of a run's (or bundle's) best weights for every row of
+    `frame` (`load_for_prediction`, then `LoadedRun.predict`)."""
+    loaded = load_for_prediction(run_dir, batch_size, devices, num_devices, precision)
+    return loaded.predict(frame, tta)
 
 
 def predict_progress(label: str, sizes: Sequence[int]):

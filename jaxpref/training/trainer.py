@@ -25,7 +25,7 @@ from jaxpref.config import ConfigError, TrainConfig, default_learning_rate, reso
 from jaxpref.data import arena, preferences, probabilities, splitting, text
 from jaxpref.data.probabilities import Probabilities
 from jaxpref.inputs import pipeline
-from jaxpref.models import backbones, objective
+from jaxpref.models import backbones, objective, presets
 from jaxpref.parallel import distribution
 from jaxpref.rundir import Preempted, ResumeError, RunDir, RunLock, epoch_at, period_name
 from jaxpref.scoring import calibration, metrics
@@ -119,7 +119,8 @@ def train(
     valid_df: pd.DataFrame | None = None,
     resume: bool = False,
 ) -> dict:
-    """Train per `cfg` on every selected device; returns the summary written to summary.json.
+    """Train per `cfg` on every selected device; returns the summary written to summary.json,
+    and the run directory (absolute, with the default `runs/<time>` resolved) as `run_dir`.
 
     The split comes from `cfg.data.train_csv` unless both `train_df` and `valid_df` (frames as
     returned by `data.read_arena_csv`) are given, as cross-validation does. The process
@@ -138,7 +139,8 @@ def train(
         progress = restore_progress(model, run) if resume else Progress()
         started = time.time()
         state, validation = fit(model, run, inputs, progress, rate)
-        return finish(model, run, splits, inputs, state, validation, time.time() - started)
+        summary = finish(model, run, splits, inputs, state, validation, time.time() - started)
+        return {**summary, "run_dir": str(run.paths.root)}
 
 
 @contextlib.contextmanager
@@ -169,16 +171,15 @@ def recorded(run: Run) -> Iterator[None]:
 def start_run(cfg: TrainConfig, resume: bool) -> Run:
     """Devices, distribution, seed, run directory and log; returns the resolved config."""
     import jax
-    import keras
 
     if cfg.run.wandb:
         monitoring.require_wandb()  # before any work, not after tokenizing
     sharded = cfg.devices.model_parallel > 1
     selected = distribution.setup(
         cfg.devices.devices, cfg.devices.num_devices, cfg.optim.batch_size,
-        cfg.devices.model_parallel, backbones.resolve_preset(cfg.model.preset) if sharded else None,
+        cfg.devices.model_parallel, presets.probe(cfg.model.preset).location if sharded else None,
     )  # fmt: skip
-    keras.utils.set_random_seed(cfg.run.seed)
+    distribution.seed_keras(cfg.run.seed)
     primary = jax.process_index() == 0
     run_dir = cfg.run.run_dir
     if not run_dir:
@@ -269,20 +270,18 @@ def check_classes(train_labels: np.ndarray, valid_labels: np.ndarray, source: st
 def check_memory(run: Run) -> None:
     """Refuse a Hugging Face directory that neither a family nor keras-hub covers; for decoder
     LLMs, log the memory estimate per device and refuse what cannot fit."""
-    from jaxpref.models import families
-    from jaxpref.models import preference as model_lib
+    from jaxpref.models import lora
     from jaxpref.parallel import sharding
 
     cfg = run.cfg
-    preset = backbones.resolve_preset(cfg.model.preset)
-    families.check_hf_directory(preset)
-    if not model_lib.is_decoder_preset(preset):
+    preset = presets.probe(cfg.model.preset)
+    preset.check_convertible()
+    if preset.family is None:
         return  # an encoder: small next to any accelerator
-    config = families.read_backbone_config(preset)
-    family = families.family_of(config)
-    targets = families.lora_targets(family, cfg.model.lora_targets or families.DEFAULT_LORA_TARGETS)
+    targets = lora.target_layers(cfg.model.lora_targets, preset.family)
     estimate = sharding.memory_estimate(
-        config, cfg.optim.batch_size, cfg.data.sequence_length, cfg.model.lora_rank, targets,
+        preset.backbone_config, cfg.optim.batch_size, cfg.data.sequence_length,
+        cfg.model.lora_rank, targets,
         dtype=cfg.model.precision,
         mesh=sharding.mesh_shape(len(run.devices), cfg.devices.model_parallel),
         remat=cfg.model.remat,

@@ -6,7 +6,7 @@
 # predictions (`infer.py` with both runs). Writes ROOT/fold-average.oof.csv and
 # ROOT/fold-mean.oof.csv, one prediction per embedded row.
 #
-#   bash docs/quality-results/issue11/fold_average.sh ROOT   (after nested_teachers.sh ROOT; ~10 min)
+#   bash experiments/beyond-defaults/fold_average.sh ROOT   (after nested_teachers.sh ROOT; ~10 min)
 set -euo pipefail
 ROOT=$(realpath -m "$1")
 for k in 0 1 2; do
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from jaxpref import data
+from jaxpref.data import arena
 
 teacher = Path(sys.argv[1])
-raw = pd.read_csv(data.DEFAULT_TRAIN_CSV, dtype=str, keep_default_na=False)
+raw = pd.read_csv(arena.DEFAULT_TRAIN_CSV, dtype=str, keep_default_na=False)
 seen = set(pd.read_csv(teacher / "train.csv", dtype=str)["id"])
 raw[~raw["id"].isin(seen)].to_csv(teacher / "scored.csv", index=False)
 PY

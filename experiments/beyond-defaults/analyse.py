@@ -1,7 +1,10 @@
-"""Selection-free tables of docs/quality.md (regularization, preference data, learning curve)
-from the cross-validation directories that `cross_validate.py --folds 3` wrote under ROOT.
+"""Selection-free tables of experiments/quality-notes.md (regularization, preference data,
+learning curve, stop points, the cross-encoder with HH-RLHF rows, fold averaging) from the
+cross-validation directories that `cross_validate.py --folds 3` wrote under ROOT, or from the
+copies of their files committed beside this script (`NAME.cv.json`, `NAME.oof-epoch2.csv`, ...).
 
-    python docs/quality-results/issue11/analyse.py ROOT > tables.md   (also ROOT/analysis.json)
+    python experiments/beyond-defaults/analyse.py ROOT > tables.md   (also ROOT/analysis.json)
+    python experiments/beyond-defaults/analyse.py experiments/beyond-defaults   (seconds)
 
 Every score here chooses nothing on the rows it scores: each epoch's uncalibrated predictions
 (`oof-epoch<e>.csv`), the same after a temperature and bias fitted on the other folds (a nested
@@ -58,12 +61,21 @@ labels = frame["label"].to_numpy()
 splits = splitting.fold_indices(frame, 3, 42)
 
 
+def run_file(name: str, file: str) -> Path:
+    """ROOT/NAME/FILE as cross-validation wrote it, else the committed copy ROOT/NAME.FILE (the
+    fold-averaging files of `fold_average.sh`, ROOT/nested/FILE, are committed as ROOT/FILE)."""
+    written = root / name / file
+    if written.exists():
+        return written
+    return root / (file if name == "nested" else f"{name}.{file}")
+
+
 def epoch_probs(name: str, epoch: float) -> np.ndarray:
     return oof_probs(name, crossval.epoch_oof_file(epoch))
 
 
 def oof_probs(name: str, file: str) -> np.ndarray:
-    path = root / name / file
+    path = run_file(name, file)
     return read_probabilities(path).aligned(frame["id"], str(path))
 
 
@@ -97,7 +109,7 @@ def configuration(name: str, reference: np.ndarray, reference_calibrated: np.nda
 
 def epoch_entry(name: str, key: str, epoch: float):
     """cv.json's `key` list at `epoch` (runs before --validations-per-epoch list epochs 1..)."""
-    cv = json.loads((root / name / "cv.json").read_text())
+    cv = json.loads(run_file(name, "cv.json").read_text())
     epochs = cv.get("epochs") or list(range(1, len(cv[key]) + 1))
     return cv[key][epochs.index(epoch)]
 
@@ -107,7 +119,7 @@ def configurations_table(result: dict) -> str:
     reference_calibrated = nested([reference])
     rows = []
     for name, label in CONFIGURATIONS.items():
-        if not (root / name / "oof-epoch2.csv").exists():
+        if not run_file(name, "oof-epoch2.csv").exists():
             continue
         row = result["configurations"][name] = configuration(name, reference, reference_calibrated)
         base = row["minus_baseline"]
@@ -148,9 +160,9 @@ def selection_line(result: dict) -> str:
 def learning_curve_table(result: dict) -> str:
     rows = []
     for name, fraction in LEARNING_CURVE.items():
-        if not (root / name / "oof-epoch2.csv").exists():
+        if not run_file(name, "oof-epoch2.csv").exists():
             continue
-        cv = json.loads((root / name / "cv.json").read_text())
+        cv = json.loads(run_file(name, "cv.json").read_text())
         e2 = epoch_probs(name, 2)
         point = result["learning_curve"][fraction] = {
             "train_rows": cv.get("train_rows") or [len(t) for t, _ in splits],
@@ -183,7 +195,7 @@ def learning_curve_table(result: dict) -> str:
 
 def stop_point_table(result: dict) -> str:
     """Each quarter-epoch validation's score, and the stop point chosen on the other folds."""
-    cv = json.loads((root / STOPS / "cv.json").read_text())
+    cv = json.loads(run_file(STOPS, "cv.json").read_text())
     points = [epoch_probs(STOPS, e) for e in cv["epochs"]]
     reference = epoch_probs(*REFERENCE)
     names = [f"epoch {e:g}" for e in cv["epochs"]]
@@ -217,9 +229,9 @@ def cross_table(result: dict) -> str:
     """The cross-encoder with and without the HH-RLHF rows: selected, calibrated oof.csv."""
     rows, without = [], oof_probs("cross", probabilities.OOF_FILE)
     for name, label in CROSS.items():
-        if not (root / name / "cv.json").exists():
+        if not run_file(name, "cv.json").exists():
             continue
-        cv = json.loads((root / name / "cv.json").read_text())
+        cv = json.loads(run_file(name, "cv.json").read_text())
         probs = oof_probs(name, probabilities.OOF_FILE)
         row = result["cross"][name] = {
             "log_loss": metrics.log_loss(probs, labels),

@@ -9,7 +9,7 @@
 # pair) cross-validated the same way (the issue's cross + siamese + length blend), and the
 # student goes to ROOT/distilled-nested-cross. Finished steps are not redone.
 #
-#   bash docs/quality-results/issue11/nested_teachers.sh ROOT [cross]
+#   bash experiments/beyond-defaults/nested_teachers.sh ROOT [cross]   (from the repository root)
 #   (about 50 minutes on 2 cores; 40 more with cross)
 set -euo pipefail
 ROOT=$(realpath -m "$1")
@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from jaxpref import crossval, data
+from jaxpref.data import arena, splitting
 
 root = Path(sys.argv[1])
-frame = data.read_arena_csv(data.DEFAULT_TRAIN_CSV, labelled=True)
-raw = pd.read_csv(data.DEFAULT_TRAIN_CSV, dtype=str, keep_default_na=False)
-for fold, (train_rows, _) in enumerate(crossval.fold_indices(frame, 3, 42)):
+frame = arena.read_arena_csv(arena.DEFAULT_TRAIN_CSV, labelled=True)
+raw = pd.read_csv(arena.DEFAULT_TRAIN_CSV, dtype=str, keep_default_na=False)
+for fold, (train_rows, _) in enumerate(splitting.fold_indices(frame, 3, 42)):
     out = root / "teachers" / str(fold)
     out.mkdir(parents=True, exist_ok=True)
     rows = raw[raw["id"].isin(frame["id"].iloc[train_rows])]
