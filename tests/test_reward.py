@@ -19,8 +19,8 @@ from conftest import run_commands, write_learnable_csv
 from jaxpref.config import ConfigError, ModelConfig
 from jaxpref.data import arena
 from jaxpref.inputs import pipeline
-from jaxpref.models import families
 from jaxpref.models import preference as model_lib
+from jaxpref.models import presets
 from jaxpref.models.objective import compile_model
 from jaxpref.parallel import sharding
 from jaxpref.serve import predict
@@ -232,7 +232,7 @@ def test_decoder_reward_model_on_a_2x2_mesh_predicts_as_on_one_device(decoder_pr
     tokens = pipeline.tokenize(encoder.texts(rows()), encoder, progress=False)
     plan = pipeline.plan_batches(tokens.row_lengths(), 4, (DECODER_LENGTH,))
     expected = predict.predict_tokens(reference, tokens, plan, encoder.input_keys)
-    config = families.read_backbone_config(str(preset))
+    config = presets.probe(str(preset)).backbone_config
     with sharding.model_parallel(jax.devices(), 2, config).scope():
         model = reward_model(preset, lora_rank=2)
         model.set_weights(weights)
