@@ -195,13 +195,23 @@ def infer_flags(p: argparse.ArgumentParser) -> None:
     add_process_flags(p)
 
 
+EXPORT_FORMATS = ("bundle", "transformers")
+
+
 def export_flags(p: argparse.ArgumentParser) -> None:
     add_run_dirs_flag(
         p, "", "the bundle's weights are their mean (LoRA merged first; no calibration)"
     )
     p.add_argument(
         "--out", required=True,
-        help="bundle directory to write (an earlier bundle there is replaced)",
+        help="directory to write: a bundle (an earlier bundle there is replaced), or a new or "
+        "empty directory for --format transformers",
+    )  # fmt: skip
+    p.add_argument(
+        "--format", default="bundle", choices=EXPORT_FORMATS,
+        help="bundle: jaxpref's inference bundle; transformers: a reward model (--objective "
+        "reward) as the directory transformers' AutoModelForSequenceClassification and "
+        "AutoTokenizer load, one run only (default: bundle)",
     )  # fmt: skip
     add_device_flags(p)
 
@@ -349,7 +359,15 @@ def check_infer(args: argparse.Namespace) -> None:
 
 
 def check_export(args: argparse.Namespace) -> None:
-    bundle.check_target(args.out)
+    if args.format == "transformers":
+        if len(rundir.expand_runs(args.run_dir)) > 1:
+            raise ConfigError(
+                "--format transformers exports one run, not the mean of several: pass one run "
+                "directory (one fold of a cross-validation)"
+            )
+        rundir.new_directory(args.out, "--out")
+    else:
+        bundle.check_target(args.out)
     check_trained_runs(args)
 
 
@@ -377,6 +395,13 @@ def export_bundle(args: argparse.Namespace) -> None:
     run directories'."""
     from jaxpref.jobs import export
 
+    if args.format == "transformers":
+        run = rundir.expand_runs(args.run_dir)[0]  # one run: check_export refuses several
+        result = export.export_transformers(run, args.out, args.devices, args.num_devices)
+        print(f"wrote {result.path} (transformers AutoModelForSequenceClassification)")
+        mib = (result.bundle_bytes / 2**20, result.run_bytes / 2**20)
+        print(f"export {mib[0]:.2f} MiB; run directory {mib[1]:.2f} MiB")
+        return
     result = export.export_runs(args.run_dir, args.out, args.devices, args.num_devices)
     sources = "run directory" if result.runs == 1 else f"{result.runs} run directories"
     print(f"wrote {result.path}" + (f" (the mean of {sources})" if result.runs > 1 else ""))
