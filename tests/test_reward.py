@@ -202,7 +202,7 @@ def test_decoder_reward_is_the_last_real_token_without_a_bias(decoder_presets, n
     np.testing.assert_allclose(scorer.predict(longer, verbose=0), rewards, atol=1e-5)
 
 
-def test_decoder_sides_are_packed_right_padded_and_closed_by_the_end_token(decoder_presets):
+def test_decoder_sides_are_packed_right_padded_ending_with_the_response(decoder_presets):
     tokenizer = keras_hub.models.Tokenizer.from_preset(str(decoder_presets["llama3"]))
     encoder = pipeline.DecoderPairEncoder(tokenizer, DECODER_LENGTH, ("token_ids", "padding_mask"))
     texts = {"context_a": ["a question"], "response_a": ["an answer"],
@@ -212,12 +212,15 @@ def test_decoder_sides_are_packed_right_padded_and_closed_by_the_end_token(decod
     ids, parts, lengths = tokens.token_ids[0], tokens.segment_ids[0], tokens.lengths[0]
     piece = lambda text: np.asarray(tokenizer(text)).tolist()  # noqa: E731
     expected = [tokenizer.start_token_id, *piece("a question"), *piece(pipeline.RESPONSE_SEPARATOR),
-                *piece("an answer"), tokenizer.end_token_id]  # fmt: skip
+                *piece("an answer")]  # fmt: skip
     assert lengths[0] == len(expected) and ids[0, : lengths[0]].tolist() == expected
     assert (ids[0, lengths[0] :] == encoder.pad_id).all() and (parts[0, lengths[0] :] == 0).all()
     assert (parts[0, : lengths[0]] > 0).all()
-    # Truncated to the length, still closed by the end token after the response's start.
-    assert lengths[1] == DECODER_LENGTH and ids[1, -1] == tokenizer.end_token_id
+    # Truncated to the length: the context keeps its end, the response its start.
+    response = piece("a long answer " * 40)
+    assert lengths[1] == DECODER_LENGTH and parts[1, -1] == pipeline.FIRST
+    kept = (parts[1] == pipeline.FIRST).sum()
+    assert ids[1, -kept:].tolist() == response[:kept] and kept >= DECODER_LENGTH // 3
     with pytest.raises(ConfigError, match="use --sequence-length"):
         pipeline.DecoderPairEncoder(tokenizer, 8, ())
 
@@ -247,6 +250,11 @@ def test_decoder_reward_model_on_a_2x2_mesh_predicts_as_on_one_device(decoder_pr
 
 # Per preset: its flags beyond the shared ones. The decoder's weights are split over a model
 # axis of 2 (4 devices: a 2 x 2 mesh); the encoder runs data parallel on 4 devices.
+# Per preset: the transformers class its export loads as.
+HF_CLASSES = {
+    "deberta": "DebertaV2ForSequenceClassification",
+    "llama3": "LlamaForSequenceClassification",
+}
 RUNS = {
     "deberta": ["--epochs", "6", "--learning-rate", "3e-3", "--center-rewards", "0.01"],
     "llama3": ["--epochs", "2", "--learning-rate", "1e-2", "--lora-rank", "4",
@@ -256,8 +264,9 @@ RUNS = {
 
 @pytest.fixture(scope="module")
 def reward_runs(tiny_preset, decoder_presets, tmp_path_factory):
-    """Per preset, when first asked for: a reward model trained on learnable rows, exported,
-    and both run and bundle predicting every row, in one process."""
+    """Per preset, when first asked for: a reward model trained on learnable rows, exported as
+    a bundle and as a transformers directory, and both run and bundle predicting every row, in
+    one process."""
     presets = {"deberta": tiny_preset, **decoder_presets}
     csv_path = write_learnable_csv(tmp_path_factory.mktemp("reward_data") / "rows.csv", rows=480)
     runs = {}
@@ -273,6 +282,8 @@ def reward_runs(tiny_preset, decoder_presets, tmp_path_factory):
                  "--batch-size", "8", "--sequence-length", "64", "--valid-fraction", "0.2",
                  *RUNS[name]],
                 ["export", "--devices", "cpu", "--run-dir", run_dir, "--out", bundle],
+                ["export", "--format", "transformers", "--devices", "cpu", "--run-dir", run_dir,
+                 "--out", root / "hf"],
                 [*infer, "--run-dir", run_dir, "--output", root / "run.csv"],
                 [*infer, "--run-dir", bundle, "--output", root / "bundle.csv"],
             )  # fmt: skip
@@ -304,3 +315,6 @@ def test_reward_model_learns_and_its_bundle_predicts_as_the_run(reward_runs, nam
     from_run = read_submission(root / "run.csv")
     np.testing.assert_allclose(from_run.loc[during.index], during, atol=1e-5)
     np.testing.assert_allclose(read_submission(root / "bundle.csv"), from_run, atol=1e-5)
+    hf_config = json.loads((root / "hf" / "config.json").read_text())
+    assert hf_config["architectures"] == [HF_CLASSES[name]]
+    assert hf_config["id2label"] == {"0": "reward"}

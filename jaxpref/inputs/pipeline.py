@@ -130,12 +130,14 @@ RESPONSE_SEPARATOR = "\nAssistant: "  # between a decoder side's context and its
 @dataclasses.dataclass
 class DecoderPairEncoder:
     """Tokenizes and packs each side of each row apart for a decoder LLM (a siamese reward
-    model), with its own tokenizer: `<bos> context "\nAssistant: " response <eos>` (the
-    special tokens the tokenizer has), the context keeping its end and the response its start
-    (`truncate_pair`). Sides are right-padded: their last real token, which the model reads,
-    closes the response. Decoders take no segment ids; the stored ones are part ids
-    (`CONVERSATION` up to the separator, `FIRST` for the response and <eos>), and a side's
-    length counts its real tokens (a tokenizer's pad id can be a real token, e.g. Llama-3's)."""
+    model), with its own tokenizer: `<bos> context "\nAssistant: " response` (<bos> where the
+    tokenizer has one), the context keeping its end and the response its start
+    (`truncate_pair`). Sides are right-padded, and their last real token, which the model
+    reads, is the response's last: no end-of-text token follows, since the transformers export
+    pads with one (Qwen-2, Llama-3.0) and its classifiers read the rightmost token that is not
+    padding. Decoders take no segment ids; the stored ones are part ids (`CONVERSATION` up to
+    the separator, `FIRST` for the response), and a side's length counts its real tokens (a
+    tokenizer's pad id can be a real token, e.g. keras-hub's 0 for Llama-3)."""
 
     tokenizer: object
     sequence_length: int
@@ -145,10 +147,8 @@ class DecoderPairEncoder:
 
     def __post_init__(self) -> None:
         start = getattr(self.tokenizer, "start_token_id", None)
-        end = getattr(self.tokenizer, "end_token_id", None)
         separator = np.asarray(self.tokenizer(RESPONSE_SEPARATOR)).tolist()
         self.pieces = [[] if start is None else [int(start)], separator]
-        self.pieces.append([] if end is None else [int(end)])
         self.budget = checked_budget(self.sequence_length, sum(len(p) for p in self.pieces))
         pad = getattr(self.tokenizer, "pad_token_id", None)
         self.pad_id = 0 if pad is None else int(pad)
@@ -168,11 +168,11 @@ class DecoderPairEncoder:
             self.tokenizer(context), self.tokenizer(response), self.budget
         )
         n = tf.shape(context.row_lengths())[0]
-        start, separator, end = (
+        start, separator = (
             tf.RaggedTensor.from_tensor(tf.tile(tf.constant([p], tf.int32), [n, 1]))
             for p in self.pieces
         )
-        parts = [start, tf.cast(context, tf.int32), separator, tf.cast(response, tf.int32), end]
+        parts = [start, tf.cast(context, tf.int32), separator, tf.cast(response, tf.int32)]
         ids = [tf.ones_like(p) * (CONVERSATION if i < 3 else FIRST) for i, p in enumerate(parts)]
         shape = [None, self.sequence_length]
         return (
