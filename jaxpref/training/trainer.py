@@ -289,10 +289,7 @@ def check_memory(run: Run) -> None:
         sequences_per_row=2 if cfg.model.architecture == "siamese" else 1,
     )  # fmt: skip
     log.info("memory estimate per device: %s", estimate.describe())
-    local = next(d for d in run.devices if d.process_index == run.process_index)
-    limit = sharding.device_memory(local)  # JAX reads memory of this process's devices only
-    if limit is not None:
-        sharding.check_fits(estimate, limit)
+    sharding.check_devices_fit(estimate, run.devices)
 
 
 def build_model(cfg: TrainConfig):
