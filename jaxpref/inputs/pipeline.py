@@ -256,7 +256,7 @@ def share_leftover(lengths, keep, budget: int):
     return keep + tf.stack([conversation, first, second], axis=1)
 
 
-MIN_TEXT_TOKENS = 16  # of a cross-encoder's sequence, for the texts after its tags
+MIN_TEXT_TOKENS = 16  # of a packed sequence (cross-encoded, or a decoder side), after its tags
 
 
 def checked_budget(sequence_length: int, tags: int) -> int:
