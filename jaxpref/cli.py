@@ -64,7 +64,7 @@ def add_field_flag(group, field: dataclasses.Field, given_only: bool = False) ->
     aliases = alias_flags(field)
     earlier = f"; {', '.join(aliases)}: its earlier name" if aliases else ""
     if kind == "bool":
-        shown = "on" if field.default else "off"
+        shown = meta["shown"] or ("on" if field.default else "off")
         # A default of SUPPRESS keeps BooleanOptionalAction from appending a second default.
         group.add_argument(
             flag_name(field), action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,

@@ -29,6 +29,7 @@ INFERENCE_PRECISIONS = (*PRECISIONS, "float16")
 QUANTIZE_MODES = ("int8",)  # weight-only, through Keras' own `quantize` (models.quantize)
 ARCHITECTURES = ("siamese", "cross")
 HEADS = ("symmetric", "concat")
+OBJECTIVES = ("classes", "reward")
 SCHEDULES = ("cosine", "constant")
 ATTENTIONS = ("efficient", "efficient_dropout", "keras_hub")
 DEFAULT_VALID_FRACTION = 0.1
@@ -184,6 +185,21 @@ class ModelConfig(Group):
         "for encoders and decoder LLMs (which need it)",
         choices=ARCHITECTURES,
     )
+    objective: str = option(
+        "classes",
+        "classes: the head predicts A / B / tie from both sides' vectors; reward: a reward "
+        "model, one scalar r per side (its first token, [CLS], for encoders, its last real "
+        "token for decoder LLMs, through one linear unit) and one learned tie parameter theta: "
+        "P(A), P(B), P(tie) proportional to e^rA, e^rB, e^(theta + (rA + rB) / 2) (Davidson); "
+        "siamese only, without --side-features; decoder LLMs allowed",
+        choices=OBJECTIVES,
+    )
+    center_rewards: float = option(
+        0.0,
+        "with --objective reward: add C x mean((rA + rB)^2) to the training loss, keeping the "
+        "rewards centred on 0 (TRL's center_rewards_coefficient; 0.01 is its suggestion)",
+        min=0,
+    )
     head: str = option(
         "symmetric",
         "symmetric: predictions mirror exactly when A and B are swapped; concat: a dense "
@@ -219,10 +235,11 @@ class ModelConfig(Group):
     remat: bool = option(
         False, "recompute each decoder block in the backward pass (long sequences, less memory)"
     )
-    side_features: bool = option(
-        True,
+    side_features: bool | None = option(
+        None,
         "feed each side's cheap features (lengths, line, markdown and code-block counts, "
-        "turns) to the head beside its embedding",
+        "turns) to the head beside its embedding (--objective classes only)",
+        shown="on with --objective classes, off with reward",
     )
     precision: str = option(
         "auto", "auto: mixed_bfloat16 on GPU/TPU, float32 on CPU", choices=PRECISIONS
@@ -482,6 +499,15 @@ def check_value(field: dataclasses.Field, value: Any) -> None:
 def default_learning_rate(lora_rank: int) -> float:
     """LoRA adapters want a much larger step than full fine-tuning (docs/quality.md)."""
     return 2e-3 if lora_rank > 0 else 1e-5
+
+
+def resolve_side_features(side_features: bool | None, objective: str) -> bool:
+    """--side-features as given, else on for the classes objective; refused with reward (a
+    reward is the backbone's own score of one side: a Hugging Face reward model has no such
+    input)."""
+    if side_features and objective == "reward":
+        raise ConfigError("--side-features does not apply to --objective reward: leave it off")
+    return objective == "classes" if side_features is None else side_features
 
 
 def resolve_precision(precision: str, platform: str) -> str:

@@ -389,15 +389,20 @@ def test_memory_estimate_parts_and_check_fits(decoder_presets):
     def estimate(rank=RANK, **options):
         return sharding.memory_estimate(config, 8, 64, rank, targets, mesh=(2, 2), **options)
 
-    plain, remat, fused, wider = (
+    plain, remat, fused, wider, siamese = (
         estimate(),
         estimate(remat=True),
         estimate(fused_attention=True),
         estimate(2 * RANK),
+        estimate(sequences_per_row=2),
     )
     assert remat.weights == plain.weights and remat.activations < plain.activations
     assert fused.activations < plain.activations
     assert wider.lora == 2 * plain.lora
+    # A siamese row is two sequences: the activations of a batch twice as large.
+    doubled = sharding.memory_estimate(config, 16, 64, RANK, targets, mesh=(2, 2))
+    assert siamese.activations == doubled.activations == 2 * plain.activations
+    assert siamese.weights == plain.weights and siamese.lora == plain.lora
     assert plain.total == plain.weights + plain.lora + plain.activations
     sharding.check_fits(plain, plain.total)
     with pytest.raises(sharding.ShardingError) as err:

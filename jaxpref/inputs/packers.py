@@ -1,7 +1,8 @@
 """Packers: a row's texts -> token sequences, truncated to fit, in one input layout of the model.
 
 A packer is what ties a model to its inputs: `PairPacker` packs each side of a pair apart
-(context and response, with the preset's own preprocessor) for a siamese model; `CrossPacker`
+(context and response, with the preset's own preprocessor) for a siamese model, and
+`DecoderPairPacker` does so with a decoder LLM's tokenizer (a siamese reward model); `CrossPacker`
 packs conversation and both responses into one sequence, in both orders, for a cross-encoder.
 Either stores a row as two token sequences (`token_store.TokenizedPairs`) and knows how a
 batch reads them back as the model's inputs (`batch_inputs`), so nothing else asks which
@@ -25,7 +26,8 @@ from jaxpref.inputs.token_store import SideIndex, TokenizedPairs
 TOKENIZE_CHUNK = 256  # rows per call of a packer in `pack_rows`
 PART_IDS = "part_ids"  # the cross-encoder's input naming each token's part
 CONVERSATION, FIRST, SECOND = 1, 2, 3  # part ids of a cross-encoded sequence (0: padding)
-MIN_TEXT_TOKENS = 16  # of a cross-encoder's sequence, for the texts after its tags
+MIN_TEXT_TOKENS = 16  # of a packed sequence (cross-encoded, or a decoder side), after its tags
+RESPONSE_SEPARATOR = "\nAssistant: "  # between a decoder side's context and its response
 
 
 class Packer(abc.ABC):
@@ -206,6 +208,97 @@ class PairPacker(Packer):
         return {"segment_ids": part_ids}
 
 
+@dataclasses.dataclass
+class DecoderPairPacker(Packer):
+    """Packs both sides of each row apart with a decoder LLM's tokenizer, for a siamese reward
+    model: `<bos> context "\nAssistant: " response` (<bos> where the tokenizer has one), the
+    context keeping its end and the response its start (`truncate_pair`).
+
+    Sides are right-padded, and their last real token, which the model reads, is the
+    response's last: no end-of-text token follows, since the transformers export pads with one
+    (Qwen-2, Llama-3.0) and its classifiers read the rightmost token that is not padding.
+    Decoders take no segment ids; the part ids (`CONVERSATION` up to the separator, `FIRST` for
+    the response) count a side's real tokens, since a tokenizer's pad id can be a real token
+    (keras-hub's 0 for Llama-3).
+    """
+
+    tokenizer: object
+    sequence_length: int
+    input_keys: tuple[str, ...]
+    text_keys = FEATURE_KEYS
+    sequences_per_pair = 2
+    batch_shape = (None, 2, None)
+
+    def __post_init__(self) -> None:
+        start = getattr(self.tokenizer, "start_token_id", None)
+        separator = np.asarray(self.tokenizer(RESPONSE_SEPARATOR)).tolist()
+        self.pieces = [[] if start is None else [int(start)], separator]
+        self.budget = checked_budget(self.sequence_length, sum(len(p) for p in self.pieces))
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        self.pad_id = 0 if pad is None else int(pad)
+
+    def texts(self, frame) -> dict[str, np.ndarray]:
+        return format_pairs(frame)
+
+    def save(self, preset_dir: str) -> None:
+        self.tokenizer.save_to_preset(preset_dir)
+
+    def pack_side(self, context, response) -> tuple:
+        """(token_ids, part ids), both (N, L), of one side."""
+        import tensorflow as tf
+
+        context, response = truncate_pair(
+            self.tokenizer(context), self.tokenizer(response), self.budget
+        )
+        n = tf.shape(context.row_lengths())[0]
+        start, separator = (
+            tf.RaggedTensor.from_tensor(tf.tile(tf.constant([p], tf.int32), [n, 1]))
+            for p in self.pieces
+        )
+        parts = [start, tf.cast(context, tf.int32), separator, tf.cast(response, tf.int32)]
+        ids = [tf.ones_like(p) * (CONVERSATION if i < 3 else FIRST) for i, p in enumerate(parts)]
+        shape = [None, self.sequence_length]
+        return (
+            tf.concat(parts, axis=1).to_tensor(self.pad_id, shape=shape),
+            tf.concat(ids, axis=1).to_tensor(0, shape=shape),
+        )
+
+    def __call__(self, texts: dict) -> dict:
+        """{context_a, ...} strings (N,) -> token_ids/part_ids (N, 2, L), lengths (N, 2)."""
+        import tensorflow as tf
+
+        sides = [self.pack_side(texts[f"context_{s}"], texts[f"response_{s}"]) for s in SIDES]
+        token_ids = tf.stack([side[0] for side in sides], axis=1)
+        part_ids = tf.stack([side[1] for side in sides], axis=1)
+        lengths = tf.reduce_sum(tf.cast(part_ids > 0, tf.int32), -1)
+        return {"token_ids": token_ids, "part_ids": part_ids, "lengths": lengths}
+
+    def fingerprint(self) -> str:
+        """Identifies the tokenization: layout, pieces and vocabulary."""
+        digest = hashlib.sha256(repr(("decoder pair", self.pieces)).encode())
+        return tokenizer_digest(self.tokenizer, digest)
+
+    def fed_sides(self, rows: np.ndarray, sides: np.ndarray) -> SideIndex:
+        return rows[:, None], sides
+
+    def part_inputs(self, part_ids: np.ndarray) -> dict[str, np.ndarray]:
+        return {}
+
+
+def checked_budget(sequence_length: int, tags: int) -> int:
+    """The tokens a sequence of `sequence_length` leaves its texts after `tags` tokens of
+    special tokens and tags; a ConfigError naming the length that works when that is fewer
+    than `MIN_TEXT_TOKENS` (the texts (nearly) empty: every row the same, nothing to learn)."""
+    budget = sequence_length - tags
+    if budget < MIN_TEXT_TOKENS:
+        raise ConfigError(
+            f"--sequence-length {sequence_length} leaves {budget} tokens for the texts after "
+            f"this tokenizer's {tags} tokens of special tokens and tags; use --sequence-length "
+            f"{tags + MIN_TEXT_TOKENS} or more"
+        )
+    return budget
+
+
 def tokenizer_digest(tokenizer, digest) -> str:
     """`digest` updated with the tokenizer's vocabulary, as 16 hex digits."""
     for attr in ("proto", "vocabulary", "merges"):
@@ -301,15 +394,7 @@ class CrossPacker(Packer):
         else:
             pieces = [[int(start)], [int(end)], [int(end)], [int(end)]]
         self.pieces = pieces
-        tags = sum(len(p) for p in pieces)
-        self.budget = self.sequence_length - tags
-        if self.budget < MIN_TEXT_TOKENS:
-            # Less would leave the texts (nearly) empty: every row the same tags, nothing to learn.
-            raise ConfigError(
-                f"--sequence-length {self.sequence_length} leaves {self.budget} tokens for the "
-                f"conversation and both responses after this tokenizer's {tags} tokens of "
-                f"special tokens and tags; use --sequence-length {tags + MIN_TEXT_TOKENS} or more"
-            )
+        self.budget = checked_budget(self.sequence_length, sum(len(p) for p in pieces))
         pad = getattr(tokenizer, "pad_token_id", None)
         self.pad_id = 0 if pad is None else int(pad)
 

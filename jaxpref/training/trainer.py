@@ -318,6 +318,7 @@ def check_memory(run: Run) -> None:
         mesh=sharding.mesh_shape(len(run.devices), cfg.devices.model_parallel),
         remat=cfg.model.remat,
         fused_attention=distribution.platform_of(run.devices) == "gpu",
+        sequences_per_row=2 if cfg.model.architecture == "siamese" else 1,
     )  # fmt: skip
     log.info("memory estimate per device: %s", estimate.describe())
     sharding.check_devices_fit(estimate, run.devices)
