@@ -346,6 +346,13 @@ def test_inference_estimate_of_gemma2_9b_on_t4s(tmp_path):
     assert two_fp16.weights - two_int8.weights > 4 * sharding.GIB  # room for activations
     with pytest.raises(ConfigError, match="float16 overflows"):
         sharding.inference_memory_estimate(serialized, 2, 1024, dtype="float16", quantize="int8")
+    # A siamese reward model reads two sequences a row: the activations of twice the rows.
+    reward = sharding.inference_memory_estimate(
+        serialized, 2, 1024, dtype="float16", sequences_per_row=2
+    )
+    four_rows = sharding.inference_memory_estimate(serialized, 4, 1024, dtype="float16")
+    assert reward.activations == four_rows.activations > fp16.activations
+    assert reward.weights == fp16.weights
 
 
 # Runs train_jax.py on devices that report 1 MiB of memory (a CPU device reports no limit).

@@ -402,8 +402,10 @@ def inference_memory_estimate(
     mesh: tuple[int, int] = (1, 1),
     quantize: str | None = None,
     fused_attention: bool = False,
+    sequences_per_row: int = 1,
 ) -> InferenceEstimate:
-    """Per-device memory of a decoder predicting `batch_size` rows of `sequence_length` tokens.
+    """Per-device memory of a decoder predicting `batch_size` rows of `sequence_length` tokens
+    (`sequences_per_row` sequences each: 2 for a siamese reward model).
 
     weights     = as `memory_estimate`, or with `quantize="int8"`: 1 byte per kernel and
                   embedding element, sharded, plus one scale per output channel (per token for
@@ -420,7 +422,7 @@ def inference_memory_estimate(
     family = family_of(backbone_config)
     config = backbone_config["config"]
     data, model = mesh
-    rows = rows_per_device(batch_size, data)
+    rows = rows_per_device(batch_size, data) * sequences_per_row
     policy = keras.DTypePolicy(dtype or keras.config.dtype_policy().name)
     variable, compute = policy.variable_dtype, policy.compute_dtype
     floats = weight_bytes(family, config, variable, model)

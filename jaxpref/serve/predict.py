@@ -206,6 +206,7 @@ def check_memory(
         dtype=cfg.model.precision, mesh=sharding.mesh_shape(len(devices), model_parallel),
         quantize=quantize,
         fused_attention=distribution.platform_of(devices) == "gpu",
+        sequences_per_row=2 if cfg.model.architecture == "siamese" else 1,
     )  # fmt: skip
     log.info("memory estimate per device for prediction: %s", estimate.describe())
     remedies = "raise --model-parallel or lower --batch-size" + quantize_remedy(quantize)
