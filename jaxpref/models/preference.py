@@ -285,6 +285,7 @@ class PreferenceModel(GatheredPredictions):
     default_name = "preference"
     poolings: tuple[str, ...] = ("mean",)
     scores_sides_apart = False
+    sequences_per_row = 1  # sequences the backbone reads for one row
 
     def __init__(
         self,
@@ -415,6 +416,7 @@ class SiameseModel(PreferenceModel):
     default_name = "siamese_preference"
     poolings = ("mean", "first", "last")
     scores_sides_apart = True
+    sequences_per_row = 2
 
     def encode(self, backbone):
         keys = tuple(backbone.input.keys())
@@ -452,6 +454,7 @@ class CrossEncoderModel(PreferenceModel):
 
     default_name = "cross_preference"
     poolings = ("mean", "last")
+    sequences_per_row = 1
 
     def encode(self, backbone):
         keys = tuple(backbone.input.keys())
@@ -538,6 +541,11 @@ ARCHITECTURES: dict[str, type[PreferenceModel]] = {
     "siamese": SiameseModel,
     "cross": CrossEncoderModel,
 }
+
+
+def sequences_per_row(architecture: str) -> int:
+    """Sequences the backbone of `architecture` reads for one row (for memory estimates)."""
+    return ARCHITECTURES[architecture].sequences_per_row
 
 
 def set_precision(precision: str) -> None:

@@ -195,6 +195,7 @@ def check_memory(
     sequence length and precision holds per device (`sharding.inference_memory_estimate`) and
     refuse, in one line, what exceeds a device's memory."""
     from jaxpref.models import lora
+    from jaxpref.models import preference as model_lib
 
     decoder = presets.probe(preset)
     if decoder.family is None:
@@ -206,7 +207,7 @@ def check_memory(
         dtype=cfg.model.precision, mesh=sharding.mesh_shape(len(devices), model_parallel),
         quantize=quantize,
         fused_attention=distribution.platform_of(devices) == "gpu",
-        sequences_per_row=2 if cfg.model.architecture == "siamese" else 1,
+        sequences_per_row=model_lib.sequences_per_row(cfg.model.architecture),
     )  # fmt: skip
     log.info("memory estimate per device for prediction: %s", estimate.describe())
     remedies = "raise --model-parallel or lower --batch-size" + quantize_remedy(quantize)

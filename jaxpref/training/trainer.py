@@ -303,6 +303,7 @@ def check_memory(run: Run) -> None:
     """Refuse a Hugging Face directory that neither a family nor keras-hub covers; for decoder
     LLMs, log the memory estimate per device and refuse what cannot fit."""
     from jaxpref.models import lora
+    from jaxpref.models import preference as model_lib
     from jaxpref.parallel import sharding
 
     cfg = run.cfg
@@ -318,7 +319,7 @@ def check_memory(run: Run) -> None:
         mesh=sharding.mesh_shape(len(run.devices), cfg.devices.model_parallel),
         remat=cfg.model.remat,
         fused_attention=distribution.platform_of(run.devices) == "gpu",
-        sequences_per_row=2 if cfg.model.architecture == "siamese" else 1,
+        sequences_per_row=model_lib.sequences_per_row(cfg.model.architecture),
     )  # fmt: skip
     log.info("memory estimate per device: %s", estimate.describe())
     sharding.check_devices_fit(estimate, run.devices)
