@@ -1,4 +1,5 @@
-"""The public Python API: train, load a model and predict, evaluate, export (docs/api.md).
+"""The public Python API: train, load a model and predict (or score, a reward model), evaluate,
+export (docs/api.md).
 
 `jaxpref/__init__.py` re-exports these names lazily, so `import jaxpref` loads no framework;
 each function sets up JAX, Keras and the devices on first use, as the command line does, and
@@ -17,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 import jaxpref
@@ -24,6 +26,7 @@ from jaxpref import monitoring, rundir
 from jaxpref.config import ConfigError, TrainConfig
 from jaxpref.data import arena, preferences, sources
 from jaxpref.data.probabilities import submission_frame
+from jaxpref.data.responses import responses_frame
 from jaxpref.models import presets
 from jaxpref.parallel import distribution
 from jaxpref.rundir import ResumeError, RunDir, writable_directory
@@ -124,6 +127,39 @@ class Predictor:
         """
         rows = arena.pairs_frame(prompts, responses_a, responses_b, "predict_pairs")
         return self.predict(rows, tta)
+
+    def rewards(self, frame: pd.DataFrame) -> np.ndarray:
+        """A reward model's (--objective reward) rewards of both responses of every row of an
+        arena frame (as `predict` takes), in order: (n, 2) float64, [response A, response B].
+        Raw scores (no temperature), the logits of its transformers export: P(A wins) /
+        P(B wins) in `predict` is exp((rA - rB) / T). ConfigError for a 3-class model.
+
+        Example:
+            pairs = jaxpref.read_rows("prefs.jsonl")  # label 0: A is the chosen response
+            rewards = predictor.rewards(pairs)
+            chosen_higher = (rewards[:, 0] > rewards[:, 1]) == (pairs["label"] == 0)
+        """
+        rows = arena.checked_pairs(frame, "the frame")
+        return self.loaded.rewards(rows)
+
+    def score(
+        self,
+        prompts: str | Sequence[str | Sequence[str | None]],
+        responses: str | Sequence[str | Sequence[str | None]],
+    ) -> np.ndarray:
+        """A reward model's rewards (n,) of single responses, in order: two strings (one
+        response to one prompt), or two lists with one entry a response, a string (one turn) or
+        a list of turns (the user's; that conversation's replies, the last the one scored).
+        Each is the reward the response gets as a side of any pair (`rewards`). ConfigError
+        for a 3-class model.
+
+        Example:
+            candidates = ["7", "9", "I cannot say."]
+            rewards = predictor.score(["Name a prime."] * 3, candidates)
+            best = candidates[int(rewards.argmax())]  # best-of-n
+        """
+        rows = responses_frame(prompts, responses, "score")
+        return self.loaded.score(rows)
 
 
 def train(

@@ -1,4 +1,5 @@
-"""Command-line entry points: train, infer, evaluate, cross-validate, ensemble, export, env.
+"""Command-line entry points: train, infer, score, evaluate, cross-validate, ensemble, export,
+env.
 
 Training flags are generated from the `TrainConfig` fields (help, choices and defaults stated
 once, in `jaxpref.config`). The JAX environment is set before heavy imports, and known failures
@@ -196,15 +197,21 @@ def infer_flags(p: argparse.ArgumentParser) -> None:
         "--output", default="submission.csv", help="submission file (default: submission.csv)"
     )
     p.add_argument(
-        "--batch-size", type=int, default=None,
-        help="global batch size (default: the training batch, rounded to the devices)",
-    )  # fmt: skip
-    p.add_argument(
         "--tta",
         action="store_true",
         help="swap test-time augmentation: also predict each pair with A and B exchanged and "
         "average in the mirrored prediction (twice the compute)",
     )
+    add_prediction_flags(p)
+
+
+def add_prediction_flags(p: argparse.ArgumentParser) -> None:
+    """What loading a model to predict takes (infer, score): batch size, precision,
+    quantization, devices and processes."""
+    p.add_argument(
+        "--batch-size", type=int, default=None,
+        help="global batch size (default: the training batch, rounded to the devices)",
+    )  # fmt: skip
     p.add_argument(
         "--precision", default="auto", choices=INFERENCE_PRECISIONS,
         help="dtype policy of the prediction; auto: the run's own on GPU/TPU, float32 on CPU; "
@@ -218,6 +225,26 @@ def infer_flags(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     add_device_flags(p, runs_parallel=True)
     add_process_flags(p)
+
+
+def score_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--run-dir", required=True,
+        help="a reward model (--objective reward): its run directory or `jaxpref export` bundle",
+    )  # fmt: skip
+    files = p.add_mutually_exclusive_group(required=True)
+    files.add_argument(
+        "--pairs", metavar="FILE",
+        help="rows of two responses, of any --train-file kind: writes id, reward_a, reward_b "
+        "(and, for chosen/rejected records, chosen: a or b, the side the chosen response is on)",
+    )  # fmt: skip
+    files.add_argument(
+        "--responses", metavar="FILE",
+        help="single responses, a prompt and a response a record (CSV of plain text, JSON lines "
+        "or Parquet with strings or TRL messages; an optional id column): writes id, reward",
+    )  # fmt: skip
+    p.add_argument("--output", default="rewards.csv", help="CSV to write (default: rewards.csv)")
+    add_prediction_flags(p)
 
 
 EXPORT_FORMATS = ("bundle", "transformers")
@@ -397,6 +424,13 @@ def check_export(args: argparse.Namespace) -> None:
     check_trained_runs(args)
 
 
+def check_score(args: argparse.Namespace) -> None:
+    rundir.require_trained(args.run_dir)
+    rundir.require_reward_run(args.run_dir)
+    sources.source_kind(args.pairs or args.responses)
+    writable_directory(Path(args.output).absolute().parent, "the output directory")
+
+
 def check_evaluate(args: argparse.Namespace) -> None:
     if not args.file:  # the run's own predictions: no model is loaded
         RunDir.require(RunDir(args.run_dir).config)
@@ -412,6 +446,18 @@ def infer(args: argparse.Namespace) -> None:
     path = infer_job.infer(
         args.run_dir, args.test_file, args.output, args.batch_size, args.devices,
         args.num_devices, args.tta, args.precision, args.quantize, args.model_parallel,
+    )  # fmt: skip
+    print(f"wrote {path}")
+
+
+def score(args: argparse.Namespace) -> None:
+    from jaxpref.jobs import score as score_job
+
+    initialize_processes(args)
+    path = score_job.score_file(
+        args.run_dir, args.output, args.pairs, args.responses, batch_size=args.batch_size,
+        devices=args.devices, num_devices=args.num_devices, precision=args.precision,
+        quantize=args.quantize, model_parallel=args.model_parallel,
     )  # fmt: skip
     print(f"wrote {path}")
 
@@ -444,6 +490,8 @@ def evaluate(args: argparse.Namespace) -> None:
         args.run_dir, args.file, args.out_dir, args.devices, args.num_devices
     )
     print(report.markdown_table(result["scores"]))
+    if result.get("subsets"):
+        print(f"\npairwise accuracy per subset:\n{report.subset_table(result['subsets'])}")
     se = report.number(result["model_log_loss_se"])
     print(f"\n{result['rows']} rows; model log loss standard error {se}")
     if result["selected_on_these_rows"]:
@@ -519,6 +567,14 @@ COMMANDS = {
         evaluate_flags,
         evaluate,
         check=check_evaluate,
+    ),
+    "score": Command(
+        "jaxpref score",
+        "Write a reward model's rewards (--objective reward) of every row of a file: of both "
+        "responses of each pair (--pairs), or of single responses (--responses), as CSV.",
+        score_flags,
+        score,
+        check=check_score,
     ),
     "cv": Command(
         "cross_validate.py",

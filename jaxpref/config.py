@@ -510,6 +510,17 @@ def resolve_side_features(side_features: bool | None, objective: str) -> bool:
     return objective == "classes" if side_features is None else side_features
 
 
+def require_reward_model(cfg: TrainConfig, source: str) -> None:
+    """ConfigError in one line unless `cfg` trained a reward model (--objective reward): only
+    those score each response on its own. `source` names the run (or bundle)."""
+    if cfg.model.objective != "reward":
+        raise ConfigError(
+            f"{source}: trained with --objective {cfg.model.objective}, which compares two "
+            "responses but gives neither a reward; train with --objective reward to score "
+            "responses"
+        )
+
+
 def resolve_precision(precision: str, platform: str) -> str:
     """bf16 on accelerators, float32 on CPU, unless the user chose."""
     if precision != "auto":

@@ -33,7 +33,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from jaxpref.config import ConfigError
+from jaxpref.config import ConfigError, TrainConfig, require_reward_model
 
 
 class RunDirError(RuntimeError):
@@ -203,3 +203,10 @@ def require_trained(path: str | os.PathLike) -> None:
     paths = RunDir(root)
     for part in (paths.config, paths.preset, paths.best_checkpoints):
         RunDir.require(part)
+
+
+def require_reward_run(path: str | os.PathLike) -> None:
+    """ConfigError in one line unless the run (or bundle) at `path` trained a reward model
+    (`config.require_reward_model`); reads its config.json alone, no framework."""
+    config = TrainConfig.from_json(RunDir.require(RunDir(path).config))
+    require_reward_model(config, os.fspath(path))

@@ -376,6 +376,49 @@ def tiny_run(tiny_preset, small_csv, tmp_path_factory) -> Path:
     return built_once(tmp_path_factory, "tiny_run", build) / "run"
 
 
+# Per preset of `reward_runs`: its flags beyond the shared ones. The decoder's weights are split
+# over a model axis of 2 (4 devices: a 2 x 2 mesh); the encoder runs data parallel on 4 devices.
+REWARD_RUNS = {
+    "deberta": ["--epochs", "6", "--learning-rate", "3e-3", "--center-rewards", "0.01"],
+    "llama3": ["--epochs", "2", "--learning-rate", "1e-2", "--lora-rank", "4",
+               "--model-parallel", "2"],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def reward_runs(tiny_preset, tmp_path_factory, request) -> Callable[[str], Path]:
+    """`reward_runs(name)`, name in REWARD_RUNS: the directory of a reward model trained once
+    per test session, when first asked for, on learnable rows (ROOT/rows.csv, 480 rows): the
+    run (ROOT/run), its bundle (ROOT/bundle) and transformers export (ROOT/hf), and the
+    predictions of every row by run and bundle (ROOT/run.csv, ROOT/bundle.csv), all made in one
+    process. Read it; copy it before changing anything."""
+
+    def build(name: str, root: Path) -> None:
+        preset = (
+            tiny_preset if name == "deberta" else request.getfixturevalue("decoder_presets")[name]
+        )
+        csv_path = write_learnable_csv(root / "rows.csv", rows=480)
+        run_dir, bundle = root / "run", root / "bundle"
+        infer = ["infer", "--devices", "cpu", "--num-devices", "4", "--test-csv", csv_path]
+        result = run_commands(
+            ["train", "--devices", "cpu", "--num-devices", "4", "--preset", preset,
+             "--train-csv", csv_path, "--run-dir", run_dir, "--objective", "reward",
+             "--batch-size", "8", "--sequence-length", "64", "--valid-fraction", "0.2",
+             *REWARD_RUNS[name]],
+            ["export", "--devices", "cpu", "--run-dir", run_dir, "--out", bundle],
+            ["export", "--format", "transformers", "--devices", "cpu", "--run-dir", run_dir,
+             "--out", root / "hf"],
+            [*infer, "--run-dir", run_dir, "--output", root / "run.csv"],
+            [*infer, "--run-dir", bundle, "--output", root / "bundle.csv"],
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    def get(name: str) -> Path:
+        return built_once(tmp_path_factory, f"reward_{name}", lambda root: build(name, root))
+
+    return get
+
+
 def tiny_run_args(preset: Path, train_csv: Path, run_dir: Path, devices: int = 2) -> list[str]:
     """Flags of a short training run on the tiny preset: 27 steps an epoch on `small_csv`."""
     return [

@@ -31,19 +31,19 @@ def probabilities(frame: pd.DataFrame) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def session(tiny_preset, small_csv, tmp_path_factory) -> Iterator[dict]:
+def session(tiny_preset, small_csv, reward_runs, tmp_path_factory) -> Iterator[dict]:
     """The page's blocks in order in this process; the first block's settings swapped for the
-    tiny preset, the small CSV and one short epoch."""
+    tiny preset, the small CSV, one short epoch and the session's reward run."""
     import keras
 
     first, *rest = code_blocks(PAGE)
     names: dict = {}
     exec(first, names)
-    assert {"PRESET", "TRAIN_CSV", "TEST_CSV", "WORK_DIR", "SETTINGS"} <= set(names)
+    assert {"PRESET", "TRAIN_CSV", "TEST_CSV", "WORK_DIR", "SETTINGS", "REWARD_RUN"} <= set(names)
     work = tmp_path_factory.mktemp("api")
     names.update(
         PRESET=str(tiny_preset), TRAIN_CSV=str(small_csv), TEST_CSV=str(small_csv),
-        WORK_DIR=str(work), SETTINGS=SETTINGS,
+        WORK_DIR=str(work), SETTINGS=SETTINGS, REWARD_RUN=str(reward_runs("deberta") / "run"),
     )  # fmt: skip
     try:
         for block in rest:
@@ -101,6 +101,21 @@ def test_predict_pairs_of_plain_strings_equals_predict_of_the_same_rows(session)
     np.testing.assert_allclose(
         probabilities(again), probabilities(predictions.loc[one_turn]), atol=1e-6
     )
+
+
+@pytest.mark.slow
+def test_a_reward_model_scores_responses_as_it_scores_pairs(session):
+    """The page's rewards: one row per pair, two rewards; a response scored alone has its
+    reward as a side of its pair; the best of n is the candidate with the highest reward."""
+    test, pair_rewards = session["test"], session["pair_rewards"]
+    assert pair_rewards.shape == (len(test), 2) and np.isfinite(pair_rewards).all()
+    one_turn = test.index[test["prompt"].map(len) == 1][:5]
+    alone = session["rewarder"].score(
+        [test.loc[i, "prompt"][0] for i in one_turn], [test.loc[i, "response_b"] for i in one_turn]
+    )
+    np.testing.assert_allclose(alone, pair_rewards[one_turn, 1], atol=1e-5)
+    rewards = session["candidate_rewards"]
+    assert rewards.shape == (3,) and len(set(rewards.round(6))) == 3
 
 
 def test_import_jaxpref_loads_no_framework():

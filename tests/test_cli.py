@@ -21,6 +21,9 @@ INFER_FLAGS = [
     "--run-dir", "--test-file", "--output", "--batch-size", "--devices", "--quantize",
     "--model-parallel",
 ]  # fmt: skip
+SCORE_FLAGS = [
+    "--run-dir", "--pairs", "--responses", "--output", "--batch-size", "--precision", "--devices",
+]  # fmt: skip
 
 
 def help_entries(parser) -> dict[str, str]:
@@ -39,7 +42,12 @@ def help_entries(parser) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    ("parser", "flags"), [(cli.train_parser, TRAIN_FLAGS), (cli.infer_parser, INFER_FLAGS)]
+    ("parser", "flags"),
+    [
+        (cli.train_parser, TRAIN_FLAGS),
+        (cli.infer_parser, INFER_FLAGS),
+        (lambda: cli.command_parser("score"), SCORE_FLAGS),
+    ],
 )
 def test_help_documents_every_contract_flag(parser, flags):
     entries = help_entries(parser())
@@ -125,6 +133,10 @@ MISSING_RUN = "{tmp}/none/config.json is missing; is this the run directory of a
          "--valid-fraction 0.2: not with --valid-file {tmp}/file, whose rows are the validation"),
         (["evaluate", "--run-dir", "{fixture}", "--file", "{tmp}/none"],
          "{tmp}/none: file not found"),
+        (["score", "--run-dir", "{tmp}/none", "--responses", "{tmp}/none"], MISSING_RUN),
+        (["score", "--run-dir", "{fixture}", "--pairs", "{tmp}/none"],
+         "trained with --objective classes, which compares two responses but gives neither a "
+         "reward; train with --objective reward to score responses"),
     ],
 )  # fmt: skip
 def test_path_and_flag_errors_come_before_any_framework_loads(argv, message, tmp_path):

@@ -6,11 +6,11 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_commands, run_script, write_learnable_csv
+from conftest import BAD, GOOD, run_commands, run_script, write_learnable_csv
 from test_report import png_size, write_history
 
 from jaxpref.config import TrainConfig
-from jaxpref.data import arena, probabilities, splitting
+from jaxpref.data import arena, probabilities, sources, splitting
 from jaxpref.jobs import evaluate
 from jaxpref.parallel import distribution
 from jaxpref.rundir import RunDirError
@@ -169,3 +169,53 @@ def test_evaluate_on_a_csv_scores_what_infer_predicts(tiny_run, small_csv, tmp_p
     assert "| model |" in result.stdout and "temperature fitted on these same rows" not in (
         result.stdout
     )
+
+
+def test_evaluate_reports_pairwise_accuracy_per_subset(tmp_path):
+    """A preference file with RewardBench's subset column; the validation rows' predictions
+    are set right or wrong row by row, so each subset's accuracy is known by hand."""
+    subsets = ["chat"] * 4 + ["code"] * 3 + ["safety"] * 3
+    records = [
+        {"prompt": f"Question {i}?", "chosen": f"A fine answer {i}, {GOOD[i % 4]}.",
+         "rejected": f"An {BAD[i % 4]} answer {i}.", "subset": subsets[i % 10]}
+        for i in range(40)
+    ]  # fmt: skip
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    frame = sources.read_rows(path)
+    train, valid = frame.iloc[:30], frame.iloc[30:].reset_index(drop=True)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    TrainConfig.from_flat(dict(train_file=str(path), run_dir=str(run_dir))).to_json(
+        run_dir / "config.json"
+    )
+    pd.concat([train[["id"]].assign(split="train"), valid[["id"]].assign(split="valid")]).to_csv(
+        run_dir / "split.csv", index=False
+    )
+    # chat: 3 of 4 right; code: all 3; safety: none (one of them a draw, P(A) = P(B)).
+    right = [True, True, False, True, True, True, True, False, False, False]
+    probs = np.zeros((10, 3))
+    for i, (label, ok) in enumerate(zip(valid["label"], right, strict=True)):
+        probs[i, [label, 1 - label, 2]] = [0.6, 0.3, 0.1] if ok else [0.3, 0.6, 0.1]
+    probs[9] = [0.45, 0.45, 0.1]
+    probabilities.write_submission(valid["id"], probs, run_dir / "valid_predictions.csv")
+
+    result = evaluate.evaluate_run(run_dir)
+    assert valid["subset"].tolist() == subsets
+    assert result["scores"]["model"]["pairwise_accuracy"] == 0.6
+    table = result["subsets"]
+    assert list(table) == ["chat", "code", "safety"]
+    assert [(t["rows"], t["pairwise_rows"]) for t in table.values()] == [(4, 4), (3, 3), (3, 3)]
+    model = [t["pairwise_accuracy"]["model"] for t in table.values()]
+    assert model == [0.75, 1.0, 0.0]
+    # The class prior always ranks its more frequent training side higher.
+    a_won, b_won = (train["label"] == 0).sum(), (train["label"] == 1).sum()
+    assert a_won != b_won  # else the prior ranks neither side higher
+    majority = int(b_won > a_won)
+    for name, rows in zip(table, np.split(valid["label"].to_numpy(), [4, 7]), strict=True):
+        expected = float(np.mean(rows == majority))
+        assert table[name]["pairwise_accuracy"]["class_prior"] == expected
+        assert set(table[name]["pairwise_accuracy"]) == {"model", *baselines.BASELINE_NAMES}
+    report = (run_dir / "evaluation" / "evaluation.md").read_text()
+    assert "| chat | 4 | 4 | 0.750 |" in report and "| safety | 3 | 3 | 0.000 |" in report
+    assert json.loads((run_dir / "evaluation" / "evaluation.json").read_text()) == result

@@ -118,3 +118,38 @@ def test_smoothed_log_loss_is_keras_training_loss_on_hard_labels():
     assert metrics.smoothed_log_loss(probs, labels, 0.0) == metrics.log_loss(probs, labels)
     assert metrics.accuracy(probs, labels) == metrics.scores(probs, labels)["accuracy"]
     assert metrics.accuracy(np.eye(3)[[0, 1, 1]], np.array([0, 1, 2])) == pytest.approx(2 / 3)
+
+
+def test_pairwise_accuracy_by_hand():
+    """Ties are left out; the winner must be strictly more probable than the loser."""
+    probs = np.array(
+        [
+            [0.5, 0.3, 0.2],  # A won: right
+            [0.2, 0.3, 0.5],  # B won: right, though a tie is the most probable
+            [0.4, 0.4, 0.2],  # A won: equal, wrong
+            [0.6, 0.3, 0.1],  # B won: wrong
+            [0.1, 0.1, 0.8],  # tie: left out
+        ]
+    )
+    labels = np.array([0, 1, 0, 1, 2])
+    assert metrics.pairwise_accuracy(probs, labels) == 0.5
+    m = metrics.scores(probs, labels)
+    assert m["pairwise_accuracy"] == 0.5 and (m["rows"], m["pairwise_rows"]) == (5, 4)
+    assert metrics.pairwise_accuracy(probs[4:], labels[4:]) is None
+    markdown = report.markdown_table({"model": m})
+    assert "| model | " in markdown and " | 0.500 | " in markdown
+
+
+def test_pairwise_accuracy_per_subset_by_hand():
+    probs = np.array([[0.6, 0.3, 0.1], [0.6, 0.3, 0.1], [0.3, 0.6, 0.1], [0.1, 0.1, 0.8]])
+    labels = np.array([0, 1, 1, 2])
+    subsets = np.array(["math", "chat", "math", "chat"], dtype=object)
+    always_a = np.tile([0.5, 0.4, 0.1], (4, 1))
+    table = metrics.subset_pairwise_accuracy({"model": probs, "a": always_a}, labels, subsets)
+    assert table == {
+        "chat": {"rows": 2, "pairwise_rows": 1, "pairwise_accuracy": {"model": 0.0, "a": 0.0}},
+        "math": {"rows": 2, "pairwise_rows": 2, "pairwise_accuracy": {"model": 1.0, "a": 0.5}},
+    }
+    lines = report.subset_table(table).splitlines()
+    assert lines[0] == "| subset | rows | pairs with a winner | model | a |"
+    assert lines[2:] == ["| chat | 2 | 1 | 0.000 | 0.000 |", "| math | 2 | 2 | 1.000 | 0.500 |"]

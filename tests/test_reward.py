@@ -14,7 +14,7 @@ import keras_hub
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_commands, write_learnable_csv
+from conftest import REWARD_RUNS
 
 from jaxpref.config import ConfigError, ModelConfig
 from jaxpref.data import arena
@@ -247,50 +247,11 @@ def test_decoder_reward_model_on_a_2x2_mesh_predicts_as_on_one_device(decoder_pr
     assert kernels and all("model" in s for s in kernels)  # the backbone's are sharded
 
 
-# Per preset: its flags beyond the shared ones. The decoder's weights are split over a model
-# axis of 2 (4 devices: a 2 x 2 mesh); the encoder runs data parallel on 4 devices.
 # Per preset: the transformers class its export loads as.
 HF_CLASSES = {
     "deberta": "DebertaV2ForSequenceClassification",
     "llama3": "LlamaForSequenceClassification",
 }
-RUNS = {
-    "deberta": ["--epochs", "6", "--learning-rate", "3e-3", "--center-rewards", "0.01"],
-    "llama3": ["--epochs", "2", "--learning-rate", "1e-2", "--lora-rank", "4",
-               "--model-parallel", "2"],
-}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def reward_runs(tiny_preset, decoder_presets, tmp_path_factory):
-    """Per preset, when first asked for: a reward model trained on learnable rows, exported as
-    a bundle and as a transformers directory, and both run and bundle predicting every row, in
-    one process."""
-    presets = {"deberta": tiny_preset, **decoder_presets}
-    csv_path = write_learnable_csv(tmp_path_factory.mktemp("reward_data") / "rows.csv", rows=480)
-    runs = {}
-
-    def get(name: str):
-        if name not in runs:
-            root = tmp_path_factory.mktemp(f"reward_{name}")
-            run_dir, bundle = root / "run", root / "bundle"
-            infer = ["infer", "--devices", "cpu", "--num-devices", "4", "--test-csv", csv_path]
-            result = run_commands(
-                ["train", "--devices", "cpu", "--num-devices", "4", "--preset", presets[name],
-                 "--train-csv", csv_path, "--run-dir", run_dir, "--objective", "reward",
-                 "--batch-size", "8", "--sequence-length", "64", "--valid-fraction", "0.2",
-                 *RUNS[name]],
-                ["export", "--devices", "cpu", "--run-dir", run_dir, "--out", bundle],
-                ["export", "--format", "transformers", "--devices", "cpu", "--run-dir", run_dir,
-                 "--out", root / "hf"],
-                [*infer, "--run-dir", run_dir, "--output", root / "run.csv"],
-                [*infer, "--run-dir", bundle, "--output", root / "bundle.csv"],
-            )  # fmt: skip
-            assert result.returncode == 0, result.stderr[-3000:]
-            runs[name] = root
-        return runs[name]
-
-    return get
 
 
 def read_submission(path) -> pd.DataFrame:
@@ -298,7 +259,7 @@ def read_submission(path) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(RUNS))
+@pytest.mark.parametrize("name", list(REWARD_RUNS))
 def test_reward_model_learns_and_its_bundle_predicts_as_the_run(reward_runs, name):
     root = reward_runs(name)
     run_dir = root / "run"

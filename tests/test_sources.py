@@ -248,3 +248,32 @@ def test_training_on_preference_files_beats_the_prior(tiny_preset, tmp_path):
     )
     predicted = pd.read_csv(tmp_path / "predicted.csv", dtype={"id": str})
     assert list(predicted["id"]) == list(sources.read_rows(valid)["id"])
+
+
+def test_a_subset_field_is_kept_in_every_format(tmp_path):
+    """RewardBench's layout: prompt, chosen, rejected, subset."""
+    records = [{**r, "subset": ("chat", "code")[i % 2]} for i, r in enumerate(standard_pairs(6))]
+    columns = ["id", "prompt", "response_a", "response_b", "label", "subset", "line"]
+    for kind, path in every_format(tmp_path, records).items():
+        frame = sources.read_rows(path)
+        assert frame.columns.tolist() == columns, kind
+        assert frame["subset"].tolist() == ["chat", "code"] * 3, kind
+        assert "subset" in sources.read_rows(path, labelled=False).columns
+    path = tmp_path / "pairs.jsonl"
+    records[3].pop("subset")
+    with pytest.raises(DataError, match=r"pairs.jsonl, line 4, column 'subset': missing or null"):
+        sources.read_rows(write_jsonl(path, records))
+    records[3]["subset"] = 3
+    with pytest.raises(DataError, match=r"line 4, column 'subset': expected a string, got a n"):
+        sources.read_rows(write_jsonl(path, records))
+
+
+def test_an_arena_csv_keeps_its_subset_column(tmp_path):
+    path = tmp_path / "arena.csv"
+    path.write_text(
+        "id,prompt,response_a,response_b,winner_model_a,winner_model_b,winner_tie,subset\n"
+        '1,"[""hi""]","[""a""]","[""b""]",1,0,0,chat\n'
+        '2,"[""hi""]","[""a""]","[""b""]",0,0,1,math\n'
+    )
+    assert sources.read_rows(path)["subset"].tolist() == ["chat", "math"]
+    assert "subset" not in arena.read_arena_csv(arena.DEFAULT_TEST_CSV, labelled=False)

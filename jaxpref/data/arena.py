@@ -34,13 +34,18 @@ __all__ = [
     "SAMPLE_DIR",
     "TEXT_COLUMNS",
     "DataError",
+    "SUBSET",
+    "check_id",
     "checked_pairs",
+    "checked_texts",
+    "csv_records",
     "decode_json",
     "json_type",
     "object_array",
     "open_input",
     "pairs_frame",
     "read_arena_csv",
+    "texts_frame",
 ]
 
 LABEL_COLUMNS = ("winner_model_a", "winner_model_b", "winner_tie")
@@ -48,6 +53,10 @@ LABEL_COLUMNS = ("winner_model_a", "winner_model_b", "winner_tie")
 
 TEXT_COLUMNS = ("prompt", "response_a", "response_b")
 """The text cells; each holds a JSON list of turns (strings, or null for a missing turn)."""
+
+SUBSET = "subset"
+"""An optional column of labelled rows naming the group each belongs to (RewardBench's subsets:
+"chat", "safety-refusals", ...); readers keep it as text, `jaxpref evaluate` scores each group."""
 
 CLASS_NAMES = LABEL_COLUMNS
 """Class ``i`` of a model's output is ``CLASS_NAMES[i]``; also the submission's column names."""
@@ -261,9 +270,9 @@ def read_arena_csv(
         A DataFrame in file order with a fresh ``RangeIndex`` and the columns ``id`` (the string
         exactly as written, so that a submission can repeat it verbatim), ``prompt``,
         ``response_a`` and ``response_b`` (each a ``list[str | None]`` of turns), ``label``
-        (only when ``labelled``: 0, 1 or 2, the index in ``LABEL_COLUMNS`` of the winner) and
-        ``line`` (the 1-based line of the file where the record starts). Other columns in the
-        file, such as ``model_a`` and ``model_b``, are ignored.
+        (only when ``labelled``: 0, 1 or 2, the index in ``LABEL_COLUMNS`` of the winner),
+        ``subset`` (when the file has one: `SUBSET`) and ``line`` (the 1-based line where the
+        record starts). Other columns, such as ``model_a`` and ``model_b``, are ignored.
 
     Raises:
         DataError: for any problem with the file (missing, unreadable, empty, not UTF-8, bad
@@ -287,13 +296,14 @@ def read_arena_csv(
     texts: dict[str, list[list[str | None]]] = {name: [] for name in TEXT_COLUMNS}
     labels: list[int] = []
     lines: list[int] = []
+    subsets: list[str] = []
     first_line_of_id: dict[str, int] = {}
     scalar_cells: list[tuple[int, str]] = []  # (line, column) read with scalars="text"
 
     with open_input(path_str, "a CSV file", encoding="utf-8-sig", newline="") as handle:
-        for start, cells in _csv_records(path_str, handle, required):
+        for start, cells in csv_records(path_str, handle, required, (SUBSET,)):
             row_id = cells[_ID_COLUMN]
-            _check_id(path_str, row_id, start, first_line_of_id)
+            check_id(path_str, row_id, start, first_line_of_id)
             for name in TEXT_COLUMNS:
                 texts[name].append(
                     _text_cell(path_str, cells, name, start, row_id, scalars, scalar_cells)
@@ -302,19 +312,33 @@ def read_arena_csv(
                 labels.append(_parse_label(path_str, cells, start, row_id))
             ids.append(row_id)
             lines.append(start)
+            if SUBSET in cells:
+                subsets.append(cells[SUBSET])
 
     if not ids:
         raise DataError(path_str, "header line but no data rows after it", line=1)
     _warn_scalar_cells(path_str, scalar_cells)
-    columns: dict[str, Sequence[object]] = {_ID_COLUMN: ids}
-    for name in TEXT_COLUMNS:
-        columns[name] = object_array(texts[name])
-    if labelled:
-        columns["label"] = np.asarray(labels, dtype=np.int64)
-    columns["line"] = np.asarray(lines, dtype=np.int64)
-    frame = pd.DataFrame(columns)
+    frame = _arena_frame(ids, texts, labels if labelled else None, subsets, lines)
     frame.attrs["scalar_cells"] = len(scalar_cells)
     return frame
+
+
+def _arena_frame(
+    ids: list[str],
+    texts: dict[str, list[list[str | None]]],
+    labels: list[int] | None,
+    subsets: list[str],
+    lines: list[int],
+) -> pd.DataFrame:
+    """`read_arena_csv`'s frame of its columns (`labels` None: unlabelled; no `subsets`: no
+    subset column)."""
+    columns = {_ID_COLUMN: ids, **{name: object_array(texts[name]) for name in TEXT_COLUMNS}}
+    if labels is not None:
+        columns["label"] = np.asarray(labels, dtype=np.int64)
+    if subsets:
+        columns[SUBSET] = subsets
+    columns["line"] = np.asarray(lines, dtype=np.int64)
+    return pd.DataFrame(columns)
 
 
 def checked_pairs(frame: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -326,14 +350,20 @@ def checked_pairs(frame: pd.DataFrame, source: str) -> pd.DataFrame:
         DataError: naming ``source`` (what the frame is, for the message), the row's index and
             id, and the column.
     """
-    missing = [name for name in (_ID_COLUMN, *TEXT_COLUMNS) if name not in frame.columns]
+    return checked_texts(frame, source, TEXT_COLUMNS)
+
+
+def checked_texts(frame: pd.DataFrame, source: str, text_columns: Sequence[str]) -> pd.DataFrame:
+    """The ``id`` and `text_columns` of an in-memory frame, each text cell checked as
+    `checked_pairs` checks the arena's."""
+    missing = [name for name in (_ID_COLUMN, *text_columns) if name not in frame.columns]
     if missing:
         detail = f"missing column(s) {', '.join(missing)}; expected those of read_arena_csv"
         raise DataError(source, detail, column=tuple(missing))
     if not len(frame):
         raise DataError(source, "no rows to predict")
     columns: dict[str, Sequence[object]] = {_ID_COLUMN: frame[_ID_COLUMN].tolist()}
-    for name in TEXT_COLUMNS:
+    for name in text_columns:
         turns = []
         for index, row_id, cell in zip(frame.index, frame[_ID_COLUMN], frame[name], strict=True):
             try:
@@ -371,21 +401,35 @@ def pairs_frame(
             or a value that is neither a string nor a list of turns.
     """
     given = dict(zip(TEXT_COLUMNS, (prompts, responses_a, responses_b), strict=True))
+    return texts_frame(given, source, "pair")
+
+
+_COUNTS = {2: "two", 3: "three"}
+
+
+def texts_frame(given: dict[str, object], source: str, unit: str) -> pd.DataFrame:
+    """Rows of the text columns `given` ({column: value}) from Python values, as `pairs_frame`
+    makes them: one string per column (one row), or one list per column, an entry a `unit` (a
+    string or a list of turns). Ids are "0", "1", ...; checked by `checked_texts`."""
     if all(isinstance(value, str) for value in given.values()):
         given = {name: [value] for name, value in given.items()}
+    count = _COUNTS.get(len(given), str(len(given)))
     entries = {}
     for name, values in given.items():
         if isinstance(values, str) or not isinstance(values, Iterable):
-            detail = f"{type(values).__name__}: pass three strings, or three lists (a pair each)"
+            kind = type(values).__name__
+            detail = f"{kind}: pass {count} strings, or {count} lists (a {unit} each)"
             raise DataError(source, detail, column=name)
         entries[name] = [[value] if isinstance(value, str) else value for value in values]
     lengths = {name: len(values) for name, values in entries.items()}
     if len(set(lengths.values())) > 1:
         shown = ", ".join(f"{name} {length}" for name, length in lengths.items())
-        raise DataError(source, f"one entry a pair in each list, but their lengths differ: {shown}")
-    ids = [str(i) for i in range(lengths[TEXT_COLUMNS[0]])]
+        detail = f"one entry a {unit} in each list, but their lengths differ: {shown}"
+        raise DataError(source, detail)
+    ids = [str(i) for i in range(next(iter(lengths.values())))]
     columns = {name: object_array(values) for name, values in entries.items()}
-    return checked_pairs(pd.DataFrame({_ID_COLUMN: ids, **columns}), source)
+    frame = pd.DataFrame({_ID_COLUMN: ids, **columns})
+    return checked_texts(frame, source, list(given))
 
 
 def _text_cell(
@@ -418,10 +462,11 @@ def _warn_scalar_cells(path: str, scalar_cells: list[tuple[int, str]]) -> None:
         )
 
 
-def _csv_records(
-    path: str, handle: IO[str], required: tuple[str, ...]
+def csv_records(
+    path: str, handle: IO[str], required: tuple[str, ...], optional: tuple[str, ...] = ()
 ) -> Iterator[tuple[int, dict[str, str]]]:
-    """Yield (line where the record starts, {required column: cell}) for each record.
+    """Yield (line where the record starts, {column: cell}) for each record of a CSV file open
+    as text: the `required` columns, and those of `optional` the header has.
 
     Blank lines are skipped. A bad header, a record with the wrong number of fields, malformed
     CSV and text that is not UTF-8 raise DataError.
@@ -439,7 +484,9 @@ def _csv_records(
             detail = "not valid UTF-8 text (NUL characters in the header: a UTF-16 file?)"
             raise DataError(path, detail, line=1)
         _check_header(path, header, required)
-        position = {name: header.index(name) for name in required}
+        present = (*required, *(name for name in optional if name in header))
+        _check_header(path, header, present)  # an optional column once, too
+        position = {name: header.index(name) for name in present}
         line = reader.line_num + 1
         for row in reader:
             start, line = line, reader.line_num + 1
@@ -458,17 +505,17 @@ def _csv_records(
         raise DataError(path, f"not valid UTF-8 text ({err.reason})", line=bad_line) from None
 
 
-def _check_id(path: str, row_id: str, line: int, first_line_of_id: dict[str, int]) -> None:
-    """Check that ``row_id`` is not blank and not seen before, then record its line."""
+def check_id(
+    path: str, row_id: str, line: int, first_line_of_id: dict[str, int], unit: str = "line"
+) -> None:
+    """Check that ``row_id`` is not blank and not seen before, then record its line (or row:
+    ``unit``); DataError naming both lines otherwise."""
+    where = {"line": line, "column": _ID_COLUMN, "unit": unit}
     if not row_id.strip():
-        raise DataError(path, "empty id", line=line, column=_ID_COLUMN)
+        raise DataError(path, "empty id", **where)
     if row_id in first_line_of_id:
-        raise DataError(
-            path,
-            f"duplicate id {row_id!r}, first seen on line {first_line_of_id[row_id]}",
-            line=line,
-            column=_ID_COLUMN,
-        )
+        detail = f"duplicate id {row_id!r}, first seen on {unit} {first_line_of_id[row_id]}"
+        raise DataError(path, detail, **where)
     first_line_of_id[row_id] = line
 
 

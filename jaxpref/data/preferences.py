@@ -18,7 +18,13 @@ formats (other fields are ignored):
 Each pair becomes one row shaped like `arena.read_arena_csv`'s labelled output: the
 user turns are the prompt, the two conversations' assistant turns are the two responses in a
 random order, and the label says which side was chosen (0 = A, 1 = B; never a tie). The frame can
-thus be concatenated to arena training rows. Texts are stripped of surrounding whitespace.
+thus be concatenated to arena training rows. Texts are stripped of surrounding whitespace. A
+``subset`` field (RewardBench's: the group of the pair, a string in every record) is kept as
+the frame's ``subset`` column (`arena.SUBSET`).
+
+The same records in other shapes reuse these parts: `read_records` reads any fields of a
+JSON-lines or Parquet file (`Fields`), `completion_turns` makes turns of one prompt and one
+completion (`jaxpref.data.responses`).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from jaxpref.data.arena import (
+    SUBSET,
     TEXT_COLUMNS,
     DataError,
     decode_json,
@@ -44,13 +51,20 @@ from jaxpref.data.arena import (
 )
 
 __all__ = [
+    "PAIR_FIELDS",
+    "FieldError",
+    "Fields",
     "Record",
-    "pair_to_row",
     "arrow_stream_records",
+    "completion_turns",
+    "pair_to_row",
     "parquet_records",
     "parse_dialogue",
     "read_chosen_rejected",
+    "read_records",
     "rows_of_records",
+    "same_form",
+    "text_field",
 ]
 
 HUMAN = "Human"
@@ -70,12 +84,23 @@ _EXPECTED = "a JSON-lines or Parquet file"
 Turns = list[tuple[str, str]]
 
 
-class _FieldError(ValueError):
+class FieldError(ValueError):
     """A problem with one field of a record; the reader adds the file and line."""
 
     def __init__(self, field: str, detail: str) -> None:
         super().__init__(detail)
         self.field = field
+
+
+class Fields(NamedTuple):
+    """The fields a record is read for (the columns read of a table): those it must have,
+    and those it may."""
+
+    required: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+
+
+PAIR_FIELDS = Fields(FIELDS, (PROMPT, SUBSET))
 
 
 def parse_dialogue(text: str) -> Turns:
@@ -201,9 +226,8 @@ def read_chosen_rejected(
     """
     path_str = os.fspath(path)
     with open_input(path_str, _EXPECTED, "rb") as handle:
-        records, unit = _records(path_str, handle)
-        located = (Record(path_str, number, number, fields) for number, fields in records)
-        frame = rows_of_records(located, unit, np.random.default_rng(seed), id_prefix)
+        records, unit = read_records(path_str, handle)
+        frame = rows_of_records(records, unit, np.random.default_rng(seed), id_prefix)
     if not len(frame):
         raise DataError(path_str, "file is empty, expected records with chosen and rejected")
     return frame
@@ -226,39 +250,81 @@ def rows_of_records(
     record's ``number``) of preference records, in order; empty when there are none.
 
     ``unit`` names what a record's ``row`` counts ("line" or "row") in messages; ``rng`` draws
-    each row's A/B order in turn.
+    each row's A/B order in turn. A ``subset`` field becomes the ``subset`` column (before
+    ``line``): every record must then have one, a string.
 
     Raises:
         DataError: naming the record's file, row and field, for a record that is not a pair.
     """
     rows: list[dict[str, object]] = []
     numbers: list[int] = []
+    subsets = CarriedField(SUBSET, unit)
     for record in records:
         try:
             chosen, rejected = _record_turns(record.fields)
-        except _FieldError as err:
+        except FieldError as err:
             where = {"line": record.row, "column": err.field, "unit": unit}
             raise DataError(record.path, str(err), **where) from None
         rows.append(_turns_to_row(chosen, rejected, rng))
         numbers.append(record.number)
+        subsets.add(record)
     return pd.DataFrame(
         {
             "id": [f"{id_prefix}-{number}" for number in numbers],
             **{name: object_array([row[name] for row in rows]) for name in TEXT_COLUMNS},
             "label": np.asarray([row["label"] for row in rows], dtype=np.int64),
+            **subsets.column(),
             "line": np.asarray(numbers, dtype=np.int64),
         }
     )
 
 
-def _records(path: str, handle: io.BufferedReader) -> tuple[Iterator[tuple[int, dict]], str]:
-    """(iterator of (1-based number, record), "line" or "row") for a JSON-lines or Parquet file."""
+class CarriedField:
+    """An optional text field of records kept as a column: in every record or in none.
+
+    `add` each record in turn; `column()` is ``{name: values}``, or ``{}`` when no record had
+    the field. A record without it (or null) while others have it, or with a value that is not
+    a string, is a DataError naming that record, its row and the field.
+    """
+
+    def __init__(self, name: str, unit: str) -> None:
+        self.name, self.unit = name, unit
+        self.values: list[str] = []
+        self.missing: Record | None = None  # the first record without the field
+
+    def add(self, record: Record) -> None:
+        value = record.fields.get(self.name)
+        if value is None:
+            self.missing = self.missing or record
+        elif not isinstance(value, str):
+            self.fail(record, f"expected a string, got {json_type(value)}")
+        else:
+            self.values.append(value)
+        if self.values and self.missing is not None:
+            self.fail(self.missing, f"missing or null, but other records have a {self.name}")
+
+    def fail(self, record: Record, detail: str) -> None:
+        where = {"line": record.row, "column": self.name, "unit": self.unit}
+        raise DataError(record.path, detail, **where)
+
+    def column(self) -> dict[str, list[str]]:
+        return {self.name: self.values} if self.values else {}
+
+
+def read_records(
+    path: str, handle: io.BufferedReader, fields: Fields = PAIR_FIELDS
+) -> tuple[Iterator[Record], str]:
+    """(the records of a JSON-lines or Parquet file open in binary, each numbered by its line or
+    row; "line" or "row", what those numbers count). A JSON record keeps every field; of a
+    Parquet file the columns of `fields` are read (DataError naming a required one missing)."""
     head = handle.peek(4)[:4]
     if path.endswith(".parquet") or head == _PARQUET_MAGIC:
-        return parquet_records(path, handle), "row"
-    if path.endswith(".gz") or head.startswith(_GZIP_MAGIC):
-        return _jsonl_records(path, gzip.GzipFile(fileobj=handle, mode="rb")), "line"
-    return _jsonl_records(path, handle), "line"
+        numbered, unit = parquet_records(path, handle, fields), "row"
+    elif path.endswith(".gz") or head.startswith(_GZIP_MAGIC):
+        numbered, unit = _jsonl_records(path, gzip.GzipFile(fileobj=handle, mode="rb")), "line"
+    else:
+        numbered, unit = _jsonl_records(path, handle), "line"
+    return (Record(path, number, number, record) for number, record in numbered), unit
 
 
 def _jsonl_records(path: str, lines: IO[bytes]) -> Iterator[tuple[int, dict]]:
@@ -294,8 +360,11 @@ def _decode_line(path: str, number: int, raw: bytes) -> dict:
     return record
 
 
-def parquet_records(path: str, handle: IO[bytes]) -> Iterator[tuple[int, dict]]:
-    """Yield (1-based row, record) of a Parquet file's prompt, chosen and rejected columns.
+def parquet_records(
+    path: str, handle: IO[bytes], fields: Fields = PAIR_FIELDS
+) -> Iterator[tuple[int, dict]]:
+    """Yield (1-based row, record) of a Parquet file's columns of `fields` (by default prompt,
+    chosen, rejected and subset).
 
     Raises:
         DataError: naming the file (and row, where known) for a file that is not readable
@@ -306,15 +375,17 @@ def parquet_records(path: str, handle: IO[bytes]) -> Iterator[tuple[int, dict]]:
         import pyarrow.parquet as pq
 
         table = pq.ParquetFile(handle)
-        columns = _columns(path, table.schema_arrow.names)
+        columns = _columns(path, table.schema_arrow.names, fields)
         return table.iter_batches(batch_size=1024, columns=columns)
 
     return _table_records(path, "Parquet", batches)
 
 
-def arrow_stream_records(path: str, handle: IO[bytes]) -> Iterator[tuple[int, dict]]:
-    """Yield (1-based row, record) of the prompt, chosen and rejected columns of an Arrow IPC
-    stream file (the ``data-*.arrow`` files of a ``datasets`` ``save_to_disk`` directory).
+def arrow_stream_records(
+    path: str, handle: IO[bytes], fields: Fields = PAIR_FIELDS
+) -> Iterator[tuple[int, dict]]:
+    """Yield (1-based row, record) of the columns of `fields` of an Arrow IPC stream file (the
+    ``data-*.arrow`` files of a ``datasets`` ``save_to_disk`` directory).
 
     Raises:
         DataError: as :func:`parquet_records` does, for a file that is no Arrow stream.
@@ -322,7 +393,7 @@ def arrow_stream_records(path: str, handle: IO[bytes]) -> Iterator[tuple[int, di
 
     def batches(pyarrow):
         reader = pyarrow.ipc.open_stream(handle)
-        columns = _columns(path, reader.schema.names)
+        columns = _columns(path, reader.schema.names, fields)
         for batch in reader:
             batch.validate(full=True)  # Arrow trusts IPC buffers: a corrupt one could crash
             yield batch.select(columns)
@@ -353,39 +424,68 @@ def _table_records(path: str, kind: str, batches) -> Iterator[tuple[int, dict]]:
         raise DataError(path, f"not a readable {kind} file ({reason})", **where) from None
 
 
-def _columns(path: str, names: list[str]) -> list[str]:
-    """The columns to read of a table with columns ``names``; DataError if one is missing."""
-    missing = [field for field in FIELDS if field not in names]
+def _columns(path: str, names: list[str], fields: Fields) -> list[str]:
+    """The columns of `fields` a table with columns ``names`` has; DataError if a required one
+    is missing."""
+    missing = [field for field in fields.required if field not in names]
     if missing:
         found = ", ".join(map(repr, names)) or "none"
         raise DataError(path, f"missing column (found: {found})", column=missing[0])
-    return [name for name in (PROMPT, *FIELDS) if name in names]
+    return [name for name in (*fields.required, *fields.optional) if name in names]
 
 
 def _record_turns(record: dict) -> tuple[Turns, Turns]:
     """The chosen and rejected conversations of one record, as (human, assistant) turns."""
-    for field in FIELDS:
-        if field not in record:
-            found = ", ".join(map(repr, record)) or "none"
-            raise _FieldError(field, f"missing field (found: {found})")
-        if not isinstance(record[field], (str, list)):
-            kind = json_type(record[field])
-            raise _FieldError(field, f"expected a string or a list of messages, got {kind}")
-    chosen, rejected = record["chosen"], record["rejected"]
+    chosen, rejected = (text_field(record, field) for field in FIELDS)
+    same_form(rejected, "rejected", chosen, "chosen")
     prompt = record.get(PROMPT)
-    if isinstance(rejected, str) != isinstance(chosen, str):
-        raise _FieldError("rejected", f"is {_form(rejected)} but 'chosen' is {_form(chosen)}")
-    if prompt is not None and (
-        not isinstance(prompt, (str, list)) or isinstance(prompt, str) != isinstance(chosen, str)
-    ):
-        raise _FieldError(PROMPT, f"is {_form(prompt)} but 'chosen' is {_form(chosen)}")
+    if prompt is not None:
+        same_form(prompt, PROMPT, chosen, "chosen")
     if isinstance(chosen, str):
         return _string_turns(prompt, chosen, rejected)
-    start = _messages(PROMPT, prompt) if prompt is not None else []
-    chosen_turns, rejected_turns = (
-        _conversation_turns(field, start + _messages(field, record[field])) for field in FIELDS
-    )
+    chosen_turns, rejected_turns = (completion_turns(prompt, record[f], f) for f in FIELDS)
     return chosen_turns, rejected_turns
+
+
+def text_field(record: dict, field: str) -> str | list:
+    """A record's `field`: a string or a list of messages; FieldError when it is missing or
+    of another type."""
+    if field not in record:
+        found = ", ".join(map(repr, record)) or "none"
+        raise FieldError(field, f"missing field (found: {found})")
+    value = record[field]
+    if not isinstance(value, (str, list)):
+        raise FieldError(field, f"expected a string or a list of messages, got {json_type(value)}")
+    return value
+
+
+def same_form(value: object, field: str, other: object, other_field: str) -> None:
+    """FieldError on `field` unless `value` is written as `other` is: both strings, or both
+    lists of messages."""
+    if not isinstance(value, (str, list)) or isinstance(value, str) != isinstance(other, str):
+        raise FieldError(field, f"is {_form(value)} but {other_field!r} is {_form(other)}")
+
+
+def completion_turns(prompt: str | list | None, completion: str | list, field: str) -> Turns:
+    """The turns of one prompt (None: none) and one completion of `field`, as (human,
+    assistant) turns whose last reply is the completion: strings are a prompt and its reply
+    (or an HH-RLHF dialogue when their text holds both role markers), lists of messages one
+    conversation. FieldError naming the field at fault."""
+    if isinstance(completion, str):
+        text = (prompt or "") + completion
+        if set(_MARKER.findall(text)) == {HUMAN, ASSISTANT}:
+            return _dialogue_turns(text, field)
+        return [((prompt or "").strip(), completion.strip())]
+    start = _messages(PROMPT, prompt) if prompt is not None else []
+    return _conversation_turns(field, start + _messages(field, completion))
+
+
+def _dialogue_turns(text: str, field: str) -> Turns:
+    """`parse_dialogue` of a field's text; FieldError naming the field."""
+    try:
+        return parse_dialogue(text)
+    except ValueError as err:
+        raise FieldError(field, str(err)) from None
 
 
 def _form(value: object) -> str:
@@ -399,13 +499,8 @@ def _string_turns(prompt: str | None, chosen: str, rejected: str) -> tuple[Turns
     """Turns of a standard (string) record: an HH-RLHF dialogue, or one prompt-completion turn."""
     texts = {"chosen": (prompt or "") + chosen, "rejected": (prompt or "") + rejected}
     if any(set(_MARKER.findall(text)) == {HUMAN, ASSISTANT} for text in texts.values()):
-        turns = []
-        for field in FIELDS:
-            try:
-                turns.append(parse_dialogue(texts[field]))
-            except ValueError as err:
-                raise _FieldError(field, str(err)) from None
-        return turns[0], turns[1]
+        chosen_turns, rejected_turns = (_dialogue_turns(texts[f], f) for f in FIELDS)
+        return chosen_turns, rejected_turns
     if prompt is None:
         prompt, chosen, rejected = _split_shared_prefix(chosen, rejected)
     prompt = prompt.strip()
@@ -429,22 +524,22 @@ def _split_shared_prefix(chosen: str, rejected: str) -> tuple[str, str, str]:
 def _messages(field: str, value: list) -> list[tuple[str, str]]:
     """(role, content) of each message in ``value``, which must be a non-empty list of them."""
     if not value:
-        raise _FieldError(field, "empty list of messages")
+        raise FieldError(field, "empty list of messages")
     out = []
     for i, message in enumerate(value):
         if not isinstance(message, dict):
             kind = json_type(message)
-            raise _FieldError(field, f"message {i} is {kind}, expected an object with a role")
+            raise FieldError(field, f"message {i} is {kind}, expected an object with a role")
         for key in ("role", "content"):
             if key not in message:
-                raise _FieldError(field, f"message {i} has no {key!r}")
+                raise FieldError(field, f"message {i} has no {key!r}")
         role, content = message["role"], message["content"]
         if not isinstance(role, str) or role not in ROLES:
             shown = repr(role) if isinstance(role, str) else json_type(role)
-            raise _FieldError(field, f"message {i} has role {shown}, expected one of {ROLES}")
+            raise FieldError(field, f"message {i} has role {shown}, expected one of {ROLES}")
         if not isinstance(content, str):
             kind = json_type(content)
-            raise _FieldError(field, f"message {i} content is {kind}, expected a string")
+            raise FieldError(field, f"message {i} content is {kind}, expected a string")
         out.append((role, content))
     return out
 
@@ -454,13 +549,13 @@ def _conversation_turns(field: str, messages: list[tuple[str, str]]) -> Turns:
     roles = [role for role, _ in messages]
     n_system = next((i for i, role in enumerate(roles) if role != "system"), len(roles))
     if n_system == len(roles):
-        raise _FieldError(field, "conversation has only 'system' messages")
+        raise FieldError(field, "conversation has only 'system' messages")
     if "system" in roles[n_system:]:
-        raise _FieldError(field, "a 'system' message after the first user or assistant message")
+        raise FieldError(field, "a 'system' message after the first user or assistant message")
     if roles[n_system] != "user":
-        raise _FieldError(field, "conversation starts with an 'assistant' message, not 'user'")
+        raise FieldError(field, "conversation starts with an 'assistant' message, not 'user'")
     if "assistant" not in roles:
-        raise _FieldError(field, "conversation has no 'assistant' message")
+        raise FieldError(field, "conversation has no 'assistant' message")
     segments = [
         (ASSISTANT if role == "assistant" else HUMAN, text.strip()) for role, text in messages
     ]

@@ -113,7 +113,12 @@ def submission_frame(ids, probs: np.ndarray) -> pd.DataFrame:
 
 def write_submission(ids, probs: np.ndarray, path: str | os.PathLike) -> Path:
     """Write `submission_frame(ids, probs)` as CSV, atomically (temp file + rename)."""
-    frame = submission_frame(ids, probs)
+    return write_csv(submission_frame(ids, probs), path)
+
+
+def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write `frame` as CSV without its index, atomically (temp file + rename): a reader never
+    sees half a file, and an interrupted write leaves the earlier one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Opened here rather than by tempfile.mkstemp, whose files are private (0600) whatever

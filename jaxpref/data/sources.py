@@ -16,6 +16,9 @@
 - *any other file* by its first bytes: Parquet or gzip magic bytes, or a ``{`` as the first
   character that is not blank, make a preference file; anything else is read as an arena CSV.
 
+`read_responses(path)` reads single responses to score (`jaxpref.data.responses`) from the same
+kinds of source, a CSV file holding plain text.
+
 The records of directories are preference records too. Preference rows get their A/B order
 from a fixed seed (`ROW_ORDER_SEED`), so every command reads the same frame from a file and
 the labels a run was trained and validated on are those `jaxpref evaluate` reads back. Their
@@ -25,6 +28,7 @@ of ``prefs.jsonl``; in a directory the number counts rows over its files in orde
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Iterator
@@ -33,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from jaxpref.data import arena, preferences
+from jaxpref.data import arena, preferences, responses
 from jaxpref.data.arena import DataError, decode_json, open_input
 from jaxpref.data.preferences import Record
 
@@ -45,6 +49,7 @@ __all__ = [
     "SAVED_DATASET",
     "check_distinct_ids",
     "read_pairs",
+    "read_responses",
     "read_rows",
     "source_kind",
     "training_file",
@@ -152,23 +157,63 @@ def read_pairs(
         )  # fmt: skip
     if kind == PREFERENCE_FILE:
         return preferences.read_chosen_rejected(path_str, seed, prefix)
-    if kind == SAVED_DATASET:
-        shards, reader = _saved_dataset_shards(path_str), preferences.arrow_stream_records
-    else:
-        shards, reader = _parquet_shards(path_str), preferences.parquet_records
-    frame = preferences.rows_of_records(
-        _shard_records(shards, reader), "row", np.random.default_rng(seed), prefix
-    )
+    shards, records = _directory_records(path_str, kind, preferences.PAIR_FIELDS)
+    frame = preferences.rows_of_records(records, "row", np.random.default_rng(seed), prefix)
     if not len(frame):
         raise DataError(path_str, f"{kind} without rows, expected records with chosen and rejected")
     log.info("%s: %d rows in %d shard(s) (%s)", path_str, len(frame), len(shards), kind)
     return frame
 
 
+def read_responses(path: str | os.PathLike) -> pd.DataFrame:
+    """Single responses to score (`jaxpref.data.responses`): ``id``, ``prompt``, ``response``
+    (lists of turns) and ``line``, one row per record in order, from a CSV file, a JSON-lines or
+    Parquet file, a datasets save_to_disk directory or a folder of Parquet shards (told apart as
+    `read_rows` tells its sources).
+
+    Raises:
+        DataError: naming the file (the shard file), the line or row and the column at fault.
+
+    Example:
+        candidates = read_responses("candidates.jsonl")  # {"prompt": ..., "response": ...}
+    """
+    path_str = os.fspath(path)
+    kind = source_kind(path_str)
+    prefix = source_name(path_str)
+    if kind in (SAVED_DATASET, PARQUET_SHARDS):
+        _, records = _directory_records(path_str, kind, responses.FIELDS)
+        frame = responses.rows(records, "row", prefix)
+    else:
+        binary = kind == PREFERENCE_FILE
+        options = {"mode": "rb"} if binary else {"encoding": "utf-8-sig", "newline": ""}
+        with open_input(path_str, "a file of responses", **options) as handle:
+            if binary:
+                records, unit = preferences.read_records(path_str, handle, responses.FIELDS)
+            else:
+                records, unit = responses.csv_file_records(path_str, handle), "line"
+            frame = responses.rows(records, unit, prefix)
+    if not len(frame):
+        raise DataError(path_str, "no rows, expected records with a prompt and a response")
+    return frame
+
+
+def _directory_records(
+    path: str, kind: str, fields: preferences.Fields
+) -> tuple[list[str], Iterator[Record]]:
+    """(the shard files, the records of their `fields` in order) of a SAVED_DATASET or
+    PARQUET_SHARDS directory."""
+    if kind == SAVED_DATASET:
+        shards, reader = _saved_dataset_shards(path), preferences.arrow_stream_records
+    else:
+        shards, reader = _parquet_shards(path), preferences.parquet_records
+    return shards, _shard_records(shards, functools.partial(reader, fields=fields))
+
+
 def source_name(path: str) -> str:
-    """A source's name for its row ids: the file or directory name less PREFERENCE_SUFFIXES."""
+    """A source's name for its row ids: the file or directory name less PREFERENCE_SUFFIXES
+    (and ``.csv``, for files of responses)."""
     name = Path(os.path.abspath(path)).name
-    while name.lower().endswith(PREFERENCE_SUFFIXES) and "." in name[1:]:
+    while name.lower().endswith((*PREFERENCE_SUFFIXES, ".csv")) and "." in name[1:]:
         name = name[: name.rindex(".")]
     return name
 

@@ -42,17 +42,24 @@ def format_side(prompts: Sequence[str | None], responses: Sequence[str | None]) 
     return context, _turn(responses[-1])
 
 
+def format_sides(prompts: Sequence, responses: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """(contexts, responses) object arrays: `format_side` of each row's prompt turns and one
+    response's turns (a pair's side, or a single response to score)."""
+    sides = [
+        format_side(prompt, response) for prompt, response in zip(prompts, responses, strict=True)
+    ]
+    contexts = np.asarray([context for context, _ in sides], dtype=object)
+    replies = np.asarray([reply for _, reply in sides], dtype=object)
+    return contexts, replies
+
+
 def format_pairs(df: pd.DataFrame) -> dict[str, np.ndarray]:
     """Text features for every row: context/response for side A and side B (object arrays)."""
-    columns: dict[str, list[str]] = {key: [] for key in FEATURE_KEYS}
-    for prompt, response_a, response_b in zip(
-        df["prompt"], df["response_a"], df["response_b"], strict=True
-    ):
-        for side, response in zip(SIDES, (response_a, response_b), strict=True):
-            context, reply = format_side(prompt, response)
-            columns[f"context_{side}"].append(context)
-            columns[f"response_{side}"].append(reply)
-    return {key: np.asarray(values, dtype=object) for key, values in columns.items()}
+    columns: dict[str, np.ndarray] = {}
+    for side in SIDES:
+        contexts, replies = format_sides(df["prompt"], df[f"response_{side}"])
+        columns[f"context_{side}"], columns[f"response_{side}"] = contexts, replies
+    return columns
 
 
 def join_turns(turns: Sequence[str | None], speaker: str) -> str:

@@ -8,6 +8,8 @@ and prediction both start here, so they tokenize and plan alike.
     rows = featurize(frame, model.build_packer(preset, 512), with_side_features=True)
     plan = rows.plan(batch_size=8)
     dataset = feeding.make_dataset(rows, [plan])
+
+`featurize_responses` packs single responses, two a row, for a reward model.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from jaxpref.data.text import SIDE_COUNTS, SIDES, format_pairs, side_counts, turn_counts
+from jaxpref.data.text import (
+    FEATURE_KEYS,
+    SIDE_COUNTS,
+    SIDES,
+    format_pairs,
+    side_counts,
+    turn_counts,
+)
 from jaxpref.inputs import batching, token_store
 from jaxpref.inputs.packers import Packer
 from jaxpref.inputs.token_store import TokenizedPairs
@@ -82,6 +91,34 @@ def featurize(
     tokens = tokenize(packer.texts(frame), packer, cache_dir, progress)
     features = side_features(format_pairs(frame), tokens) if with_side_features else None
     return FeaturizedRows(packer, tokens, features)
+
+
+def featurize_responses(
+    contexts: np.ndarray,
+    responses: np.ndarray,
+    packer: Packer,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> FeaturizedRows:
+    """Single responses (`text.format_sides` of their turns) packed two a row for a model that
+    scores each side on its own (a reward model): response 2i is row i's side A, 2i + 1 its side
+    B, and an odd count's last row repeats its side A. Each is packed exactly as a pair's side,
+    so its score is the one it gets in any pair; `one_per_response` reads the scores back.
+    No side features (a reward model reads none)."""
+    if tuple(packer.text_keys) != FEATURE_KEYS:
+        raise ValueError(f"{type(packer).__name__} packs no sides apart: it cannot pack responses")
+    count = len(responses)
+    second = np.minimum(np.arange(1, count + 1, 2), count - 1)
+    texts = {
+        "context_a": contexts[0::2], "response_a": responses[0::2],
+        "context_b": contexts[second], "response_b": responses[second],
+    }  # fmt: skip
+    return FeaturizedRows(packer, tokenize(texts, packer, cache_dir, progress))
+
+
+def one_per_response(side_scores: np.ndarray, count: int) -> np.ndarray:
+    """(count,) scores of `featurize_responses`' responses from its rows' (rows, 2) side scores."""
+    return np.asarray(side_scores).reshape(-1)[:count]
 
 
 def tokenize(

@@ -3,7 +3,9 @@
 Log loss is the competition metric, so every predictor (the model and each baseline of
 `jaxpref.scoring.baselines`, fitted on the run's own training split) is scored on exactly the same
 rows, with the standard error of the model's log loss and of its paired difference to each
-baseline: on 100 validation rows a difference of a few hundredths is noise. The report goes to
+baseline: on 100 validation rows a difference of a few hundredths is noise. Pairwise accuracy
+(RewardBench's) is reported beside it, overall and, when the rows have a ``subset`` column, per
+subset. The report goes to
 `RUN/evaluation/` (`evaluation.json`, `evaluation.md`, `reliability.png`,
 `learning_curves.png`). JAX and Keras are imported only when a model has to predict a CSV.
 """
@@ -18,6 +20,7 @@ import pandas as pd
 
 from jaxpref.config import TrainConfig
 from jaxpref.data import sources
+from jaxpref.data.arena import SUBSET
 from jaxpref.data.probabilities import read_probabilities
 from jaxpref.rundir import RunDir, RunDirError
 from jaxpref.scoring import baselines, metrics, report
@@ -57,7 +60,8 @@ def evaluate_run(
     model is loaded). With `file` (labelled rows of any `sources.read_rows` source) the run's
     best weights predict it on `devices`. Either way the baselines are fitted on the run's own
     training rows (config.json's `train_file` and split.csv). `out_dir` defaults to
-    `RUN/evaluation`. Returns the dict written to `evaluation.json`.
+    `RUN/evaluation`. Returns the dict written to `evaluation.json`; rows with a ``subset``
+    column add `subsets`, each predictor's pairwise accuracy per subset.
     """
     paths = RunDir(run_dir)
     cfg = TrainConfig.from_json(paths.require(paths.config))
@@ -99,6 +103,9 @@ def evaluate_run(
         **metrics.score_table(model_probs, baseline_probs, labels),
         "plots": plots,
     }
+    if SUBSET in rows.columns:
+        every = {metrics.MODEL: model_probs, **baseline_probs}
+        result["subsets"] = metrics.subset_pairwise_accuracy(every, labels, rows[SUBSET])
     if paths.calibration.exists():
         result["calibration"] = json.loads(paths.calibration.read_text())
     (out_dir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -1,5 +1,6 @@
 """Every score jaxpref reports, computed one way: log loss (the competition metric), accuracy,
-expected calibration error, the class prior, and paired comparisons between predictors.
+pairwise accuracy (RewardBench's), expected calibration error, the class prior, and paired
+comparisons between predictors.
 
 Probabilities are scaled to sum 1 per row, clipped to [CLIP, 1 - CLIP] and renormalised before
 taking logs, as Kaggle scores a submission.
@@ -12,8 +13,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from jaxpref.data.arena import CLASS_NAMES, NUM_CLASSES
+from jaxpref.data.arena import CLASS_NAMES, MIRROR, NUM_CLASSES
 
+TIE = CLASS_NAMES.index("winner_tie")  # the label of a tie: no winner for pairwise accuracy
 CLIP = 1e-15
 ECE_BINS = 15
 MODEL = "model"
@@ -64,6 +66,42 @@ def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(probs.argmax(axis=1) == labels))
 
 
+def pairwise_accuracy(probs: np.ndarray, labels: np.ndarray) -> float | None:
+    """Share of the rows with a winner (label A or B; ties left out) whose winner is the more
+    probable side: P(A) > P(B) when A won, P(B) > P(A) when B did; equal counts as wrong.
+    RewardBench's accuracy (the chosen response scores higher than the rejected one): for a
+    reward model P(A) > P(B) exactly when rA > rB. None when every row is a tie."""
+    probs, labels = checked_probabilities(probs, labels)
+    decided = labels != TIE
+    if not decided.any():
+        return None
+    winner = labels[decided]
+    loser = np.asarray(MIRROR)[winner]
+    rows = np.flatnonzero(decided)
+    return float(np.mean(probs[rows, winner] > probs[rows, loser]))
+
+
+def subset_pairwise_accuracy(
+    probs_by_name: Mapping[str, np.ndarray], labels: np.ndarray, subsets: np.ndarray
+) -> dict[str, dict]:
+    """`pairwise_accuracy` of every predictor within each subset (rows sharing a value of
+    `subsets`, in sorted order): ``{subset: {"rows", "pairwise_rows", "pairwise_accuracy":
+    {name: accuracy}}}``, ``pairwise_rows`` counting the subset's rows with a winner."""
+    subsets, labels = np.asarray(subsets, dtype=object), np.asarray(labels)
+    table = {}
+    for subset in sorted(set(subsets)):
+        rows = subsets == subset
+        table[str(subset)] = {
+            "rows": int(rows.sum()),
+            "pairwise_rows": int((labels[rows] != TIE).sum()),
+            "pairwise_accuracy": {
+                name: pairwise_accuracy(np.asarray(probs)[rows], labels[rows])
+                for name, probs in probs_by_name.items()
+            },
+        }
+    return table
+
+
 def class_prior(train_labels: np.ndarray) -> np.ndarray:
     """Class frequencies with one added count per class, so no class gets probability 0."""
     counts = np.bincount(np.asarray(train_labels), minlength=NUM_CLASSES)[:NUM_CLASSES] + 1.0
@@ -102,7 +140,8 @@ def expected_calibration_error(
 
 
 def scores(probs: np.ndarray, labels: np.ndarray) -> dict:
-    """Log loss, accuracy, per-class log loss, ECE, confusion matrix and row count.
+    """Log loss, accuracy, pairwise accuracy, per-class log loss, ECE, confusion matrix, row
+    count and the count of rows with a winner (`pairwise_rows`, those pairwise accuracy scores).
 
     `per_class_log_loss` maps each class name to the mean -log p over the rows of that true
     class (None when there are none); `confusion_matrix[true][predicted]` counts rows.
@@ -115,6 +154,7 @@ def scores(probs: np.ndarray, labels: np.ndarray) -> dict:
     return {
         "log_loss": float(losses.mean()),
         "accuracy": float(np.mean(predicted == labels)),
+        "pairwise_accuracy": pairwise_accuracy(probs, labels),
         "per_class_log_loss": {
             name: float(losses[labels == k].mean()) if np.any(labels == k) else None
             for k, name in enumerate(CLASS_NAMES)
@@ -122,6 +162,7 @@ def scores(probs: np.ndarray, labels: np.ndarray) -> dict:
         "ece": expected_calibration_error(probs, labels),
         "confusion_matrix": confusion.tolist(),
         "rows": len(labels),
+        "pairwise_rows": int((labels != TIE).sum()),
     }
 
 

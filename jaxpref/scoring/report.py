@@ -24,15 +24,37 @@ def number(value: float | None, digits: int = 4) -> str:
 
 
 def markdown_table(scores: Mapping[str, dict]) -> str:
-    """One row per predictor: log loss, accuracy, ECE and the log loss of each true class."""
-    head = ["predictor", "log loss", "accuracy", "ECE"]
+    """One row per predictor: log loss, accuracy, pairwise accuracy, ECE and the log loss of
+    each true class."""
+    head = ["predictor", "log loss", "accuracy", "pairwise accuracy", "ECE"]
     head += [f"log loss ({title})" for title in CLASS_TITLES]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in scores.items():
-        cells = [name, number(m["log_loss"]), number(m["accuracy"], 3), number(m["ece"])]
+        cells = [name, number(m["log_loss"]), number(m["accuracy"], 3)]
+        cells += [number(m["pairwise_accuracy"], 3), number(m["ece"])]
         cells += [number(m["per_class_log_loss"][c]) for c in CLASS_NAMES]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def subset_table(subsets: Mapping[str, dict]) -> str:
+    """One row per subset (`metrics.subset_pairwise_accuracy`): its rows, those with a
+    winner, and each predictor's pairwise accuracy on them."""
+    names = list(next(iter(subsets.values()))["pairwise_accuracy"]) if subsets else []
+    head = ["subset", "rows", "pairs with a winner", *names]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for subset, m in subsets.items():
+        cells = [subset, str(m["rows"]), str(m["pairwise_rows"])]
+        cells += [number(m["pairwise_accuracy"][name], 3) for name in names]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+PAIRWISE = (
+    "Pairwise accuracy: of the rows with a winner (ties left out), the share whose winner the "
+    "predictor makes the more probable side, P(A) > P(B) (RewardBench's accuracy: the chosen "
+    "response scores higher)."
+)
 
 
 def confusion_table(confusion: list[list[int]]) -> str:
@@ -77,9 +99,11 @@ def evaluation_markdown(result: Mapping) -> str:
         markdown_table(result["scores"]),
         "",
         f"Model log loss {model['log_loss']:.4f} ± {number(result['model_log_loss_se'])} "
-        f"(standard error over {result['rows']} rows).",
+        f"(standard error over {result['rows']} rows). {PAIRWISE}",
         "",
     ]
+    if result.get("subsets"):
+        lines += ["Pairwise accuracy per subset:", "", subset_table(result["subsets"]), ""]
     if "calibration" in result:
         cal = result["calibration"]
         lines += [

@@ -4,6 +4,7 @@ several runs (a cross-validation's folds) predict as their average."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -13,11 +14,23 @@ import numpy as np
 import pandas as pd
 
 from jaxpref import safety
-from jaxpref.config import INFERENCE_PRECISIONS, ConfigError, TrainConfig
+from jaxpref.config import (
+    INFERENCE_PRECISIONS,
+    ConfigError,
+    TrainConfig,
+    require_reward_model,
+)
 from jaxpref.data import arena
+from jaxpref.data.responses import PROMPT, RESPONSE
+from jaxpref.data.text import format_sides
 from jaxpref.inputs import feeding, token_store
 from jaxpref.inputs.batching import Batch
-from jaxpref.inputs.featurize import FeaturizedRows, featurize
+from jaxpref.inputs.featurize import (
+    FeaturizedRows,
+    featurize,
+    featurize_responses,
+    one_per_response,
+)
 from jaxpref.inputs.packers import Packer
 from jaxpref.models import objective, presets
 from jaxpref.monitoring import Ticker
@@ -94,16 +107,25 @@ def predict_rows(
         direct = predict_rows(model, rows, plan)
         swapped = predict_rows(model, rows.swapped(), plan)
         return (direct + swapped[:, list(arena.MIRROR)]) / 2
+    return predict_outputs(model, rows, plan, label)
+
+
+def predict_outputs(
+    model, rows: FeaturizedRows, plan: Sequence[Batch], label: str = "predicting"
+) -> np.ndarray:
+    """`model`'s outputs (n, k) for every featurized row, in input order, none dropped: a
+    preference model's class probabilities, a reward scorer's side rewards (n, 2). Progress
+    is reported as `label` (`predict_progress`)."""
     import jax
 
     ds = feeding.make_dataset(rows, [plan], None, jax.process_index(), jax.process_count())
     sizes = [int((b.weights > 0).sum()) for b in plan]
     watch = predict_progress(label, sizes)
-    probs = np.asarray(model.predict(ds, verbose=0, callbacks=[watch]), "float64")
+    outputs = np.asarray(model.predict(ds, verbose=0, callbacks=[watch]), "float64")
     fed = np.concatenate([b.rows for b in plan])
     real = np.concatenate([b.weights for b in plan]) > 0
-    out = np.full((len(rows), probs.shape[1]), np.nan)
-    out[fed[real]] = probs[real]
+    out = np.full((len(rows), outputs.shape[1]), np.nan)
+    out[fed[real]] = outputs[real]
     if np.isnan(out).any():
         raise RuntimeError("some rows received no prediction")
     return out
@@ -143,11 +165,38 @@ class LoadedRun:
     config: TrainConfig
     batch_size: int
     temperature: float
+    source: str = ""  # the run directory or bundle, for messages
 
     def predict(self, frame: pd.DataFrame, tta: bool = False) -> np.ndarray:
         """Calibrated probabilities (n, 3) for every row of `frame`, in order."""
         probs = predict_frame(self.model, self.packer, frame, self.batch_size, tta)
         return calibration.apply_temperature(probs, self.temperature)
+
+    @functools.cached_property
+    def reward_scorer(self):
+        """The model's `reward_scorer` (built once: each compiles its own predict function);
+        ConfigError for a model without rewards (`config.require_reward_model`)."""
+        require_reward_model(self.config, self.source)
+        return self.model.reward_scorer()
+
+    def rewards(self, frame: pd.DataFrame) -> np.ndarray:
+        """Side rewards (n, 2), [reward of response A, of response B], of every row of an arena
+        frame, in order: a reward model's raw scores (no temperature), what its transformers
+        export outputs as logits. P(A wins) / P(B wins) is exp((rA - rB) / T)."""
+        scorer = self.reward_scorer
+        rows = featurize(frame, self.packer, False, token_store.default_cache_dir())
+        return predict_outputs(scorer, rows, rows.plan(self.batch_size), "scoring")
+
+    def score(self, frame: pd.DataFrame) -> np.ndarray:
+        """Rewards (n,) of single responses (`data.responses` rows: ``prompt`` and
+        ``response`` lists of turns), in order: each the reward it gets as a side of any pair
+        (`featurize.featurize_responses` packs two a row)."""
+        scorer = self.reward_scorer
+        contexts, replies = format_sides(frame[PROMPT], frame[RESPONSE])
+        cache = token_store.default_cache_dir()
+        rows = featurize_responses(contexts, replies, self.packer, cache)
+        sides = predict_outputs(scorer, rows, rows.plan(self.batch_size), "scoring")
+        return one_per_response(sides, len(frame))
 
 
 def load_for_prediction(
@@ -185,7 +234,7 @@ def load_for_prediction(
     check_memory(preset, predicted, selected, model_parallel, quantize)
     model, packer, cfg = load_run(run_dir, dtype, quantize)
     temperature = calibration.load_temperature(paths.calibration)
-    return LoadedRun(model, packer, cfg, batch_size, temperature)
+    return LoadedRun(model, packer, cfg, batch_size, temperature, os.fspath(run_dir))
 
 
 def check_memory(
