@@ -12,7 +12,8 @@ one-input blend), epochs 1 and 2 blended with nested weights (prediction averagi
 checkpoints), a nested selection among all configurations and epochs (`jaxpref ensemble`), and
 a nested choice of the stop point among the quarter-epoch validations of `--validations-per-epoch
 4`. The cross-encoder rows compare the runs' own selected and calibrated `oof.csv` (the cross
-run predates the per-epoch files).
+run predates the per-epoch files). The last table is the pairwise accuracy (rows with a winner)
+of the reward model (`--objective reward`), the defaults and the baselines.
 """
 
 import json
@@ -24,7 +25,7 @@ import numpy as np
 from jaxpref.data import arena, probabilities, splitting
 from jaxpref.data.probabilities import read_probabilities
 from jaxpref.jobs import crossval, ensemble
-from jaxpref.scoring import metrics
+from jaxpref.scoring import baselines, metrics
 
 CONFIGURATIONS = {
     "siamese2": "siamese, current defaults",
@@ -38,6 +39,7 @@ CONFIGURATIONS = {
     "distilled-nested-cross": "`--soft-labels` from per-fold siamese + cross-encoder + baselines "
     "teachers (`nested_teachers.sh ROOT cross`)",
     "extra-full-siamese": "`--extra-train` the whole HH-RLHF file (2,354 rows), tie 0.3",
+    "reward": "`--objective reward` (one scalar per side from [CLS], Davidson ties)",
 }
 SELECTABLE = ("siamese2", "wd1", "rank2", "lora-dropout")
 STOPS = "quarters"
@@ -52,6 +54,7 @@ FOLD_AVERAGING = {  # `fold_average.sh` ROOT/nested: each fold's 2 inner models,
     "fold-average.oof.csv": "2 half-data models, mean weights (`export.py`), one model",
 }
 REFERENCE = ("siamese2", 2)
+REWARD = "reward"
 BASELINE = "tfidf_length_logreg"
 TIE = arena.CLASS_NAMES.index("winner_tie")
 
@@ -273,8 +276,38 @@ def fold_averaging_table(result: dict) -> str:
     return f"{table(head, rows)}\n\nMean weights − mean predictions, nested temperature: {versus}"
 
 
+def pairwise_table(result: dict) -> str:
+    """Pairwise accuracy (rows with a winner: the winner the more probable side) of the reward
+    model and the default at epoch 2 and of the baselines, with the paired difference."""
+    decided = labels != TIE
+    reward, default = epoch_probs(REWARD, 2), epoch_probs(*REFERENCE)
+
+    def correct(probs: np.ndarray) -> np.ndarray:
+        winner = labels[decided]
+        rows = np.flatnonzero(decided)
+        return probs[rows, winner] > probs[rows, np.asarray(arena.MIRROR)[winner]]
+
+    predictors = {"reward model, epoch 2": reward, "default, epoch 2": default}
+    fitted = baselines.baseline_predictions(frame, splits)
+    predictors |= {name: fitted[name] for name in ("length_logreg", BASELINE)}
+    rows, accuracy = [], {}
+    result["pairwise_accuracy"] = accuracy
+    for name, probs in predictors.items():
+        accuracy[name] = metrics.pairwise_accuracy(probs, labels)
+        rows.append([name, f"{accuracy[name]:.3f}"])
+    d = correct(reward).astype(float) - correct(default)
+    versus = result["pairwise_accuracy"]["reward_minus_default"] = {
+        "difference": float(d.mean()), "se": metrics.standard_error(d), "rows": int(decided.sum())
+    }  # fmt: skip
+    return (
+        f"{table(['predictor', 'pairwise accuracy'], rows)}\n\nReward model − default on the "
+        f"{versus['rows']} rows with a winner: {versus['difference']:+.3f} "
+        f"(paired SE {versus['se']:.3f})"
+    )
+
+
 result: dict = {"configurations": {}, "learning_curve": {}, "cross": {}, "fold_averaging": {}}
 print(configurations_table(result), selection_line(result), learning_curve_table(result),
       stop_point_table(result), cross_table(result), fold_averaging_table(result),
-      sep="\n\n")  # fmt: skip
+      pairwise_table(result), sep="\n\n")  # fmt: skip
 (root / "analysis.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -69,7 +69,7 @@ def confusion_table(confusion: list[list[int]]) -> str:
 
 SELECTED_ON_THESE_ROWS = (
     "**Note:** the best epoch was chosen and the temperature fitted on these same rows (the "
-    "validation split), so the model's scores are slightly optimistic; `--csv` with rows the "
+    "validation split), so the model's scores are slightly optimistic; `--file` with rows the "
     "run never saw gives unbiased ones."
 )
 
