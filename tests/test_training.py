@@ -121,7 +121,9 @@ def test_checkpoint_is_the_epoch_with_best_val_log_loss(sample_run):
 
 @pytest.mark.slow
 def test_reloaded_weights_reproduce_validation_predictions(sample_run, tmp_path):
-    """The best weights, restored from the run directory, give the same predictions."""
+    """The best weights, restored from the run directory on fewer devices than saved them
+    (2, then 1 of those 2, in a process where the other saved devices do not exist), give the
+    predictions the 4 devices gave during training."""
     run_dir, _ = sample_run
     split = pd.read_csv(run_dir / "split.csv", dtype=str)
     train = arena.read_arena_csv(arena.DEFAULT_TRAIN_CSV, labelled=True)
@@ -130,15 +132,21 @@ def test_reloaded_weights_reproduce_validation_predictions(sample_run, tmp_path)
     valid_csv = tmp_path / "valid.csv"
     raw[raw["id"].isin(valid_ids)].to_csv(valid_csv, index=False)
 
-    out = tmp_path / "valid_sub.csv"
-    result = run_script("infer.py", "--devices", "cpu", "--num-devices", "4",
-                        "--run-dir", str(run_dir), "--test-csv", str(valid_csv),
-                        "--output", str(out))  # fmt: skip
+    infer = ["infer", "--devices", "cpu", "--run-dir", run_dir, "--test-csv", valid_csv]
+    result = run_commands(
+        [*infer, "--num-devices", "2", "--output", tmp_path / "on2.csv"],
+        [*infer, "--num-devices", "1", "--output", tmp_path / "on1.csv"],
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    reloaded = pd.read_csv(out, dtype={"id": str}).set_index("id")
     during = pd.read_csv(run_dir / "valid_predictions.csv", dtype={"id": str}).set_index("id")
-    assert sorted(reloaded.index) == sorted(during.index) == sorted(valid_ids)
-    np.testing.assert_allclose(reloaded.loc[during.index].to_numpy(), during.to_numpy(), atol=1e-5)
+    assert sorted(during.index) == sorted(valid_ids)
+    for devices in (2, 1):
+        reloaded = pd.read_csv(tmp_path / f"on{devices}.csv", dtype={"id": str}).set_index("id")
+        assert sorted(reloaded.index) == sorted(valid_ids), devices
+        np.testing.assert_allclose(
+            reloaded.loc[during.index].to_numpy(), during.to_numpy(), atol=1e-5,
+            err_msg=f"on {devices} device(s)",
+        )  # fmt: skip
 
     labels = train.set_index("id").loc[during.index, "label"].to_numpy()
     log_loss = -np.mean(np.log(during.to_numpy()[np.arange(len(labels)), labels]))

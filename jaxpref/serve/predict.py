@@ -53,7 +53,7 @@ def load_run(run_dir: str | os.PathLike, precision: str | None = None):
     # optimizer itself is never stepped here.
     objective.compile_model(model)
     try:
-        model.load_weights(str(checkpoint))
+        distribution.restore_checkpoint(model, checkpoint)
     except Exception as err:  # Orbax and Keras raise many types for a damaged checkpoint
         raise CheckpointError(
             f"{checkpoint}: cannot restore the best weights ({type(err).__name__}: "

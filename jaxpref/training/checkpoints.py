@@ -8,6 +8,9 @@ validation log loss so far. Orbax writes each checkpoint to a temporary director
 it when complete, so a process killed during a save leaves the previous checkpoint intact.
 Every process takes part in a save (Orbax coordinates them); on several processes a preemption
 notice (SIGTERM) is agreed on through JAX's preemption sync point, so all save at the same step.
+
+Both kinds restore through `distribution.restore_checkpoint`, onto the layout in use: a run
+saved on 8 devices resumes, and predicts, on fewer devices, or on another mesh.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from jaxpref.parallel import distribution
 from jaxpref.rundir import CheckpointError, ResumeError
 
 log = logging.getLogger("jaxpref")
@@ -129,7 +133,7 @@ class StateCheckpoint(keras.callbacks.Callback):
         }
         with saving(self.directory, step):
             self._checkpointer.save_checkpointables(
-                step, {"pytree": state}, custom_metadata=meta, force=True
+                step, {distribution.CHECKPOINTABLE: state}, custom_metadata=meta, force=True
             )
             self._checkpointer.wait()
         return step
@@ -139,7 +143,9 @@ class StateCheckpoint(keras.callbacks.Callback):
         tree = self.model.get_state_tree()
         weights = {part: tree[part] for part in WEIGHT_PARTS if part in tree}
         with saving(self._best_directory, epoch):
-            self._best_checkpointer.save_checkpointables(epoch, {"pytree": weights}, force=True)
+            self._best_checkpointer.save_checkpointables(
+                epoch, {distribution.CHECKPOINTABLE: weights}, force=True
+            )
             self._best_checkpointer.wait()
 
     def on_train_batch_end(self, batch, logs=None):
@@ -194,11 +200,11 @@ def latest_state(directory: Path) -> dict | None:
 
 
 def restore_state(model: keras.Model, directory: Path) -> dict:
-    """Load the newest state checkpoint in `directory` into a compiled model; returns its
-    metadata."""
+    """Load the newest state checkpoint in `directory` into a compiled model, on the devices in
+    use; returns its metadata."""
     meta = latest_state(directory)
     if meta is None:
         raise ResumeError(f"no training state to resume in {directory}")
     model.optimizer.build(model.trainable_variables)
-    model.load_weights(str(directory))  # Keras restores the newest step
+    distribution.restore_checkpoint(model, directory)
     return meta
