@@ -1,7 +1,8 @@
 """Every decoder family end to end on a 2 x 2 (batch x model) mesh of 4 simulated CPU devices:
 training lowers the validation loss on learnable rows well below the class prior, infer
 predicts the same from the run directory and from its exported bundle, a resumed run ends where
-an uninterrupted one ends, and 2 processes x 2 devices train what 1 process x 4 devices trains.
+an uninterrupted one ends, 2 processes x 2 devices train what 1 process x 4 devices trains, and
+a run predicts the same on fewer devices (a 1 x 2 mesh, and one device).
 
 A family's train -> export -> infer (run) -> infer (bundle) runs in one process
 (`run_commands`); resuming and the 2-process run keep their own processes, since the process
@@ -71,9 +72,9 @@ def submission(path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"id": str}).set_index("id").sort_index()
 
 
-def infer_args(source, test_csv, out) -> list[str]:
-    """infer's flags for `test_csv` from a run directory or a bundle, on 4 devices."""
-    return ["infer", "--devices", "cpu", "--num-devices", "4", "--run-dir", str(source),
+def infer_args(source, test_csv, out, devices: int = 4) -> list[str]:
+    """infer's flags for `test_csv` from a run directory or a bundle, on `devices` devices."""
+    return ["infer", "--devices", "cpu", "--num-devices", str(devices), "--run-dir", str(source),
             "--test-csv", str(test_csv), "--output", str(out)]  # fmt: skip
 
 
@@ -167,6 +168,28 @@ def test_run_resumed_after_its_first_epoch_ends_as_the_uninterrupted_one(
         atol=TOLERANCE,
     )
     assert max(int(p.name) for p in state.iterdir() if p.name.isdigit()) == steps[1]
+
+
+@pytest.mark.xdist_group(f"llm-{TWO_PROCESSES}")
+def test_a_run_sharded_over_four_devices_predicts_the_same_on_two_and_on_one(
+    family_runs, learnable_csv, tmp_path
+):
+    """Its 2 x 2 mesh restored onto a 1 x 2 mesh, then onto one device (the model axis shrunk
+    to 1), in a process holding 2 devices: the 4-device predictions of 16 rows, within 1e-5."""
+    root = family_runs(TWO_PROCESSES)
+    rows = tmp_path / "rows.csv"
+    pd.read_csv(learnable_csv, dtype=str).head(16).to_csv(rows, index=False)
+    commands = [
+        infer_args(root / "run", rows, tmp_path / f"on{devices}.csv", devices) for devices in (2, 1)
+    ]
+    checked(run_commands(*commands))
+    on_four = submission(root / "run.csv")
+    for devices in (2, 1):
+        fewer = submission(tmp_path / f"on{devices}.csv")
+        assert len(fewer) == 16
+        np.testing.assert_allclose(
+            fewer, on_four.loc[fewer.index], atol=TOLERANCE, err_msg=f"{devices} device(s)"
+        )
 
 
 @pytest.mark.xdist_group(f"llm-{TWO_PROCESSES}")

@@ -7,6 +7,8 @@ Order matters: `configure_environment` runs before JAX or Keras is imported, and
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import socket
 import time
@@ -15,6 +17,8 @@ from pathlib import Path
 from jaxpref import monitoring
 from jaxpref.config import PLATFORMS, ConfigError
 from jaxpref.models import presets
+
+log = logging.getLogger("jaxpref")
 
 # The name of the one checkpointable (a pytree of the model's state parts) in every checkpoint.
 CHECKPOINTABLE = "pytree"
@@ -204,16 +208,29 @@ def setup(
     batch_size: int | None,
     model_parallel: int = 1,
     preset: str | None = None,
+    shrink_model_axis: bool = False,
 ) -> list:
     """Everything before the first Keras object: TensorFlow kept off the accelerators, the
     devices selected, the global batch (when given) checked against them, and the distribution
     set: data parallel, or with `model_parallel > 1` a (data x model) mesh whose layout is made
-    for the decoder backbone of `preset`. Returns the selected devices."""
+    for the decoder backbone of `preset`. Returns the selected devices.
+
+    With `shrink_model_axis` (inference), a model axis the devices do not divide shrinks to the
+    greatest common divisor of both instead of being refused: `restore_checkpoint` places
+    trained weights on any layout.
+    """
     import jax
     import keras
 
     hide_accelerators_from_tensorflow()
     selected = select_devices(devices, num_devices)
+    if shrink_model_axis and len(selected) % model_parallel:
+        fitting = math.gcd(model_parallel, len(selected))
+        log.info(
+            "--model-parallel %d does not divide the %d devices: a model axis of %d instead",
+            model_parallel, len(selected), fitting,
+        )  # fmt: skip
+        model_parallel = fitting
     if model_parallel > 1:
         from jaxpref.parallel import sharding
 

@@ -159,7 +159,9 @@ def load_for_prediction(
     paths = RunDir(run_dir)
     sharded = paths.config.exists() and paths.preset.exists()  # a run directory, not a bundle
     parallel = TrainConfig.from_json(paths.config).devices.model_parallel if sharded else 1
-    selected = distribution.setup(devices, num_devices, batch_size, parallel, str(paths.preset))
+    selected = distribution.setup(
+        devices, num_devices, batch_size, parallel, str(paths.preset), shrink_model_axis=True
+    )
     dtype = inference_precision(precision, distribution.platform_of(selected))
     model, encoder, cfg = load_run(run_dir, dtype)
     if batch_size is None:
