@@ -105,6 +105,7 @@ def test_a_state_saved_on_four_devices_restores_onto_the_layout_in_use(
     import contextlib
 
     root, weights, optimizer = saved_on_four
+    assert checkpoints.saved_device_count(root / "state") == 4
     scope = layout(devices, model_axis).scope() if devices else contextlib.nullcontext()
     with scope:
         model = build_model()
@@ -130,4 +131,21 @@ def test_best_weights_restore_on_one_device_and_a_different_model_is_named(saved
             distribution.restore_checkpoint(wider, root / "best")
     assert str(refused.value) == (
         "trainable_variables/net/hidden/bias: shape (8,) in the checkpoint, (6,) in the model"
+    )
+
+
+def test_resuming_on_devices_the_layout_does_not_fit_is_refused_naming_both_counts(
+    saved_on_four,
+):
+    from jaxpref.config import DeviceConfig
+    from jaxpref.rundir import ResumeError
+
+    root, _, _ = saved_on_four
+    state = root / "state"
+    checkpoints.check_resume_devices(state, DeviceConfig("cpu", 2, 2), batch_size=4)
+    with pytest.raises(ResumeError) as refused:
+        checkpoints.check_resume_devices(state, DeviceConfig("cpu", 3, 2), batch_size=4)
+    assert str(refused.value) == (
+        "--resume on 3 devices: the run's state was saved on 4, and its --batch-size 4 with "
+        "--model-parallel 2 does not split over 3; resume on 2, 4 or 8 devices (--num-devices)"
     )

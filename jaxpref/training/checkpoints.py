@@ -10,7 +10,7 @@ Every process takes part in a save (Orbax coordinates them); on several processe
 notice (SIGTERM) is agreed on through JAX's preemption sync point, so all save at the same step.
 
 Both kinds restore through `distribution.restore_checkpoint`, onto the layout in use: a run
-saved on 8 devices resumes, and predicts, on fewer devices, or on another mesh.
+saved on 8 devices resumes, and predicts, on any device count its batch and model axis fit.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from jaxpref.config import DeviceConfig
 from jaxpref.parallel import distribution
 from jaxpref.rundir import CheckpointError, ResumeError
 
@@ -208,3 +209,43 @@ def restore_state(model: keras.Model, directory: Path) -> dict:
     model.optimizer.build(model.trainable_variables)
     distribution.restore_checkpoint(model, directory)
     return meta
+
+
+def saved_device_count(directory: Path) -> int | None:
+    """How many devices the newest checkpoint in `directory` was saved from (the largest mesh
+    among its arrays), or None when there is none."""
+    import jax
+    import orbax.checkpoint as oc
+
+    meta = latest_state(directory)
+    if meta is None:
+        return None
+    tree = oc.v1.metadata(meta["path"], checkpointable_name=distribution.CHECKPOINTABLE).metadata
+    meshes = [getattr(leaf.sharding_metadata, "shape", None) for leaf in jax.tree.leaves(tree)]
+    return max((int(np.prod(mesh)) for mesh in meshes if mesh is not None), default=1)
+
+
+def check_resume_devices(directory: Path, devices: DeviceConfig, batch_size: int) -> None:
+    """Refuse, in one line naming both device counts, to resume on `devices` when they cannot
+    hold the run's layout: its model axis must divide them and its global batch split evenly
+    over the (devices / model axis) groups. Any other count resumes: the state is restored onto
+    the new layout, and the data order does not depend on the devices.
+
+    Example:
+        check_resume_devices(RunDir(run_dir).state_checkpoints, cfg.devices, 8)  # on 3: refused
+    """
+    count = len(distribution.select_devices(devices.devices, devices.num_devices))
+    axis = devices.model_parallel
+    if count % axis == 0 and batch_size % (count // axis) == 0:
+        return
+    saved = saved_device_count(directory)
+    if saved is None:
+        return  # nothing to resume: restore_state says so
+    fitting = [axis * groups for groups in range(1, batch_size + 1) if batch_size % groups == 0]
+    layout = f"--batch-size {batch_size}" + (f" with --model-parallel {axis}" if axis > 1 else "")
+    *most, last = fitting
+    choices = f"{', '.join(map(str, most))} or {last}" if most else str(last)
+    raise ResumeError(
+        f"--resume on {count} devices: the run's state was saved on {saved}, and its {layout} "
+        f"does not split over {count}; resume on {choices} devices (--num-devices)"
+    )

@@ -175,6 +175,10 @@ def start_run(cfg: TrainConfig, resume: bool) -> Run:
     if cfg.run.wandb:
         monitoring.require_wandb()  # before any work, not after tokenizing
     sharded = cfg.devices.model_parallel > 1
+    if resume:
+        checkpoints.check_resume_devices(
+            RunDir(cfg.run.run_dir).state_checkpoints, cfg.devices, cfg.optim.batch_size
+        )
     selected = distribution.setup(
         cfg.devices.devices, cfg.devices.num_devices, cfg.optim.batch_size,
         cfg.devices.model_parallel, presets.probe(cfg.model.preset).location if sharded else None,
