@@ -176,12 +176,17 @@ def load(
     devices: str = "auto",
     precision: str = "auto",
     batch_size: int | None = None,
+    quantize: str | None = None,
+    model_parallel: int | None = None,
 ) -> Predictor:
     """Load a run's best weights (or an exported bundle's) on `devices` for prediction.
 
     `precision`: "auto" is the run's own on GPU/TPU and float32 on CPU, or one of
-    config.PRECISIONS. `batch_size` defaults to the training batch rounded up to a multiple of
-    the devices. One model: for a cross-validation's folds, `export` their mean and load that.
+    config.INFERENCE_PRECISIONS. `batch_size` defaults to the training batch rounded up to a
+    multiple of the devices. `quantize="int8"` stores the backbone's weights in int8 (Keras'
+    `quantize`, LoRA merged first); `model_parallel` splits the weights over that many devices
+    (None: the run's own setting). One model: for a cross-validation's folds, `export` their
+    mean and load that.
 
     Example:
         predictor = jaxpref.load("runs/deberta", devices="gpu")
@@ -196,7 +201,9 @@ def load(
     start(devices)
     from jaxpref.serve import predict
 
-    loaded = predict.load_for_prediction(runs[0], batch_size, devices, None, precision)
+    loaded = predict.load_for_prediction(
+        runs[0], batch_size, devices, None, precision, quantize, model_parallel
+    )
     return Predictor(loaded, runs[0])
 
 

@@ -16,7 +16,15 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from jaxpref import api, monitoring, rundir
-from jaxpref.config import GROUPS, PRECISIONS, ConfigError, DeviceConfig, TrainConfig, flag_name
+from jaxpref.config import (
+    GROUPS,
+    INFERENCE_PRECISIONS,
+    QUANTIZE_MODES,
+    ConfigError,
+    DeviceConfig,
+    TrainConfig,
+    flag_name,
+)
 from jaxpref.data import arena
 from jaxpref.models import families, presets
 from jaxpref.parallel import distribution, sharding
@@ -85,10 +93,17 @@ def add_config_flags(parser: argparse.ArgumentParser, exclude: Collection[str] =
                 add_field_flag(group, field, given_only=True)
 
 
-def add_device_flags(parser: argparse.ArgumentParser) -> None:
+def add_device_flags(parser: argparse.ArgumentParser, runs_parallel: bool = False) -> None:
+    """The DeviceConfig flags; with `runs_parallel`, --model-parallel defaults to the run's."""
     group = parser.add_argument_group("devices", DeviceConfig.__doc__)
     for field in dataclasses.fields(DeviceConfig):
-        add_field_flag(group, field)
+        if runs_parallel and field.name == "model_parallel":
+            group.add_argument(
+                flag_name(field), type=int, default=None,
+                help=f"{field.metadata['help']} (default: the run's own, 1 for a bundle)",
+            )  # fmt: skip
+        else:
+            add_field_flag(group, field)
 
 
 def env_flags(p: argparse.ArgumentParser) -> None:
@@ -187,12 +202,21 @@ def infer_flags(p: argparse.ArgumentParser) -> None:
         "average in the mirrored prediction (twice the compute)",
     )
     p.add_argument(
-        "--precision", default="auto", choices=PRECISIONS,
-        help="dtype policy of the prediction; auto: the run's own on GPU/TPU, float32 on CPU "
-        "(default: auto)",
+        "--precision", default="auto", choices=INFERENCE_PRECISIONS,
+        help="dtype policy of the prediction; auto: the run's own on GPU/TPU, float32 on CPU; "
+        "float16 keeps the weights in float16 (T4, P100) (default: auto)",
     )  # fmt: skip
-    add_device_flags(p)
+    p.add_argument(
+        "--quantize", default=None, choices=QUANTIZE_MODES,
+        help="int8: merge the LoRA factors and quantize the backbone's kernels and embeddings "
+        "to int8 once loaded (Keras' own quantize, weight-only: half the bytes of bfloat16); "
+        "needs a bfloat16 or float32 precision (default: off)",
+    )  # fmt: skip
+    add_device_flags(p, runs_parallel=True)
     add_process_flags(p)
+
+
+EXPORT_FORMATS = ("bundle", "transformers")
 
 
 def export_flags(p: argparse.ArgumentParser) -> None:
@@ -201,7 +225,14 @@ def export_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--out", required=True,
-        help="bundle directory to write (an earlier bundle there is replaced)",
+        help="directory to write: a bundle (an earlier bundle there is replaced), or a new or "
+        "empty directory for --format transformers",
+    )  # fmt: skip
+    p.add_argument(
+        "--format", default="bundle", choices=EXPORT_FORMATS,
+        help="bundle: jaxpref's inference bundle; transformers: a reward model (--objective "
+        "reward) as the directory transformers' AutoModelForSequenceClassification and "
+        "AutoTokenizer load, one run only (default: bundle)",
     )  # fmt: skip
     add_device_flags(p)
 
@@ -349,7 +380,15 @@ def check_infer(args: argparse.Namespace) -> None:
 
 
 def check_export(args: argparse.Namespace) -> None:
-    bundle.check_target(args.out)
+    if args.format == "transformers":
+        if len(rundir.expand_runs(args.run_dir)) > 1:
+            raise ConfigError(
+                "--format transformers exports one run, not the mean of several: pass one run "
+                "directory (one fold of a cross-validation)"
+            )
+        rundir.new_directory(args.out, "--out")
+    else:
+        bundle.check_target(args.out)
     check_trained_runs(args)
 
 
@@ -367,7 +406,7 @@ def infer(args: argparse.Namespace) -> None:
     initialize_processes(args)
     path = infer_job.infer(
         args.run_dir, args.test_csv, args.output, args.batch_size, args.devices,
-        args.num_devices, args.tta, args.precision,
+        args.num_devices, args.tta, args.precision, args.quantize, args.model_parallel,
     )  # fmt: skip
     print(f"wrote {path}")
 
@@ -377,6 +416,13 @@ def export_bundle(args: argparse.Namespace) -> None:
     run directories'."""
     from jaxpref.jobs import export
 
+    if args.format == "transformers":
+        run = rundir.expand_runs(args.run_dir)[0]  # one run: check_export refuses several
+        result = export.export_transformers(run, args.out, args.devices, args.num_devices)
+        print(f"wrote {result.path} (transformers AutoModelForSequenceClassification)")
+        mib = (result.bundle_bytes / 2**20, result.run_bytes / 2**20)
+        print(f"export {mib[0]:.2f} MiB; run directory {mib[1]:.2f} MiB")
+        return
     result = export.export_runs(args.run_dir, args.out, args.devices, args.num_devices)
     sources = "run directory" if result.runs == 1 else f"{result.runs} run directories"
     print(f"wrote {result.path}" + (f" (the mean of {sources})" if result.runs > 1 else ""))

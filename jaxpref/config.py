@@ -21,6 +21,10 @@ from typing import Any
 DEFAULT_PRESET = "deberta_v3_small_en"
 PLATFORMS = ("auto", "cpu", "gpu", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "bfloat16", "mixed_float16")
+# Prediction may also keep its weights in float16 (T4, P100: half the bytes of mixed_float16's
+# float32 variables); training may not: float16 LoRA factors and Adam moments underflow.
+INFERENCE_PRECISIONS = (*PRECISIONS, "float16")
+QUANTIZE_MODES = ("int8",)  # weight-only, through Keras' own `quantize` (models.quantize)
 ARCHITECTURES = ("siamese", "cross")
 HEADS = ("symmetric", "concat")
 SCHEDULES = ("cosine", "constant")

@@ -83,6 +83,15 @@ def writable_directory(directory: Path, what: str) -> None:
         raise RunDirError(f"cannot write {what} {directory}: {err}") from None
 
 
+def new_directory(path: str | os.PathLike, flag: str) -> Path:
+    """`path` as an absolute path, or RunDirError if it is a file or a non-empty directory:
+    an output directory given with `flag` that nothing may be overwritten in."""
+    path = Path(path).expanduser().resolve()
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise RunDirError(f"{flag} {path} exists and is not an empty directory; choose another")
+    return path
+
+
 def epoch_at(period: int, per_epoch: int) -> float:
     """Epochs trained after `period` validation periods of 1 / `per_epoch` epoch each: what
     logs, history.csv, file names and summaries call the epoch (whole epochs as ints)."""

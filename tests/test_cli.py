@@ -17,7 +17,10 @@ TRAIN_FLAGS = [
     "--batch-size", "--sequence-length", "--learning-rate", "--lora-rank", "--valid-fraction",
     "--seed",
 ]  # fmt: skip
-INFER_FLAGS = ["--run-dir", "--test-csv", "--output", "--batch-size", "--devices"]
+INFER_FLAGS = [
+    "--run-dir", "--test-csv", "--output", "--batch-size", "--devices", "--quantize",
+    "--model-parallel",
+]  # fmt: skip
 
 
 def help_entries(parser) -> dict[str, str]:
@@ -49,7 +52,9 @@ def test_defaults_work_without_flags():
     assert cfg.model.preset == "deberta_v3_small_en" and cfg.data.sequence_length == 1024
     assert cfg.data.valid_fraction == 0.1 and cfg.model.lora_rank == 8
     assert cfg.data.train_csv == "" and cfg.model.head == "symmetric" and cfg.run.calibrate
-    assert cli.infer_parser().parse_args(["--run-dir", "r"]).test_csv.endswith("arena_test.csv")
+    infer = cli.infer_parser().parse_args(["--run-dir", "r"])
+    assert infer.test_csv.endswith("arena_test.csv") and infer.precision == "auto"
+    assert infer.quantize is None and infer.model_parallel is None  # None: the run's own
 
 
 def test_bad_csv_is_one_clear_line_and_exit_2(tmp_path):

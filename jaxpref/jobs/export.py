@@ -1,9 +1,11 @@
-"""Export a trained run as a self-contained inference bundle (`jaxpref.serve.bundle`).
+"""Export a trained run as a self-contained inference bundle (`jaxpref.serve.bundle`), or a
+reward model as a Hugging Face transformers directory (`jaxpref.models.hf_export`).
 
 The bundle holds what inference needs and nothing else (no optimizer state, no resumable
 checkpoints, no logs), with the LoRA adapters merged into the backbone, so it is the thing to
 upload, e.g. as a Kaggle dataset for an offline submission (docs/kaggle.md). `average_runs`
 writes one bundle whose weights are the mean of several runs' (e.g. a cross-validation's folds).
+`export_transformers` writes what `AutoModelForSequenceClassification.from_pretrained` loads.
 """
 
 from __future__ import annotations
@@ -11,15 +13,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from jaxpref.config import ConfigError
-from jaxpref.models import lora
+from jaxpref.models import hf_export, lora
 from jaxpref.parallel import distribution
-from jaxpref.rundir import RunDir, expand_runs
+from jaxpref.rundir import RunDir, expand_runs, new_directory
 from jaxpref.serve import bundle, predict
 
 log = logging.getLogger("jaxpref")
@@ -135,3 +139,53 @@ def average_runs(
     path = bundle.write_bundle(model, encoder, cfg, out, None, source=source)
     run_bytes = sum(directory_size(run) for run in runs)
     return Export(path, directory_size(path), run_bytes, len(runs))
+
+
+REWARD_LAYER = "reward"  # the name of a reward model's Dense(1) on the pooled state
+EXPORTS_TO_TRANSFORMERS = "only reward models (--objective reward, no --side-features) export"
+
+
+def reward_layer(model, run_dir: str | os.PathLike):
+    """The model's layer named `REWARD_LAYER`; ConfigError in one line for models without one
+    (the 3-class head) or with side features, which no transformers class computes."""
+    found = [
+        layer for layer in model._flatten_layers(include_self=False) if layer.name == REWARD_LAYER
+    ]
+    if not found:
+        raise ConfigError(
+            f"{run_dir}: no layer named {REWARD_LAYER!r} (a 3-class preference head); "
+            f"{EXPORTS_TO_TRANSFORMERS} to transformers"
+        )
+    if getattr(model, "side_features", 0):
+        raise ConfigError(
+            f"{run_dir}: trained with --side-features, which transformers' sequence "
+            f"classifiers do not compute; {EXPORTS_TO_TRANSFORMERS} to transformers"
+        )
+    return found[0]
+
+
+def export_transformers(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    devices: str = "auto",
+    num_devices: int | None = None,
+) -> Export:
+    """Write the transformers directory of a reward-model run (or its bundle) to `out`: the
+    backbone with the LoRA adapters merged and the reward layer as the classifier head, in the
+    precision it was trained in, with the tokenizer files (`hf_export.export_reward_model`)."""
+    out = new_directory(out, "--out")
+    distribution.setup(devices, num_devices, None)
+    model, _, _ = predict.load_run(run_dir)
+    reward = reward_layer(model, run_dir)
+    if bundle.is_bundle(run_dir):
+        preset, root = bundle.Bundle(run_dir).backbone, bundle.Bundle(run_dir).root
+    else:
+        preset, root = RunDir(run_dir).preset, RunDir(run_dir).root
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        hf_export.export_reward_model(model.backbone, reward, preset, tmp)
+        bundle.replace_directory(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return Export(out, directory_size(out), directory_size(root))

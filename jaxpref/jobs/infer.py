@@ -50,13 +50,15 @@ def infer(
     num_devices: int | None = None,
     tta: bool = False,
     precision: str = "auto",
+    quantize: str | None = None,
+    model_parallel: int | None = None,
 ) -> Path:
     """Predict every row of `test_csv` with the runs' best weights (averaged over the runs,
-    `predict_runs`) and write the submission."""
+    `predict_runs`) and write the submission; the options are `serve.predict.predict_run`'s."""
     writable_directory(Path(output).parent, "the output directory")
     frame = arena.read_arena_csv(test_csv, labelled=False)
     probs = predict_runs(
         run_dirs, frame, batch_size=batch_size, devices=devices, num_devices=num_devices,
-        tta=tta, precision=precision,
+        tta=tta, precision=precision, quantize=quantize, model_parallel=model_parallel,
     )  # fmt: skip
     return write_submission(frame["id"], probs, output)

@@ -210,6 +210,19 @@ def read_state_dict(path: Path) -> dict[str, np.ndarray]:
         raise ConversionError(f"{path}: unreadable safetensors file ({first_line(err)})") from err
 
 
+def weight_table(num_layers: int) -> dict[str, tuple[str, bool]]:
+    """Every encoder variable of a `num_layers` DebertaV3Backbone: keras-hub path ->
+    (Hugging Face name without the `deberta.` prefix, whether a torch Linear weight)."""
+    table = dict(GLOBAL_WEIGHTS)
+    for i in range(num_layers):
+        for keras_name, (hf_name, transpose) in LAYER_WEIGHTS.items():
+            table[f"disentangled_attention_encoder_layer_{i}/{keras_name}"] = (
+                f"encoder.layer.{i}.{hf_name}",
+                transpose,
+            )
+    return table
+
+
 def map_weights(
     state: dict[str, np.ndarray], num_layers: int, source: Path
 ) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -226,13 +239,7 @@ def map_weights(
         outside = [n for n in state if not n.startswith(ENCODER_PREFIX)]
     else:
         encoder, outside = state, []
-    table = dict(GLOBAL_WEIGHTS)
-    for i in range(num_layers):
-        for keras_name, (hf_name, transpose) in LAYER_WEIGHTS.items():
-            table[f"disentangled_attention_encoder_layer_{i}/{keras_name}"] = (
-                f"encoder.layer.{i}.{hf_name}",
-                transpose,
-            )
+    table = weight_table(num_layers)
     mapped = {}
     for keras_name, (hf_name, transpose) in table.items():
         if hf_name not in encoder:

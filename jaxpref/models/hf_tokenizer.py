@@ -23,7 +23,7 @@ import binascii
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sentencepiece import sentencepiece_model_pb2
@@ -233,3 +233,103 @@ def sentencepiece_model(path: str | Path, roles: Mapping[str, str] | None = None
         setattr(proto.normalizer_spec, field, value)
     proto.normalizer_spec.add_dummy_prefix = dummy_prefix(tokenizer, path)
     return proto.SerializeToString()
+
+
+def added_token(token_id: int, content: str) -> dict:
+    """A tokenizer.json added token that text spelling it out encodes to (special)."""
+    return {
+        "id": token_id,
+        "content": content,
+        "single_word": False,
+        "lstrip": False,
+        "rstrip": False,
+        "normalized": False,
+        "special": True,
+    }
+
+
+def template_processing(
+    single: Sequence[tuple[str, int]], pair: Sequence[tuple[str, int]], ids: Mapping[str, int]
+) -> dict:
+    """tokenizers' TemplateProcessing post-processor: `single` and `pair` list (token, type id),
+    "$A" and "$B" standing for the texts; `ids` gives the special tokens' ids."""
+
+    def entry(name: str, type_id: int) -> dict:
+        if name in ("$A", "$B"):
+            return {"Sequence": {"id": name[1], "type_id": type_id}}
+        return {"SpecialToken": {"id": name, "type_id": type_id}}
+
+    specials = dict.fromkeys(name for name, _ in [*single, *pair] if name not in ("$A", "$B"))
+    return {
+        "type": "TemplateProcessing",
+        "single": [entry(*e) for e in single],
+        "pair": [entry(*e) for e in pair],
+        "special_tokens": {n: {"id": n, "ids": [ids[n]], "tokens": [n]} for n in specials},
+    }
+
+
+def unigram_tokenizer_json(proto: bytes, specials: Sequence[str], template: Sequence[str]) -> dict:
+    """The tokenizer.json transformers >= 5 writes for a SentencePiece Unigram model with the
+    whitespace rules of DeBERTa-v3's (the inverse of `sentencepiece_model`, which reads it back).
+
+    `specials` become special added tokens (a piece's id, or the next id past the pieces);
+    `template` is (classifier token, separator): "[CLS] A [SEP]" and "[CLS] A [SEP] B [SEP]".
+    A model with other rules (byte fallback, no dummy prefix, whitespace kept, no charsmap)
+    raises TokenizerFileError: transformers' tokenizer would not reproduce it.
+    """
+    model = sentencepiece_model_pb2.ModelProto.FromString(proto)
+    spec, norm = model.trainer_spec, model.normalizer_spec
+    rules = {
+        "trainer_spec.byte_fallback": (spec.byte_fallback, False),
+        "normalizer_spec.add_dummy_prefix": (norm.add_dummy_prefix, True),
+        "normalizer_spec.remove_extra_whitespaces": (norm.remove_extra_whitespaces, True),
+        "normalizer_spec.precompiled_charsmap": (bool(norm.precompiled_charsmap), True),
+    }
+    for field, (value, needed) in rules.items():
+        if value != needed:
+            raise TokenizerFileError(
+                f"SentencePiece model: {field} is {value}; transformers' tokenizer for it "
+                f"needs {needed}"
+            )
+    ids = {p.piece: i for i, p in enumerate(model.pieces)}
+    added, next_id = {}, len(ids)
+    for token in dict.fromkeys([*specials, *template]):
+        added[token] = ids.get(token, next_id)
+        next_id += token not in ids
+    metaspace = {
+        "type": "Metaspace",
+        "replacement": WHITESPACE_MARK,
+        "prepend_scheme": "always",
+        "split": True,
+    }
+    cls, sep = template
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [added_token(i, t) for t, i in sorted(added.items(), key=lambda a: a[1])],
+        "normalizer": {
+            "type": "Sequence",
+            "normalizers": [
+                {
+                    "type": "Precompiled",
+                    "precompiled_charsmap": base64.b64encode(norm.precompiled_charsmap).decode(),
+                },
+                {"type": "Strip", "strip_left": False, "strip_right": True},
+                {"type": "Replace", "pattern": {"Regex": SPACE_RUNS}, "content": " "},
+            ],
+        },
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [metaspace]},
+        "post_processor": template_processing(
+            [(cls, 0), ("$A", 0), (sep, 0)],
+            [(cls, 0), ("$A", 0), (sep, 0), ("$B", 1), (sep, 1)],
+            added,
+        ),
+        "decoder": metaspace,
+        "model": {
+            "type": "Unigram",
+            "unk_id": spec.unk_id,
+            "vocab": [[p.piece, p.score] for p in model.pieces],
+            "byte_fallback": False,
+        },
+    }

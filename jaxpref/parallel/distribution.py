@@ -187,6 +187,21 @@ def select_devices(devices: str, num_devices: int | None) -> list:
     return list(found[:num_devices])
 
 
+def fitting_model_axis(model_parallel: int, devices: str, num_devices: int | None) -> int:
+    """The model axis a run trained with `model_parallel` predicts with on the devices
+    `select_devices` picks: the greatest common divisor of both, so a run sharded over 4
+    devices loads on 2 (a model axis of 2) or on 1 (`restore_checkpoint` places its weights
+    on any layout). Said in one log line when it is not `model_parallel`."""
+    count = len(select_devices(devices, num_devices))
+    fitting = math.gcd(model_parallel, count)
+    if fitting != model_parallel:
+        log.info(
+            "the run's --model-parallel %d does not divide the %d devices: a model axis of %d",
+            model_parallel, count, fitting,
+        )  # fmt: skip
+    return fitting
+
+
 def check_batch_size(batch_size: int, num_devices: int, num_processes: int = 1) -> None:
     """The global batch must split evenly over devices (and therefore over processes)."""
     if batch_size < 1 or batch_size % num_devices:
@@ -208,29 +223,16 @@ def setup(
     batch_size: int | None,
     model_parallel: int = 1,
     preset: str | None = None,
-    shrink_model_axis: bool = False,
 ) -> list:
     """Everything before the first Keras object: TensorFlow kept off the accelerators, the
     devices selected, the global batch (when given) checked against them, and the distribution
     set: data parallel, or with `model_parallel > 1` a (data x model) mesh whose layout is made
-    for the decoder backbone of `preset`. Returns the selected devices.
-
-    With `shrink_model_axis` (inference), a model axis the devices do not divide shrinks to the
-    greatest common divisor of both instead of being refused: `restore_checkpoint` places
-    trained weights on any layout.
-    """
+    for the decoder backbone of `preset`. Returns the selected devices."""
     import jax
     import keras
 
     hide_accelerators_from_tensorflow()
     selected = select_devices(devices, num_devices)
-    if shrink_model_axis and len(selected) % model_parallel:
-        fitting = math.gcd(model_parallel, len(selected))
-        log.info(
-            "--model-parallel %d does not divide the %d devices: a model axis of %d instead",
-            model_parallel, len(selected), fitting,
-        )  # fmt: skip
-        model_parallel = fitting
     if model_parallel > 1:
         from jaxpref.parallel import sharding
 

@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 
 from jaxpref import safety
-from jaxpref.config import PRECISIONS, ConfigError, TrainConfig
+from jaxpref.config import INFERENCE_PRECISIONS, ConfigError, TrainConfig
 from jaxpref.data import arena, text
 from jaxpref.inputs import pipeline
-from jaxpref.models import objective
+from jaxpref.models import objective, presets
 from jaxpref.monitoring import Ticker
-from jaxpref.parallel import distribution
+from jaxpref.parallel import distribution, sharding
 from jaxpref.rundir import CheckpointError, RunDir
 from jaxpref.scoring import calibration
 from jaxpref.serve import bundle
@@ -26,18 +26,31 @@ from jaxpref.serve import bundle
 log = logging.getLogger("jaxpref")
 
 
-def load_run(run_dir: str | os.PathLike, precision: str | None = None):
+def load_run(run_dir: str | os.PathLike, precision: str | None = None, quantize: str | None = None):
     """(model with the best weights, its encoder, TrainConfig) from a run directory or an
     exported bundle (`serve.bundle`), in `precision` (None: the precision it was trained in).
 
+    `quantize="int8"`: the backbone's LoRA factors merged and its weights quantized to int8
+    once loaded (`models.quantize.quantize_backbone`; not with a float16 compute dtype).
     The distribution must already be set (`distribution.setup`) so that the restored weights
     land on every device. A directory from elsewhere loads no code: its parts stay inside it,
     and its preset passes `safety` (in `backbones`) before keras-hub reads it.
     """
+    if bundle.is_bundle(run_dir):
+        loaded = bundle.load_bundle(run_dir, precision)
+    else:
+        loaded = restore_run(run_dir, precision)
+    if quantize is not None:
+        from jaxpref.models.quantize import quantize_backbone
+
+        log.info("quantized to %s: %s", quantize, quantize_backbone(loaded[0], quantize).describe())
+    return loaded
+
+
+def restore_run(run_dir: str | os.PathLike, precision: str | None = None):
+    """(model, encoder, TrainConfig) of a run directory's best checkpoint (`load_run`)."""
     from jaxpref.models import preference as model_lib
 
-    if bundle.is_bundle(run_dir):
-        return bundle.load_bundle(run_dir, precision)
     paths = RunDir(run_dir)
     for part in (paths.config, paths.best_checkpoints, paths.preset):
         safety.check_inside(paths.require(part), paths.root, "run directory entry")
@@ -120,8 +133,10 @@ def inference_precision(requested: str, platform: str) -> str | None:
     "auto" is the run's precision on GPU/TPU and float32 on CPU, where bfloat16 and float16
     are emulated (slower, and less precise).
     """
-    if requested not in PRECISIONS:
-        raise ConfigError(f"--precision {requested}: expected one of {', '.join(PRECISIONS)}")
+    if requested not in INFERENCE_PRECISIONS:
+        raise ConfigError(
+            f"--precision {requested}: expected one of {', '.join(INFERENCE_PRECISIONS)}"
+        )
     if requested == "auto":
         return "float32" if platform == "cpu" else None
     return requested
@@ -150,24 +165,66 @@ def load_for_prediction(
     devices: str = "auto",
     num_devices: int | None = None,
     precision: str = "auto",
+    quantize: str | None = None,
+    model_parallel: int | None = None,
 ) -> LoadedRun:
     """Set the distribution over `devices` and load a run's (or bundle's) best weights there.
 
     `batch_size` defaults to the training batch rounded up to a multiple of the devices;
-    `precision` is one of config.PRECISIONS (`inference_precision`).
+    `precision` is one of config.INFERENCE_PRECISIONS (`inference_precision`); `quantize`
+    ("int8") quantizes the backbone once loaded (`load_run`); `model_parallel` shards each
+    weight over that many devices (None: the run's own, or the greatest common divisor of it
+    and the device count when that does not divide, 1 for a bundle). For decoder LLMs the
+    memory estimate per device is logged first, and a prediction that cannot fit is refused.
     """
     paths = RunDir(run_dir)
-    sharded = paths.config.exists() and paths.preset.exists()  # a run directory, not a bundle
-    parallel = TrainConfig.from_json(paths.config).devices.model_parallel if sharded else 1
-    selected = distribution.setup(
-        devices, num_devices, batch_size, parallel, str(paths.preset), shrink_model_axis=True
-    )
+    cfg = TrainConfig.from_json(RunDir.require(paths.config))
+    is_run = paths.preset.exists()  # a run directory, not a bundle
+    preset = str(paths.preset if is_run else bundle.Bundle(run_dir).backbone)
+    if model_parallel is None:  # the run's own, shrunk to what the devices allow
+        trained = cfg.devices.model_parallel if is_run else 1
+        model_parallel = distribution.fitting_model_axis(trained, devices, num_devices)
+    selected = distribution.setup(devices, num_devices, batch_size, model_parallel, preset)
     dtype = inference_precision(precision, distribution.platform_of(selected))
-    model, encoder, cfg = load_run(run_dir, dtype)
+    if quantize is not None:
+        from jaxpref.models.quantize import check_quantizable
+
+        check_quantizable(quantize, dtype or cfg.model.precision)
     if batch_size is None:
         batch_size = -(-cfg.optim.batch_size // len(selected)) * len(selected)
+    predicted = cfg.replace(precision=dtype or cfg.model.precision, batch_size=batch_size)
+    check_memory(preset, predicted, selected, model_parallel, quantize)
+    model, encoder, cfg = load_run(run_dir, dtype, quantize)
     temperature = calibration.load_temperature(paths.calibration)
     return LoadedRun(model, encoder, cfg, batch_size, temperature)
+
+
+def check_memory(
+    preset: str, cfg: TrainConfig, devices: list, model_parallel: int, quantize: str | None
+) -> None:
+    """For a decoder LLM preset, log the estimate of what predicting with `cfg`'s batch size,
+    sequence length and precision holds per device (`sharding.inference_memory_estimate`) and
+    refuse, in one line, what exceeds a device's memory."""
+    from jaxpref.models import lora
+
+    decoder = presets.probe(preset)
+    if decoder.family is None:
+        return  # an encoder: small next to any accelerator
+    targets = lora.target_layers(cfg.model.lora_targets, decoder.family)
+    estimate = sharding.inference_memory_estimate(
+        decoder.backbone_config, cfg.optim.batch_size, cfg.data.sequence_length,
+        cfg.model.lora_rank, targets,
+        dtype=cfg.model.precision, mesh=sharding.mesh_shape(len(devices), model_parallel),
+        quantize=quantize,
+        fused_attention=distribution.platform_of(devices) == "gpu",
+    )  # fmt: skip
+    log.info("memory estimate per device for prediction: %s", estimate.describe())
+    remedies = "raise --model-parallel or lower --batch-size" + quantize_remedy(quantize)
+    sharding.check_devices_fit(estimate, devices, "prediction", remedies)
+
+
+def quantize_remedy(quantize: str | None) -> str:
+    return "" if quantize else ", or pass --quantize int8 (with a bfloat16 or float32 precision)"
 
 
 def predict_run(
@@ -178,10 +235,14 @@ def predict_run(
     num_devices: int | None = None,
     tta: bool = False,
     precision: str = "auto",
+    quantize: str | None = None,
+    model_parallel: int | None = None,
 ) -> np.ndarray:
     """Calibrated probabilities (n, 3) of a run's (or bundle's) best weights for every row of
     `frame` (`load_for_prediction`, then `LoadedRun.predict`)."""
-    loaded = load_for_prediction(run_dir, batch_size, devices, num_devices, precision)
+    loaded = load_for_prediction(
+        run_dir, batch_size, devices, num_devices, precision, quantize, model_parallel
+    )
     return loaded.predict(frame, tta)
 
 

@@ -292,10 +292,7 @@ def check_memory(run: Run) -> None:
         fused_attention=distribution.platform_of(run.devices) == "gpu",
     )  # fmt: skip
     log.info("memory estimate per device: %s", estimate.describe())
-    local = next(d for d in run.devices if d.process_index == run.process_index)
-    limit = sharding.device_memory(local)  # JAX reads memory of this process's devices only
-    if limit is not None:
-        sharding.check_fits(estimate, limit)
+    sharding.check_devices_fit(estimate, run.devices)
 
 
 def build_model(cfg: TrainConfig):
