@@ -582,7 +582,7 @@ def finish(
     best_epoch = epoch_at(state.best_epoch, run.cfg.optim.validations_per_epoch)
     if validation.best_epoch != state.best_epoch:  # the best epoch ran before a --resume
         log.info("restoring the best weights (epoch %s) to predict validation", best_epoch)
-        model.load_weights(str(run.paths.best_checkpoints))  # the newest step: the best epoch
+        distribution.restore_checkpoint(model, run.paths.best_checkpoints)  # the best epoch's
         valid_probs = predict.predict_tokens(
             model, inputs.valid_tokens, inputs.valid_plan, inputs.input_keys,
             extra=inputs.valid_extra, label="validating",
