@@ -437,7 +437,8 @@ class ArenaInputs:
     """
 
     texts: dict
-    tokens: object  # pipeline.TokenizedPairs
+    packer: object  # inputs.packers.PairPacker
+    tokens: object  # inputs.token_store.TokenizedPairs
     keys: tuple
     buckets: tuple
     extra: np.ndarray | None = None
@@ -446,43 +447,48 @@ class ArenaInputs:
     def tokenize(cls, texts, preprocessor, keys, cache=None, around=None) -> ArenaInputs:
         """Tokenized `texts` (with an on-disk `cache` folder); `around`: a context manager
         entered around the tokenizing alone, to time it."""
-        from jaxpref.inputs import pipeline
+        from jaxpref.inputs import batching, featurize, packers
 
-        encoder = pipeline.PairEncoder(preprocessor, tuple(keys))
+        packer = packers.PairPacker(preprocessor, tuple(keys))
         with around or contextlib.nullcontext():
-            tokens = pipeline.tokenize(texts, encoder, cache, False)
-        buckets = pipeline.bucket_lengths(encoder.sequence_length)
-        return cls(texts, tokens, tuple(keys), buckets)
+            tokens = featurize.tokenize(texts, packer, cache, False)
+        buckets = batching.bucket_lengths(packer.sequence_length)
+        return cls(texts, packer, tokens, tuple(keys), buckets)
+
+    @property
+    def rows(self):
+        """The tokens and side features as `inputs.featurize.FeaturizedRows`."""
+        from jaxpref.inputs.featurize import FeaturizedRows
+
+        return FeaturizedRows(self.packer, self.tokens, self.extra)
 
     def add_side_features(self) -> None:
-        from jaxpref.inputs import pipeline
+        from jaxpref.inputs import featurize
 
-        self.extra = pipeline.side_features(self.texts, self.tokens)
+        self.extra = featurize.side_features(self.texts, self.tokens)
 
     def plan(self, batch_size: int, shuffle=False, swap=False, buckets=None, lengths=None) -> list:
         """Batches of rows (of `lengths`, default each row's longer side) by padded length."""
-        from jaxpref.inputs import pipeline
+        from jaxpref.inputs import batching
 
         lengths = self.tokens.row_lengths() if lengths is None else lengths
         buckets = self.buckets if buckets is None else buckets
-        return pipeline.plan_batches(lengths, batch_size, buckets, shuffle, swap=swap)
+        return batching.plan_batches(lengths, batch_size, buckets, shuffle, swap=swap)
 
     def dataset(self, plans: Sequence[list], labels=None):
-        from jaxpref.inputs import pipeline
+        from jaxpref.inputs import feeding
 
-        return pipeline.make_dataset(self.tokens, plans, self.keys, labels, extra=self.extra)
+        return feeding.make_dataset(self.rows, plans, labels)
 
     def features(self, batch) -> dict:
         """The model inputs of one batch, both sides in order."""
-        from jaxpref.inputs import pipeline
-
-        chosen = (batch.rows[:, None], np.array([[0, 1]] * len(batch.rows)))
-        return pipeline.batch_features(self.tokens, chosen, batch.length, self.keys, pipeline.PAIR)
+        sides = np.array([[0, 1]] * len(batch.rows))
+        return self.packer.batch_inputs(self.tokens, batch.rows, sides, batch.length)
 
     def padding_efficiency(self, plan) -> float:
-        from jaxpref.inputs import pipeline
+        from jaxpref.inputs import batching
 
-        return pipeline.padding_efficiency(self.tokens, plan)
+        return batching.padding_efficiency(self.tokens.lengths, plan)
 
     def take(self, rows) -> ArenaInputs:
         return dataclasses.replace(self, tokens=self.tokens.take(rows), extra=None)

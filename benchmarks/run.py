@@ -181,16 +181,16 @@ def train(model, inputs: ArenaInputs, labels, plans) -> dict:
 
 
 def infer(model, inputs: ArenaInputs, batch_size: int, repeats: int) -> dict:
-    """predict_tokens over a length-sorted plan: one warm-up pass, then `repeats` timed ones.
+    """predict_rows over a length-sorted plan: one warm-up pass, then `repeats` timed ones.
 
     Swap test-time augmentation (a second pass with sides A and B exchanged) is timed once.
     """
     from jaxpref.serve import predict
 
-    plan, tokens = inputs.plan(batch_size), inputs.tokens
-    predict.predict_tokens(model, tokens, plan, inputs.keys)
-    times = timed(lambda: predict.predict_tokens(model, tokens, plan, inputs.keys), repeats)
-    tta_s = timed(lambda: predict.predict_tokens(model, tokens, plan, inputs.keys, tta=True), 1)
+    plan, rows, tokens = inputs.plan(batch_size), inputs.rows, inputs.tokens
+    predict.predict_rows(model, rows, plan)
+    times = timed(lambda: predict.predict_rows(model, rows, plan), repeats)
+    tta_s = timed(lambda: predict.predict_rows(model, rows, plan, tta=True), 1)
     result = {
         "seconds": times,
         "padding_efficiency": inputs.padding_efficiency(plan),

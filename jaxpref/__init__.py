@@ -1,14 +1,14 @@
 """jaxpref: pairwise human-preference models on JAX + Keras 3, across every device and host.
 
 The public API (docs/api.md): `TrainConfig`, `train` -> `TrainedRun`, `load` -> `Predictor`,
-`evaluate`, `export`, `read_arena_csv`, `read_preferences`. They are imported from
+`evaluate`, `export`, `read_rows`, `read_arena_csv`, `read_preferences`. They are imported from
 `jaxpref.api` on first use, so `import jaxpref` loads no framework (JAX, Keras, TensorFlow).
 Every other module is internal and may change.
 
 Example:
     import jaxpref
 
-    run = jaxpref.train(jaxpref.TrainConfig().replace(train_csv="train.csv", epochs=1))
+    run = jaxpref.train(jaxpref.TrainConfig().replace(train_file="train.csv", epochs=1))
     jaxpref.load(run).predict_pairs("What is 2 + 2?", "4.", "It is 5.")
 """
 
@@ -23,6 +23,7 @@ __all__ = [
     "load",
     "read_arena_csv",
     "read_preferences",
+    "read_rows",
     "train",
 ]
 

@@ -22,7 +22,7 @@ import pandas as pd
 import jaxpref
 from jaxpref import monitoring, rundir
 from jaxpref.config import ConfigError, TrainConfig
-from jaxpref.data import arena, preferences
+from jaxpref.data import arena, preferences, sources
 from jaxpref.data.probabilities import submission_frame
 from jaxpref.models import presets
 from jaxpref.parallel import distribution
@@ -34,6 +34,7 @@ log = logging.getLogger("jaxpref")
 
 read_arena_csv = arena.read_arena_csv
 read_preferences = preferences.read_chosen_rejected
+read_rows = sources.read_rows
 
 RunPath = str | os.PathLike
 """A run directory, an exported bundle, or a `TrainedRun` (it is os.PathLike)."""
@@ -133,23 +134,24 @@ def train(
 ) -> TrainedRun:
     """Train as `jaxpref train` does, on the devices of `config.devices`; returns the run.
 
-    The rows are `config.data.train_csv` split by `valid_fraction`, unless `train_frame` and
-    `valid_frame` are both given (rows of that CSV, as `read_arena_csv(..., labelled=True)`
-    gives them, split your own way; evaluate reads them back from it). With `resume`, the
+    The rows are `config.data.train_file` split by `valid_fraction`, or with `valid_file`'s
+    rows to validate on, unless `train_frame` and `valid_frame` are both given (rows of that
+    file, as `read_rows` gives them, split your own way; evaluate reads them back from it).
+    With `resume`, the
     run in `config.run.run_dir` continues from its newest state checkpoint with its saved
     settings; a setting of `config` that differs from TrainConfig's default and from the
     saved one is refused (ConfigError), as `--resume` refuses a differing flag.
 
     Example:
         config = jaxpref.TrainConfig().replace(
-            preset="deberta_v3_small_en", train_csv="train.csv", run_dir="runs/deberta"
+            preset="deberta_v3_small_en", train_file="train.csv", run_dir="runs/deberta"
         )
         run = jaxpref.train(config)
     """
     if (train_frame is None) != (valid_frame is None):
         raise ConfigError("train_frame and valid_frame go together: pass both, or neither")
-    if train_frame is not None and not config.data.train_csv:
-        raise ConfigError("with train_frame and valid_frame, set train_csv to their CSV")
+    if train_frame is not None and not config.data.train_file:
+        raise ConfigError("with train_frame and valid_frame, set train_file to their file")
     config = config.validate()
     if resume:
         defaults = TrainConfig().flat()
@@ -209,29 +211,37 @@ def load(
 
 def evaluate(
     run: RunPath,
-    csv: str | os.PathLike | None = None,
+    file: str | os.PathLike | None = None,
     out_dir: str | os.PathLike | None = None,
     devices: str = "auto",
+    *,
+    csv: str | os.PathLike | None = None,
 ) -> dict:
     """Score a run and simple baselines (fitted on the run's training split) on the same rows,
     as `jaxpref evaluate` does; write evaluation.json/.md and plots to `out_dir` (default:
     RUN/evaluation) and return what evaluation.json holds: `scores` by predictor (the model
     first, `log_loss`, `accuracy`, ...), `rows`, `model_log_loss_se`, `model_minus_baseline`.
 
-    Without `csv` the rows are the run's validation split, with its saved calibrated
-    predictions (no model is loaded; optimistic: these rows chose the best epoch). With `csv`,
-    a labelled arena CSV, the run's best weights predict it on `devices`.
+    Without `file` the rows are the run's validation rows, with its saved calibrated
+    predictions (no model is loaded; optimistic: these rows chose the best epoch). With `file`,
+    labelled rows of any `read_rows` source, the run's best weights predict it on `devices`.
+    `csv` is the earlier name of `file`.
 
     Example:
         report = jaxpref.evaluate(run)
         report["scores"]["model"]["log_loss"]
     """
-    monitoring.setup_logging()
     if csv is not None:
+        if file is not None:
+            raise ConfigError("file and csv are one argument (csv is its earlier name): give one")
+        file = csv
+    monitoring.setup_logging()
+    if file is not None:
+        sources.source_kind(file)
         start(devices)
     from jaxpref.jobs import evaluate as evaluate_job
 
-    return evaluate_job.evaluate_run(run, csv, out_dir, devices)
+    return evaluate_job.evaluate_run(run, file, out_dir, devices)
 
 
 def export(
@@ -284,9 +294,12 @@ def resumed_config(wanted: TrainConfig, given: Mapping[str, Any]) -> TrainConfig
 
 
 def check_training(cfg: TrainConfig) -> None:
-    """What a training can be refused for without a framework: a run directory that cannot be
-    written, a preset path that is no preset or whose config.json cannot be read, no wandb
-    package."""
+    """What a training can be refused for without a framework: a data file or directory that
+    is missing or of no known kind, a run directory that cannot be written, a preset path that
+    is no preset or whose config.json cannot be read, no wandb package."""
+    for path in (cfg.data.train_file, cfg.data.valid_file, cfg.data.extra_train):
+        if path:
+            sources.source_kind(path)
     presets.probe(cfg.model.preset)
     if cfg.run.wandb:
         monitoring.require_wandb()

@@ -23,9 +23,10 @@ from jaxpref.config import (
     ConfigError,
     DeviceConfig,
     TrainConfig,
+    alias_flags,
     flag_name,
 )
-from jaxpref.data import arena
+from jaxpref.data import arena, sources
 from jaxpref.models import families, presets
 from jaxpref.parallel import distribution, sharding
 from jaxpref.rundir import (
@@ -60,8 +61,10 @@ def add_field_flag(group, field: dataclasses.Field, given_only: bool = False) ->
     meta = field.metadata
     kind = str(field.type).split()[0]
     default = argparse.SUPPRESS if given_only else field.default
+    aliases = alias_flags(field)
+    earlier = f"; {', '.join(aliases)}: its earlier name" if aliases else ""
     if kind == "bool":
-        shown = "on" if field.default else "off"
+        shown = meta["shown"] or ("on" if field.default else "off")
         # A default of SUPPRESS keeps BooleanOptionalAction from appending a second default.
         group.add_argument(
             flag_name(field), action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
@@ -72,8 +75,8 @@ def add_field_flag(group, field: dataclasses.Field, given_only: bool = False) ->
         return
     shown = meta["shown"] if meta["shown"] is not None else field.default
     group.add_argument(
-        flag_name(field), type=TYPES[kind], default=default, choices=meta["choices"],
-        help=f"{meta['help']} (default: {shown})",
+        flag_name(field), *aliases, dest=field.name, type=TYPES[kind], default=default,
+        choices=meta["choices"], help=f"{meta['help']} (default: {shown}{earlier})",
     )  # fmt: skip
 
 
@@ -185,8 +188,9 @@ def infer_flags(p: argparse.ArgumentParser) -> None:
         "the submission is the mean of their calibrated predictions",
     )
     p.add_argument(
-        "--test-csv", default=str(arena.DEFAULT_TEST_CSV),
-        help="arena test CSV (default: the competition's real 3-row test.csv)",
+        "--test-file", "--test-csv", dest="test_file", default=str(arena.DEFAULT_TEST_CSV),
+        help="rows to predict: an arena test CSV, or any --train-file kind, its labels unused "
+        "(default: the competition's real 3-row test.csv; --test-csv: its earlier name)",
     )  # fmt: skip
     p.add_argument(
         "--output", default="submission.csv", help="submission file (default: submission.csv)"
@@ -240,11 +244,11 @@ def export_flags(p: argparse.ArgumentParser) -> None:
 def evaluate_flags(p: argparse.ArgumentParser) -> None:
     add_trained_run_flag(p)
     p.add_argument(
-        "--csv",
-        default=None,
-        help="labelled arena CSV to predict with the model (default: the run's validation "
-        "split and its valid_predictions.csv; no model is loaded)",
-    )
+        "--file", "--csv", dest="file", default=None,
+        help="labelled rows to predict with the model, of any --train-file kind (default: the "
+        "run's validation rows and its valid_predictions.csv; no model is loaded; --csv: its "
+        "earlier name)",
+    )  # fmt: skip
     p.add_argument("--out-dir", default=None, help="report directory (default: RUN/evaluation)")
     add_device_flags(p)
 
@@ -256,7 +260,7 @@ def crossval_flags(p: argparse.ArgumentParser) -> None:
         help="train each fold on this seeded fraction of its training rows, scored on all its "
         "validation rows (a learning curve on paired rows) (default: 1.0)",
     )  # fmt: skip
-    add_config_flags(p, exclude=("valid_fraction", "group_by_prompt"))
+    add_config_flags(p, exclude=("valid_file", "valid_fraction", "group_by_prompt"))
     add_process_flags(p)
 
 
@@ -268,7 +272,8 @@ def ensemble_flags(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument(
         "--train-csv", default=str(arena.DEFAULT_TRAIN_CSV),
-        help="the labelled arena CSV the predictions cover (default: the embedded sample)",
+        help="the labelled rows the predictions cover, of any `jaxpref train --train-file` "
+        "kind (default: the embedded sample)",
     )  # fmt: skip
     p.add_argument(
         "--baselines",
@@ -375,7 +380,7 @@ def check_trained_runs(args: argparse.Namespace) -> None:
 
 def check_infer(args: argparse.Namespace) -> None:
     check_trained_runs(args)
-    arena.open_input(args.test_csv, "a CSV file").close()
+    sources.source_kind(args.test_file)
     writable_directory(Path(args.output).absolute().parent, "the output directory")
 
 
@@ -393,11 +398,11 @@ def check_export(args: argparse.Namespace) -> None:
 
 
 def check_evaluate(args: argparse.Namespace) -> None:
-    if not args.csv:  # the run's own predictions: no model is loaded
+    if not args.file:  # the run's own predictions: no model is loaded
         RunDir.require(RunDir(args.run_dir).config)
         return
     rundir.require_trained(args.run_dir)
-    arena.open_input(args.csv, "a CSV file").close()
+    sources.source_kind(args.file)
 
 
 def infer(args: argparse.Namespace) -> None:
@@ -405,7 +410,7 @@ def infer(args: argparse.Namespace) -> None:
 
     initialize_processes(args)
     path = infer_job.infer(
-        args.run_dir, args.test_csv, args.output, args.batch_size, args.devices,
+        args.run_dir, args.test_file, args.output, args.batch_size, args.devices,
         args.num_devices, args.tta, args.precision, args.quantize, args.model_parallel,
     )  # fmt: skip
     print(f"wrote {path}")
@@ -436,7 +441,7 @@ def evaluate(args: argparse.Namespace) -> None:
     from jaxpref.scoring import report
 
     result = evaluate.evaluate_run(
-        args.run_dir, args.csv, args.out_dir, args.devices, args.num_devices
+        args.run_dir, args.file, args.out_dir, args.devices, args.num_devices
     )
     print(report.markdown_table(result["scores"]))
     se = report.number(result["model_log_loss_se"])
@@ -501,7 +506,8 @@ COMMANDS = {
     ),
     "infer": Command(
         "infer.py",
-        "Predict a test CSV with a trained run's best weights; write submission.csv.",
+        "Predict a test CSV (or another file of rows) with a trained run's best weights; "
+        "write submission.csv.",
         infer_flags,
         infer,
         check=check_infer,

@@ -3,7 +3,9 @@
 Each field carries its help text, choices and bounds (`option`), so the command line
 (`cli.add_config_flags`) and validation (`TrainConfig.validate`) are generated from one
 statement. A new setting is one `option(...)` line in its group. Field names are unique across
-groups; each becomes a flag (`lora_rank` -> `--lora-rank`).
+groups; each becomes a flag (`lora_rank` -> `--lora-rank`). A renamed setting keeps its earlier
+name as an alias (`option(..., aliases=("train_csv",))`): the earlier flag, config-file key,
+`replace` keyword and attribute still work, and config.json is written with the new name.
 
 The modelling defaults (symmetric head, swap augmentation, side features, cosine schedule, LoRA
 learning rate) are the best configuration of the cross-validation in docs/quality.md.
@@ -27,8 +29,10 @@ INFERENCE_PRECISIONS = (*PRECISIONS, "float16")
 QUANTIZE_MODES = ("int8",)  # weight-only, through Keras' own `quantize` (models.quantize)
 ARCHITECTURES = ("siamese", "cross")
 HEADS = ("symmetric", "concat")
+OBJECTIVES = ("classes", "reward")
 SCHEDULES = ("cosine", "constant")
 ATTENTIONS = ("efficient", "efficient_dropout", "keras_hub")
+DEFAULT_VALID_FRACTION = 0.1
 
 
 class ConfigError(ValueError):
@@ -45,19 +49,31 @@ def option(
     above: float | None = None,
     below: float | None = None,
     shown: str | None = None,
+    aliases: Sequence[str] = (),
 ) -> Any:
     """A config field with its command-line help, allowed choices and bounds.
 
     `min`/`max` are inclusive bounds, `above`/`below` exclusive ones; `shown` is the default
-    as `--help` should print it when the value itself would mislead (None = chosen at run time).
+    as `--help` should print it when the value itself would mislead (None = chosen at run time);
+    `aliases` are earlier names of the setting, accepted wherever the name is.
     """
     meta = {"help": help, "choices": choices, "min": min, "max": max, "above": above}
-    meta["below"] = below
+    meta.update(below=below, aliases=tuple(aliases))
     return dataclasses.field(default=default, metadata={**meta, "shown": shown})
 
 
+class Group:
+    """A group of settings; an alias of a field (`option(aliases=...)`) reads that field."""
+
+    def __getattr__(self, name: str) -> Any:
+        for f in dataclasses.fields(self):
+            if name in f.metadata["aliases"]:
+                return getattr(self, f.name)
+        raise AttributeError(f"{type(self).__name__} has no setting {name!r}")
+
+
 @dataclasses.dataclass
-class RunConfig:
+class RunConfig(Group):
     """Where the run writes, how it is seeded and checkpointed."""
 
     run_dir: str = option("", "output directory", shown="runs/<time>")
@@ -85,15 +101,29 @@ class RunConfig:
 
 
 @dataclasses.dataclass
-class DataConfig:
+class DataConfig(Group):
     """Which rows train and validate, and how they are fed."""
 
-    train_csv: str = option("", "labelled arena CSV", shown="the embedded 1,000-row sample")
+    train_file: str = option(
+        "",
+        "labelled rows: an arena CSV, a preference file (TRL or HH-RLHF chosen/rejected records "
+        "as JSON lines, .gz allowed, or Parquet), a datasets save_to_disk directory or a folder "
+        "of Parquet shards (docs/usage.md, Preference files)",
+        shown="the embedded 1,000-row sample",
+        aliases=("train_csv",),
+    )
+    valid_file: str = option(
+        "",
+        "validation rows from this file (any --train-file kind; no id of --train-file's) "
+        "instead of a split of --train-file, which is then trained on whole",
+        shown="none: --valid-fraction of --train-file",
+    )
     extra_train: str = option(
         "",
         "extra training rows: TRL preference records (standard or conversational, explicit or "
-        "implicit prompt) or Anthropic HH-RLHF dialogues, as JSON lines (.gz allowed) or "
-        "Parquet; converted to arena rows with random A/B order, never validated on",
+        "implicit prompt) or Anthropic HH-RLHF dialogues, in any --train-file kind but an "
+        "arena CSV; converted to arena rows with random A/B order (by --seed), never "
+        "validated on",
         shown="none",
     )
     extra_train_tie: float = option(
@@ -104,10 +134,17 @@ class DataConfig:
         min=0,
         below=1,
     )
-    valid_fraction: float = option(
-        0.1, "fraction of rows held out for validation, stratified by label", min=0, below=1
+    valid_fraction: float | None = option(
+        None,
+        "fraction of --train-file held out for validation, stratified by label; not with "
+        "--valid-file",
+        min=0,
+        below=1,
+        shown=f"{DEFAULT_VALID_FRACTION} without --valid-file",
     )
-    group_by_prompt: bool = option(False, "keep rows with the same prompt on one side of the split")
+    group_by_prompt: bool = option(
+        False, "keep rows with the same prompt on one side of the split; not with --valid-file"
+    )
     sequence_length: int = option(
         1024, "tokens per side: [CLS] conversation [SEP] response [SEP]", min=8
     )
@@ -123,9 +160,16 @@ class DataConfig:
         shown="none",
     )
 
+    def split_fraction(self) -> float | None:
+        """The share of --train-file to validate on: --valid-fraction, its default, or None
+        with --valid-file (no split)."""
+        if self.valid_file:
+            return None
+        return DEFAULT_VALID_FRACTION if self.valid_fraction is None else self.valid_fraction
+
 
 @dataclasses.dataclass
-class ModelConfig:
+class ModelConfig(Group):
     """The model: backbone, adapters and head."""
 
     preset: str = option(
@@ -140,6 +184,21 @@ class ModelConfig:
         "sequence per pair (conversation, response A, response B), each response pooled, "
         "for encoders and decoder LLMs (which need it)",
         choices=ARCHITECTURES,
+    )
+    objective: str = option(
+        "classes",
+        "classes: the head predicts A / B / tie from both sides' vectors; reward: a reward "
+        "model, one scalar r per side (its first token, [CLS], for encoders, its last real "
+        "token for decoder LLMs, through one linear unit) and one learned tie parameter theta: "
+        "P(A), P(B), P(tie) proportional to e^rA, e^rB, e^(theta + (rA + rB) / 2) (Davidson); "
+        "siamese only, without --side-features; decoder LLMs allowed",
+        choices=OBJECTIVES,
+    )
+    center_rewards: float = option(
+        0.0,
+        "with --objective reward: add C x mean((rA + rB)^2) to the training loss, keeping the "
+        "rewards centred on 0 (TRL's center_rewards_coefficient; 0.01 is its suggestion)",
+        min=0,
     )
     head: str = option(
         "symmetric",
@@ -176,10 +235,11 @@ class ModelConfig:
     remat: bool = option(
         False, "recompute each decoder block in the backward pass (long sequences, less memory)"
     )
-    side_features: bool = option(
-        True,
+    side_features: bool | None = option(
+        None,
         "feed each side's cheap features (lengths, line, markdown and code-block counts, "
-        "turns) to the head beside its embedding",
+        "turns) to the head beside its embedding (--objective classes only)",
+        shown="on with --objective classes, off with reward",
     )
     precision: str = option(
         "auto", "auto: mixed_bfloat16 on GPU/TPU, float32 on CPU", choices=PRECISIONS
@@ -187,7 +247,7 @@ class ModelConfig:
 
 
 @dataclasses.dataclass
-class OptimConfig:
+class OptimConfig(Group):
     """How the weights are fitted."""
 
     epochs: int = option(2, "training epochs", min=1)
@@ -248,7 +308,7 @@ class OptimConfig:
 
 
 @dataclasses.dataclass
-class DeviceConfig:
+class DeviceConfig(Group):
     """Which accelerators run the job."""
 
     devices: str = option(
@@ -278,6 +338,30 @@ GROUPS = {
 }
 
 
+def aliases() -> dict[str, str]:
+    """{earlier name: the setting's name} of every alias (`option(aliases=...)`)."""
+    return {
+        alias: f.name
+        for kind in GROUPS.values()
+        for f in dataclasses.fields(kind)
+        for alias in f.metadata["aliases"]
+    }
+
+
+def renamed(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with each alias key replaced by its setting's name; ConfigError when a setting
+    is given under both names."""
+    names = aliases()
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = names.get(key, key)
+        if name in out:
+            earlier = key if key != name else next(k for k in values if names.get(k) == name)
+            raise ConfigError(f"{name} is given twice, also as {earlier} (its earlier name)")
+        out[name] = value
+    return out
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Everything a training run depends on, in groups; None fields are chosen at run time."""
@@ -304,6 +388,7 @@ class TrainConfig:
             if isinstance(flat.get(group), dict):
                 flat.update(flat.pop(group))
         global_batch = flat.pop("global_batch", None)
+        flat = renamed(flat)
         unknown = sorted(set(flat) - {f.name for f, _, _ in cls().fields()})
         if source is not None and unknown:
             raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}")
@@ -318,6 +403,7 @@ class TrainConfig:
     @classmethod
     def from_flat(cls, values: dict) -> TrainConfig:
         """From `{field name: value}` across every group (how command-line flags arrive)."""
+        values = renamed(values)
         parts = {}
         for group, kind in GROUPS.items():
             names = {f.name for f in dataclasses.fields(kind)}
@@ -336,13 +422,22 @@ class TrainConfig:
                 yield f, getattr(part, f.name), group
 
     def replace(self, **changes) -> TrainConfig:
-        """A copy with fields changed by name, whatever their group."""
-        return TrainConfig.from_flat({**self.flat(), **changes})
+        """A copy with fields changed by name (or alias), whatever their group."""
+        return TrainConfig.from_flat({**self.flat(), **renamed(changes)})
 
     def validate(self) -> TrainConfig:
-        """Raise ConfigError naming the flag for any value outside its choices or bounds."""
+        """Raise ConfigError naming the flag for any value outside its choices or bounds, or
+        for a split setting beside --valid-file (which replaces the split)."""
         for f, value, _ in self.fields():
             check_value(f, value)
+        data = self.data
+        if data.valid_file and (data.valid_fraction is not None or data.group_by_prompt):
+            given = f"--valid-fraction {data.valid_fraction}"
+            flag = given if data.valid_fraction is not None else "--group-by-prompt"
+            raise ConfigError(
+                f"{flag}: not with --valid-file {data.valid_file}, whose rows are the "
+                "validation set (--train-file is not split); give one of the two"
+            )
         return self
 
     def to_json(self, path: str | os.PathLike) -> None:
@@ -378,6 +473,11 @@ def flag_name(field: dataclasses.Field) -> str:
     return "--" + field.name.replace("_", "-")
 
 
+def alias_flags(field: dataclasses.Field) -> list[str]:
+    """The flags of a field's earlier names (`--train-csv` of `train_file`)."""
+    return ["--" + alias.replace("_", "-") for alias in field.metadata["aliases"]]
+
+
 def check_value(field: dataclasses.Field, value: Any) -> None:
     """ConfigError unless `value` is one of the field's choices and within its bounds."""
     meta = field.metadata
@@ -399,6 +499,15 @@ def check_value(field: dataclasses.Field, value: Any) -> None:
 def default_learning_rate(lora_rank: int) -> float:
     """LoRA adapters want a much larger step than full fine-tuning (docs/quality.md)."""
     return 2e-3 if lora_rank > 0 else 1e-5
+
+
+def resolve_side_features(side_features: bool | None, objective: str) -> bool:
+    """--side-features as given, else on for the classes objective; refused with reward (a
+    reward is the backbone's own score of one side: a Hugging Face reward model has no such
+    input)."""
+    if side_features and objective == "reward":
+        raise ConfigError("--side-features does not apply to --objective reward: leave it off")
+    return objective == "classes" if side_features is None else side_features
 
 
 def resolve_precision(precision: str, platform: str) -> str:

@@ -29,12 +29,13 @@ import sys  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 from reference_run import TINY_DEBERTA  # noqa: E402
 
-from jaxpref.data import arena  # noqa: E402  # noqa: E402
+from jaxpref.data import arena, text  # noqa: E402
 
 # CI: the same examples every run (a failure reproduces), no example database in the repository.
 settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
@@ -137,6 +138,79 @@ def write_learnable_csv(path: Path, rows: int, seed: int = 0) -> Path:
                 ]
             )
     return path
+
+
+def pair_texts(n: int) -> dict:
+    """`text.format_pairs`-style columns of `n` rows, row i about i + 1 times longer than row 0."""
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+    return {
+        key: np.asarray(
+            [f"{key} " + " ".join(words[: (i % len(words)) + 1]) * (i + 1) for i in range(n)],
+            dtype=object,
+        )
+        for key in text.FEATURE_KEYS
+    }
+
+
+def write_parquet_shards(directory: Path, records: list[dict], shards: int) -> Path:
+    """`records` as a folder of Parquet shards named as a Hugging Face repository's
+    (``train-00000-of-00002.parquet``), contiguous, in order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    directory.mkdir(parents=True)
+    for i, part in enumerate(contiguous(records, shards)):
+        pq.write_table(
+            pa.Table.from_pylist(part), directory / f"train-{i:05d}-of-{shards:05d}.parquet"
+        )
+    return directory
+
+
+def write_saved_dataset(directory: Path, records: list[dict], shards: int) -> Path:
+    """`records` as `datasets` 3/4 `Dataset.save_to_disk(directory, num_shards=shards)` writes
+    them, without the package: contiguous shards ``data-00000-of-0000N.arrow``, each an Arrow
+    IPC stream whose schema metadata holds the features (ArrowWriter), and state.json and
+    dataset_info.json with their first-level keys sorted."""
+    import pyarrow as pa
+
+    directory.mkdir(parents=True)
+    schema = pa.Table.from_pylist(records).schema
+    features = {field.name: arrow_feature(field.type) for field in schema}
+    fingerprint = "0123456789abcdef"
+    metadata = {"info": {"features": features}, "fingerprint": fingerprint}
+    schema = schema.with_metadata({"huggingface": json.dumps(metadata)})
+    names = [f"data-{i:05d}-of-{shards:05d}.arrow" for i in range(shards)]
+    for name, part in zip(names, contiguous(records, shards), strict=True):
+        table = pa.Table.from_pylist(part, schema=schema)
+        with pa.ipc.new_stream(str(directory / name), schema) as writer:
+            writer.write_table(table, max_chunksize=2)  # several record batches a shard
+    state = {
+        "_data_files": [{"filename": name} for name in names], "_fingerprint": fingerprint,
+        "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
+        "_output_all_columns": False, "_split": None,
+    }  # fmt: skip
+    (directory / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
+    info = {"citation": "", "description": "", "features": features, "homepage": "", "license": ""}
+    (directory / "dataset_info.json").write_text(json.dumps(info, indent=2))
+    return directory
+
+
+def contiguous(records: list, shards: int) -> list[list]:
+    """`records` in `shards` contiguous parts, the first ones a row longer (Dataset.shard)."""
+    size, extra = divmod(len(records), shards)
+    bounds = [i * size + min(i, extra) for i in range(shards + 1)]
+    return [records[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def arrow_feature(kind) -> dict:
+    """The `datasets` 4 feature of an Arrow type: Value, List or a dict of struct fields."""
+    import pyarrow as pa
+
+    if pa.types.is_list(kind):
+        return {"feature": arrow_feature(kind.value_type), "_type": "List"}
+    if pa.types.is_struct(kind):
+        return {field.name: arrow_feature(field.type) for field in kind}
+    return {"dtype": "string" if pa.types.is_string(kind) else str(kind), "_type": "Value"}
 
 
 def script_environment() -> dict[str, str]:

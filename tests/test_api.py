@@ -117,7 +117,7 @@ def test_import_jaxpref_loads_no_framework():
 def test_the_public_names_are_listed_and_nothing_else_is_reached():
     assert sorted(jaxpref.__all__) == sorted(
         ["Predictor", "TrainConfig", "TrainedRun", "evaluate", "export", "load",
-         "read_arena_csv", "read_preferences", "train"]
+         "read_arena_csv", "read_preferences", "read_rows", "train"]
     )  # fmt: skip
     assert set(jaxpref.__all__) <= set(dir(jaxpref))
     assert all(getattr(jaxpref, name) is getattr(jaxpref.api, name) for name in jaxpref.__all__)

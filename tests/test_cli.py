@@ -13,12 +13,12 @@ from jaxpref import cli
 from jaxpref.config import ConfigError
 
 TRAIN_FLAGS = [
-    "--devices", "--num-devices", "--preset", "--train-csv", "--run-dir", "--epochs",
-    "--batch-size", "--sequence-length", "--learning-rate", "--lora-rank", "--valid-fraction",
-    "--seed",
+    "--devices", "--num-devices", "--preset", "--train-file", "--valid-file", "--run-dir",
+    "--epochs", "--batch-size", "--sequence-length", "--learning-rate", "--lora-rank",
+    "--valid-fraction", "--seed",
 ]  # fmt: skip
 INFER_FLAGS = [
-    "--run-dir", "--test-csv", "--output", "--batch-size", "--devices", "--quantize",
+    "--run-dir", "--test-file", "--output", "--batch-size", "--devices", "--quantize",
     "--model-parallel",
 ]  # fmt: skip
 
@@ -50,11 +50,25 @@ def test_help_documents_every_contract_flag(parser, flags):
 def test_defaults_work_without_flags():
     cfg = cli.config_from_args(cli.train_parser().parse_args([]))
     assert cfg.model.preset == "deberta_v3_small_en" and cfg.data.sequence_length == 1024
-    assert cfg.data.valid_fraction == 0.1 and cfg.model.lora_rank == 8
-    assert cfg.data.train_csv == "" and cfg.model.head == "symmetric" and cfg.run.calibrate
+    assert cfg.data.split_fraction() == 0.1 and cfg.model.lora_rank == 8
+    assert cfg.data.train_file == "" and cfg.model.head == "symmetric" and cfg.run.calibrate
     infer = cli.infer_parser().parse_args(["--run-dir", "r"])
-    assert infer.test_csv.endswith("arena_test.csv") and infer.precision == "auto"
+    assert infer.test_file.endswith("arena_test.csv") and infer.precision == "auto"
     assert infer.quantize is None and infer.model_parallel is None  # None: the run's own
+
+
+@pytest.mark.parametrize(
+    ("command", "earlier", "flag", "dest"),
+    [("train", "--train-csv", "--train-file", "train_file"),
+     ("infer", "--test-csv", "--test-file", "test_file"),
+     ("evaluate", "--csv", "--file", "file")],
+)  # fmt: skip
+def test_earlier_flag_names_still_work_and_are_shown(command, earlier, flag, dest):
+    parser = cli.command_parser(command)
+    required = ["--run-dir", "r"] if command != "train" else []
+    assert getattr(parser.parse_args([*required, earlier, "x.csv"]), dest) == "x.csv"
+    assert f"{flag} {dest.upper()}, {earlier} {dest.upper()}" in parser.format_help()
+    assert f"{earlier}: its earlier name" in " ".join(help_entries(parser)[flag].split())
 
 
 def test_bad_csv_is_one_clear_line_and_exit_2(tmp_path):
@@ -105,6 +119,12 @@ MISSING_RUN = "{tmp}/none/config.json is missing; is this the run directory of a
         (["train", "--preset", "{tmp}/none"], "--preset {tmp}/none: no such directory"),
         (["train", "--resume", "--run-dir", "{tmp}/none"], "--resume needs --run-dir of an"),
         (["train", "--epochs", "0"], "--epochs 0: must be at least 1"),
+        (["train", "--train-file", "{tmp}/none.jsonl"], "{tmp}/none.jsonl: file not found"),
+        (["train", "--valid-file", "{tmp}"], "{tmp}: neither a datasets save_to_disk directory"),
+        (["train", "--valid-file", "{tmp}/file", "--valid-fraction", "0.2"],
+         "--valid-fraction 0.2: not with --valid-file {tmp}/file, whose rows are the validation"),
+        (["evaluate", "--run-dir", "{fixture}", "--file", "{tmp}/none"],
+         "{tmp}/none: file not found"),
     ],
 )  # fmt: skip
 def test_path_and_flag_errors_come_before_any_framework_loads(argv, message, tmp_path):

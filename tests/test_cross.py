@@ -9,8 +9,9 @@ import tensorflow as tf
 
 from jaxpref.config import ConfigError, ModelConfig
 from jaxpref.data import arena
-from jaxpref.inputs import pipeline
-from jaxpref.inputs.pipeline import CONVERSATION, FIRST, SECOND
+from jaxpref.inputs import batching, packers
+from jaxpref.inputs.featurize import FeaturizedRows, tokenize
+from jaxpref.inputs.packers import CONVERSATION, FIRST, SECOND
 from jaxpref.models import families, lora, presets
 from jaxpref.models import preference as model_lib
 from jaxpref.parallel import sharding
@@ -24,24 +25,24 @@ def rows(n: int = 6):
     return arena.read_arena_csv(arena.DEFAULT_TRAIN_CSV, labelled=True).head(n)
 
 
-def tokens_of(model, preset, frame, length=LENGTH):
-    encoder = model_lib.build_encoder(model, str(preset), length)
-    return encoder, pipeline.tokenize(encoder.texts(frame), encoder, progress=False)
+def rows_of(model, preset, frame, length=LENGTH) -> FeaturizedRows:
+    packer = model.build_packer(str(preset), length)
+    return FeaturizedRows(packer, tokenize(packer.texts(frame), packer, progress=False))
 
 
 def test_truncate_parts_shares_the_budget_and_keeps_the_conversation_end():
     lengths = [(10, 20, 30), (2, 40, 5), (1, 1, 1), (0, 50, 50)]
     parts = [tf.ragged.constant([list(range(n[i])) for n in lengths]) for i in range(3)]
-    kept = pipeline.truncate_parts(parts, 30, (True, False, False))
+    kept = packers.truncate_parts(parts, 30, (True, False, False))
     sizes = np.stack([p.row_lengths().numpy() for p in kept], axis=1)
     np.testing.assert_array_equal(sizes, [(10, 10, 10), (2, 23, 5), (1, 1, 1), (0, 15, 15)])
-    uneven = pipeline.truncate_parts(
+    uneven = packers.truncate_parts(
         [tf.ragged.constant([list(range(40))])] * 3, 31, (True, False, False)
     )
     assert [int(p.row_lengths()[0]) for p in uneven] == [11, 10, 10]  # the budget used whole
     assert kept[0][0].numpy().tolist() == list(range(10))  # fits: all of it
     assert kept[1][1].numpy().tolist() == list(range(23))  # a response keeps its start
-    long = pipeline.truncate_parts(
+    long = packers.truncate_parts(
         [tf.ragged.constant([list(range(40))])] * 3, 30, (True, False, False)
     )
     assert long[0][0].numpy().tolist() == list(range(30, 40))  # the conversation its end
@@ -58,31 +59,32 @@ def cross(tiny_preset):
 
 
 def test_encoder_sequences_hold_both_orders_of_the_same_parts(cross, tiny_preset):
-    encoder, tokens = tokens_of(cross, tiny_preset, rows())
-    cls, sep = encoder.pieces[0][0], encoder.pieces[1][0]
+    featurized = rows_of(cross, tiny_preset, rows())
+    packer, tokens = featurized.packer, featurized.tokens
+    cls, sep = packer.pieces[0][0], packer.pieces[1][0]
     assert tokens.token_ids.shape == (6, 2, LENGTH)
     for i in range(6):
         for order in (0, 1):
             n = tokens.lengths[i, order]
-            ids, parts = tokens.token_ids[i, order, :n], tokens.segment_ids[i, order, :n]
+            ids, parts = tokens.token_ids[i, order, :n], tokens.part_ids[i, order, :n]
             assert ids[0] == cls and ids[-1] == sep
-            assert (tokens.segment_ids[i, order, n:] == 0).all()
+            assert (tokens.part_ids[i, order, n:] == 0).all()
             assert (np.diff(parts) >= 0).all() and set(parts) <= {CONVERSATION, FIRST, SECOND}
-        first = tokens.token_ids[i, 0][tokens.segment_ids[i, 0] == FIRST]
-        swapped = tokens.token_ids[i, 1][tokens.segment_ids[i, 1] == SECOND]
+        first = tokens.token_ids[i, 0][tokens.part_ids[i, 0] == FIRST]
+        swapped = tokens.token_ids[i, 1][tokens.part_ids[i, 1] == SECOND]
         np.testing.assert_array_equal(swapped[1:-1], first)  # B-first order: A second
     assert tokens.lengths.max() >= LENGTH - 1  # long rows fill the budget (one may stay unused)
 
 
 def test_cross_model_predicts_swap_tta_mirrors_and_config_round_trips(cross, tiny_preset):
-    assert cross.layout == pipeline.CROSS and cross.pooling == "mean"
-    encoder, tokens = tokens_of(cross, tiny_preset, rows())
-    plan = pipeline.plan_batches(tokens.row_lengths(), 2, (LENGTH,))
-    keys = encoder.input_keys
-    probs = predict.predict_tokens(cross, tokens, plan, keys)
+    featurized = rows_of(cross, tiny_preset, rows())
+    assert isinstance(featurized.packer, packers.CrossPacker) and cross.pooling == "mean"
+    assert featurized.packer.input_keys == (*cross.backbone_input_keys, packers.PART_IDS)
+    plan = batching.plan_batches(featurized.tokens.row_lengths(), 2, (LENGTH,))
+    probs = predict.predict_rows(cross, featurized, plan)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
-    tta = predict.predict_tokens(cross, tokens, plan, keys, tta=True)
-    swapped = predict.predict_tokens(cross, pipeline.swap_sides(tokens), plan, keys, tta=True)
+    tta = predict.predict_rows(cross, featurized, plan, tta=True)
+    swapped = predict.predict_rows(cross, featurized.swapped(), plan, tta=True)
     np.testing.assert_allclose(swapped, tta[:, list(arena.MIRROR)], atol=1e-9)
     config = cross.get_config()
     rebuilt = model_lib.CrossEncoderModel.from_config(config)
@@ -104,10 +106,11 @@ def test_decoder_cross_models_pool_the_last_token_with_lora_on_attention_and_mlp
     factors = [w.path for w in model.trainable_weights if "lora_kernel" in w.path]
     family = families.family_of(model.backbone)
     assert len(factors) == 2 * len(lora.target_layers("", family)) == 2 * 7
-    encoder, tokens = tokens_of(model, decoder_presets[name], rows(4), DECODER_LENGTH)
-    assert encoder.decoder and encoder.pieces[0]  # the tagged format's opening tokens
-    plan = pipeline.plan_batches(tokens.row_lengths(), 2, (DECODER_LENGTH,))
-    probs = predict.predict_tokens(model, tokens, plan, encoder.input_keys)
+    featurized = rows_of(model, decoder_presets[name], rows(4), DECODER_LENGTH)
+    packer = featurized.packer
+    assert packer.decoder and packer.pieces[0]  # the tagged format's opening tokens
+    plan = batching.plan_batches(featurized.tokens.row_lengths(), 2, (DECODER_LENGTH,))
+    probs = predict.predict_rows(model, featurized, plan)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
     with pytest.raises(ConfigError, match="--architecture cross"):
         model_lib.build_model(ModelConfig(preset=cfg.preset, precision="float32"), DECODER_LENGTH)
@@ -123,15 +126,15 @@ def test_decoder_cross_model_on_a_2x2_mesh_predicts_as_on_one_device(decoder_pre
     weights = [np.random.default_rng(i).normal(0, 0.05, w.shape) for i, w in enumerate(
         reference.weights)]  # fmt: skip
     weights = [w.astype(v.dtype) for w, v in zip(weights, reference.weights, strict=True)]
-    encoder, tokens = tokens_of(reference, preset, rows(4), DECODER_LENGTH)
-    plan = pipeline.plan_batches(tokens.row_lengths(), 4, (DECODER_LENGTH,))
+    featurized = rows_of(reference, preset, rows(4), DECODER_LENGTH)
+    plan = batching.plan_batches(featurized.tokens.row_lengths(), 4, (DECODER_LENGTH,))
     reference.set_weights(weights)
-    expected = predict.predict_tokens(reference, tokens, plan, encoder.input_keys)
+    expected = predict.predict_rows(reference, featurized, plan)
     config = presets.probe(preset).backbone_config
     with sharding.model_parallel(jax.devices(), 2, config).scope():
         model = model_lib.build_model(cfg, DECODER_LENGTH)
         model.set_weights(weights)
-        sharded = predict.predict_tokens(model, tokens, plan, encoder.input_keys)
+        sharded = predict.predict_rows(model, featurized, plan)
     np.testing.assert_allclose(sharded, expected, atol=1e-5)
     specs = {w.path: tuple(w.value.sharding.spec) for w in model.weights}
     factors = {p: s for p, s in specs.items() if "lora_kernel" in p}
@@ -146,12 +149,12 @@ def test_a_sequence_too_short_for_the_texts_is_refused(decoder_presets, tiny_pre
     same tags (nothing to learn), so the packer refuses and names the length that works."""
     for preset, decoder in ((decoder_presets["llama3"], True), (tiny_preset, False)):
         tokenizer = keras_hub.models.Tokenizer.from_preset(str(preset))
-        tags = sum(len(p) for p in pipeline.CrossEncoder(tokenizer, 512, (), decoder).pieces)
-        enough = tags + pipeline.MIN_TEXT_TOKENS
-        assert pipeline.CrossEncoder(tokenizer, enough, (), decoder).budget == 16
+        tags = sum(len(p) for p in packers.CrossPacker(tokenizer, 512, (), decoder).pieces)
+        enough = tags + packers.MIN_TEXT_TOKENS
+        assert packers.CrossPacker(tokenizer, enough, (), decoder).budget == 16
         with pytest.raises(ConfigError, match=f"use --sequence-length {enough} or more"):
-            pipeline.CrossEncoder(tokenizer, enough - 1, (), decoder)
+            packers.CrossPacker(tokenizer, enough - 1, (), decoder)
     assert tags == 4  # DeBERTa: [CLS] and three [SEP]; the decoder's tags are longer
     with pytest.raises(ConfigError, match="--sequence-length 64 leaves -"):
         tokenizer = keras_hub.models.Tokenizer.from_preset(str(decoder_presets["llama3"]))
-        pipeline.CrossEncoder(tokenizer, 64, (), True)
+        packers.CrossPacker(tokenizer, 64, (), True)

@@ -13,7 +13,10 @@ from jaxpref import cli
 from jaxpref.config import ConfigError, TrainConfig
 from jaxpref.data.arena import LABEL_COLUMNS, DataError
 from jaxpref.data.probabilities import read_probabilities
-from jaxpref.inputs import pipeline
+from jaxpref.inputs import batching, feeding, packers
+from jaxpref.inputs.featurize import FeaturizedRows
+from jaxpref.inputs.token_store import TokenizedPairs
+from jaxpref.models import backbones
 from jaxpref.training import distillation
 
 HEADER = "id,winner_model_a,winner_model_b,winner_tie\n"
@@ -88,21 +91,23 @@ def test_teacher_coverage_is_logged_and_a_teacher_of_other_rows_refused(tmp_path
         distillation.load_teacher(path, ["x", "y"])
 
 
-def test_swapped_rows_get_mirrored_soft_targets():
+def test_swapped_rows_get_mirrored_soft_targets(tiny_preset):
     n, length = 8, 16
-    tokens = pipeline.TokenizedPairs.from_padded(
+    tokens = TokenizedPairs.from_padded(
         np.arange(n * 2 * length, dtype=np.int32).reshape(n, 2, length),
         np.zeros((n, 2, length), np.int8),
         np.full((n, 2), length, np.int32),
         pad_id=0,
     )
     targets = np.random.default_rng(0).dirichlet(np.ones(3), size=n).astype(np.float32)
-    plan = pipeline.plan_batches(tokens.row_lengths(), 4, (length,), True, 0, 0, swap=True)
+    plan = batching.plan_batches(tokens.row_lengths(), 4, (length,), True, 0, 0, swap=True)
     flips = np.concatenate([b.swap for b in plan])
     assert 0 < flips.sum() < n
-    keys = ("token_ids",)
-    for (x, y, _), b in zip(pipeline.make_dataset(tokens, [plan], keys, targets), plan,
-                            strict=True):  # fmt: skip
+    packer = packers.PairPacker(
+        backbones.load_preprocessor(str(tiny_preset), length), ("token_ids",)
+    )
+    rows = FeaturizedRows(packer, tokens)
+    for (x, y, _), b in zip(feeding.make_dataset(rows, [plan], targets), plan, strict=True):
         for i, (row, flip) in enumerate(zip(b.rows, b.swap, strict=True)):
             expected = targets[row][[1, 0, 2]] if flip else targets[row]
             np.testing.assert_allclose(y.numpy()[i], expected)

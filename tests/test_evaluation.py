@@ -84,7 +84,7 @@ def test_evaluate_run_rejects_predictions_for_other_rows(tmp_path):
 def test_evaluate_run_notices_a_changed_training_csv(tmp_path):
     run_dir, *_ = fake_run(tmp_path)
     write_learnable_csv(tmp_path / "train.csv", 100)
-    with pytest.raises(RunDirError, match="was the training CSV changed"):
+    with pytest.raises(RunDirError, match="was the file changed after the run"):
         evaluate.evaluate_run(run_dir)
 
 
@@ -92,7 +92,7 @@ def test_evaluate_run_on_a_csv_predicts_with_the_model(tmp_path, monkeypatch):
     run_dir, train, valid, _ = fake_run(tmp_path)
     calls = {}
 
-    def predict_frame(model, encoder, frame, batch_size, tta):
+    def predict_frame(model, packer, frame, batch_size, tta):
         calls["batch_size"] = batch_size
         return np.tile([0.5, 0.3, 0.2], (len(frame), 1))
 
@@ -104,9 +104,14 @@ def test_evaluate_run_on_a_csv_predicts_with_the_model(tmp_path, monkeypatch):
     monkeypatch.setattr(
         predict,
         "load_run",
-        lambda d, precision=None: (None, None, TrainConfig.from_json(d / "config.json")),
+        lambda d, precision=None, quantize=None: (
+            None,
+            None,
+            TrainConfig.from_json(d / "config.json"),
+        ),
     )
     monkeypatch.setattr(predict, "predict_frame", predict_frame)
+    monkeypatch.setattr(predict, "check_memory", lambda *args: None)  # the fake run has no preset
     result = evaluate.evaluate_run(
         run_dir, tmp_path / "train.csv", tmp_path / "report", devices="cpu", num_devices=4
     )

@@ -118,7 +118,7 @@ def test_bundle_holds_inference_files_only_and_is_smaller(exported):
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["lora_rank"] == 0
     # Shared bundles keep no paths of the training machine: names only.
-    assert config["run"]["run_dir"] == run_dir.name and config["data"]["train_csv"] == "train.csv"
+    assert config["run"]["run_dir"] == run_dir.name and config["data"]["train_file"] == "train.csv"
     assert config["model"]["preset"] == "tiny_deberta" and str(run_dir.parent) not in str(config)
     assert (out / "calibration.json").read_bytes() == (run_dir / "calibration.json").read_bytes()
     with np.load(out / "head.npz") as head:

@@ -1,12 +1,14 @@
 """Fuzz the file readers: mutated valid files must end in a DataError or a correct parse.
 
 Each test starts from a small valid file (an arena CSV, or a preference file in one of the
-formats of ``tests/fixtures``), applies a few random mutations (bytes flipped, quotes, delimiters,
-brackets and line breaks inserted, the file truncated, bytes deleted, lines duplicated or
-dropped, the text re-encoded as latin-1, cp1252, UTF-16 or UTF-8 with a byte-order mark) and
-reads the result. Any exception other than `arena.DataError` is a bug, and so is a
-frame that breaks the reader's contract (column types, unique ids, labels, text that encodes as
-UTF-8 for the tokenizer). Re-encodings and duplicated records also have exact expected results.
+formats of ``tests/fixtures``, or such records as a ``datasets`` save_to_disk directory or a
+folder of Parquet shards, one of whose files is mutated), applies a few random mutations (bytes
+flipped, quotes, delimiters, brackets and line breaks inserted, the file truncated, bytes
+deleted, lines duplicated or dropped, the text re-encoded as latin-1, cp1252, UTF-16 or UTF-8
+with a byte-order mark) and reads the result. Any exception other than `arena.DataError` is a
+bug, and so is a frame that breaks the reader's contract (column types, unique ids, labels, text
+that encodes as UTF-8 for the tokenizer). Re-encodings and duplicated records also have exact
+expected results.
 
 CI runs a few hundred examples in all (``EXAMPLES`` per test, under a minute together). Run
 more with, for example::
@@ -23,17 +25,21 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import json
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import write_parquet_shards, write_saved_dataset
 from hypothesis import HealthCheck, event, given, reject, settings
 from hypothesis import strategies as st
 
 from jaxpref.data.arena import LABEL_COLUMNS, TEXT_COLUMNS, DataError, read_arena_csv
 from jaxpref.data.preferences import read_chosen_rejected
+from jaxpref.data.sources import read_rows
 
 EXAMPLES = int(os.environ.get("JAXPREF_FUZZ_EXAMPLES", "50"))
 FUZZ = settings(
@@ -175,6 +181,40 @@ def test_preference_parquet_survives_mutations(tmp_path, name, edits):
     got = read(read_chosen_rejected, tmp_path / name, mutate((FIXTURES / name).read_bytes(), edits))
     if isinstance(got, pd.DataFrame):
         check_frame(got, {0, 1})
+
+
+# A directory's files, by kind: (name of the file to mutate in it, whether text edits apply).
+DIRECTORY_FILES = {
+    "saved": ["data-00000-of-00002.arrow", "data-00001-of-00002.arrow", "state.json"],
+    "shards": ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"],
+}
+DIRECTORY_CASES = [(kind, name) for kind, names in DIRECTORY_FILES.items() for name in names]
+
+
+@pytest.mark.parametrize(("kind", "target"), DIRECTORY_CASES)
+@FUZZ
+@given(
+    name=st.sampled_from(["trl_standard.jsonl", "trl_conversational.jsonl"]),
+    edits=st.lists(mutation(), min_size=1, max_size=3),
+)
+def test_directories_survive_a_mutated_file(tmp_path, kind, target, name, edits):
+    """A save_to_disk directory (its Arrow stream files or state.json) or a folder of Parquet
+    shards with one file mutated; errors name a file in the directory (the mutated one, or one
+    a mutated state.json lists)."""
+    records = [json.loads(line) for line in (FIXTURES / name).read_text().splitlines()] * 2
+    directory = Path(tempfile.mkdtemp(dir=tmp_path)) / "pairs"
+    write = write_saved_dataset if kind == "saved" else write_parquet_shards
+    write(directory, records, 2)
+    path = directory / target
+    path.write_bytes(mutate(path.read_bytes(), edits))
+    try:
+        frame = read_rows(directory)
+    except DataError as err:
+        assert str(directory) in str(err) and "\n" not in str(err)
+        event("DataError")
+        return
+    event("parsed")
+    check_frame(frame, {0, 1})
 
 
 @FUZZ

@@ -4,7 +4,8 @@ import pytest
 
 from jaxpref.config import ModelConfig
 from jaxpref.data import text
-from jaxpref.inputs import pipeline
+from jaxpref.inputs import batching, feeding, packers
+from jaxpref.inputs.featurize import FeaturizedRows, tokenize
 from jaxpref.models import backbones
 from jaxpref.models import preference as model_lib
 from jaxpref.training import optimization
@@ -15,11 +16,11 @@ def tiny(tiny_preset):
     keras.utils.set_random_seed(0)
     backbone = backbones.load_backbone(str(tiny_preset))
     preprocessor = backbones.load_preprocessor(str(tiny_preset), 24)
-    encoder = pipeline.PairEncoder(preprocessor, tuple(backbone.input.keys()))
-    return backbone, encoder
+    packer = packers.PairPacker(preprocessor, tuple(backbone.input.keys()))
+    return backbone, packer
 
 
-def _batch(encoder, responses_b):
+def _texts(responses_b):
     n = len(responses_b)
     texts = {
         "context_a": np.asarray(["what is two plus two"] * n, dtype=object),
@@ -28,16 +29,21 @@ def _batch(encoder, responses_b):
         "response_b": np.asarray(responses_b, dtype=object),
     }
     assert set(texts) == set(text.FEATURE_KEYS)
-    tokens = pipeline.tokenize(texts, encoder, progress=False)
-    plan = [pipeline.Batch(np.arange(n), np.ones(n, np.float32), 24)]
-    (x,) = next(iter(pipeline.make_dataset(tokens, [plan], encoder.input_keys)))
+    return texts
+
+
+def _batch(packer, responses_b):
+    n = len(responses_b)
+    rows = FeaturizedRows(packer, tokenize(_texts(responses_b), packer, progress=False))
+    plan = [batching.Batch(np.arange(n), np.ones(n, np.float32), 24)]
+    (x,) = next(iter(feeding.make_dataset(rows, [plan])))
     return {k: v.numpy() for k, v in x.items()}
 
 
 def test_outputs_are_probabilities_over_three_classes(tiny):
-    backbone, encoder = tiny
+    backbone, packer = tiny
     model = model_lib.SiameseModel(backbone, dropout=0.0, head="concat")
-    probs = model.predict(_batch(encoder, ["five", "it is four", "no idea", "4"]), verbose=0)
+    probs = model.predict(_batch(packer, ["five", "it is four", "no idea", "4"]), verbose=0)
     assert probs.shape == (4, 3) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
@@ -51,9 +57,9 @@ def test_one_backbone_shared_by_both_sides(tiny):
 
 
 def test_identical_sides_give_identical_embeddings(tiny):
-    backbone, encoder = tiny
+    backbone, packer = tiny
     model = model_lib.SiameseModel(backbone, dropout=0.0, head="concat")
-    x = _batch(encoder, ["it is four"])
+    x = _batch(packer, ["it is four"])
     pooled = keras.Model(model.inputs, model.get_layer("unfold").output)(x)
     np.testing.assert_allclose(np.asarray(pooled[0]), np.asarray(pooled[1]), atol=1e-6)
 
@@ -80,9 +86,9 @@ def _swapped(x):
 
 
 def test_symmetric_head_mirrors_exactly_when_sides_swap(tiny):
-    backbone, encoder = tiny
+    backbone, packer = tiny
     model = model_lib.SiameseModel(backbone, dropout=0.0, head="symmetric")
-    x = _batch(encoder, ["five", "it is four", "no idea", "4"])
+    x = _batch(packer, ["five", "it is four", "no idea", "4"])
     direct = model.predict(x, verbose=0)
     swapped = model.predict(_swapped(x), verbose=0)
     np.testing.assert_allclose(swapped, direct[:, [1, 0, 2]], atol=1e-6)
@@ -92,7 +98,7 @@ def test_symmetric_head_mirrors_exactly_when_sides_swap(tiny):
 def test_swap_tta_makes_any_head_mirror_exactly(tiny):
     from jaxpref.serve import predict
 
-    backbone, encoder = tiny
+    backbone, packer = tiny
     model = model_lib.SiameseModel(backbone, dropout=0.0, head="concat")
     texts = {
         "context_a": np.asarray(["q1", "q2"], dtype=object),
@@ -100,15 +106,29 @@ def test_swap_tta_makes_any_head_mirror_exactly(tiny):
         "context_b": np.asarray(["q1", "q2"], dtype=object),
         "response_b": np.asarray(["another answer entirely", "no"], dtype=object),
     }
-    tokens = pipeline.tokenize(texts, encoder, progress=False)
-    plan = pipeline.plan_batches(tokens.row_lengths(), 2, (24,))
-    keys = encoder.input_keys
-    plain = predict.predict_tokens(model, tokens, plan, keys)
-    plain_swapped = predict.predict_tokens(model, pipeline.swap_sides(tokens), plan, keys)
+    rows = FeaturizedRows(packer, tokenize(texts, packer, progress=False))
+    plan = batching.plan_batches(rows.tokens.row_lengths(), 2, (24,))
+    plain = predict.predict_rows(model, rows, plan)
+    plain_swapped = predict.predict_rows(model, rows.swapped(), plan)
     assert not np.allclose(plain_swapped, plain[:, [1, 0, 2]], atol=1e-4)  # the head is not
-    tta = predict.predict_tokens(model, tokens, plan, keys, tta=True)
-    tta_swapped = predict.predict_tokens(model, pipeline.swap_sides(tokens), plan, keys, tta=True)
+    tta = predict.predict_rows(model, rows, plan, tta=True)
+    tta_swapped = predict.predict_rows(model, rows.swapped(), plan, tta=True)
     np.testing.assert_allclose(tta_swapped, tta[:, [1, 0, 2]], atol=1e-9)
+
+
+def test_predict_rows_gives_each_row_its_prediction_and_drops_the_filler_copies(tiny):
+    """3 rows in batches of 2: the last batch holds one filler copy, which no row receives."""
+    from jaxpref.serve import predict
+
+    backbone, packer = tiny
+    model = model_lib.SiameseModel(backbone, dropout=0.0, head="concat")
+    responses = ["five", "it is four at length, as anyone can check", "no idea"]
+    rows = FeaturizedRows(packer, tokenize(_texts(responses), packer, progress=False))
+    plan = batching.plan_batches(rows.tokens.row_lengths(), 2, (24,))
+    assert [len(b.rows) for b in plan] == [2, 2] and (plan[-1].weights == 0).sum() == 1
+    probs = predict.predict_rows(model, rows, plan)
+    expected = model.predict(_batch(packer, responses), verbose=0)
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
@@ -174,8 +194,8 @@ def test_efficient_attention_is_a_setting_of_the_factory(tiny_preset):
         assert all(isinstance(a, deberta_attention.EfficientDisentangledSelfAttention)
                    for a in layers)  # fmt: skip
         assert all(a.attention_dropout == dropout for a in layers)
-    encoder = model_lib.build_encoder(models["keras_hub"], str(tiny_preset), 24)
-    x = _batch(encoder, ["five", "it is four", "no idea", "4"])
+    packer = models["keras_hub"].build_packer(str(tiny_preset), 24)
+    x = _batch(packer, ["five", "it is four", "no idea", "4"])
     for attention in ("efficient", "efficient_dropout"):
         np.testing.assert_allclose(
             models[attention].predict(x, verbose=0), models["keras_hub"].predict(x, verbose=0),

@@ -12,7 +12,8 @@ from conftest import run_script
 from jaxpref import monitoring
 from jaxpref.config import RunConfig
 from jaxpref.data import text
-from jaxpref.inputs import pipeline
+from jaxpref.inputs import packers
+from jaxpref.inputs.featurize import tokenize
 from jaxpref.models import backbones
 from jaxpref.serve import predict
 
@@ -53,15 +54,15 @@ def test_lines_are_spaced_by_log_every(caplog):
 
 def test_tokenizing_a_large_file_reports_progress(tiny_preset, every_call):
     preprocessor = backbones.load_preprocessor(str(tiny_preset), 32)
-    encoder = pipeline.PairEncoder(preprocessor, ("token_ids", "padding_mask"))
-    n = 3 * pipeline.TOKENIZE_CHUNK
+    packer = packers.PairPacker(preprocessor, ("token_ids", "padding_mask"))
+    n = 3 * packers.TOKENIZE_CHUNK
     texts = {key: np.asarray([f"{key} {i}" for i in range(n)], object) for key in text.FEATURE_KEYS}
-    tokens = pipeline.tokenize(texts, encoder)
+    tokens = tokenize(texts, packer)
     assert len(tokens) == n
     lines = every_call()
     assert [(label, int(done)) for label, done, *_ in lines] == [
-        ("tokenizing", pipeline.TOKENIZE_CHUNK),
-        ("tokenizing", 2 * pipeline.TOKENIZE_CHUNK),
+        ("tokenizing", packers.TOKENIZE_CHUNK),
+        ("tokenizing", 2 * packers.TOKENIZE_CHUNK),
     ]
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from jaxpref.config import ConfigError, ModelConfig
-from jaxpref.inputs.pipeline import FIRST, NUM_SIDE_FEATURES, PART_IDS, SECOND, SIDE_FEATURES
+from jaxpref.inputs.featurize import NUM_SIDE_FEATURES, SIDE_FEATURES
+from jaxpref.inputs.packers import FIRST, PART_IDS, SECOND
 from jaxpref.models import families, lora, preference, presets, quantize
 from jaxpref.parallel import sharding
 

@@ -346,6 +346,13 @@ def test_inference_estimate_of_gemma2_9b_on_t4s(tmp_path):
     assert two_fp16.weights - two_int8.weights > 4 * sharding.GIB  # room for activations
     with pytest.raises(ConfigError, match="float16 overflows"):
         sharding.inference_memory_estimate(serialized, 2, 1024, dtype="float16", quantize="int8")
+    # A siamese reward model reads two sequences a row: the activations of twice the rows.
+    reward = sharding.inference_memory_estimate(
+        serialized, 2, 1024, dtype="float16", sequences_per_row=2
+    )
+    four_rows = sharding.inference_memory_estimate(serialized, 4, 1024, dtype="float16")
+    assert reward.activations == four_rows.activations > fp16.activations
+    assert reward.weights == fp16.weights
 
 
 # Runs train_jax.py on devices that report 1 MiB of memory (a CPU device reports no limit).
@@ -389,15 +396,20 @@ def test_memory_estimate_parts_and_check_fits(decoder_presets):
     def estimate(rank=RANK, **options):
         return sharding.memory_estimate(config, 8, 64, rank, targets, mesh=(2, 2), **options)
 
-    plain, remat, fused, wider = (
+    plain, remat, fused, wider, siamese = (
         estimate(),
         estimate(remat=True),
         estimate(fused_attention=True),
         estimate(2 * RANK),
+        estimate(sequences_per_row=2),
     )
     assert remat.weights == plain.weights and remat.activations < plain.activations
     assert fused.activations < plain.activations
     assert wider.lora == 2 * plain.lora
+    # A siamese row is two sequences: the activations of a batch twice as large.
+    doubled = sharding.memory_estimate(config, 16, 64, RANK, targets, mesh=(2, 2))
+    assert siamese.activations == doubled.activations == 2 * plain.activations
+    assert siamese.weights == plain.weights and siamese.lora == plain.lora
     assert plain.total == plain.weights + plain.lora + plain.activations
     sharding.check_fits(plain, plain.total)
     with pytest.raises(sharding.ShardingError) as err:
@@ -479,7 +491,7 @@ def test_deberta_parameters_and_lora_equal_a_built_backbones():
 
 def _deberta_gradient_temp_bytes(layers: int, length: int) -> int:
     """XLA's temporary buffers for the siamese LoRA gradient of one pair (hidden 128)."""
-    from jaxpref.inputs.pipeline import NUM_SIDE_FEATURES, SIDE_FEATURES
+    from jaxpref.inputs.featurize import NUM_SIDE_FEATURES, SIDE_FEATURES
     from jaxpref.models import deberta_attention, preference
 
     keras.utils.set_random_seed(0)

@@ -20,7 +20,7 @@ from conftest import (
 )
 
 from jaxpref.data import arena
-from jaxpref.inputs import pipeline
+from jaxpref.inputs import batching
 from jaxpref.scoring import calibration
 
 
@@ -55,8 +55,8 @@ def test_run_directory_holds_everything_inference_needs(sample_run):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["devices"]["num_devices"] == 4 and config["model"]["precision"] == "float32"
     assert "best val_log_loss" in stderr
-    # No --train-csv: the embedded sample, said in a warning (here and in train.log).
-    warning = "warning: no --train-csv given: training on the embedded 1,000-row sample ("
+    # No --train-file: the embedded sample, said in a warning (here and in train.log).
+    warning = "warning: no --train-file given: training on the embedded 1,000-row sample ("
     assert warning in stderr and warning in (run_dir / "train.log").read_text()
     split = pd.read_csv(run_dir / "split.csv", dtype=str)
     assert len(split) == 1000 and split["id"].is_unique  # every row used, none twice
@@ -301,16 +301,16 @@ def test_fit_segments_finish_an_interrupted_period_then_run_whole_ones():
     from jaxpref.training.trainer import Progress, Segment, fit_segments
 
     assert fit_segments([9] * 3, Progress()) == [Segment(0, 3)]
-    assert fit_segments([9] * 3, Progress(epoch=1, step=7)) == [Segment(1, 2, 7), Segment(2, 3)]
-    assert fit_segments([9] * 3, Progress(epoch=2, step=7)) == [Segment(2, 3, 7)]
-    assert fit_segments([9] * 3, Progress(epoch=2)) == [Segment(2, 3)]
-    assert fit_segments([9] * 3, Progress(epoch=3)) == []
+    assert fit_segments([9] * 3, Progress(period=1, step=7)) == [Segment(1, 2, 7), Segment(2, 3)]
+    assert fit_segments([9] * 3, Progress(period=2, step=7)) == [Segment(2, 3, 7)]
+    assert fit_segments([9] * 3, Progress(period=2)) == [Segment(2, 3)]
+    assert fit_segments([9] * 3, Progress(period=3)) == []
     # Keras' steps_per_epoch is one number: periods of another length get their own fit.
     periods = [7, 7, 6, 7, 7, 7, 6, 7]
     assert fit_segments(periods, Progress()) == [
         Segment(0, 2), Segment(2, 3), Segment(3, 6), Segment(6, 7), Segment(7, 8)
     ]  # fmt: skip
-    assert fit_segments(periods, Progress(epoch=3, step=2)) == [
+    assert fit_segments(periods, Progress(period=3, step=2)) == [
         Segment(3, 4, 2), Segment(4, 6), Segment(6, 7), Segment(7, 8)
     ]  # fmt: skip
 
@@ -320,8 +320,8 @@ def test_validation_periods_cut_each_epoch_and_refuse_more_periods_than_steps():
     from jaxpref.training.trainer import validation_periods
 
     lengths = np.random.default_rng(0).integers(10, 256, size=216)
-    buckets = pipeline.bucket_lengths(256)
-    plans = [pipeline.plan_batches(lengths, 8, buckets, shuffle=True, epoch=e) for e in range(2)]
+    buckets = batching.bucket_lengths(256)
+    plans = [batching.plan_batches(lengths, 8, buckets, shuffle=True, epoch=e) for e in range(2)]
     periods = validation_periods(plans, 4)
     assert [len(p) for p in periods] == [7, 7, 6, 7] * 2
     for plan, cut in ((plans[0], periods[:4]), (plans[1], periods[4:])):

@@ -119,19 +119,6 @@ def _raise_field_limit() -> None:
         csv.field_size_limit(min(_CSV_FIELD_LIMIT, sys.maxsize))
 
 
-def training_csv(path: str) -> str:
-    """The labelled CSV to train on: `path`, or (when empty) the embedded sample, said loudly:
-    a model of its 1,000 rows is a demonstration, not one to submit."""
-    if path:
-        return path
-    log.warning(
-        "warning: no --train-csv given: training on the embedded 1,000-row sample (%s), a "
-        "demonstration; pass --train-csv with the competition's train.csv for a real model",
-        DEFAULT_TRAIN_CSV,
-    )
-    return str(DEFAULT_TRAIN_CSV)
-
-
 def open_input(path: str, expected: str, mode: str = "r", **kwargs: object) -> IO:
     """``open(path, mode, **kwargs)``; a missing, directory or unreadable path is a DataError.
 

@@ -28,8 +28,8 @@ import io
 import os
 import re
 import zlib
-from collections.abc import Iterator
-from typing import IO
+from collections.abc import Iterable, Iterator
+from typing import IO, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -43,7 +43,15 @@ from jaxpref.data.arena import (
     open_input,
 )
 
-__all__ = ["parse_dialogue", "pair_to_row", "read_chosen_rejected"]
+__all__ = [
+    "Record",
+    "pair_to_row",
+    "arrow_stream_records",
+    "parquet_records",
+    "parse_dialogue",
+    "read_chosen_rejected",
+    "rows_of_records",
+]
 
 HUMAN = "Human"
 ASSISTANT = "Assistant"
@@ -192,21 +200,47 @@ def read_chosen_rejected(
             Parquet without pyarrow installed is a DataError naming ``PARQUET_INSTALL``.
     """
     path_str = os.fspath(path)
-    rng = np.random.default_rng(seed)
-    rows: list[dict[str, object]] = []
-    numbers: list[int] = []
     with open_input(path_str, _EXPECTED, "rb") as handle:
         records, unit = _records(path_str, handle)
-        for number, record in records:
-            try:
-                chosen, rejected = _record_turns(record)
-            except _FieldError as err:
-                where = {"line": number, "column": err.field, "unit": unit}
-                raise DataError(path_str, str(err), **where) from None
-            rows.append(_turns_to_row(chosen, rejected, rng))
-            numbers.append(number)
-    if not rows:
+        located = (Record(path_str, number, number, fields) for number, fields in records)
+        frame = rows_of_records(located, unit, np.random.default_rng(seed), id_prefix)
+    if not len(frame):
         raise DataError(path_str, "file is empty, expected records with chosen and rejected")
+    return frame
+
+
+class Record(NamedTuple):
+    """One preference record (its fields, by name) and where it is: its file, its 1-based
+    line or row in that file (for messages), and its number in the whole source (for ids)."""
+
+    path: str
+    row: int
+    number: int
+    fields: dict
+
+
+def rows_of_records(
+    records: Iterable[Record], unit: str, rng: np.random.Generator, id_prefix: str
+) -> pd.DataFrame:
+    """Labelled arena rows (as :func:`read_chosen_rejected` returns them; ``line`` is each
+    record's ``number``) of preference records, in order; empty when there are none.
+
+    ``unit`` names what a record's ``row`` counts ("line" or "row") in messages; ``rng`` draws
+    each row's A/B order in turn.
+
+    Raises:
+        DataError: naming the record's file, row and field, for a record that is not a pair.
+    """
+    rows: list[dict[str, object]] = []
+    numbers: list[int] = []
+    for record in records:
+        try:
+            chosen, rejected = _record_turns(record.fields)
+        except _FieldError as err:
+            where = {"line": record.row, "column": err.field, "unit": unit}
+            raise DataError(record.path, str(err), **where) from None
+        rows.append(_turns_to_row(chosen, rejected, rng))
+        numbers.append(record.number)
     return pd.DataFrame(
         {
             "id": [f"{id_prefix}-{number}" for number in numbers],
@@ -221,7 +255,7 @@ def _records(path: str, handle: io.BufferedReader) -> tuple[Iterator[tuple[int, 
     """(iterator of (1-based number, record), "line" or "row") for a JSON-lines or Parquet file."""
     head = handle.peek(4)[:4]
     if path.endswith(".parquet") or head == _PARQUET_MAGIC:
-        return _parquet_records(path, handle), "row"
+        return parquet_records(path, handle), "row"
     if path.endswith(".gz") or head.startswith(_GZIP_MAGIC):
         return _jsonl_records(path, gzip.GzipFile(fileobj=handle, mode="rb")), "line"
     return _jsonl_records(path, handle), "line"
@@ -260,31 +294,72 @@ def _decode_line(path: str, number: int, raw: bytes) -> dict:
     return record
 
 
-def _parquet_records(path: str, handle: IO[bytes]) -> Iterator[tuple[int, dict]]:
-    """Yield (1-based row, record) of a Parquet file's prompt, chosen and rejected columns."""
-    try:
-        import pyarrow
+def parquet_records(path: str, handle: IO[bytes]) -> Iterator[tuple[int, dict]]:
+    """Yield (1-based row, record) of a Parquet file's prompt, chosen and rejected columns.
+
+    Raises:
+        DataError: naming the file (and row, where known) for a file that is not readable
+            Parquet, lacks a chosen or rejected column, or needs pyarrow, not installed.
+    """
+
+    def batches(pyarrow):
         import pyarrow.parquet as pq
+
+        table = pq.ParquetFile(handle)
+        columns = _columns(path, table.schema_arrow.names)
+        return table.iter_batches(batch_size=1024, columns=columns)
+
+    return _table_records(path, "Parquet", batches)
+
+
+def arrow_stream_records(path: str, handle: IO[bytes]) -> Iterator[tuple[int, dict]]:
+    """Yield (1-based row, record) of the prompt, chosen and rejected columns of an Arrow IPC
+    stream file (the ``data-*.arrow`` files of a ``datasets`` ``save_to_disk`` directory).
+
+    Raises:
+        DataError: as :func:`parquet_records` does, for a file that is no Arrow stream.
+    """
+
+    def batches(pyarrow):
+        reader = pyarrow.ipc.open_stream(handle)
+        columns = _columns(path, reader.schema.names)
+        for batch in reader:
+            batch.validate(full=True)  # Arrow trusts IPC buffers: a corrupt one could crash
+            yield batch.select(columns)
+
+    return _table_records(path, "Arrow stream", batches)
+
+
+def _table_records(path: str, kind: str, batches) -> Iterator[tuple[int, dict]]:
+    """Yield (1-based row, record) of the record batches that ``batches(pyarrow)`` opens.
+
+    An unreadable file (one Arrow or the OS refuses, with text that is not UTF-8, or a length
+    beyond the memory there is) is a DataError naming ``kind`` and the row being read.
+    """
+    try:
+        import pyarrow  # pyarrow.ipc comes with it
     except ImportError:
-        raise DataError(path, f"reading Parquet needs pyarrow: {PARQUET_INSTALL}") from None
+        raise DataError(path, f"reading {kind} files needs pyarrow: {PARQUET_INSTALL}") from None
     number = 0
     try:
-        table = pq.ParquetFile(handle)
-        names = table.schema_arrow.names
-        missing = [field for field in FIELDS if field not in names]
-        if not missing:
-            columns = [name for name in (PROMPT, *FIELDS) if name in names]
-            for batch in table.iter_batches(batch_size=1024, columns=columns):
-                for record in batch.to_pylist():
-                    number += 1
-                    yield number, record
-    except (pyarrow.ArrowException, OSError, UnicodeDecodeError) as err:  # a corrupt file
+        for batch in batches(pyarrow):
+            for record in batch.to_pylist():
+                number += 1
+                yield number, record
+    except (pyarrow.ArrowException, OSError, UnicodeDecodeError, MemoryError) as err:
         where = {"line": number + 1, "unit": "row"} if number else {}
-        reason = " ".join(str(err).split())  # Arrow's messages can span lines
-        raise DataError(path, f"not a readable Parquet file ({reason})", **where) from None
+        # Arrow's messages can span lines; a corrupt length asks for more memory than there is.
+        reason = " ".join(str(err).split()) or f"{type(err).__name__}: a corrupt length?"
+        raise DataError(path, f"not a readable {kind} file ({reason})", **where) from None
+
+
+def _columns(path: str, names: list[str]) -> list[str]:
+    """The columns to read of a table with columns ``names``; DataError if one is missing."""
+    missing = [field for field in FIELDS if field not in names]
     if missing:
         found = ", ".join(map(repr, names)) or "none"
         raise DataError(path, f"missing column (found: {found})", column=missing[0])
+    return [name for name in (PROMPT, *FIELDS) if name in names]
 
 
 def _record_turns(record: dict) -> tuple[Turns, Turns]:

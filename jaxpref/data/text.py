@@ -3,8 +3,8 @@
 Each side is read as the whole conversation that side's model took part in: every earlier turn
 (user prompt, then that model's reply) followed by the final user prompt form the *context*,
 and the model's final reply is the *response*. Single-turn rows give context = the prompt.
-Token-level truncation (keep the end of the context, the start of the response) happens in the
-input pipeline, where the tokenizer is; see `pipeline.truncate_pair`.
+Token-level truncation (keep the end of the context, the start of the response) happens when
+packing, where the tokenizer is; see `inputs.packers.truncate_pair`.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from jaxpref import monitoring
-from jaxpref.config import TrainConfig
-from jaxpref.data import arena, probabilities, splitting
+from jaxpref.config import ConfigError, TrainConfig
+from jaxpref.data import arena, probabilities, sources, splitting
 from jaxpref.data.probabilities import read_probabilities
 from jaxpref.rundir import RunDir, epoch_at
 from jaxpref.scoring import baselines, metrics, report
@@ -65,8 +65,13 @@ def cross_validate(cfg: TrainConfig, folds: int, train_fraction: float = 1.0) ->
     from jaxpref.training import trainer
 
     root = Path(cfg.run.run_dir)
-    cfg = cfg.replace(train_csv=arena.training_csv(cfg.data.train_csv))  # said once, not per fold
-    frame = arena.read_arena_csv(cfg.data.train_csv, labelled=True)
+    if cfg.data.valid_file:
+        raise ConfigError(
+            f"valid_file {cfg.data.valid_file}: cross-validation validates on its folds of "
+            "--train-file; drop it"
+        )
+    cfg = cfg.replace(train_file=sources.training_file(cfg.data.train_file))  # said once
+    frame = sources.read_rows(cfg.data.train_file)
     splits = splitting.fold_indices(frame, folds, cfg.run.seed, train_fraction)
     for fold, (train_rows, valid_rows) in enumerate(splits):
         train_df = frame.iloc[train_rows].reset_index(drop=True)
@@ -103,8 +108,8 @@ def write_report(cfg: TrainConfig, folds: int, train_fraction: float = 1.0) -> d
     and oof.csv (the model's out-of-fold predictions: a teacher file for --soft-labels, an
     input of `jaxpref ensemble`), and each epoch's selection-free oof-epoch<e>.csv."""
     root = Path(cfg.run.run_dir)
-    train_csv = arena.training_csv(cfg.data.train_csv)
-    frame = arena.read_arena_csv(train_csv, labelled=True)
+    train_file = sources.training_file(cfg.data.train_file)
+    frame = sources.read_rows(train_file)
     splits = splitting.fold_indices(frame, folds, cfg.run.seed, train_fraction)
     labels = frame["label"].to_numpy()
     model_probs = model_predictions(root, frame, splits)
@@ -127,7 +132,7 @@ def write_report(cfg: TrainConfig, folds: int, train_fraction: float = 1.0) -> d
     probabilities.write_submission(frame["id"], model_probs, root / probabilities.OOF_FILE)
     for epoch, probs in zip(points, epochs, strict=True):
         probabilities.write_submission(frame["id"], probs, root / epoch_oof_file(epoch))
-    markdown = report.crossval_markdown(result, train_csv)
+    markdown = report.crossval_markdown(result, train_file)
     (root / "cv.md").write_text(markdown)
     monitoring.setup_logging()
     log.info("cross-validation, %d folds:\n%s", folds, markdown)

@@ -24,7 +24,7 @@ import pandas as pd
 import scipy.optimize
 
 from jaxpref.config import ConfigError
-from jaxpref.data import arena, probabilities, splitting
+from jaxpref.data import probabilities, sources, splitting
 from jaxpref.data.arena import NUM_CLASSES, DataError
 from jaxpref.data.probabilities import read_probabilities
 from jaxpref.scoring import baselines, metrics
@@ -168,7 +168,7 @@ def run_ensemble(
     `--soft-labels`) to `out_dir` and, given `test_predictions` (one per file of `predictions`,
     in the same order), the blended `submission.csv` there. Returns the blend.json record."""
     check_arguments(predictions, folds, with_baselines, test_predictions, test_csv)
-    frame = arena.read_arena_csv(train_csv, labelled=True)
+    frame = sources.read_rows(train_csv)
     names = [os.fspath(p) for p in predictions]
     probs = [read_probabilities(p).aligned(frame["id"], os.fspath(train_csv)) for p in names]
     splits = splitting.fold_indices(frame, folds, seed)
@@ -224,7 +224,7 @@ def blend_test(
     ids = files[0].ids
     probs = [f.aligned(ids, files[0].path) for f in files]
     if train_df is not None:
-        test = arena.read_arena_csv(test_csv, labelled=False)
+        test = sources.read_rows(test_csv, labelled=False)
         if set(test["id"]) != set(ids):
             raise DataError(test_csv, f"ids differ from those of {files[0].path}")
         test = test.set_index("id", drop=False).loc[list(ids)].reset_index(drop=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from jaxpref.config import TrainConfig
-from jaxpref.data import arena
+from jaxpref.data import sources
 from jaxpref.data.probabilities import read_probabilities
 from jaxpref.rundir import RunDir, RunDirError
 from jaxpref.scoring import baselines, metrics, report
@@ -32,52 +32,54 @@ def read_split(paths: RunDir) -> pd.DataFrame:
     return split
 
 
-def rows_with_ids(frame: pd.DataFrame, ids: pd.Series, source: Path, csv: str) -> pd.DataFrame:
+def rows_with_ids(frame: pd.DataFrame, ids: pd.Series, source: Path, file: str) -> pd.DataFrame:
     """The rows of `frame` whose id is in `ids`; RunDirError naming one that is not there."""
     missing = set(ids) - set(frame["id"])
     if missing:
         raise RunDirError(
-            f"{source}: {len(missing)} id(s), e.g. {sorted(missing)[0]!r}, are not in {csv}; "
-            "was the training CSV changed after the run?"
+            f"{source}: {len(missing)} id(s), e.g. {sorted(missing)[0]!r}, are not in {file}; "
+            "was the file changed after the run?"
         )
     return frame[frame["id"].isin(set(ids))].reset_index(drop=True)
 
 
 def evaluate_run(
     run_dir: str | os.PathLike,
-    csv_path: str | os.PathLike | None = None,
+    file: str | os.PathLike | None = None,
     out_dir: str | os.PathLike | None = None,
     devices: str = "auto",
     num_devices: int | None = None,
 ) -> dict:
     """Score a run's model and the baselines on the same rows; write the report to `out_dir`.
 
-    Without `csv_path` the rows are the run's validation split and the model's predictions
-    come from its `valid_predictions.csv` (no model is loaded). With `csv_path` (a labelled
-    arena CSV) the run's best weights predict it on `devices`. Either way the baselines are
-    fitted on the run's own training split (config.json's `train_csv` and split.csv).
-    `out_dir` defaults to `RUN/evaluation`. Returns the dict written to `evaluation.json`.
+    Without `file` the rows are the run's validation rows (a split of its training file, or its
+    validation file) and the model's predictions come from its `valid_predictions.csv` (no
+    model is loaded). With `file` (labelled rows of any `sources.read_rows` source) the run's
+    best weights predict it on `devices`. Either way the baselines are fitted on the run's own
+    training rows (config.json's `train_file` and split.csv). `out_dir` defaults to
+    `RUN/evaluation`. Returns the dict written to `evaluation.json`.
     """
     paths = RunDir(run_dir)
     cfg = TrainConfig.from_json(paths.require(paths.config))
     split = read_split(paths)
-    train_csv = cfg.data.train_csv
-    frame = arena.read_arena_csv(train_csv, labelled=True)
+    frame = sources.read_rows(cfg.data.train_file)
     train_ids = split.loc[split["split"] == "train", "id"]
-    train_df = rows_with_ids(frame, train_ids, paths.split, train_csv)
+    train_df = rows_with_ids(frame, train_ids, paths.split, cfg.data.train_file)
 
-    if csv_path is None:
+    if file is None:
         valid_ids = split.loc[split["split"] == "valid", "id"]
-        rows = rows_with_ids(frame, valid_ids, paths.split, train_csv)
+        valid_file = cfg.data.valid_file or cfg.data.train_file
+        valid_frame = sources.read_rows(valid_file) if cfg.data.valid_file else frame
+        rows = rows_with_ids(valid_frame, valid_ids, paths.split, valid_file)
         predictions = read_probabilities(paths.require(paths.valid_predictions))
         model_probs = predictions.aligned(rows["id"], "the validation split (split.csv)")
         source = "the run's validation split"
     else:
         from jaxpref.serve import predict
 
-        rows = arena.read_arena_csv(csv_path, labelled=True)
+        rows = sources.read_rows(file)
         model_probs = predict.predict_run(paths.root, rows, None, devices, num_devices)
-        source = f"`{csv_path}`"
+        source = f"`{file}`"
 
     labels = rows["label"].to_numpy()
     baseline_probs = baselines.predict_baselines(baselines.fit_baselines(train_df), rows)
@@ -93,7 +95,7 @@ def evaluate_run(
         "train_rows": len(train_df),
         "rows_in_training_split": int(rows["id"].isin(set(train_ids)).sum()),
         # The validation split chose the best epoch and fitted the temperature: optimistic.
-        "selected_on_these_rows": csv_path is None,
+        "selected_on_these_rows": file is None,
         **metrics.score_table(model_probs, baseline_probs, labels),
         "plots": plots,
     }

@@ -56,10 +56,10 @@ def export_run(
         raise bundle.BundleError(f"{run_dir} is already a bundle; pass a run directory")
     bundle.check_target(out)
     distribution.setup(devices, num_devices, None)
-    model, encoder, cfg = predict.load_run(run_dir)
+    model, packer, cfg = predict.load_run(run_dir)
     paths = RunDir(run_dir)
     calibration = paths.calibration if paths.calibration.exists() else None
-    path = bundle.write_bundle(model, encoder, cfg, out, calibration, source=paths.root.name)
+    path = bundle.write_bundle(model, packer, cfg, out, calibration, source=paths.root.name)
     return Export(path, directory_size(path), directory_size(paths.root))
 
 
@@ -117,7 +117,7 @@ def average_runs(
         log.info("reading run %d of %d: %s", number, len(runs), run)
         keras.backend.clear_session()  # one model in memory at a time, with the same paths
         distribution.setup(devices, num_devices, None)
-        model, encoder, cfg = predict.load_run(run)
+        model, packer, cfg = predict.load_run(run)
         for layer in lora.lora_layers(model.backbone):
             lora.merge_into_kernel(layer)
         variables = averaged_variables(model)
@@ -136,7 +136,7 @@ def average_runs(
     for sum_, variable in zip(total, variables, strict=True):
         variable.assign((sum_ / len(runs)).astype(variable.dtype))
     source = f"mean of {len(runs)} runs: " + ", ".join(run.name for run in runs)
-    path = bundle.write_bundle(model, encoder, cfg, out, None, source=source)
+    path = bundle.write_bundle(model, packer, cfg, out, None, source=source)
     run_bytes = sum(directory_size(run) for run in runs)
     return Export(path, directory_size(path), run_bytes, len(runs))
 

@@ -1,4 +1,4 @@
-"""The infer job: predict a test CSV with a run, a bundle or several runs (their average)
+"""The infer job: predict a file of rows with a run, a bundle or several runs (their average)
 and write the submission."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from jaxpref import rundir
-from jaxpref.data import arena
+from jaxpref.data import arena, sources
 from jaxpref.data.probabilities import write_submission
 from jaxpref.rundir import writable_directory
 from jaxpref.serve.predict import predict_run
@@ -43,7 +43,7 @@ def predict_runs(
 
 def infer(
     run_dirs: Sequence[str | os.PathLike],
-    test_csv: str | os.PathLike,
+    test_file: str | os.PathLike,
     output: str | os.PathLike,
     batch_size: int | None = None,
     devices: str = "auto",
@@ -53,10 +53,14 @@ def infer(
     quantize: str | None = None,
     model_parallel: int | None = None,
 ) -> Path:
-    """Predict every row of `test_csv` with the runs' best weights (averaged over the runs,
-    `predict_runs`) and write the submission; the options are `serve.predict.predict_run`'s."""
+    """Predict every row of `test_file` with the runs' best weights (averaged over the runs,
+    `predict_runs`) and write the submission; the options are `serve.predict.predict_run`'s.
+
+    `test_file` is any `sources.read_rows` source, read unlabelled: an arena CSV, or preference
+    records, whose labels are dropped (their rows, ids and A/B order are those of
+    `read_rows(test_file)`, so the submission lines up with its labels)."""
     writable_directory(Path(output).parent, "the output directory")
-    frame = arena.read_arena_csv(test_csv, labelled=False)
+    frame = sources.read_rows(test_file, labelled=False)
     probs = predict_runs(
         run_dirs, frame, batch_size=batch_size, devices=devices, num_devices=num_devices,
         tta=tta, precision=precision, quantize=quantize, model_parallel=model_parallel,

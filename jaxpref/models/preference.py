@@ -7,6 +7,12 @@ winner_tie), and round-trips through `get_config`/`from_config` (the backbone se
 inside, as keras-hub tasks do). `SiameseModel` encodes each side apart with one shared backbone;
 `CrossEncoderModel` reads conversation and both responses in one sequence, with encoders and
 decoder LLMs alike. A new backbone family is whatever `backbones.load_backbone` returns.
+
+Two objectives: "classes" (a head compares the two side vectors) and "reward" (a siamese reward
+model: one scalar per side, ties through Davidson's model, `DavidsonTies`). A reward model's
+layout is Hugging Face's *ForSequenceClassification with num_labels = 1: the first token's
+final hidden state for encoders, the last real token's for decoders, then one linear unit
+`reward` (a bias for encoders, none for decoders), nothing in between.
 """
 
 from __future__ import annotations
@@ -18,13 +24,22 @@ import numpy as np
 from keras import ops
 
 from jaxpref import safety
-from jaxpref.config import ConfigError, ModelConfig
+from jaxpref.config import OBJECTIVES, ConfigError, ModelConfig, resolve_side_features
 from jaxpref.data.arena import NUM_CLASSES
-from jaxpref.inputs import pipeline
-from jaxpref.inputs.pipeline import FIRST, NUM_SIDE_FEATURES, PART_IDS, SECOND, SIDE_FEATURES
+from jaxpref.inputs.featurize import NUM_SIDE_FEATURES, SIDE_FEATURES
+from jaxpref.inputs.packers import (
+    FIRST,
+    PART_IDS,
+    SECOND,
+    CrossPacker,
+    DecoderPairPacker,
+    Packer,
+    PairPacker,
+)
 from jaxpref.models import backbones, families, lora, presets
 
 STANDARDIZE = "side_standardize"
+SIDE_REWARDS = "side_rewards"  # the reward model's layer whose output is (B, 2): [rA, rB]
 
 
 @keras.saving.register_keras_serializable(package="jaxpref")
@@ -49,6 +64,40 @@ class MaskedMeanPool(keras.layers.Layer):
 
     def compute_output_shape(self, hidden_shape, padding_mask_shape):
         return (hidden_shape[0], hidden_shape[-1])
+
+
+def last_real_token(hidden, padding_mask):
+    """(B, L, H) -> (B, H): each sequence's hidden state at the rightmost position that
+    `padding_mask` marks real (Hugging Face's *ForSequenceClassification picks the same)."""
+    positions = ops.arange(ops.shape(padding_mask)[1], dtype="int32")
+    last = ops.max(ops.where(ops.cast(padding_mask, "bool"), positions, 0), axis=1)
+    return ops.take_along_axis(hidden, ops.reshape(last, (-1, 1, 1)), axis=1)[:, 0]
+
+
+@keras.saving.register_keras_serializable(package="jaxpref")
+class TokenPool(keras.layers.Layer):
+    """(B, L, H) -> (B, H) float32: one token's final hidden state per sequence.
+
+    `position="first"`: the first token ([CLS], what an encoder's classifier reads);
+    `position="last"`: the last real token (`last_real_token`: a decoder's only position that
+    has seen the whole sequence).
+    """
+
+    def __init__(self, position: str = "first", **kwargs):
+        super().__init__(**kwargs)
+        if position not in ("first", "last"):
+            raise ValueError(f"position must be 'first' or 'last', got {position!r}")
+        self.position = position
+
+    def call(self, hidden, padding_mask):
+        hidden = ops.cast(hidden, "float32")
+        return hidden[:, 0] if self.position == "first" else last_real_token(hidden, padding_mask)
+
+    def compute_output_shape(self, hidden_shape, padding_mask_shape):
+        return (hidden_shape[0], hidden_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "position": self.position}
 
 
 @keras.saving.register_keras_serializable(package="jaxpref")
@@ -84,8 +133,7 @@ class SegmentPool(keras.layers.Layer):
             return ops.sum(hidden * mask, axis=1) / ops.maximum(ops.sum(mask, axis=1), 1.0)
 
         if self.pooling == "last":
-            last = ops.sum(ops.cast(padding_mask, "int32"), axis=1) - 1
-            whole = ops.take_along_axis(hidden, ops.reshape(last, (-1, 1, 1)), axis=1)[:, 0]
+            whole = last_real_token(hidden, padding_mask)
         else:
             whole = mean_over(padding_mask)
         return mean_over(ops.equal(part_ids, FIRST)), mean_over(ops.equal(part_ids, SECOND)), whole
@@ -133,6 +181,42 @@ class SwapSymmetricHead(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="jaxpref")
+class DavidsonTies(keras.layers.Layer):
+    """Side rewards (B, 2) -> logits (B, 3) of Davidson's tie model (1970), whose softmax is
+    P(A), P(B), P(tie).
+
+    With nu = e^theta (one learned scalar, the weight `log_nu`): P(A) = e^rA / Z,
+    P(B) = e^rB / Z, P(tie) = nu e^((rA + rB) / 2) / Z, i.e. the logits are
+    [rA, rB, theta + (rA + rB) / 2]. P(A) / P(B) = e^(rA - rB) is Bradley-Terry's odds whatever
+    theta is; ties are likeliest between equal rewards (there P(tie) = nu / (2 + nu): a third
+    at theta's initial 0). The probabilities do not change when both rewards shift alike;
+    `center` > 0 adds center x mean((rA + rB)^2) over the batch to the training loss (TRL's
+    center_rewards_coefficient), which keeps that free offset near 0.
+    """
+
+    def __init__(self, center: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.center = center
+
+    def build(self, rewards_shape):
+        self.log_nu = self.add_weight(shape=(), initializer="zeros", name="log_nu")
+
+    def call(self, rewards, training=None):
+        rewards = ops.cast(rewards, "float32")
+        both = rewards[:, 0] + rewards[:, 1]
+        if training and self.center:
+            self.add_loss(self.center * ops.mean(ops.square(both)))
+        tie = ops.cast(self.log_nu, "float32") + both / 2
+        return ops.concatenate([rewards, ops.expand_dims(tie, -1)], axis=-1)
+
+    def compute_output_shape(self, rewards_shape):
+        return (rewards_shape[0], NUM_CLASSES)
+
+    def get_config(self):
+        return {**super().get_config(), "center": self.center}
+
+
+@keras.saving.register_keras_serializable(package="jaxpref")
 class Standardize(keras.layers.Layer):
     """(x - mean) / std per feature, with mean and std fitted on the training split.
 
@@ -160,14 +244,36 @@ def sequence_output(outputs):
     return outputs["sequence_output"] if isinstance(outputs, dict) else outputs
 
 
-class PreferenceModel(keras.Model):
+class GatheredPredictions(keras.Model):
+    """A model whose `predict` gathers each batch's outputs onto every process, so any process
+    can write files: under multi-host data parallelism each holds only its share of a batch."""
+
+    def predict_step(self, state, data):
+        import jax
+
+        outputs, non_trainable_variables = super().predict_step(state, data)
+        dist = keras.distribution.distribution()
+        if dist is not None:
+            everywhere = jax.sharding.NamedSharding(
+                dist.device_mesh.backend_mesh, jax.sharding.PartitionSpec()
+            )
+            outputs = jax.lax.with_sharding_constraint(outputs, everywhere)
+        return outputs, non_trainable_variables
+
+
+class PreferenceModel(GatheredPredictions):
     """Base of every architecture: backbone + LoRA + head, config round-trip, gathered
     predictions.
 
-    A subclass names its input `layout` and implements `encode(backbone)`, which builds the
-    model's inputs and the two side vectors the head compares; everything else is shared.
-    `head="symmetric"`: `SwapSymmetricHead`, whose predictions mirror exactly when the sides
-    swap; `head="concat"`: a dense layer over [a, b, a - b, a * b]. `side_features=F` adds an
+    A subclass names the `poolings` it knows and whether it `scores_sides_apart` (each side
+    vector sees one side only), and implements `encode(backbone)`, which builds the model's
+    inputs and the two side vectors the head compares, and `build_packer`, which makes the
+    packer that feeds those inputs (`inputs.packers`); everything else is shared.
+    `objective="classes"`: `head="symmetric"` is `SwapSymmetricHead`, whose predictions mirror
+    exactly when the sides swap; `head="concat"` a dense layer over [a, b, a - b, a * b].
+    `objective="reward"` (models that score sides apart, no side features; `head` and
+    `dropout` unused): a reward model, `reward_logits` with `reward_bias` and
+    `center_rewards`; `reward_scorer` gives its rewards. `side_features=F` adds an
     input (B, 2, F) of per-side features (lengths, markdown counts), standardized
     (`fit_side_features` sets the statistics) and joined to each side's vector both as they
     are and through one shared tanh projection. `lora_rank > 0` freezes the backbone and
@@ -176,8 +282,9 @@ class PreferenceModel(keras.Model):
     in training (`lora.add_dropout`).
     """
 
-    layout = pipeline.PAIR
     default_name = "preference"
+    poolings: tuple[str, ...] = ("mean",)
+    scores_sides_apart = False
 
     def __init__(
         self,
@@ -189,11 +296,15 @@ class PreferenceModel(keras.Model):
         dropout: float = 0.1,
         side_features: int = 0,
         lora_dropout: float = 0.0,
+        pooling: str = "mean",
+        objective: str = "classes",
+        reward_bias: bool = True,
+        center_rewards: float = 0.0,
         name: str | None = None,
         **kwargs,
     ):
-        if head not in HEADS:
-            raise ValueError(f"head must be one of {tuple(HEADS)}, got {head!r}")
+        check_choices(self, head, pooling, objective, side_features)
+        self.pooling = pooling  # before the graph: `encode` reads it
         if lora_rank > 0:
             lora.enable(backbone, lora_rank, lora_targets, lora_alpha)
         lora_seed = None
@@ -210,7 +321,10 @@ class PreferenceModel(keras.Model):
                 shape=(2, side_features), dtype="float32", name=SIDE_FEATURES
             )
             side_a, side_b = with_side_features(inputs[SIDE_FEATURES], side_a, side_b)
-        logits = HEADS[head](side_a, side_b, dropout)
+        if objective == "reward":
+            logits = reward_logits(side_a, side_b, reward_bias, center_rewards)
+        else:
+            logits = HEADS[head](side_a, side_b, dropout)
         probs = keras.layers.Activation("softmax", dtype="float32", name="probs")(logits)
         super().__init__(inputs=inputs, outputs=probs, name=name or self.default_name, **kwargs)
 
@@ -219,11 +333,17 @@ class PreferenceModel(keras.Model):
         self.lora_targets, self.lora_alpha = lora_targets, lora_alpha
         self.head, self.dropout, self.side_features = head, dropout, side_features
         self.lora_dropout = lora_dropout
+        self.objective, self.reward_bias = objective, reward_bias
+        self.center_rewards = center_rewards
         if lora_seed is not None:
             self.lora_seed = lora_seed  # tracked: its state trains and checkpoints with the model
 
     def encode(self, backbone) -> tuple[dict, object, object]:
         """(inputs by name, side A vector, side B vector) of the functional graph."""
+        raise NotImplementedError
+
+    def build_packer(self, preset: str, sequence_length: int) -> Packer:
+        """The packer that feeds this model from texts, with the tokenizer of `preset`."""
         raise NotImplementedError
 
     @property
@@ -232,28 +352,25 @@ class PreferenceModel(keras.Model):
 
     @property
     def input_keys(self) -> tuple[str, ...]:
-        """The integer inputs the pipeline feeds (side features aside)."""
+        """The integer inputs its packer feeds (side features aside)."""
         return self.backbone_input_keys
 
     def fit_side_features(self, features: np.ndarray) -> None:
         """Fit the side-feature standardization on the training split's (n, 2, F) features."""
         self.get_layer(STANDARDIZE).fit(features)
 
-    def predict_step(self, state, data):
-        """Gather the (B, 3) predictions onto every process, so any process can write files.
+    def reward_scorer(self) -> GatheredPredictions:
+        """A model of the same inputs and weights whose output is each row's side rewards,
+        (B, 2) float32 [rA, rB] (objective "reward" only). Build it once and reuse it (each
+        new one compiles its own predict function):
 
-        Under multi-host data parallelism each process holds only its share of a global batch.
+            scorer = model.reward_scorer()
+            rewards = scorer.predict(batch, verbose=0)  # rewards[i, 0]: side A of row i
         """
-        import jax
-
-        outputs, non_trainable_variables = super().predict_step(state, data)
-        dist = keras.distribution.distribution()
-        if dist is not None:
-            everywhere = jax.sharding.NamedSharding(
-                dist.device_mesh.backend_mesh, jax.sharding.PartitionSpec()
-            )
-            outputs = jax.lax.with_sharding_constraint(outputs, everywhere)
-        return outputs, non_trainable_variables
+        if self.objective != "reward":
+            raise ValueError(f"{self.name} has objective {self.objective!r}: no side rewards")
+        outputs = self.get_layer(SIDE_REWARDS).output
+        return GatheredPredictions(self.input, outputs, name=f"{self.name}_{SIDE_REWARDS}")
 
     def get_config(self):
         # Not chained to Functional.get_config: that nested graph cannot rebuild a subclass.
@@ -266,6 +383,10 @@ class PreferenceModel(keras.Model):
             "dropout": self.dropout,
             "side_features": self.side_features,
             "lora_dropout": self.lora_dropout,
+            "pooling": self.pooling,
+            "objective": self.objective,
+            "reward_bias": self.reward_bias,
+            "center_rewards": self.center_rewards,
             "name": self.name,
         }
 
@@ -282,22 +403,40 @@ class PreferenceModel(keras.Model):
 
 @keras.saving.register_keras_serializable(package="jaxpref")
 class SiameseModel(PreferenceModel):
-    """One shared backbone encodes each side; the head compares the two mean-pooled vectors.
+    """One shared backbone encodes each side; the head compares the two pooled vectors.
 
     Inputs are (B, 2, L) per backbone input; both sides are folded into one (2B, L) backbone
-    call (shared weights, one large matmul instead of two) and mean-pooled over real tokens.
+    call (shared weights, one large matmul instead of two) and pooled: `pooling="mean"` over
+    real tokens, `"first"` the first token's state ([CLS] of an encoder), `"last"` the last
+    real token's (decoders; `TokenPool`). Each side is pooled from its own tokens only, so a
+    reward model (`objective="reward"`) scores each side on its own.
     """
 
     default_name = "siamese_preference"
+    poolings = ("mean", "first", "last")
+    scores_sides_apart = True
 
     def encode(self, backbone):
         keys = tuple(backbone.input.keys())
         inputs = {key: keras.Input(shape=(2, None), dtype="int32", name=key) for key in keys}
         folded = {key: FoldSides(name=f"fold_{key}")(inputs[key]) for key in keys}
         hidden = sequence_output(backbone(folded))
-        pooled = MaskedMeanPool(name="mean_pool")(hidden, folded["padding_mask"])
+        if self.pooling == "mean":
+            pooled = MaskedMeanPool(name="mean_pool")(hidden, folded["padding_mask"])
+        else:
+            pool = TokenPool(self.pooling, name=f"{self.pooling}_token_pool")
+            pooled = pool(hidden, folded["padding_mask"])
         side_a, side_b = UnfoldSides(name="unfold")(pooled)
         return inputs, side_a, side_b
+
+    def build_packer(self, preset: str, sequence_length: int) -> Packer:
+        """Each side packed by the preset's own preprocessor, or for a decoder
+        (`pooling="last"`) by its tokenizer (`DecoderPairPacker`)."""
+        if self.pooling == "last":
+            tokenizer = backbones.load_tokenizer(preset)
+            return DecoderPairPacker(tokenizer, sequence_length, self.input_keys)
+        preprocessor = backbones.load_preprocessor(preset, sequence_length)
+        return PairPacker(preprocessor, self.input_keys)
 
 
 @keras.saving.register_keras_serializable(package="jaxpref")
@@ -306,17 +445,13 @@ class CrossEncoderModel(PreferenceModel):
 
     Each response is pooled over its own tokens and joined with the whole sequence's vector
     (`SegmentPool`: `pooling="mean"` for encoders, `"last"` for decoders); the same heads
-    compare the two. The pipeline feeds either order of the responses
-    (`pipeline.CrossEncoder`): swap augmentation in training, and swap test-time augmentation
-    at inference, make the predictions swap-consistent.
+    compare the two. Its packer feeds either order of the responses (`packers.CrossPacker`):
+    swap augmentation in training, and swap test-time augmentation at inference, make the
+    predictions swap-consistent.
     """
 
-    layout = pipeline.CROSS
     default_name = "cross_preference"
-
-    def __init__(self, backbone, pooling: str = "mean", **kwargs):
-        self.pooling = pooling
-        super().__init__(backbone, **kwargs)
+    poolings = ("mean", "last")
 
     def encode(self, backbone):
         keys = tuple(backbone.input.keys())
@@ -334,8 +469,29 @@ class CrossEncoderModel(PreferenceModel):
     def input_keys(self) -> tuple[str, ...]:
         return (*self.backbone_input_keys, PART_IDS)
 
-    def get_config(self):
-        return {**super().get_config(), "pooling": self.pooling}
+    def build_packer(self, preset: str, sequence_length: int) -> CrossPacker:
+        """The preset's tokenizer, packed as the tagged text for decoders (`pooling="last"`)."""
+        tokenizer = backbones.load_tokenizer(preset)
+        decoder = self.pooling == "last"
+        return CrossPacker(tokenizer, sequence_length, self.input_keys, decoder)
+
+
+def check_choices(
+    model: PreferenceModel, head: str, pooling: str, objective: str, side_features: int
+) -> None:
+    """ValueError for an option `model`'s class does not know, or an objective it cannot
+    serve."""
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {tuple(HEADS)}, got {head!r}")
+    kind = type(model).__name__
+    if pooling not in model.poolings:
+        raise ValueError(f"{kind} pooling must be one of {model.poolings}, got {pooling!r}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if objective == "reward" and not model.scores_sides_apart:
+        raise ValueError(f"{kind} sees both sides in each side vector: no reward per side")
+    if objective == "reward" and side_features:
+        raise ValueError("a reward model scores the backbone's side states alone: no side features")
 
 
 def with_side_features(features, side_a, side_b):
@@ -367,6 +523,16 @@ def concat_head(side_a, side_b, dropout: float):
     return keras.layers.Dense(NUM_CLASSES, dtype="float32", name="logits")(features)
 
 
+def reward_logits(side_a, side_b, use_bias: bool, center: float):
+    """A reward model's Davidson logits (`DavidsonTies`): one linear unit `reward` scores each
+    side's pooled state as it is, no dropout or layer between (Hugging Face's
+    *ForSequenceClassification with num_labels = 1: `score` without a bias for decoders, a
+    classifier with one for encoders); the `side_rewards` layer's output is [rA, rB] (B, 2)."""
+    score = keras.layers.Dense(1, use_bias=use_bias, dtype="float32", name="reward")
+    rewards = keras.layers.Concatenate(name=SIDE_REWARDS)([score(side_a), score(side_b)])
+    return DavidsonTies(center, dtype="float32", name="logits")(rewards)
+
+
 HEADS = {"symmetric": symmetric_head, "concat": concat_head}
 ARCHITECTURES: dict[str, type[PreferenceModel]] = {
     "siamese": SiameseModel,
@@ -387,14 +553,15 @@ def build_model(
     `cfg.precision` must be resolved (not "auto"). Inference passes a run's weightless preset
     copy with `load_weights=False`; the trained weights then come from its checkpoint.
     Decoder LLMs (`families`) get last-token pooling, LoRA on attention and MLP by default,
-    and, with `cfg.remat`, each block recomputed in the backward pass.
+    and, with `cfg.remat`, each block recomputed in the backward pass. A reward model pools
+    an encoder's first token and a decoder's last (`SiameseModel`).
     """
     set_precision(cfg.precision)
     preset = presets.probe(preset or cfg.preset)
-    check_options(cfg, decoder=preset.family is not None)
+    decoder = preset.family is not None
+    check_options(cfg, decoder)
+    side_features = resolve_side_features(cfg.side_features, cfg.objective)
     backbone = build_backbone(cfg, preset, sequence_length, load_weights)
-    pooling = "mean" if preset.family is None else "last"
-    options = {"pooling": pooling} if cfg.architecture == "cross" else {}
     return ARCHITECTURES[cfg.architecture](
         backbone,
         lora_rank=cfg.lora_rank,
@@ -403,9 +570,21 @@ def build_model(
         lora_dropout=cfg.lora_dropout,
         head=cfg.head,
         dropout=cfg.dropout,
-        side_features=NUM_SIDE_FEATURES if cfg.side_features else 0,
-        **options,
+        side_features=NUM_SIDE_FEATURES if side_features else 0,
+        pooling=pooling_for(cfg, decoder),
+        objective=cfg.objective,
+        reward_bias=not decoder,
+        center_rewards=cfg.center_rewards,
     )
+
+
+def pooling_for(cfg: ModelConfig, decoder: bool) -> str:
+    """What the model reads of each sequence: a decoder's last real token (the only one that
+    has seen all of it) and an encoder's mean, except that an encoder reward model reads its
+    first token, [CLS], as Hugging Face's sequence classifiers do."""
+    if decoder:
+        return "last"
+    return "first" if cfg.objective == "reward" else "mean"
 
 
 def build_backbone(
@@ -428,24 +607,25 @@ def build_backbone(
 
 
 def check_options(cfg: ModelConfig, decoder: bool) -> None:
-    """Refuse model options that do not apply to the preset (a decoder LLM or an encoder)."""
-    if decoder and cfg.architecture != "cross":
-        raise ConfigError(f"--preset {cfg.preset} is a decoder LLM: use --architecture cross")
+    """Refuse model options that do not apply to the preset (a decoder LLM or an encoder) or
+    to the objective: a reward per side needs the siamese layout; decoders read pairs only as
+    a cross-encoder or as a reward model."""
+    if cfg.objective == "reward" and cfg.architecture != "siamese":
+        raise ConfigError(
+            f"--objective reward scores each side on its own; --architecture {cfg.architecture} "
+            "reads both responses in one sequence: use --architecture siamese"
+        )
+    if cfg.center_rewards and cfg.objective != "reward":
+        raise ConfigError("--center-rewards applies to --objective reward")
+    if decoder and cfg.architecture == "siamese" and cfg.objective != "reward":
+        raise ConfigError(
+            f"--preset {cfg.preset} is a decoder LLM: use --architecture cross, or "
+            "--objective reward"
+        )
     if cfg.lora_dropout and not cfg.lora_rank:
         raise ConfigError("--lora-dropout applies to LoRA adapters: set --lora-rank above 0")
     if cfg.remat and not decoder:
         raise ConfigError("--remat applies to decoder LLM presets (Gemma, Llama, Qwen, Mistral)")
-
-
-def build_encoder(model: PreferenceModel, preset: str, sequence_length: int):
-    """The tokenizer and packer that feed `model`: the preset's own preprocessor for pairs,
-    its tokenizer for cross-encoded sequences."""
-    if model.layout == pipeline.CROSS:
-        decoder = getattr(model, "pooling", "mean") == "last"
-        tokenizer = backbones.load_tokenizer(preset)
-        return pipeline.CrossEncoder(tokenizer, sequence_length, model.input_keys, decoder)
-    preprocessor = backbones.load_preprocessor(preset, sequence_length)
-    return pipeline.PairEncoder(preprocessor, model.input_keys)
 
 
 def parameter_counts(model: keras.Model) -> tuple[int, int]:

@@ -30,7 +30,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jaxpref.inputs import pipeline
+from jaxpref.inputs import token_store
 from jaxpref.models import families, hf_deberta
 from jaxpref.models.families import Family, FamilyError
 
@@ -234,5 +234,5 @@ def preset_cache_dir() -> Path:
 
     With JAXPREF_CACHE=off, a temporary directory that lasts this process.
     """
-    tokens = pipeline.default_cache_dir()
+    tokens = token_store.default_cache_dir()
     return _process_preset_dir() if tokens is None else tokens.parent / "presets"

@@ -88,7 +88,7 @@ def quantize_backbone(model, mode: str = "int8") -> QuantizedBytes:
     Call after the trained weights are loaded and before the first prediction. Returns the
     backbone's variable bytes before and after.
 
-    >>> model, encoder, cfg = predict.load_run("runs/minilm")  # doctest: +SKIP
+    >>> model, packer, cfg = predict.load_run("runs/minilm")  # doctest: +SKIP
     >>> quantize_backbone(model).describe()  # MiniLM-L6 BERT, LoRA rank 4  # doctest: +SKIP
     'backbone weights 87.5 MiB -> 22.5 MiB (26%)'
     """

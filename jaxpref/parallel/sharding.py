@@ -208,6 +208,7 @@ def memory_estimate(
     mesh: tuple[int, int] = (1, 1),
     remat: bool = False,
     fused_attention: bool = False,
+    sequences_per_row: int = 1,
 ) -> MemoryEstimate:
     """Per-device training memory of a LoRA'd decoder on a (batch, model) mesh.
 
@@ -216,7 +217,8 @@ def memory_estimate(
     lora        = 4 x 4 bytes x (`lora_parameters`, replicated, + `trained_bias_elements`):
                   float32 values, gradients, Adam m and v of what trains.
     activations = L x b x s x [c x (8H + (6 n_q + 4 n_kv) d_head / m + 4F / m) + 4 x 3 n_q s / m]
-                  with b = batch / batch axis, s = sequence length, c = compute itemsize,
+                  with b = batch / batch axis x `sequences_per_row` (2 for a siamese model,
+                  which reads each side of a row apart), s = sequence length, c = compute itemsize,
                   F = MLP width, m = model axis (a term stays whole when m does not divide its
                   heads or width): norm inputs/outputs and residuals; q, k, v, their rotations,
                   kv repeated to the query heads and the attention context; gate, up and their
@@ -234,7 +236,7 @@ def memory_estimate(
     family = family_of(backbone_config)
     config = backbone_config["config"]
     data, model = mesh
-    rows = rows_per_device(batch_size, data)
+    rows = rows_per_device(batch_size, data) * sequences_per_row
     policy = keras.DTypePolicy(dtype or keras.config.dtype_policy().name)
     compute, layers = policy.compute_dtype, family.dims(config)["layers"]
     trained = lora_parameters(family, config, lora_rank, lora_targets)
@@ -400,8 +402,10 @@ def inference_memory_estimate(
     mesh: tuple[int, int] = (1, 1),
     quantize: str | None = None,
     fused_attention: bool = False,
+    sequences_per_row: int = 1,
 ) -> InferenceEstimate:
-    """Per-device memory of a decoder predicting `batch_size` rows of `sequence_length` tokens.
+    """Per-device memory of a decoder predicting `batch_size` rows of `sequence_length` tokens
+    (`sequences_per_row` sequences each: 2 for a siamese reward model).
 
     weights     = as `memory_estimate`, or with `quantize="int8"`: 1 byte per kernel and
                   embedding element, sharded, plus one scale per output channel (per token for
@@ -418,7 +422,7 @@ def inference_memory_estimate(
     family = family_of(backbone_config)
     config = backbone_config["config"]
     data, model = mesh
-    rows = rows_per_device(batch_size, data)
+    rows = rows_per_device(batch_size, data) * sequences_per_row
     policy = keras.DTypePolicy(dtype or keras.config.dtype_policy().name)
     variable, compute = policy.variable_dtype, policy.compute_dtype
     floats = weight_bytes(family, config, variable, model)

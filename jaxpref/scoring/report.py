@@ -101,7 +101,7 @@ def evaluation_markdown(result: Mapping) -> str:
     return "\n".join(lines) + "\n"
 
 
-def crossval_markdown(result: Mapping, train_csv: str) -> str:
+def crossval_markdown(result: Mapping, train_file: str) -> str:
     """cv.md: the score table, the paired differences and the per-epoch scores."""
     points = result["epochs"]
     scores = zip(points, result["epoch_log_loss"], strict=True)
@@ -112,7 +112,7 @@ def crossval_markdown(result: Mapping, train_csv: str) -> str:
     )
     trained = ", ".join(str(n) for n in result["train_rows"])
     return (
-        f"# {result['folds']}-fold cross-validation (grouped by prompt) of `{train_csv}`\n\n"
+        f"# {result['folds']}-fold cross-validation (grouped by prompt) of `{train_file}`\n\n"
         f"{result['rows']} out-of-fold rows; training rows per fold: {trained} "
         f"(--train-fraction {result['train_fraction']:g}), baselines fitted on the same.\n\n"
         f"{markdown_table(result['scores'])}\n\n"

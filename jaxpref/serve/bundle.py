@@ -69,13 +69,13 @@ def head_variables(model) -> dict:
     return {v.path: v for v in model.weights if id(v) not in backbone}
 
 
-def write_contents(model, encoder, cfg: TrainConfig, root: Path, calibration: Path | None) -> None:
+def write_contents(model, packer, cfg: TrainConfig, root: Path, calibration: Path | None) -> None:
     """Fill the empty directory `root` with the bundle of a loaded model (all but bundle.json)."""
     paths = Bundle(root)
     # Keras layers save their kernels with the LoRA deltas merged; the backbone's config
     # never mentions LoRA, so the preset loads as a plain backbone holding the merged weights.
     model.backbone.save_to_preset(str(paths.backbone))
-    encoder.save(str(paths.backbone))
+    packer.save(str(paths.backbone))
     head = {path: np.asarray(v.numpy(), "float32") for path, v in head_variables(model).items()}
     np.savez(paths.head, **head)
     shareable_config(cfg).to_json(paths.config)
@@ -83,7 +83,7 @@ def write_contents(model, encoder, cfg: TrainConfig, root: Path, calibration: Pa
         shutil.copyfile(calibration, paths.calibration)
 
 
-PATH_SETTINGS = ("run_dir", "train_csv", "extra_train", "soft_labels", "preset")
+PATH_SETTINGS = ("run_dir", "train_file", "valid_file", "extra_train", "soft_labels", "preset")
 
 
 def shareable_config(cfg: TrainConfig) -> TrainConfig:
@@ -105,7 +105,7 @@ def check_target(out: str | os.PathLike) -> Path:
 
 def write_bundle(
     model,
-    encoder,
+    packer,
     cfg: TrainConfig,
     out: str | os.PathLike,
     calibration: Path | None = None,
@@ -120,7 +120,7 @@ def write_bundle(
     tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
     tmp.mkdir()  # not mkdtemp: the bundle gets the umask's permissions, not 0700
     try:
-        write_contents(model, encoder, cfg, tmp, calibration)
+        write_contents(model, packer, cfg, tmp, calibration)
         manifest = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -183,7 +183,7 @@ def load_head(model, path: Path) -> None:
 
 
 def load_bundle(path: str | os.PathLike, precision: str | None = None):
-    """(model, encoder, TrainConfig) from a bundle, in `precision` (None: as trained).
+    """(model, its packer, TrainConfig) from a bundle, in `precision` (None: as trained).
 
     The distribution must already be set (`distribution.setup`).
     """
@@ -204,5 +204,4 @@ def load_bundle(path: str | os.PathLike, precision: str | None = None):
     preset = str(paths.backbone)
     model = model_lib.build_model(cfg.model, cfg.data.sequence_length, preset=preset)
     load_head(model, paths.head)
-    encoder = model_lib.build_encoder(model, preset, cfg.data.sequence_length)
-    return model, encoder, cfg
+    return model, model.build_packer(preset, cfg.data.sequence_length), cfg

@@ -14,8 +14,11 @@ import pandas as pd
 
 from jaxpref import safety
 from jaxpref.config import INFERENCE_PRECISIONS, ConfigError, TrainConfig
-from jaxpref.data import arena, text
-from jaxpref.inputs import pipeline
+from jaxpref.data import arena
+from jaxpref.inputs import feeding, token_store
+from jaxpref.inputs.batching import Batch
+from jaxpref.inputs.featurize import FeaturizedRows, featurize
+from jaxpref.inputs.packers import Packer
 from jaxpref.models import objective, presets
 from jaxpref.monitoring import Ticker
 from jaxpref.parallel import distribution, sharding
@@ -27,7 +30,7 @@ log = logging.getLogger("jaxpref")
 
 
 def load_run(run_dir: str | os.PathLike, precision: str | None = None, quantize: str | None = None):
-    """(model with the best weights, its encoder, TrainConfig) from a run directory or an
+    """(model with the best weights, its packer, TrainConfig) from a run directory or an
     exported bundle (`serve.bundle`), in `precision` (None: the precision it was trained in).
 
     `quantize="int8"`: the backbone's LoRA factors merged and its weights quantized to int8
@@ -48,7 +51,7 @@ def load_run(run_dir: str | os.PathLike, precision: str | None = None, quantize:
 
 
 def restore_run(run_dir: str | os.PathLike, precision: str | None = None):
-    """(model, encoder, TrainConfig) of a run directory's best checkpoint (`load_run`)."""
+    """(model, its packer, TrainConfig) of a run directory's best checkpoint (`load_run`)."""
     from jaxpref.models import preference as model_lib
 
     paths = RunDir(run_dir)
@@ -72,59 +75,47 @@ def restore_run(run_dir: str | os.PathLike, precision: str | None = None):
             f"{checkpoint}: cannot restore the best weights ({type(err).__name__}: "
             f"{(str(err).strip().splitlines() or [''])[0]}); this run directory is damaged"
         ) from None
-    encoder = model_lib.build_encoder(model, preset, cfg.data.sequence_length)
-    return model, encoder, cfg
+    return model, model.build_packer(preset, cfg.data.sequence_length), cfg
 
 
-def predict_tokens(
+def predict_rows(
     model,
-    tokens: pipeline.TokenizedPairs,
-    plan,
-    input_keys,
+    rows: FeaturizedRows,
+    plan: Sequence[Batch],
     tta: bool = False,
-    extra: np.ndarray | None = None,
     label: str = "predicting",
 ) -> np.ndarray:
-    """Class probabilities (n, 3) for every tokenized row, in input order; none dropped.
+    """Class probabilities (n, 3) for every featurized row, in input order; none dropped.
 
-    `extra` holds the per-side features for models built with them. With `tta`, each row is
-    also predicted with its sides swapped and the mirrored prediction averaged in: the result
-    then mirrors exactly when A and B are swapped.
+    With `tta`, each row is also predicted with its sides swapped and the mirrored prediction
+    averaged in: the result then mirrors exactly when A and B are swapped.
     """
     if tta:
-        direct = predict_tokens(model, tokens, plan, input_keys, extra=extra)
-        swapped_extra = None if extra is None else extra[:, ::-1]
-        swapped = predict_tokens(
-            model, pipeline.swap_sides(tokens), plan, input_keys, extra=swapped_extra
-        )
+        direct = predict_rows(model, rows, plan)
+        swapped = predict_rows(model, rows.swapped(), plan)
         return (direct + swapped[:, list(arena.MIRROR)]) / 2
     import jax
 
-    shard = (jax.process_index(), jax.process_count())
-    ds = pipeline.make_dataset(tokens, [plan], input_keys, None, *shard, extra, model.layout)
+    ds = feeding.make_dataset(rows, [plan], None, jax.process_index(), jax.process_count())
     sizes = [int((b.weights > 0).sum()) for b in plan]
     watch = predict_progress(label, sizes)
     probs = np.asarray(model.predict(ds, verbose=0, callbacks=[watch]), "float64")
-    rows = np.concatenate([b.rows for b in plan])
+    fed = np.concatenate([b.rows for b in plan])
     real = np.concatenate([b.weights for b in plan]) > 0
-    out = np.full((len(tokens), probs.shape[1]), np.nan)
-    out[rows[real]] = probs[real]
+    out = np.full((len(rows), probs.shape[1]), np.nan)
+    out[fed[real]] = probs[real]
     if np.isnan(out).any():
         raise RuntimeError("some rows received no prediction")
     return out
 
 
 def predict_frame(
-    model, encoder, frame: pd.DataFrame, batch_size: int, tta: bool = False
+    model, packer: Packer, frame: pd.DataFrame, batch_size: int, tta: bool = False
 ) -> np.ndarray:
-    """Class probabilities (n, 3) for every row of `frame`, in order."""
-    tokens = pipeline.tokenize(encoder.texts(frame), encoder, pipeline.default_cache_dir())
-    extra = None
-    if model.side_features:
-        extra = pipeline.side_features(text.format_pairs(frame), tokens)
-    buckets = pipeline.bucket_lengths(encoder.sequence_length)
-    plan = pipeline.plan_batches(tokens.row_lengths(), batch_size, buckets)
-    return predict_tokens(model, tokens, plan, encoder.input_keys, tta, extra)
+    """Class probabilities (n, 3) for every row of `frame`, in order, fed by `packer`."""
+    cache = token_store.default_cache_dir()
+    rows = featurize(frame, packer, bool(model.side_features), cache)
+    return predict_rows(model, rows, rows.plan(batch_size), tta)
 
 
 def inference_precision(requested: str, platform: str) -> str | None:
@@ -145,17 +136,17 @@ def inference_precision(requested: str, platform: str) -> str | None:
 @dataclasses.dataclass(frozen=True)
 class LoadedRun:
     """A run's (or bundle's) best weights on the selected devices, with what its predictions
-    need: the encoder, the global batch size and the calibration temperature."""
+    need: its packer, the global batch size and the calibration temperature."""
 
     model: Any
-    encoder: Any
+    packer: Packer
     config: TrainConfig
     batch_size: int
     temperature: float
 
     def predict(self, frame: pd.DataFrame, tta: bool = False) -> np.ndarray:
         """Calibrated probabilities (n, 3) for every row of `frame`, in order."""
-        probs = predict_frame(self.model, self.encoder, frame, self.batch_size, tta)
+        probs = predict_frame(self.model, self.packer, frame, self.batch_size, tta)
         return calibration.apply_temperature(probs, self.temperature)
 
 
@@ -194,9 +185,9 @@ def load_for_prediction(
         batch_size = -(-cfg.optim.batch_size // len(selected)) * len(selected)
     predicted = cfg.replace(precision=dtype or cfg.model.precision, batch_size=batch_size)
     check_memory(preset, predicted, selected, model_parallel, quantize)
-    model, encoder, cfg = load_run(run_dir, dtype, quantize)
+    model, packer, cfg = load_run(run_dir, dtype, quantize)
     temperature = calibration.load_temperature(paths.calibration)
-    return LoadedRun(model, encoder, cfg, batch_size, temperature)
+    return LoadedRun(model, packer, cfg, batch_size, temperature)
 
 
 def check_memory(
@@ -217,6 +208,7 @@ def check_memory(
         dtype=cfg.model.precision, mesh=sharding.mesh_shape(len(devices), model_parallel),
         quantize=quantize,
         fused_attention=distribution.platform_of(devices) == "gpu",
+        sequences_per_row=2 if cfg.model.architecture == "siamese" else 1,
     )  # fmt: skip
     log.info("memory estimate per device for prediction: %s", estimate.describe())
     remedies = "raise --model-parallel or lower --batch-size" + quantize_remedy(quantize)

@@ -22,9 +22,11 @@ import pandas as pd
 
 from jaxpref import monitoring
 from jaxpref.config import ConfigError, TrainConfig, default_learning_rate, resolve_precision
-from jaxpref.data import arena, preferences, probabilities, splitting, text
+from jaxpref.data import arena, probabilities, sources, splitting
 from jaxpref.data.probabilities import Probabilities
-from jaxpref.inputs import pipeline
+from jaxpref.inputs import batching, feeding, token_store
+from jaxpref.inputs.batching import Batch
+from jaxpref.inputs.featurize import FeaturizedRows, featurize
 from jaxpref.models import backbones, objective, presets
 from jaxpref.parallel import distribution
 from jaxpref.rundir import Preempted, ResumeError, RunDir, RunLock, epoch_at, period_name
@@ -50,32 +52,29 @@ class Run:
 
 @dataclasses.dataclass(frozen=True)
 class Splits:
-    """Training, validation and extra (training-only) rows, the class-prior score, and the
-    teacher's probabilities when training on soft labels."""
+    """Training and validation rows, the rows of the `--extra-train` preference files
+    (training only), the class-prior score, and the teacher's probabilities when training on
+    soft labels."""
 
     train: pd.DataFrame
     valid: pd.DataFrame
-    extra: pd.DataFrame
+    preference_rows: pd.DataFrame
     prior_log_loss: float
     teacher: Probabilities | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class Inputs:
-    """Tokens, side features and batch plans of both splits; training labels are class indices
-    (n,), or target rows (n, 3) with soft labels. `train_plans` holds one plan per validation
-    period: per epoch, or `validations_per_epoch` per epoch."""
+    """Both splits featurized (tokens, side features) and planned; training labels are class
+    indices (n,), or target rows (n, 3) with soft labels. `train_plans` holds one plan per
+    validation period: per epoch, or `validations_per_epoch` per epoch."""
 
-    train_tokens: pipeline.TokenizedPairs
-    valid_tokens: pipeline.TokenizedPairs
+    train: FeaturizedRows
+    valid: FeaturizedRows
     train_labels: np.ndarray
     valid_labels: np.ndarray
-    train_plans: list[list[pipeline.Batch]]
-    valid_plan: list[pipeline.Batch]
-    input_keys: tuple[str, ...]
-    layout: str
-    train_extra: np.ndarray | None = None
-    valid_extra: np.ndarray | None = None
+    train_plans: list[list[Batch]]
+    valid_plan: list[Batch]
     padding_efficiency: float | None = None
     valid_ids: Sequence[str] = ()
 
@@ -83,33 +82,36 @@ class Inputs:
     def period_steps(self) -> list[int]:
         return [len(plan) for plan in self.train_plans]
 
-    def train_dataset(self, plans: Sequence[Sequence[pipeline.Batch]], run: Run):
+    def train_dataset(self, plans: Sequence[Sequence[Batch]], run: Run):
         """tf.data pipeline of this process's share of `plans` over the training rows."""
         shard = (run.process_index, run.process_count)
-        return pipeline.make_dataset(
-            self.train_tokens, plans, self.input_keys, self.train_labels, *shard,
-            self.train_extra, self.layout,
-        )  # fmt: skip
+        return feeding.make_dataset(self.train, plans, self.train_labels, *shard)
+
+    def predict_valid(self, model) -> np.ndarray:
+        """`model`'s probabilities (n, 3) for the validation rows."""
+        return predict.predict_rows(model, self.valid, self.valid_plan, label="validating")
 
 
 @dataclasses.dataclass(frozen=True)
 class Progress:
     """Where training stands: the next validation period (an epoch unless validating several
-    times per epoch) and step in it, and the best period so far."""
+    times per epoch) and step in it, the best validation log loss and how many periods had
+    been trained when it was reached (0: none yet)."""
 
-    epoch: int = 0
+    period: int = 0
     step: int = 0
     best: float = math.inf
-    best_epoch: int = 0
+    best_period: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
 class Segment:
-    """Periods [first_epoch, last_epoch), Keras' epochs of one `model.fit`, skipping the first
-    `skip_steps` steps of `first_epoch` (already trained before an interruption)."""
+    """Validation periods [first_period, last_period), Keras' epochs of one `model.fit`,
+    skipping the first `skip_steps` steps of `first_period` (already trained before an
+    interruption)."""
 
-    first_epoch: int
-    last_epoch: int
+    first_period: int
+    last_period: int
     skip_steps: int = 0
 
 
@@ -122,9 +124,9 @@ def train(
     """Train per `cfg` on every selected device; returns the summary written to summary.json,
     and the run directory (absolute, with the default `runs/<time>` resolved) as `run_dir`.
 
-    The split comes from `cfg.data.train_csv` unless both `train_df` and `valid_df` (frames as
-    returned by `data.read_arena_csv`) are given, as cross-validation does. The process
-    environment must already select the JAX backend and platform
+    The rows come from `cfg.data.train_file` (and `valid_file`) unless both `train_df` and
+    `valid_df` (frames as `data.sources.read_rows` returns) are given, as cross-validation
+    does. The process environment must already select the JAX backend and platform
     (`distribution.configure_environment`), as the CLI does. With `resume`, training continues
     from the newest state checkpoint in `cfg.run.run_dir` with the same data order.
     """
@@ -132,9 +134,9 @@ def train(
     with recorded(run):
         splits = load_splits(run.cfg, train_df, valid_df)
         check_memory(run)
-        model, encoder = build_model(run.cfg)
-        save_run_files(run, splits, model, encoder)
-        inputs = build_inputs(run.cfg, splits, encoder, model)
+        model, packer = build_model(run.cfg)
+        save_run_files(run, splits, model, packer)
+        inputs = build_inputs(run.cfg, splits, packer, model)
         rate = compile_for_training(model, run.cfg, sum(inputs.period_steps))
         progress = restore_progress(model, run) if resume else Progress()
         started = time.time()
@@ -209,6 +211,7 @@ def start_run(cfg: TrainConfig, resume: bool) -> Run:
         num_devices=len(selected),
         precision=resolve_precision(cfg.model.precision, platform),
         learning_rate=cfg.optim.learning_rate or default_learning_rate(cfg.model.lora_rank),
+        valid_fraction=cfg.data.split_fraction(),
     )
     accumulated = f" ({cfg.optim.grad_accum} x {cfg.optim.batch_size} accumulated)"
     log.info(
@@ -216,44 +219,61 @@ def start_run(cfg: TrainConfig, resume: bool) -> Run:
         len(selected), platform, jax.process_count(), cfg.optim.global_batch,
         accumulated if cfg.optim.grad_accum > 1 else "", cfg.model.precision,
     )  # fmt: skip
-    cfg = cfg.replace(train_csv=arena.training_csv(cfg.data.train_csv))
+    cfg = cfg.replace(train_file=sources.training_file(cfg.data.train_file))
     return Run(cfg, paths, selected, primary, jax.process_index(), jax.process_count(), lock)
 
 
 def load_splits(
     cfg: TrainConfig, train_df: pd.DataFrame | None, valid_df: pd.DataFrame | None
 ) -> Splits:
-    """The given frames, or `train_csv` split by `valid_fraction`; plus extra rows."""
+    """The given frames, or `train_file` split by `valid_fraction` (whole, with `valid_file`'s
+    rows to validate on); plus the preference rows of `extra_train`."""
     if train_df is None or valid_df is None:
-        frame = arena.read_arena_csv(cfg.data.train_csv, labelled=True)
-        train_df, valid_df = splitting.split_train_valid(
-            frame, cfg.data.valid_fraction, cfg.run.seed, group_by_prompt=cfg.data.group_by_prompt
-        )
+        train_df, valid_df = read_train_valid(cfg)
     log.info(
-        "data: %s -> %d train / %d validation", cfg.data.train_csv, len(train_df), len(valid_df)
-    )
-    extra = train_df.iloc[:0]
+        "data: %s -> %d train / %d validation%s", cfg.data.train_file, len(train_df),
+        len(valid_df), f" (from {cfg.data.valid_file})" if cfg.data.valid_file else "",
+    )  # fmt: skip
+    preference_rows = train_df.iloc[:0]
     if cfg.data.extra_train:
-        extra = preferences.read_chosen_rejected(cfg.data.extra_train, seed=cfg.run.seed)
+        preference_rows = sources.read_pairs(
+            cfg.data.extra_train, seed=cfg.run.seed, id_prefix="hh"
+        )
         log.info(
             "extra training rows (chosen/rejected, no ties): %s, %d rows",
-            cfg.data.extra_train, len(extra),
+            cfg.data.extra_train, len(preference_rows),
         )  # fmt: skip
-    check_classes(train_df["label"].to_numpy(), valid_df["label"].to_numpy(), cfg.data.train_csv)
+    check_classes(train_df["label"].to_numpy(), valid_df["label"].to_numpy(), cfg.data.train_file)
     prior = metrics.prior_log_loss(train_df["label"].to_numpy(), valid_df["label"].to_numpy())
     log.info("class-prior validation log loss (the baseline to beat): %.4f", prior)
     teacher = None
     if cfg.data.soft_labels:
-        train_ids = pd.concat([train_df["id"], extra["id"]]).to_numpy()
+        train_ids = pd.concat([train_df["id"], preference_rows["id"]]).to_numpy()
         teacher = distillation.load_teacher(cfg.data.soft_labels, train_ids)
-    return Splits(train_df, valid_df, extra, prior, teacher)
+    return Splits(train_df, valid_df, preference_rows, prior, teacher)
+
+
+def read_train_valid(cfg: TrainConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The training file's rows and the validation file's, or a split of the training file."""
+    frame = sources.read_rows(cfg.data.train_file)
+    if not cfg.data.valid_file:
+        return splitting.split_train_valid(
+            frame, cfg.data.split_fraction(), cfg.run.seed, group_by_prompt=cfg.data.group_by_prompt
+        )
+    valid = sources.read_rows(cfg.data.valid_file)
+    sources.check_distinct_ids({cfg.data.train_file: frame, cfg.data.valid_file: valid})
+    return frame, valid
 
 
 MIN_VALID_ROWS_PER_CLASS = 5
 
 
 def check_classes(train_labels: np.ndarray, valid_labels: np.ndarray, source: str) -> None:
-    """Refuse training data with a single class; warn when validation has too few of one."""
+    """Refuse training data with a single class; say so when a class is missing from one side
+    (preference rows never tie); warn when validation has too few rows of a class it holds.
+
+    Log loss stays over all three classes: without tie rows anywhere, the model learns that
+    ties are rare (label smoothing keeps their probability above 0)."""
     counts = np.bincount(train_labels, minlength=arena.NUM_CLASSES)
     names = ", ".join(f"{n} {c}" for n, c in zip(arena.CLASS_NAMES, counts, strict=True))
     if (counts > 0).sum() < 2:
@@ -262,8 +282,20 @@ def check_classes(train_labels: np.ndarray, valid_labels: np.ndarray, source: st
             "learn to compare from that"
         )  # fmt: skip
     valid = np.bincount(valid_labels, minlength=arena.NUM_CLASSES)
-    if valid.min() < MIN_VALID_ROWS_PER_CLASS:
-        per_class = ", ".join(f"{n} {c}" for n, c in zip(arena.CLASS_NAMES, valid, strict=True))
+    per_class = ", ".join(f"{n} {c}" for n, c in zip(arena.CLASS_NAMES, valid, strict=True))
+    for name, in_train, in_valid in zip(arena.CLASS_NAMES, counts, valid, strict=True):
+        if not in_train and not in_valid:
+            log.info(
+                "no %s rows in training or validation (chosen/rejected pairs never tie): "
+                "the model learns it as rare; log loss stays over all three classes", name,
+            )  # fmt: skip
+        elif not in_train:
+            log.warning(
+                "validation has %d %s rows but training none: the model cannot learn to "
+                "predict them, and their log loss will be high", in_valid, name,
+            )  # fmt: skip
+    held = valid[(counts > 0) | (valid > 0)]
+    if held.min() < MIN_VALID_ROWS_PER_CLASS:
         log.warning(
             "validation has fewer than %d rows of some class (%s): its log loss, best epoch "
             "and temperature rest on very few rows",
@@ -290,92 +322,96 @@ def check_memory(run: Run) -> None:
         mesh=sharding.mesh_shape(len(run.devices), cfg.devices.model_parallel),
         remat=cfg.model.remat,
         fused_attention=distribution.platform_of(run.devices) == "gpu",
+        sequences_per_row=2 if cfg.model.architecture == "siamese" else 1,
     )  # fmt: skip
     log.info("memory estimate per device: %s", estimate.describe())
     sharding.check_devices_fit(estimate, run.devices)
 
 
 def build_model(cfg: TrainConfig):
-    """The pretrained model of `cfg.model` and the encoder that feeds it."""
+    """The pretrained model of `cfg.model` and the packer that feeds it."""
     from jaxpref.models import preference as model_lib
 
     model = model_lib.build_model(cfg.model, cfg.data.sequence_length)
-    encoder = model_lib.build_encoder(model, cfg.model.preset, cfg.data.sequence_length)
+    packer = model.build_packer(cfg.model.preset, cfg.data.sequence_length)
     total, trainable = model_lib.parameter_counts(model)
     log.info(
         "model: %s, %s parameters, %s trainable (LoRA rank %d)",
         type(model.backbone).__name__, f"{total:,}", f"{trainable:,}", cfg.model.lora_rank,
     )  # fmt: skip
-    return model, encoder
+    return model, packer
 
 
-def save_run_files(run: Run, splits: Splits, model, encoder) -> None:
+def save_run_files(run: Run, splits: Splits, model, packer) -> None:
     """config.json, env.json, the weightless preset and split.csv (primary process only)."""
     if not run.primary:
         return
     run.cfg.to_json(run.paths.config)
     environment = monitoring.environment_record(run.devices)
     run.paths.env.write_text(json.dumps(environment, indent=2) + "\n")
-    encoder.save(str(run.paths.preset))
+    packer.save(str(run.paths.preset))
     backbones.save_architecture(model.backbone, run.paths.preset)
     split = pd.concat(
         [
             splits.train[["id"]].assign(split="train"),
             splits.valid[["id"]].assign(split="valid"),
-            splits.extra[["id"]].assign(split="extra"),
+            splits.preference_rows[["id"]].assign(split="extra"),
         ]
     )
     split.to_csv(run.paths.split, index=False)
 
 
-def build_inputs(cfg: TrainConfig, splits: Splits, encoder, model) -> Inputs:
-    """Tokenize both splits (cached), fit the side-feature statistics, plan every epoch; with
-    soft labels, blend each training row's target with the teacher's probabilities, and give
-    extra rows their tie share."""
-    train_df = pd.concat([splits.train, splits.extra], ignore_index=True)
+def build_inputs(cfg: TrainConfig, splits: Splits, packer, model) -> Inputs:
+    """Featurize both splits with `packer` (tokens cached), fit the side-feature statistics,
+    plan every epoch."""
+    train_df = pd.concat([splits.train, splits.preference_rows], ignore_index=True)
+    train_labels = training_targets(cfg, splits, train_df)
+    cache = token_store.default_cache_dir()
+    log.info("tokenizing (cache: %s)", cache or "off")
+    with_side_features = bool(model.side_features)
+    train = featurize(train_df, packer, with_side_features, cache)
+    valid = featurize(splits.valid, packer, with_side_features, cache)
+    if train.side_features is not None:
+        model.fit_side_features(train.side_features)
+    epoch_plans = [
+        train.plan(
+            cfg.optim.batch_size, shuffle=True, seed=cfg.run.seed, epoch=epoch,
+            swap=cfg.data.swap_augment,
+        )
+        for epoch in range(cfg.optim.epochs)
+    ]  # fmt: skip
+    valid_plan = valid.plan(cfg.optim.batch_size)
+    efficiency = train.padding_efficiency(epoch_plans[0])
+    log.info(
+        "batches: %d per epoch, buckets %s; padding efficiency %.3f train, %.3f validation",
+        len(epoch_plans[0]), list(train.buckets), efficiency,
+        valid.padding_efficiency(valid_plan),
+    )  # fmt: skip
+    train_plans = validation_periods(epoch_plans, cfg.optim.validations_per_epoch)
+    return Inputs(
+        train, valid, train_labels, splits.valid["label"].to_numpy(), train_plans, valid_plan,
+        efficiency, splits.valid["id"].tolist(),
+    )  # fmt: skip
+
+
+def training_targets(cfg: TrainConfig, splits: Splits, train_df: pd.DataFrame) -> np.ndarray:
+    """The class of each row of `train_df` (the training split, then the preference rows); with
+    soft labels, each row's target blended with the teacher's probabilities, and with
+    `extra_train_tie`, the preference rows' tie share."""
     train_labels = train_df["label"].to_numpy()
     if splits.teacher is not None:
         train_labels = distillation.soft_targets(
             train_df["id"], train_labels, splits.teacher, cfg.optim.soft_label_weight
         )
-    if cfg.data.extra_train_tie and len(splits.extra):
+    if cfg.data.extra_train_tie and len(splits.preference_rows):
         share = cfg.data.extra_train_tie
-        extra_rows = np.arange(len(splits.train), len(train_df))
-        train_labels = distillation.with_tie_share(train_labels, extra_rows, share)
+        preference_rows = np.arange(len(splits.train), len(train_df))
+        train_labels = distillation.with_tie_share(train_labels, preference_rows, share)
         log.info("extra rows' targets: %.2f of each on a tie", share)
-    cache = pipeline.default_cache_dir()
-    log.info("tokenizing (cache: %s)", cache or "off")
-    train_tokens = pipeline.tokenize(encoder.texts(train_df), encoder, cache)
-    valid_tokens = pipeline.tokenize(encoder.texts(splits.valid), encoder, cache)
-    train_extra = valid_extra = None
-    if model.side_features:
-        train_extra = pipeline.side_features(text.format_pairs(train_df), train_tokens)
-        valid_extra = pipeline.side_features(text.format_pairs(splits.valid), valid_tokens)
-        model.fit_side_features(train_extra)
-    buckets = pipeline.bucket_lengths(cfg.data.sequence_length)
-    epoch_plans = [
-        pipeline.plan_batches(
-            train_tokens.row_lengths(), cfg.optim.batch_size, buckets, shuffle=True,
-            seed=cfg.run.seed, epoch=epoch, swap=cfg.data.swap_augment,
-        )
-        for epoch in range(cfg.optim.epochs)
-    ]  # fmt: skip
-    valid_plan = pipeline.plan_batches(valid_tokens.row_lengths(), cfg.optim.batch_size, buckets)
-    efficiency = pipeline.padding_efficiency(train_tokens, epoch_plans[0])
-    log.info(
-        "batches: %d per epoch, buckets %s; padding efficiency %.3f train, %.3f validation",
-        len(epoch_plans[0]), list(buckets), efficiency,
-        pipeline.padding_efficiency(valid_tokens, valid_plan),
-    )  # fmt: skip
-    train_plans = validation_periods(epoch_plans, cfg.optim.validations_per_epoch)
-    return Inputs(
-        train_tokens, valid_tokens, train_labels, splits.valid["label"].to_numpy(), train_plans,
-        valid_plan, encoder.input_keys, encoder.layout, train_extra, valid_extra, efficiency,
-        splits.valid["id"].tolist(),
-    )  # fmt: skip
+    return train_labels
 
 
-def validation_periods(epoch_plans: list[list[pipeline.Batch]], per_epoch: int) -> list:
+def validation_periods(epoch_plans: list[list[Batch]], per_epoch: int) -> list:
     """Each epoch's plan cut into `per_epoch` validation periods (Keras trains each as an
     epoch: the validation, best weights and history of an epoch end follow at every cut)."""
     steps = len(epoch_plans[0])
@@ -384,7 +420,7 @@ def validation_periods(epoch_plans: list[list[pipeline.Batch]], per_epoch: int) 
             f"--validations-per-epoch {per_epoch} is more than the {steps} training steps per "
             "epoch: use at most that many, or a smaller --batch-size"
         )
-    return [period for plan in epoch_plans for period in pipeline.split_plan(plan, per_epoch)]
+    return [period for plan in epoch_plans for period in batching.split_plan(plan, per_epoch)]
 
 
 def compile_for_training(model, cfg: TrainConfig, total_steps: int):
@@ -409,23 +445,27 @@ def compile_for_training(model, cfg: TrainConfig, total_steps: int):
 
 
 def restore_progress(model, run: Run) -> Progress:
-    """Load the newest state checkpoint; forget what later epochs wrote last time."""
+    """Load the newest state checkpoint; forget what later periods wrote last time (the
+    checkpoint's "epoch" and "best_epoch" count validation periods)."""
     meta = checkpoints.restore_state(model, run.paths.state_checkpoints)
     best = meta["best_val_log_loss"]
     progress = Progress(
-        meta["epoch"], meta["step_in_epoch"], math.inf if best is None else best, meta["best_epoch"]
+        period=meta["epoch"],
+        step=meta["step_in_epoch"],
+        best=math.inf if best is None else best,
+        best_period=meta["best_epoch"],
     )
     per_epoch = run.cfg.optim.validations_per_epoch
     log.info(
         "resuming at %s, step %d (best so far %.4f)",
-        period_name(progress.epoch, per_epoch), progress.step, progress.best,
+        period_name(progress.period, per_epoch), progress.step, progress.best,
     )  # fmt: skip
     if run.primary:
-        forget_epochs_from(run.paths, progress.epoch, per_epoch)
+        forget_periods_after(run.paths, progress.period, per_epoch)
     return progress
 
 
-def forget_epochs_from(paths: RunDir, done: int, per_epoch: int = 1) -> None:
+def forget_periods_after(paths: RunDir, done: int, per_epoch: int = 1) -> None:
     """Before replaying the validation periods after the first `done`, drop what they wrote
     last time (best checkpoints are numbered by period from 1, the rest by `epoch_at`)."""
     if paths.best_checkpoints.exists():
@@ -447,21 +487,21 @@ def forget_epochs_from(paths: RunDir, done: int, per_epoch: int = 1) -> None:
 def fit_segments(period_steps: Sequence[int], progress: Progress) -> list[Segment]:
     """The `model.fit` calls left: the rest of an interrupted period, then whole periods, one
     call per run of periods of equal length (Keras' `steps_per_epoch` is one number)."""
-    segments, period = [], progress.epoch
+    segments, period = [], progress.period
     if progress.step:
         segments.append(Segment(period, period + 1, progress.step))
         period += 1
     for first in range(period, len(period_steps)):
         if first > period and period_steps[first] == period_steps[first - 1]:
-            segments[-1] = Segment(segments[-1].first_epoch, first + 1)
+            segments[-1] = Segment(segments[-1].first_period, first + 1)
         else:
             segments.append(Segment(first, first + 1))
     return segments
 
 
 def fit(model, run: Run, inputs: Inputs, progress: Progress, rate):
-    """Train the remaining segments; returns the state callback, which tracks the best epoch,
-    and the validation callback, which holds this process's best epoch's probabilities.
+    """Train the remaining segments; returns the state callback, which tracks the best period,
+    and the validation callback, which holds this process's best period's probabilities.
 
     Raises `Preempted` after saving the state when SIGTERM arrives.
     """
@@ -469,13 +509,10 @@ def fit(model, run: Run, inputs: Inputs, progress: Progress, rate):
 
     state = checkpoints.StateCheckpoint(
         run.paths.state_checkpoints, inputs.period_steps, run.cfg.run.save_every,
-        progress.best, progress.best_epoch, run.paths.best_checkpoints,
+        progress.best, progress.best_period, run.paths.best_checkpoints,
     )  # fmt: skip
     validation = Validation(
-        lambda: predict.predict_tokens(
-            model, inputs.valid_tokens, inputs.valid_plan, inputs.input_keys,
-            extra=inputs.valid_extra, label="validating",
-        ),
+        lambda: inputs.predict_valid(model),
         inputs.valid_labels,
         run.cfg.optim.label_smoothing,
         keep=epoch_predictions_writer(run, inputs.valid_ids) if run.primary else None,
@@ -511,16 +548,16 @@ def scalar_writers(run: Run):
 def fit_segment(model, run: Run, inputs: Inputs, validation, state, segment, rate, writers) -> None:
     """`model.fit` over one segment's epochs (the validation and state callbacks live across
     segments); raises `Preempted` when SIGTERM stopped it."""
-    steps = inputs.period_steps[segment.first_epoch]
+    steps = inputs.period_steps[segment.first_period]
     if segment.skip_steps:
-        plans = [inputs.train_plans[segment.first_epoch][segment.skip_steps :]]
+        plans = [inputs.train_plans[segment.first_period][segment.skip_steps :]]
     else:
-        plans = inputs.train_plans[segment.first_epoch : segment.last_epoch]
+        plans = inputs.train_plans[segment.first_period : segment.last_period]
     batches = [b for plan in plans for b in plan]
     model.fit(
         inputs.train_dataset(plans, run),
-        initial_epoch=segment.first_epoch,
-        epochs=segment.last_epoch,
+        initial_epoch=segment.first_period,
+        epochs=segment.last_period,
         steps_per_epoch=steps - segment.skip_steps,
         shuffle=False,  # the batch plans already shuffle, per epoch
         callbacks=training_callbacks(run, validation, state, batches, inputs, rate, writers),
@@ -558,7 +595,7 @@ def training_callbacks(
         log_every=None if sys.stdout.isatty() or not run.primary else run.cfg.run.log_every,
         writers=writers,
         padding_efficiency=inputs.padding_efficiency,
-        sequences_per_pair=1 if inputs.layout == pipeline.CROSS else 2,
+        sequences_per_pair=inputs.train.packer.sequences_per_pair,
         epochs=run.cfg.optim.epochs,
         per_epoch=per_epoch,
         total_steps=sum(inputs.period_steps),
@@ -580,13 +617,10 @@ def finish(
     )
     valid_probs = validation.best_probs
     best_epoch = epoch_at(state.best_epoch, run.cfg.optim.validations_per_epoch)
-    if validation.best_epoch != state.best_epoch:  # the best epoch ran before a --resume
+    if validation.best_epoch != state.best_epoch:  # the best period ran before a --resume
         log.info("restoring the best weights (epoch %s) to predict validation", best_epoch)
-        distribution.restore_checkpoint(model, run.paths.best_checkpoints)  # the best epoch's
-        valid_probs = predict.predict_tokens(
-            model, inputs.valid_tokens, inputs.valid_plan, inputs.input_keys,
-            extra=inputs.valid_extra, label="validating",
-        )  # fmt: skip
+        distribution.restore_checkpoint(model, run.paths.best_checkpoints)  # the best period's
+        valid_probs = inputs.predict_valid(model)
     labels = inputs.valid_labels
     fitted = calibration.calibrate(valid_probs, labels, run.cfg.run.calibrate)
     log.info(
