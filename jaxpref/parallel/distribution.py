@@ -301,12 +301,13 @@ def restore_checkpoint(model, directory: str | os.PathLike) -> Path:
     Keras' `load_weights` asks Orbax for the current layouts only while a distribution is set,
     and only for the variables whose paths match; otherwise Orbax rebuilds the saved layouts,
     which fails on fewer devices than were saved from ("the available devices are different
-    from the devices used to save the checkpoint"). Here every part of the checkpoint must
-    match the model's (compiled, its optimizer built, for a training state): a variable on one
-    side only, or a shape that differs, is a ValueError naming it. The exception are dropout
-    seed states, whose generators Keras names by how many the process made before
-    ("seed_generator_5"): one on the checkpoint's side only is not loaded, one on the model's
-    side only keeps its value.
+    from the devices used to save the checkpoint"): a second `jaxpref.load` in a notebook with
+    fewer devices than the run trained on failed so, on the seed states below. Here every part
+    of the checkpoint must match the model's (compiled, its optimizer built, for a training
+    state): a variable on one side only, or a shape that differs, is a ValueError naming it.
+    The exception are dropout seed states, whose generators Keras names by how many the process
+    made before ("seed_generator_5"): one on the checkpoint's side only is not loaded, one on
+    the model's side only keeps its value.
 
     Example:
         setup("cpu", 1, None)  # a run trained on 8 devices, loaded on 1
@@ -314,7 +315,8 @@ def restore_checkpoint(model, directory: str | os.PathLike) -> Path:
     """
     import orbax.checkpoint as oc
 
-    latest = oc.v1.training.Checkpointer(directory=str(directory)).latest
+    with oc.v1.training.Checkpointer(directory=str(directory)) as checkpointer:
+        latest = checkpointer.latest
     if latest is None:
         raise FileNotFoundError(f"{directory} holds no complete checkpoint")
     path = Path(directory) / str(latest.step)
