@@ -223,7 +223,8 @@ def load(
     config.INFERENCE_PRECISIONS. `batch_size` defaults to the training batch rounded up to a
     multiple of the devices. `quantize="int8"` stores the backbone's weights in int8 (Keras'
     `quantize`, LoRA merged first); `model_parallel` splits the weights over that many devices
-    (None: the run's own setting). One model: for a cross-validation's folds, `export` their
+    (None: the run's own setting, or the greatest common divisor of it and the device count
+    where it does not divide them). One model: for a cross-validation's folds, `export` their
     mean and load that.
 
     Example:

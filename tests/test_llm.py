@@ -2,8 +2,9 @@
 training lowers the validation loss on learnable rows well below the class prior, infer
 predicts the same from the run directory and from its exported bundle (Llama-3's also with
 the bundle's weights on a model axis), and within INT8_TOLERANCE of that with `--quantize int8`
-(sharded int8 kernels), a resumed run ends where an uninterrupted one ends, and 2 processes x 2
-devices train what 1 process x 4 devices trains.
+(sharded int8 kernels), a resumed run ends where an uninterrupted one ends (resumed on the 4
+devices, or on 2), 2 processes x 2 devices train what 1 process x 4 devices trains, and a run
+predicts the same on fewer devices (a 1 x 2 mesh, and one device).
 
 A family's train -> export -> infer (run, bundle, int8) runs in one process
 (`run_commands`); resuming and the 2-process run keep their own processes, since the process
@@ -23,7 +24,9 @@ from jaxpref.models.families import FAMILIES
 
 pytestmark = pytest.mark.slow
 
-RESUMED = ("gemma2", "qwen2")  # resume checked on two families, tied and untied embeddings
+# Resume checked on two families, tied and untied embeddings: on the 4 devices (a 2 x 2 mesh)
+# the run trained on, and on 2 (a 1 x 2 mesh: the state restored onto fewer devices).
+RESUMED = {"gemma2": 4, "qwen2": 2}
 TWO_PROCESSES = "llama3"
 TOLERANCE = 1e-5
 # `infer --quantize int8` against float32, max abs probability difference over the 240 rows;
@@ -77,9 +80,9 @@ def submission(path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"id": str}).set_index("id").sort_index()
 
 
-def infer_args(source, test_csv, out) -> list[str]:
-    """infer's flags for `test_csv` from a run directory or a bundle, on 4 devices."""
-    return ["infer", "--devices", "cpu", "--num-devices", "4", "--run-dir", str(source),
+def infer_args(source, test_csv, out, devices: int = 4) -> list[str]:
+    """infer's flags for `test_csv` from a run directory or a bundle, on `devices` devices."""
+    return ["infer", "--devices", "cpu", "--num-devices", str(devices), "--run-dir", str(source),
             "--test-csv", str(test_csv), "--output", str(out)]  # fmt: skip
 
 
@@ -180,7 +183,8 @@ def test_run_resumed_after_its_first_epoch_ends_as_the_uninterrupted_one(
     family_runs, name, tmp_path
 ):
     """The state a run killed after epoch 2 leaves (its last state removed; history.csv and
-    the best checkpoint of epoch 3 left for resuming to forget) resumes to the same result."""
+    the best checkpoint of epoch 3 left for resuming to forget) resumes to the same result, on
+    `RESUMED[name]` devices."""
     uninterrupted = family_runs(name) / "run"
     run_dir = tmp_path / "run"
     shutil.copytree(uninterrupted, run_dir)
@@ -188,7 +192,8 @@ def test_run_resumed_after_its_first_epoch_ends_as_the_uninterrupted_one(
     steps = sorted(int(p.name) for p in state.iterdir() if p.name.isdigit())
     assert len(steps) == 2 and 2 * steps[1] == 3 * steps[0]  # the newest two: epochs 2 and 3
     shutil.rmtree(state / str(steps[1]))
-    resumed = checked(run_script("train_jax.py", "--devices", "cpu", "--num-devices", "4",
+    devices = str(RESUMED[name])
+    resumed = checked(run_script("train_jax.py", "--devices", "cpu", "--num-devices", devices,
                                  "--resume", "--run-dir", str(run_dir)))  # fmt: skip
     assert "resuming at epoch 3, step 0" in resumed.stderr
     a, b = (pd.read_csv(d / "history.csv") for d in (uninterrupted, run_dir))
@@ -200,6 +205,28 @@ def test_run_resumed_after_its_first_epoch_ends_as_the_uninterrupted_one(
         atol=TOLERANCE,
     )
     assert max(int(p.name) for p in state.iterdir() if p.name.isdigit()) == steps[1]
+
+
+@pytest.mark.xdist_group(f"llm-{TWO_PROCESSES}")
+def test_a_run_sharded_over_four_devices_predicts_the_same_on_two_and_on_one(
+    family_runs, learnable_csv, tmp_path
+):
+    """Its 2 x 2 mesh restored onto a 1 x 2 mesh, then onto one device (the model axis shrunk
+    to 1), in a process holding 2 devices: the 4-device predictions of 16 rows, within 1e-5."""
+    root = family_runs(TWO_PROCESSES)
+    rows = tmp_path / "rows.csv"
+    pd.read_csv(learnable_csv, dtype=str).head(16).to_csv(rows, index=False)
+    commands = [
+        infer_args(root / "run", rows, tmp_path / f"on{devices}.csv", devices) for devices in (2, 1)
+    ]
+    checked(run_commands(*commands))
+    on_four = submission(root / "run.csv")
+    for devices in (2, 1):
+        fewer = submission(tmp_path / f"on{devices}.csv")
+        assert len(fewer) == 16
+        np.testing.assert_allclose(
+            fewer, on_four.loc[fewer.index], atol=TOLERANCE, err_msg=f"{devices} device(s)"
+        )
 
 
 @pytest.mark.xdist_group(f"llm-{TWO_PROCESSES}")

@@ -1,6 +1,7 @@
 """Preemption: kill -9 or SIGTERM mid-run, --resume, and end where an uninterrupted run ends."""
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -67,12 +68,13 @@ def _start_paused(args, pause_at: int, tmp_path):
     return proc
 
 
-def _resume(run_dir, tmp_path):
-    """Resume the run (its programs already compiled by the run it continues: a process that
-    reads them from the tests' persistent compilation cache); its output."""
+def _resume(run_dir, tmp_path, devices: int = 2):
+    """Resume the run on `devices` devices (on the 2 it trained on, its programs are already
+    compiled by the run it continues: a process that reads them from the tests' persistent
+    compilation cache); its output."""
     log = tmp_path / "resume.log"
-    proc = start_script("train_jax.py", "--devices", "cpu", "--num-devices", "2", "--resume",
-                        "--run-dir", str(run_dir), log=log)  # fmt: skip
+    proc = start_script("train_jax.py", "--devices", "cpu", "--num-devices", str(devices),
+                        "--resume", "--run-dir", str(run_dir), log=log)  # fmt: skip
     assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
     lines = log.read_text().splitlines()
     foreign = [line for line in lines if not re.match(r"\d\d:\d\d:\d\d ", line)]
@@ -108,13 +110,14 @@ def uninterrupted(tiny_preset, small_csv, tmp_path_factory):
 def test_kill_9_mid_epoch_then_resume_matches_uninterrupted(
     uninterrupted, tiny_preset, small_csv, tmp_path
 ):
+    """Killed on 2 devices, resumed on 1 (in a process without the second one)."""
     run_dir = tmp_path / "run"
     proc = _start_paused(_args(tiny_preset, small_csv, run_dir), 6, tmp_path)
     proc.kill()
     proc.wait()
     meta = latest(run_dir)
     assert (meta["global_step"], meta["epoch"], meta["step_in_epoch"]) == (6, 0, 6)
-    out = _resume(run_dir, tmp_path)
+    out = _resume(run_dir, tmp_path, devices=1)
     assert "resuming at epoch 1, step 6" in out
     _same_result(uninterrupted, run_dir)
 
@@ -150,6 +153,29 @@ def test_unfinished_save_is_ignored_and_the_previous_checkpoint_resumes(uninterr
     # forget both itself before replaying the epoch.
     _resume(run_dir, tmp_path)
     _same_result(uninterrupted, run_dir)
+
+
+def test_resuming_on_devices_the_batch_does_not_split_over_is_refused_before_any_work(
+    uninterrupted, tmp_path, monkeypatch
+):
+    """One line naming both device counts, raised before the distribution is set."""
+    import keras
+
+    import jaxpref
+    from jaxpref.rundir import ResumeError
+
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # jaxpref.train sets it
+    run_dir = tmp_path / "run"
+    shutil.copytree(uninterrupted, run_dir)
+    config = jaxpref.TrainConfig().replace(run_dir=str(run_dir), devices="cpu", num_devices=3)
+    before = keras.distribution.distribution()
+    with pytest.raises(ResumeError) as refused:
+        jaxpref.train(config, resume=True)
+    assert keras.distribution.distribution() is before
+    assert str(refused.value) == (
+        "--resume on 3 devices: the run's state was saved on 2, and its --batch-size 8 does not "
+        "split over 3; resume on 1, 2, 4 or 8 devices (--num-devices)"
+    )
 
 
 def test_fresh_run_refuses_to_overwrite_and_resume_needs_a_state(

@@ -15,6 +15,7 @@ from conftest import (
     infer_predictions,
     run_commands,
     run_script,
+    start_python,
     tiny_run_args,
     write_learnable_csv,
 )
@@ -119,9 +120,29 @@ def test_checkpoint_is_the_epoch_with_best_val_log_loss(sample_run):
     assert math.isclose(summary["best_val_log_loss"], history["val_log_loss"][best], rel_tol=1e-6)
 
 
+# A machine with 2 devices (the run trained on 4): `jaxpref infer` on one of them, then a
+# notebook's `jaxpref.load` on both, twice; the second model's dropout seed generators are
+# numbered after the first's, so their paths match none saved (argv: run, rows file, out dir).
+RELOADED_ON_FEWER_DEVICES = """
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+import jaxpref
+from jaxpref.cli import main
+run, rows, out = sys.argv[1:]
+infer = ["infer", "--devices", "cpu", "--num-devices", "1", "--run-dir", run]
+if main([*infer, "--test-file", rows, "--output", f"{out}/on1.csv"]):
+    sys.exit(1)
+frame = jaxpref.read_rows(rows, labelled=False)
+for name in ("on2", "on2-again"):
+    jaxpref.load(run, devices="cpu").predict(frame).to_csv(f"{out}/{name}.csv", index=False)
+"""
+
+
 @pytest.mark.slow
 def test_reloaded_weights_reproduce_validation_predictions(sample_run, tmp_path):
-    """The best weights, restored from the run directory, give the same predictions."""
+    """The best weights of the 4-device run, restored in a process where two of those devices
+    do not exist (`RELOADED_ON_FEWER_DEVICES`: infer on 1 device, then `jaxpref.load` on 2,
+    twice in one process), give the predictions the 4 devices gave during training."""
     run_dir, _ = sample_run
     split = pd.read_csv(run_dir / "split.csv", dtype=str)
     train = arena.read_arena_csv(arena.DEFAULT_TRAIN_CSV, labelled=True)
@@ -130,15 +151,18 @@ def test_reloaded_weights_reproduce_validation_predictions(sample_run, tmp_path)
     valid_csv = tmp_path / "valid.csv"
     raw[raw["id"].isin(valid_ids)].to_csv(valid_csv, index=False)
 
-    out = tmp_path / "valid_sub.csv"
-    result = run_script("infer.py", "--devices", "cpu", "--num-devices", "4",
-                        "--run-dir", str(run_dir), "--test-csv", str(valid_csv),
-                        "--output", str(out))  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    reloaded = pd.read_csv(out, dtype={"id": str}).set_index("id")
+    log = tmp_path / "reload.log"
+    args = ("-c", RELOADED_ON_FEWER_DEVICES, str(run_dir), str(valid_csv), str(tmp_path))
+    assert start_python(*args, log=log).wait(timeout=600) == 0, log.read_text()[-3000:]
     during = pd.read_csv(run_dir / "valid_predictions.csv", dtype={"id": str}).set_index("id")
-    assert sorted(reloaded.index) == sorted(during.index) == sorted(valid_ids)
-    np.testing.assert_allclose(reloaded.loc[during.index].to_numpy(), during.to_numpy(), atol=1e-5)
+    assert sorted(during.index) == sorted(valid_ids)
+    for name in ("on1", "on2", "on2-again"):
+        reloaded = pd.read_csv(tmp_path / f"{name}.csv", dtype={"id": str}).set_index("id")
+        assert sorted(reloaded.index) == sorted(valid_ids), name
+        np.testing.assert_allclose(
+            reloaded.loc[during.index, during.columns].to_numpy(), during.to_numpy(), atol=1e-5,
+            err_msg=name,
+        )  # fmt: skip
 
     labels = train.set_index("id").loc[during.index, "label"].to_numpy()
     log_loss = -np.mean(np.log(during.to_numpy()[np.arange(len(labels)), labels]))

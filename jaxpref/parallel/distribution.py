@@ -1,4 +1,5 @@
-"""Device selection and Keras data parallelism over every local (and global) accelerator.
+"""Device selection and Keras data parallelism over every local (and global) accelerator;
+checkpoints restored onto the devices and layout in use.
 
 Order matters: `configure_environment` runs before JAX or Keras is imported, and
 `setup` runs before any Keras object is built, or variables stay on one device.
@@ -6,13 +7,21 @@ Order matters: `configure_environment` runs before JAX or Keras is imported, and
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import socket
 import time
+from pathlib import Path
 
 from jaxpref import monitoring
 from jaxpref.config import PLATFORMS, ConfigError
 from jaxpref.models import presets
+
+log = logging.getLogger("jaxpref")
+
+# The name of the one checkpointable (a pytree of the model's state parts) in every checkpoint.
+CHECKPOINTABLE = "pytree"
 
 
 class DeviceError(RuntimeError):
@@ -178,6 +187,21 @@ def select_devices(devices: str, num_devices: int | None) -> list:
     return list(found[:num_devices])
 
 
+def fitting_model_axis(model_parallel: int, devices: str, num_devices: int | None) -> int:
+    """The model axis a run trained with `model_parallel` predicts with on the devices
+    `select_devices` picks: the greatest common divisor of both, so a run sharded over 4
+    devices loads on 2 (a model axis of 2) or on 1 (`restore_checkpoint` places its weights
+    on any layout). Said in one log line when it is not `model_parallel`."""
+    count = len(select_devices(devices, num_devices))
+    fitting = math.gcd(model_parallel, count)
+    if fitting != model_parallel:
+        log.info(
+            "the run's --model-parallel %d does not divide the %d devices: a model axis of %d",
+            model_parallel, count, fitting,
+        )  # fmt: skip
+    return fitting
+
+
 def check_batch_size(batch_size: int, num_devices: int, num_processes: int = 1) -> None:
     """The global batch must split evenly over devices (and therefore over processes)."""
     if batch_size < 1 or batch_size % num_devices:
@@ -267,6 +291,78 @@ def place_on_mesh(variables) -> int:
             variable.assign(jax.device_put(variable.value, layout))
             moved += 1
     return moved
+
+
+def restore_checkpoint(model, directory: str | os.PathLike) -> Path:
+    """Load the newest checkpoint in the Orbax `directory` (`training.checkpoints` writes them)
+    into `model`, each array straight into the layout its variable has now: that of the
+    distribution set (`setup`), whatever devices and mesh wrote it. Returns the step directory.
+
+    Keras' `load_weights` asks Orbax for the current layouts only while a distribution is set,
+    and only for the variables whose paths match; otherwise Orbax rebuilds the saved layouts,
+    which fails on fewer devices than were saved from ("the available devices are different
+    from the devices used to save the checkpoint"): a second `jaxpref.load` in a notebook with
+    fewer devices than the run trained on failed so, on the seed states below. Here every part
+    of the checkpoint must match the model's (compiled, its optimizer built, for a training
+    state): a variable on one side only, or a shape that differs, is a ValueError naming it.
+    The exception are dropout seed states, whose generators Keras names by how many the process
+    made before ("seed_generator_5"): one on the checkpoint's side only is not loaded, one on
+    the model's side only keeps its value.
+
+    Example:
+        setup("cpu", 1, None)  # a run trained on 8 devices, loaded on 1
+        restore_checkpoint(model, "runs/v1/checkpoints/best")
+    """
+    import orbax.checkpoint as oc
+
+    with oc.v1.training.Checkpointer(directory=str(directory)) as checkpointer:
+        latest = checkpointer.latest
+    if latest is None:
+        raise FileNotFoundError(f"{directory} holds no complete checkpoint")
+    path = Path(directory) / str(latest.step)
+    saved = oc.v1.metadata(path, checkpointable_name=CHECKPOINTABLE).metadata
+    target = _layout_target(saved, model.get_state_tree(), "")
+    context = oc.v1.Context()
+    context.pytree.loading.partial_load = True  # the seed states left out of `target`
+    with context:
+        loaded = oc.v1.load_checkpointables(path, {CHECKPOINTABLE: target})[CHECKPOINTABLE]
+    model.set_state_tree(loaded)
+    return path
+
+
+SEED_STATE = "seed_generator_state"  # the one variable of a keras.random.SeedGenerator
+
+
+def _is_seed_generator(node) -> bool:
+    return isinstance(node, dict) and set(node) == {SEED_STATE}
+
+
+def _layout_target(saved, current, path: str):
+    """The abstract tree Orbax restores `saved` (checkpoint metadata) as: per array, its saved
+    shape and dtype in the sharding of the `current` variable at the same path."""
+    import jax
+
+    if isinstance(saved, dict):
+        if not isinstance(current, dict):
+            raise ValueError(f"{path or 'the checkpoint'} is not a part of this model")
+        extra = [k for k, v in current.items() if k not in saved and not _is_seed_generator(v)]
+        if path and extra:  # the top level: parts a checkpoint need not hold (optimizer...)
+            raise ValueError(f"{path}/{extra[0]}: in the model, but not in the checkpoint")
+        target = {}
+        for key, value in saved.items():
+            if key in current or not _is_seed_generator(value):
+                part = _layout_target(value, current.get(key), f"{path}/{key}" if path else key)
+                if part != {} or value == {}:  # {} when all it held were seed states
+                    target[key] = part
+        return target
+    if current is None:
+        raise ValueError(f"{path}: in the checkpoint, but not in the model")
+    if tuple(saved.shape) != tuple(current.shape):
+        raise ValueError(
+            f"{path}: shape {tuple(saved.shape)} in the checkpoint, {tuple(current.shape)} in "
+            "the model"
+        )
+    return jax.ShapeDtypeStruct(saved.shape, saved.dtype, sharding=current.sharding)
 
 
 def sync_processes(name: str) -> None:

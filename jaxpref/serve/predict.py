@@ -82,7 +82,7 @@ def restore_run(run_dir: str | os.PathLike, precision: str | None = None):
     # optimizer itself is never stepped here.
     objective.compile_model(model)
     try:
-        model.load_weights(str(checkpoint))
+        distribution.restore_checkpoint(model, checkpoint)
     except Exception as err:  # Orbax and Keras raise many types for a damaged checkpoint
         raise CheckpointError(
             f"{checkpoint}: cannot restore the best weights ({type(err).__name__}: "
@@ -213,15 +213,17 @@ def load_for_prediction(
     `batch_size` defaults to the training batch rounded up to a multiple of the devices;
     `precision` is one of config.INFERENCE_PRECISIONS (`inference_precision`); `quantize`
     ("int8") quantizes the backbone once loaded (`load_run`); `model_parallel` shards each
-    weight over that many devices (None: the run's own, 1 for a bundle). For decoder LLMs the
+    weight over that many devices (None: the run's own, or the greatest common divisor of it
+    and the device count when that does not divide, 1 for a bundle). For decoder LLMs the
     memory estimate per device is logged first, and a prediction that cannot fit is refused.
     """
     paths = RunDir(run_dir)
     cfg = TrainConfig.from_json(RunDir.require(paths.config))
     is_run = paths.preset.exists()  # a run directory, not a bundle
     preset = str(paths.preset if is_run else bundle.Bundle(run_dir).backbone)
-    if model_parallel is None:
-        model_parallel = cfg.devices.model_parallel if is_run else 1
+    if model_parallel is None:  # the run's own, shrunk to what the devices allow
+        trained = cfg.devices.model_parallel if is_run else 1
+        model_parallel = distribution.fitting_model_axis(trained, devices, num_devices)
     selected = distribution.setup(devices, num_devices, batch_size, model_parallel, preset)
     dtype = inference_precision(precision, distribution.platform_of(selected))
     if quantize is not None:

@@ -8,6 +8,9 @@ validation log loss so far. Orbax writes each checkpoint to a temporary director
 it when complete, so a process killed during a save leaves the previous checkpoint intact.
 Every process takes part in a save (Orbax coordinates them); on several processes a preemption
 notice (SIGTERM) is agreed on through JAX's preemption sync point, so all save at the same step.
+
+Both kinds restore through `distribution.restore_checkpoint`, onto the layout in use: a run
+saved on 8 devices resumes, and predicts, on any device count its batch and model axis fit.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from jaxpref.config import DeviceConfig
+from jaxpref.parallel import distribution
 from jaxpref.rundir import CheckpointError, ResumeError
 
 log = logging.getLogger("jaxpref")
@@ -129,7 +134,7 @@ class StateCheckpoint(keras.callbacks.Callback):
         }
         with saving(self.directory, step):
             self._checkpointer.save_checkpointables(
-                step, {"pytree": state}, custom_metadata=meta, force=True
+                step, {distribution.CHECKPOINTABLE: state}, custom_metadata=meta, force=True
             )
             self._checkpointer.wait()
         return step
@@ -139,7 +144,9 @@ class StateCheckpoint(keras.callbacks.Callback):
         tree = self.model.get_state_tree()
         weights = {part: tree[part] for part in WEIGHT_PARTS if part in tree}
         with saving(self._best_directory, epoch):
-            self._best_checkpointer.save_checkpointables(epoch, {"pytree": weights}, force=True)
+            self._best_checkpointer.save_checkpointables(
+                epoch, {distribution.CHECKPOINTABLE: weights}, force=True
+            )
             self._best_checkpointer.wait()
 
     def on_train_batch_end(self, batch, logs=None):
@@ -194,11 +201,51 @@ def latest_state(directory: Path) -> dict | None:
 
 
 def restore_state(model: keras.Model, directory: Path) -> dict:
-    """Load the newest state checkpoint in `directory` into a compiled model; returns its
-    metadata."""
+    """Load the newest state checkpoint in `directory` into a compiled model, on the devices in
+    use; returns its metadata."""
     meta = latest_state(directory)
     if meta is None:
         raise ResumeError(f"no training state to resume in {directory}")
     model.optimizer.build(model.trainable_variables)
-    model.load_weights(str(directory))  # Keras restores the newest step
+    distribution.restore_checkpoint(model, directory)
     return meta
+
+
+def saved_device_count(directory: Path) -> int | None:
+    """How many devices the newest checkpoint in `directory` was saved from (the largest mesh
+    among its arrays), or None when there is none."""
+    import jax
+    import orbax.checkpoint as oc
+
+    meta = latest_state(directory)
+    if meta is None:
+        return None
+    tree = oc.v1.metadata(meta["path"], checkpointable_name=distribution.CHECKPOINTABLE).metadata
+    meshes = [getattr(leaf.sharding_metadata, "shape", None) for leaf in jax.tree.leaves(tree)]
+    return max((int(np.prod(mesh)) for mesh in meshes if mesh is not None), default=1)
+
+
+def check_resume_devices(directory: Path, devices: DeviceConfig, batch_size: int) -> None:
+    """Refuse, in one line naming both device counts, to resume on `devices` when they cannot
+    hold the run's layout: its model axis must divide them and its global batch split evenly
+    over the (devices / model axis) groups. Any other count resumes: the state is restored onto
+    the new layout, and the data order does not depend on the devices.
+
+    Example:
+        check_resume_devices(RunDir(run_dir).state_checkpoints, cfg.devices, 8)  # on 3: refused
+    """
+    count = len(distribution.select_devices(devices.devices, devices.num_devices))
+    axis = devices.model_parallel
+    if count % axis == 0 and batch_size % (count // axis) == 0:
+        return
+    saved = saved_device_count(directory)
+    if saved is None:
+        return  # nothing to resume: restore_state says so
+    fitting = [axis * groups for groups in range(1, batch_size + 1) if batch_size % groups == 0]
+    layout = f"--batch-size {batch_size}" + (f" with --model-parallel {axis}" if axis > 1 else "")
+    *most, last = fitting
+    choices = f"{', '.join(map(str, most))} or {last}" if most else str(last)
+    raise ResumeError(
+        f"--resume on {count} devices: the run's state was saved on {saved}, and its {layout} "
+        f"does not split over {count}; resume on {choices} devices (--num-devices)"
+    )

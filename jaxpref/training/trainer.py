@@ -177,6 +177,10 @@ def start_run(cfg: TrainConfig, resume: bool) -> Run:
     if cfg.run.wandb:
         monitoring.require_wandb()  # before any work, not after tokenizing
     sharded = cfg.devices.model_parallel > 1
+    if resume:
+        checkpoints.check_resume_devices(
+            RunDir(cfg.run.run_dir).state_checkpoints, cfg.devices, cfg.optim.batch_size
+        )
     selected = distribution.setup(
         cfg.devices.devices, cfg.devices.num_devices, cfg.optim.batch_size,
         cfg.devices.model_parallel, presets.probe(cfg.model.preset).location if sharded else None,
@@ -616,7 +620,7 @@ def finish(
     best_epoch = epoch_at(state.best_epoch, run.cfg.optim.validations_per_epoch)
     if validation.best_epoch != state.best_epoch:  # the best period ran before a --resume
         log.info("restoring the best weights (epoch %s) to predict validation", best_epoch)
-        model.load_weights(str(run.paths.best_checkpoints))  # the newest step: the best period
+        distribution.restore_checkpoint(model, run.paths.best_checkpoints)  # the best period's
         valid_probs = inputs.predict_valid(model)
     labels = inputs.valid_labels
     fitted = calibration.calibrate(valid_probs, labels, run.cfg.run.calibrate)
