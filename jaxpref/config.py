@@ -191,7 +191,8 @@ class ModelConfig(Group):
         "model, one scalar r per side (its first token, [CLS], for encoders, its last real "
         "token for decoder LLMs, through one linear unit) and one learned tie parameter theta: "
         "P(A), P(B), P(tie) proportional to e^rA, e^rB, e^(theta + (rA + rB) / 2) (Davidson); "
-        "siamese only, without --side-features; decoder LLMs allowed",
+        "siamese only, without --side-features; decoder LLMs allowed; a `margin` field of "
+        "preference records (TRL's) trains it on -log sigmoid(r_chosen - r_rejected - margin)",
         choices=OBJECTIVES,
     )
     center_rewards: float = option(

@@ -17,7 +17,7 @@ from jaxpref.inputs.featurize import (
     side_features,
     tokenize,
 )
-from jaxpref.models import backbones
+from jaxpref.models import backbones, objective
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +85,19 @@ def test_swap_augmentation_exchanges_sides_and_labels(packer):
             np.testing.assert_array_equal(ids[i, 1], tokens.token_ids[row, bb, : b.length])
             expected = MIRROR[labels[row]] if flip else labels[row]
             assert y.numpy()[i].argmax() == expected
+
+
+def test_swapped_rows_mirror_the_classes_of_margin_targets_and_keep_the_margin(packer):
+    rows = featurized(pair_texts(12), packer)
+    labels, margins = np.arange(12) % 2, np.arange(12) * 0.5
+    targets = objective.with_margins(labels, margins)
+    plan = batching.plan_batches(rows.tokens.row_lengths(), 4, (32, 64, 96), True, 0, 0, swap=True)
+    for (_, y, _), b in zip(feeding.make_dataset(rows, [plan], targets), plan, strict=True):
+        y = y.numpy()
+        assert y.shape == (4, 4)
+        np.testing.assert_array_equal(y[:, 3], margins[b.rows])  # the winner's, wherever it is
+        expected = np.where(b.swap, 1 - labels[b.rows], labels[b.rows])
+        np.testing.assert_array_equal(y[:, :3].argmax(1), expected)
 
 
 def test_swapped_rows_exchange_a_and_b(packer):

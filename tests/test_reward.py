@@ -16,15 +16,16 @@ import pandas as pd
 import pytest
 from conftest import REWARD_RUNS
 
-from jaxpref.config import ConfigError, ModelConfig
+from jaxpref.config import ConfigError, ModelConfig, TrainConfig
 from jaxpref.data import arena
 from jaxpref.inputs import batching, feeding, packers
 from jaxpref.inputs.featurize import featurize
 from jaxpref.models import preference as model_lib
 from jaxpref.models import presets
-from jaxpref.models.objective import compile_model
+from jaxpref.models.objective import MarginCrossentropy, compile_model, with_margins
 from jaxpref.parallel import sharding
 from jaxpref.serve import predict
+from jaxpref.training import trainer
 
 LENGTH = 32
 DECODER_LENGTH = 64
@@ -178,6 +179,87 @@ def test_centering_adds_its_coefficient_times_the_mean_squared_reward_sum(decode
     np.testing.assert_allclose(trained["loss"], cross_entropy + penalty, rtol=1e-5)
     evaluated = model.evaluate(x, targets, verbose=0, return_dict=True)
     np.testing.assert_allclose(evaluated["loss"], cross_entropy, rtol=1e-5)
+
+
+def margin_loss(probs, classes, margins, smoothing=0.0):
+    """`MarginCrossentropy` per row in closed form: smoothed targets against the softmax of the
+    log-probabilities with the winner's (A or B, whichever the targets favour) lowered by the
+    margin."""
+    winner = np.eye(3)[classes[:, :2].argmax(1)]
+    shifted = np.log(probs) - margins[:, None] * winner
+    log_softmax = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    return -((classes * (1 - smoothing) + smoothing / 3) * log_softmax).sum(1)
+
+
+def test_margin_loss_asks_the_winner_to_win_by_its_margin():
+    probs = davidson(np.array([0.3, -1.0, 2.0, 0.0, 1.0, -0.5]), np.array([0.1, 0.5, -1.0, 0.0,
+                     1.2, 0.4]), 0.2).astype("float32")  # fmt: skip
+    labels = np.array([0, 1, 2, 1, 0, 1])
+    classes = np.eye(3, dtype="float32")[labels]
+    weights = np.array([1, 1, 1, 1, 0.5, 0], "float32")
+    options = {"label_smoothing": 0.02, "reduction": "mean_with_sample_weight"}
+    plain = keras.losses.CategoricalCrossentropy(**options)(classes, probs, weights)
+    margin = MarginCrossentropy(**options)
+    zero = float(margin(with_margins(labels, np.zeros(6)), probs, weights))
+    np.testing.assert_allclose(zero, float(plain), atol=1e-6)
+    margins = np.array([1.5, 0.5, 0.0, 3.0, 0.2, 9.0])  # the tie (row 2) has none
+    per_row = MarginCrossentropy(0.02, reduction=None)(with_margins(labels, margins), probs)
+    np.testing.assert_allclose(per_row, margin_loss(probs, classes, margins, 0.02), atol=1e-6)
+    unshifted = MarginCrossentropy(0.02, reduction=None)(with_margins(labels, 0 * margins), probs)
+    assert (np.asarray(per_row - unshifted)[[0, 1, 3, 4, 5]] > 0.1).all()
+
+
+def test_without_ties_the_margin_loss_is_trls():
+    """TRL's reward loss -log sigmoid(r_chosen - r_rejected - margin), the chosen on A or B."""
+    r_a, r_b = np.array([0.5, -1.0, 2.0, 0.0, 1.0]), np.array([0.0, 1.5, -1.0, 0.0, 3.0])
+    probs = davidson(r_a, r_b, -40.0).astype("float32")  # P(tie) ~ 1e-17
+    labels, margins = np.array([0, 1, 0, 1, 0]), np.array([0.0, 1.0, 2.5, 0.7, 3.0])
+    chosen, rejected = np.where(labels == 0, r_a, r_b), np.where(labels == 0, r_b, r_a)
+    trl = np.log1p(np.exp(-(chosen - rejected - margins)))
+    loss = MarginCrossentropy(reduction=None)(with_margins(labels, margins), probs)
+    np.testing.assert_allclose(loss, trl, atol=1e-5)
+
+
+def test_a_reward_model_fits_margin_targets_fed_swapped(tiny_preset):
+    """Compiled for margins: the loss of a batch (rows 1 and 3 swapped, their targets
+    mirrored) is the closed form of the model's probabilities, log_loss reads the classes
+    alone, and a training step's loss grows with the margin."""
+    model = reward_model(tiny_preset)
+    compile_model(model, learning_rate=0.0, label_smoothing=0.0, margins=True)
+    featurized = featurize(rows(), model.build_packer(str(tiny_preset), LENGTH), progress=False)
+    swap = np.array([False, True, False, True])
+    plan = [batching.Batch(np.arange(4), np.ones(4, np.float32), LENGTH, swap)]
+    labels = np.array([0, 1, 1, 0])
+    fed = np.eye(3)[np.where(swap, 1 - labels, labels)]
+    losses = {}
+    for margin in (0.0, 2.0):
+        targets = with_margins(labels, np.full(4, margin))
+        batch = next(iter(feeding.make_dataset(featurized, [plan], targets)))
+        x = {k: np.asarray(v) for k, v in batch[0].items()}
+        y, weights = np.asarray(batch[1]), np.asarray(batch[2])
+        probs = model.predict(x, verbose=0)
+        evaluated = model.evaluate(x, y, sample_weight=weights, verbose=0, return_dict=True)
+        expected = margin_loss(probs, fed, np.full(4, margin)).mean()
+        np.testing.assert_allclose(evaluated["loss"], expected, rtol=1e-5)
+        log_loss = -np.log((probs * fed).sum(1)).mean()
+        np.testing.assert_allclose(evaluated["log_loss"], log_loss, rtol=1e-5)
+        losses[margin] = model.train_on_batch(x, y, sample_weight=weights, return_dict=True)
+    assert losses[2.0]["loss"] > losses[0.0]["loss"] + 1.0, losses
+
+
+def test_margins_are_refused_but_with_the_reward_objective():
+    pairs = pd.DataFrame({"id": ["p-1", "p-2"], "margin": [1.5, 0.0]})
+    frames = [("train.csv", pd.DataFrame({"id": ["1"]})), ("prefs.jsonl", pairs)]
+    with pytest.raises(
+        ConfigError,
+        match=r"^prefs.jsonl: .*only --objective reward trains with, not --objective classes",
+    ):
+        trainer.training_margins(TrainConfig(), frames)
+    reward = TrainConfig().replace(objective="reward")
+    np.testing.assert_array_equal(trainer.training_margins(reward, frames), [0.0, 1.5, 0.0])
+    assert trainer.training_margins(reward, frames[:1]) is None
+    with pytest.raises(ConfigError, match="does not combine with --soft-labels"):
+        trainer.training_margins(reward.replace(soft_labels="teacher.csv"), frames)
 
 
 @pytest.mark.parametrize("name", ["gemma", "llama3", "qwen2"])

@@ -268,6 +268,26 @@ def test_a_subset_field_is_kept_in_every_format(tmp_path):
         sources.read_rows(write_jsonl(path, records))
 
 
+def test_a_margin_field_is_read_as_floats_in_every_format(tmp_path):
+    """TRL's reward-trainer margin (UltraFeedback score differences, say)."""
+    margins = [0, 1.5, 2, 0.25, 3, 1]
+    records = [{**r, "margin": m} for r, m in zip(standard_pairs(6), margins, strict=True)]
+    columns = ["id", "prompt", "response_a", "response_b", "label", "margin", "line"]
+    for kind, path in every_format(tmp_path, records).items():
+        frame = sources.read_rows(path)
+        assert frame.columns.tolist() == columns, kind
+        assert frame["margin"].dtype == "float64" and frame["margin"].tolist() == margins, kind
+    assert "margin" not in sources.read_rows(arena.DEFAULT_TRAIN_CSV)
+    path = tmp_path / "pairs.jsonl"
+    for bad, detail in [("1.5", "expected a number, got a string"),
+                        (True, "expected a number, got a boolean"),
+                        (float("inf"), "expected a finite number, got inf"),
+                        (None, "missing or null, but other records have a margin")]:  # fmt: skip
+        records[3]["margin"] = bad
+        with pytest.raises(DataError, match=rf"pairs.jsonl, line 4, column 'margin': {detail}"):
+            sources.read_rows(write_jsonl(path, records))
+
+
 def test_an_arena_csv_keeps_its_subset_column(tmp_path):
     path = tmp_path / "arena.csv"
     path.write_text(

@@ -58,6 +58,11 @@ SUBSET = "subset"
 """An optional column of labelled rows naming the group each belongs to (RewardBench's subsets:
 "chat", "safety-refusals", ...); readers keep it as text, `jaxpref evaluate` scores each group."""
 
+MARGIN = "margin"
+"""An optional float column of preference rows: how much the chosen side should beat the other
+(TRL's reward-trainer ``margin``, e.g. a score difference); training reads it with
+``--objective reward``."""
+
 CLASS_NAMES = LABEL_COLUMNS
 """Class ``i`` of a model's output is ``CLASS_NAMES[i]``; also the submission's column names."""
 

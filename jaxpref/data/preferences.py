@@ -20,7 +20,8 @@ user turns are the prompt, the two conversations' assistant turns are the two re
 random order, and the label says which side was chosen (0 = A, 1 = B; never a tie). The frame can
 thus be concatenated to arena training rows. Texts are stripped of surrounding whitespace. A
 ``subset`` field (RewardBench's: the group of the pair, a string in every record) is kept as
-the frame's ``subset`` column (`arena.SUBSET`).
+the frame's ``subset`` column (`arena.SUBSET`), and a ``margin`` field (TRL's reward-trainer
+margin: a finite number in every record) as the float ``margin`` column (`arena.MARGIN`).
 
 The same records in other shapes reuse these parts: `read_records` reads any fields of a
 JSON-lines or Parquet file (`Fields`), `completion_turns` makes turns of one prompt and one
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import re
 import zlib
@@ -41,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from jaxpref.data.arena import (
+    MARGIN,
     SUBSET,
     TEXT_COLUMNS,
     DataError,
@@ -100,7 +103,7 @@ class Fields(NamedTuple):
     optional: tuple[str, ...] = ()
 
 
-PAIR_FIELDS = Fields(FIELDS, (PROMPT, SUBSET))
+PAIR_FIELDS = Fields(FIELDS, (PROMPT, SUBSET, MARGIN))
 
 
 def parse_dialogue(text: str) -> Turns:
@@ -212,7 +215,8 @@ def read_chosen_rejected(
         The columns and dtypes of ``read_arena_csv(..., labelled=True)``: ``id`` (str),
         ``prompt``, ``response_a``, ``response_b`` (lists of str), ``label`` (int64, 0 or 1) and
         ``line`` (int64, the 1-based line, or row for Parquet), in file order with a fresh
-        ``RangeIndex``.
+        ``RangeIndex``; ``subset`` and ``margin`` (float64) before ``line`` when the records
+        have them (`rows_of_records`).
 
     Raises:
         DataError: naming the file, line (or row) and field, for a file that is missing, not
@@ -250,8 +254,9 @@ def rows_of_records(
     record's ``number``) of preference records, in order; empty when there are none.
 
     ``unit`` names what a record's ``row`` counts ("line" or "row") in messages; ``rng`` draws
-    each row's A/B order in turn. A ``subset`` field becomes the ``subset`` column (before
-    ``line``): every record must then have one, a string.
+    each row's A/B order in turn. A ``subset`` field becomes the ``subset`` column and a
+    ``margin`` field the float ``margin`` column (both before ``line``): every record must then
+    have one, a string (a finite number).
 
     Raises:
         DataError: naming the record's file, row and field, for a record that is not a pair.
@@ -259,6 +264,7 @@ def rows_of_records(
     rows: list[dict[str, object]] = []
     numbers: list[int] = []
     subsets = CarriedField(SUBSET, unit)
+    margins = CarriedField(MARGIN, unit, finite_number)
     for record in records:
         try:
             chosen, rejected = _record_turns(record.fields)
@@ -268,38 +274,58 @@ def rows_of_records(
         rows.append(_turns_to_row(chosen, rejected, rng))
         numbers.append(record.number)
         subsets.add(record)
+        margins.add(record)
     return pd.DataFrame(
         {
             "id": [f"{id_prefix}-{number}" for number in numbers],
             **{name: object_array([row[name] for row in rows]) for name in TEXT_COLUMNS},
             "label": np.asarray([row["label"] for row in rows], dtype=np.int64),
             **subsets.column(),
+            **margins.column(),
             "line": np.asarray(numbers, dtype=np.int64),
         }
     )
 
 
+def text_value(value: object) -> str:
+    """`value`, a string; ValueError saying what it is otherwise."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {json_type(value)}")
+    return value
+
+
+def finite_number(value: object) -> float:
+    """`value`, a finite JSON number, as a float; ValueError saying what it is otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number, got {json_type(value)}")
+    if not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {value}")
+    return float(value)
+
+
 class CarriedField:
-    """An optional text field of records kept as a column: in every record or in none.
+    """An optional field of records kept as a column: in every record or in none.
 
     `add` each record in turn; `column()` is ``{name: values}``, or ``{}`` when no record had
-    the field. A record without it (or null) while others have it, or with a value that is not
-    a string, is a DataError naming that record, its row and the field.
+    the field. A record without it (or null) while others have it, or with a value that
+    `convert` (`text_value`, `finite_number`) refuses, is a DataError naming that record, its
+    row and the field.
     """
 
-    def __init__(self, name: str, unit: str) -> None:
-        self.name, self.unit = name, unit
-        self.values: list[str] = []
+    def __init__(self, name: str, unit: str, convert=text_value) -> None:
+        self.name, self.unit, self.convert = name, unit, convert
+        self.values: list = []
         self.missing: Record | None = None  # the first record without the field
 
     def add(self, record: Record) -> None:
         value = record.fields.get(self.name)
         if value is None:
             self.missing = self.missing or record
-        elif not isinstance(value, str):
-            self.fail(record, f"expected a string, got {json_type(value)}")
         else:
-            self.values.append(value)
+            try:
+                self.values.append(self.convert(value))
+            except ValueError as err:
+                self.fail(record, str(err))
         if self.values and self.missing is not None:
             self.fail(self.missing, f"missing or null, but other records have a {self.name}")
 
@@ -307,7 +333,7 @@ class CarriedField:
         where = {"line": record.row, "column": self.name, "unit": self.unit}
         raise DataError(record.path, detail, **where)
 
-    def column(self) -> dict[str, list[str]]:
+    def column(self) -> dict[str, list]:
         return {self.name: self.values} if self.values else {}
 
 

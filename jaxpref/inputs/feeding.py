@@ -21,9 +21,10 @@ def make_dataset(
 ):
     """A tf.data pipeline of this process's share of every batch of `plans`, in order.
 
-    `labels` are class indices (n,) or target rows (n, 3) of probabilities (soft labels); rows
-    fed swapped get mirrored targets. Elements are `(x, y, sample_weight)` with labels, `y`
-    (B/process_count, 3) float32 targets, else `(x,)`; `x` maps the model's input names to
+    `labels` are class indices (n,) or target rows (n, 3) of probabilities (soft labels), or
+    (n, 4) with a margin after them (`objective.with_margins`); rows fed swapped get mirrored
+    class columns. Elements are `(x, y, sample_weight)` with labels, `y`
+    (B/process_count, 3 or 4) float32 targets, else `(x,)`; `x` maps the model's input names to
     int32 arrays of `rows.packer.batch_shape` (B/process_count first, the batch's bucket
     length last) and, when `rows` have side features, `side_features` to
     (B/process_count, 2, F) float32.
@@ -44,7 +45,7 @@ def make_dataset(
         x_spec[SIDE_FEATURES] = tf.TensorSpec(shape, tf.float32)
     spec = (x_spec,)
     if targets is not None:
-        y_spec = tf.TensorSpec((None, NUM_CLASSES), tf.float32)
+        y_spec = tf.TensorSpec((None, targets.shape[1]), tf.float32)
         spec = (x_spec, y_spec, tf.TensorSpec((None,), tf.float32))
     shard = (process_index, process_count)
     ds = tf.data.Dataset.from_generator(
@@ -74,7 +75,8 @@ def _local_batches(
                 flip = batch.swap[part]
                 sides[flip] = [1, 0]
                 if row_targets is not None:
-                    row_targets[flip] = row_targets[flip][:, list(MIRROR)]
+                    mirror = [*MIRROR, *range(NUM_CLASSES, row_targets.shape[1])]
+                    row_targets[flip] = row_targets[flip][:, mirror]
             x = rows.packer.batch_inputs(rows.tokens, fed, sides, batch.length)
             if rows.side_features is not None:
                 x[SIDE_FEATURES] = rows.side_features[fed[:, None], sides]

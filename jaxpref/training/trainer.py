@@ -53,21 +53,23 @@ class Run:
 @dataclasses.dataclass(frozen=True)
 class Splits:
     """Training and validation rows, the rows of the `--extra-train` preference files
-    (training only), the class-prior score, and the teacher's probabilities when training on
-    soft labels."""
+    (training only), the class-prior score, the teacher's probabilities when training on
+    soft labels, and each training row's margin (training, then preference rows; 0 for a row
+    without one) when either has a margin column (`training_margins`)."""
 
     train: pd.DataFrame
     valid: pd.DataFrame
     preference_rows: pd.DataFrame
     prior_log_loss: float
     teacher: Probabilities | None = None
+    margins: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class Inputs:
     """Both splits featurized (tokens, side features) and planned; training labels are class
-    indices (n,), or target rows (n, 3) with soft labels. `train_plans` holds one plan per
-    validation period: per epoch, or `validations_per_epoch` per epoch."""
+    indices (n,), or target rows (n, 3) with soft labels, (n, 4) with margins. `train_plans`
+    holds one plan per validation period: per epoch, or `validations_per_epoch` per epoch."""
 
     train: FeaturizedRows
     valid: FeaturizedRows
@@ -77,6 +79,11 @@ class Inputs:
     valid_plan: list[Batch]
     padding_efficiency: float | None = None
     valid_ids: Sequence[str] = ()
+
+    @property
+    def margins(self) -> bool:
+        """Whether the training targets carry margins (`objective.with_margins`)."""
+        return self.train_labels.ndim == 2 and self.train_labels.shape[1] > arena.NUM_CLASSES
 
     @property
     def period_steps(self) -> list[int]:
@@ -137,7 +144,7 @@ def train(
         model, packer = build_model(run.cfg)
         save_run_files(run, splits, model, packer)
         inputs = build_inputs(run.cfg, splits, packer, model)
-        rate = compile_for_training(model, run.cfg, sum(inputs.period_steps))
+        rate = compile_for_training(model, run.cfg, sum(inputs.period_steps), inputs.margins)
         progress = restore_progress(model, run) if resume else Progress()
         started = time.time()
         state, validation = fit(model, run, inputs, progress, rate)
@@ -246,11 +253,43 @@ def load_splits(
     check_classes(train_df["label"].to_numpy(), valid_df["label"].to_numpy(), cfg.data.train_file)
     prior = metrics.prior_log_loss(train_df["label"].to_numpy(), valid_df["label"].to_numpy())
     log.info("class-prior validation log loss (the baseline to beat): %.4f", prior)
+    margins = training_margins(
+        cfg, [(cfg.data.train_file, train_df), (cfg.data.extra_train, preference_rows)]
+    )
     teacher = None
     if cfg.data.soft_labels:
         train_ids = pd.concat([train_df["id"], preference_rows["id"]]).to_numpy()
         teacher = distillation.load_teacher(cfg.data.soft_labels, train_ids)
-    return Splits(train_df, valid_df, preference_rows, prior, teacher)
+    return Splits(train_df, valid_df, preference_rows, prior, teacher, margins)
+
+
+def training_margins(
+    cfg: TrainConfig, frames: Sequence[tuple[str, pd.DataFrame]]
+) -> np.ndarray | None:
+    """The margins (`arena.MARGIN`) of the rows of `frames` ((source, frame)) in order, 0 for
+    the rows of a frame without them; None when no frame has them.
+
+    Margins shift the reward loss (`objective.MarginCrossentropy`): refused with a ConfigError
+    naming the source unless --objective reward, and with --soft-labels."""
+    sources_with = [source for source, frame in frames if arena.MARGIN in frame]
+    if not sources_with:
+        return None
+    if cfg.model.objective != "reward":
+        raise ConfigError(
+            f"{sources_with[0]}: its rows have a margin (TRL's reward-trainer margin), which "
+            f"only --objective reward trains with, not --objective {cfg.model.objective}: pass "
+            "--objective reward, or drop the margin field"
+        )
+    if cfg.data.soft_labels:
+        raise ConfigError(
+            f"{sources_with[0]}: its rows have a margin, which does not combine with "
+            "--soft-labels: drop one of them"
+        )
+    margins = [
+        frame[arena.MARGIN].to_numpy(np.float32) if arena.MARGIN in frame else np.zeros(len(frame))
+        for _, frame in frames
+    ]
+    return np.concatenate(margins).astype(np.float32)
 
 
 def read_train_valid(cfg: TrainConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -397,8 +436,9 @@ def build_inputs(cfg: TrainConfig, splits: Splits, packer, model) -> Inputs:
 
 def training_targets(cfg: TrainConfig, splits: Splits, train_df: pd.DataFrame) -> np.ndarray:
     """The class of each row of `train_df` (the training split, then the preference rows); with
-    soft labels, each row's target blended with the teacher's probabilities, and with
-    `extra_train_tie`, the preference rows' tie share."""
+    soft labels, each row's target blended with the teacher's probabilities, with
+    `extra_train_tie`, the preference rows' tie share, and with margins, (n, 4)
+    `objective.with_margins` rows."""
     train_labels = train_df["label"].to_numpy()
     if splits.teacher is not None:
         train_labels = distillation.soft_targets(
@@ -409,6 +449,13 @@ def training_targets(cfg: TrainConfig, splits: Splits, train_df: pd.DataFrame) -
         preference_rows = np.arange(len(splits.train), len(train_df))
         train_labels = distillation.with_tie_share(train_labels, preference_rows, share)
         log.info("extra rows' targets: %.2f of each on a tie", share)
+    if splits.margins is not None:
+        train_labels = objective.with_margins(train_labels, splits.margins)
+        log.info(
+            "training margins: %d of %d rows have a nonzero one (mean %.3f); the winner's "
+            "reward must beat the other's by it", np.count_nonzero(splits.margins),
+            len(splits.margins), splits.margins.mean(),
+        )  # fmt: skip
     return train_labels
 
 
@@ -424,9 +471,10 @@ def validation_periods(epoch_plans: list[list[Batch]], per_epoch: int) -> list:
     return [period for plan in epoch_plans for period in batching.split_plan(plan, per_epoch)]
 
 
-def compile_for_training(model, cfg: TrainConfig, total_steps: int):
-    """Compile with the run's optimizer and loss; returns the learning-rate schedule over the
-    run's `total_steps` batches (with --grad-accum too: Keras evaluates it per batch)."""
+def compile_for_training(model, cfg: TrainConfig, total_steps: int, margins: bool = False):
+    """Compile with the run's optimizer and loss (with `margins`, for targets that carry them);
+    returns the learning-rate schedule over the run's `total_steps` batches (with --grad-accum
+    too: Keras evaluates it per batch)."""
     from jaxpref.training import optimization
 
     optim = cfg.optim
@@ -434,7 +482,13 @@ def compile_for_training(model, cfg: TrainConfig, total_steps: int):
         optim.learning_rate, optim.schedule, total_steps, optim.warmup_fraction
     )
     objective.compile_model(
-        model, rate, optim.label_smoothing, optim.weight_decay, optim.grad_accum, optim.clip_norm
+        model,
+        rate,
+        optim.label_smoothing,
+        optim.weight_decay,
+        optim.grad_accum,
+        optim.clip_norm,
+        margins,
     )
     if total_steps % optim.grad_accum:
         log.warning(
