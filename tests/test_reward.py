@@ -247,14 +247,13 @@ def test_a_reward_model_fits_margin_targets_fed_swapped(tiny_preset):
     assert losses[2.0]["loss"] > losses[0.0]["loss"] + 1.0, losses
 
 
-def test_margins_are_refused_but_with_the_reward_objective():
+def test_margins_train_the_reward_objective_only(caplog):
     pairs = pd.DataFrame({"id": ["p-1", "p-2"], "margin": [1.5, 0.0]})
     frames = [("train.csv", pd.DataFrame({"id": ["1"]})), ("prefs.jsonl", pairs)]
-    with pytest.raises(
-        ConfigError,
-        match=r"^prefs.jsonl: .*only --objective reward trains with, not --objective classes",
-    ):
-        trainer.training_margins(TrainConfig(), frames)
+    with caplog.at_level("WARNING", logger="jaxpref"):
+        assert trainer.training_margins(TrainConfig(), frames) is None
+    assert "prefs.jsonl: its rows have a margin" in caplog.text
+    assert "--objective classes does not use it" in caplog.text
     reward = TrainConfig().replace(objective="reward")
     np.testing.assert_array_equal(trainer.training_margins(reward, frames), [0.0, 1.5, 0.0])
     assert trainer.training_margins(reward, frames[:1]) is None

@@ -269,17 +269,19 @@ def training_margins(
     """The margins (`arena.MARGIN`) of the rows of `frames` ((source, frame)) in order, 0 for
     the rows of a frame without them; None when no frame has them.
 
-    Margins shift the reward loss (`objective.MarginCrossentropy`): refused with a ConfigError
-    naming the source unless --objective reward, and with --soft-labels."""
+    Margins shift the reward loss (`objective.MarginCrossentropy`); with another objective
+    they are not used, and a warning says so; with --soft-labels, a ConfigError naming the
+    source."""
     sources_with = [source for source, frame in frames if arena.MARGIN in frame]
     if not sources_with:
         return None
     if cfg.model.objective != "reward":
-        raise ConfigError(
-            f"{sources_with[0]}: its rows have a margin (TRL's reward-trainer margin), which "
-            f"only --objective reward trains with, not --objective {cfg.model.objective}: pass "
-            "--objective reward, or drop the margin field"
-        )
+        log.warning(
+            "%s: its rows have a margin (TRL's reward-trainer margin), which only --objective "
+            "reward trains with; --objective %s does not use it", sources_with[0],
+            cfg.model.objective,
+        )  # fmt: skip
+        return None
     if cfg.data.soft_labels:
         raise ConfigError(
             f"{sources_with[0]}: its rows have a margin, which does not combine with "
