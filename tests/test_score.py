@@ -165,18 +165,23 @@ def test_a_three_class_model_is_refused_in_one_line():
 
 
 @pytest.mark.slow
-def test_a_trained_reward_model_ranks_pairs_as_it_predicts_them(reward_runs):
+def test_a_trained_reward_model_ranks_pairs_as_it_predicts_them(reward_runs, tmp_path):
     """The trained run's rewards give infer's calibrated probabilities, P(A) / P(B) =
-    exp((rA - rB) / T), and rank the winner of the learnable rows higher."""
+    exp((rA - rB) / T), rank the winner of the learnable rows higher, and are what its
+    transformers export computes (its files read back: the encoder converted to keras-hub, the
+    identity pooler, the classifier)."""
     import keras
 
     root = reward_runs("deberta")
     frame = sources.read_rows(root / "rows.csv")
     try:
-        rewards = jaxpref.load(root / "run", devices="cpu").rewards(frame)
+        predictor = jaxpref.load(root / "run", devices="cpu")
+        rewards = predictor.rewards(frame)
+        exported = exported_rewards(root / "hf", predictor.loaded.packer, frame.head(16), tmp_path)
     finally:
         keras.distribution.set_distribution(None)
         keras.backend.clear_session()
+    np.testing.assert_allclose(exported, rewards[:16], atol=1e-4)
     temperature = json.loads((root / "run" / "calibration.json").read_text())["temperature"]
     inferred = pd.read_csv(root / "run.csv", dtype={"id": str}).set_index("id").loc[frame["id"]]
     log_ratio = np.log(inferred["winner_model_a"] / inferred["winner_model_b"]).to_numpy()
@@ -185,3 +190,29 @@ def test_a_trained_reward_model_ranks_pairs_as_it_predicts_them(reward_runs):
     winner_higher = (rewards[:, 0] > rewards[:, 1]) == (frame["label"].to_numpy() == 0)
     print(f"pairwise accuracy {winner_higher[decided].mean():.3f} ({REWARD_RUNS['deberta']})")
     assert winner_higher[decided].mean() > 0.8
+
+
+def exported_rewards(hf_dir, packer, frame: pd.DataFrame, tmp_path) -> np.ndarray:
+    """(n, 2) rewards of `frame`'s sides computed from a DeBERTa export's files alone, as
+    DebertaV2ForSequenceClassification does: classifier(pooler(h[:, 0]))."""
+    import keras_hub
+
+    from jaxpref.inputs.featurize import featurize
+    from jaxpref.models import hf_deberta
+
+    weights = hf_deberta.read_safetensors(hf_dir / "model.safetensors")
+    backbone = keras_hub.models.Backbone.from_preset(str(hf_deberta.convert(hf_dir, tmp_path)))
+    tokens = featurize(frame, packer, progress=False).tokens
+    pooler = weights["pooler.dense.weight"], weights["pooler.dense.bias"]
+    classifier = weights["classifier.weight"], weights["classifier.bias"]
+    sides = []
+    for side in (0, 1):
+        ids = tokens.token_ids[:, side]
+        inputs = {
+            "token_ids": ids,
+            "padding_mask": (np.arange(ids.shape[1]) < tokens.lengths[:, side, None]).astype(int),
+        }
+        first = np.asarray(backbone(inputs))[:, 0].astype(np.float64)
+        pooled = first @ pooler[0].T + pooler[1]  # "linear" activation
+        sides.append((pooled @ classifier[0].T + classifier[1])[:, 0])
+    return np.stack(sides, axis=1)
