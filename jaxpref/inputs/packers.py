@@ -148,17 +148,47 @@ def truncate_pair(context, response, budget: int):
     return context, response
 
 
+class SidePacker(Packer):
+    """A packer for a siamese model: each side of a row, (context, response), packed apart by
+    `pack_side`, and a batch feeds both sides of each row, (B, 2, T)."""
+
+    text_keys = FEATURE_KEYS
+    sequences_per_pair = 2
+    batch_shape = (None, 2, None)
+
+    @abc.abstractmethod
+    def pack_side(self, context, response) -> tuple:
+        """(token_ids, part ids), both (N, L) tf, of one side's ragged strings (N,)."""
+
+    @abc.abstractmethod
+    def side_lengths(self, token_ids, part_ids):
+        """The real tokens of each packed side (N, 2) (tf)."""
+
+    def texts(self, frame) -> dict[str, np.ndarray]:
+        return format_pairs(frame)
+
+    def __call__(self, texts: dict) -> dict:
+        """{context_a, ...} strings (N,) -> token_ids/part_ids (N, 2, L), lengths (N, 2)."""
+        import tensorflow as tf
+
+        sides = [self.pack_side(texts[f"context_{s}"], texts[f"response_{s}"]) for s in SIDES]
+        token_ids = tf.stack([side[0] for side in sides], axis=1)
+        part_ids = tf.stack([side[1] for side in sides], axis=1)
+        lengths = self.side_lengths(token_ids, part_ids)
+        return {"token_ids": token_ids, "part_ids": part_ids, "lengths": lengths}
+
+    def fed_sides(self, rows: np.ndarray, sides: np.ndarray) -> SideIndex:
+        return rows[:, None], sides
+
+
 @dataclasses.dataclass
-class PairPacker(Packer):
+class PairPacker(SidePacker):
     """Packs both sides of each row apart with the preset's preprocessor, for a siamese model:
     each side is `[CLS] context [SEP] response [SEP]` (`truncate_pair`), and a batch feeds both
     sides of a row, (B, 2, T). A side's part ids are the backbone's segment ids."""
 
     preprocessor: object
     input_keys: tuple[str, ...]
-    text_keys = FEATURE_KEYS
-    sequences_per_pair = 2
-    batch_shape = (None, 2, None)
 
     def __post_init__(self) -> None:
         import tensorflow as tf
@@ -174,42 +204,31 @@ class PairPacker(Packer):
     def pad_id(self) -> int:
         return int(self.preprocessor.tokenizer.pad_token_id)
 
-    def texts(self, frame) -> dict[str, np.ndarray]:
-        return format_pairs(frame)
-
     def save(self, preset_dir: str) -> None:
         self.preprocessor.save_to_preset(preset_dir)
 
-    def pack_side(self, context, response) -> dict:
+    def pack_side(self, context, response) -> tuple:
         """Token ids and segment ids (N, L) of one side."""
         tokenizer = self.preprocessor.tokenizer
         context, response = truncate_pair(tokenizer(context), tokenizer(response), self.budget)
-        token_ids, segment_ids = self.preprocessor.packer((context, response))
-        return {"token_ids": token_ids, "part_ids": segment_ids}
+        return self.preprocessor.packer((context, response))
 
-    def __call__(self, texts: dict) -> dict:
-        """{context_a, ...} strings (N,) -> token_ids/part_ids (N, 2, L), lengths (N, 2)."""
+    def side_lengths(self, token_ids, part_ids):
         import tensorflow as tf
 
-        sides = [self.pack_side(texts[f"context_{s}"], texts[f"response_{s}"]) for s in SIDES]
-        out = {k: tf.stack([side[k] for side in sides], axis=1) for k in sides[0]}
-        out["lengths"] = tf.reduce_sum(tf.cast(out["token_ids"] != self.pad_id, tf.int32), -1)
-        return out
+        return tf.reduce_sum(tf.cast(token_ids != self.pad_id, tf.int32), -1)
 
     def fingerprint(self) -> str:
         """Identifies the tokenization: preprocessor config and vocabulary."""
         digest = hashlib.sha256(repr(self.preprocessor.get_config()).encode())
         return tokenizer_digest(self.preprocessor.tokenizer, digest)
 
-    def fed_sides(self, rows: np.ndarray, sides: np.ndarray) -> SideIndex:
-        return rows[:, None], sides
-
     def part_inputs(self, part_ids: np.ndarray) -> dict[str, np.ndarray]:
         return {"segment_ids": part_ids}
 
 
 @dataclasses.dataclass
-class DecoderPairPacker(Packer):
+class DecoderPairPacker(SidePacker):
     """Packs both sides of each row apart with a decoder LLM's tokenizer, for a siamese reward
     model: `<bos> context "\nAssistant: " response` (<bos> where the tokenizer has one), the
     context keeping its end and the response its start (`truncate_pair`).
@@ -225,9 +244,6 @@ class DecoderPairPacker(Packer):
     tokenizer: object
     sequence_length: int
     input_keys: tuple[str, ...]
-    text_keys = FEATURE_KEYS
-    sequences_per_pair = 2
-    batch_shape = (None, 2, None)
 
     def __post_init__(self) -> None:
         start = getattr(self.tokenizer, "start_token_id", None)
@@ -236,9 +252,6 @@ class DecoderPairPacker(Packer):
         self.budget = checked_budget(self.sequence_length, sum(len(p) for p in self.pieces))
         pad = getattr(self.tokenizer, "pad_token_id", None)
         self.pad_id = 0 if pad is None else int(pad)
-
-    def texts(self, frame) -> dict[str, np.ndarray]:
-        return format_pairs(frame)
 
     def save(self, preset_dir: str) -> None:
         self.tokenizer.save_to_preset(preset_dir)
@@ -263,23 +276,15 @@ class DecoderPairPacker(Packer):
             tf.concat(ids, axis=1).to_tensor(0, shape=shape),
         )
 
-    def __call__(self, texts: dict) -> dict:
-        """{context_a, ...} strings (N,) -> token_ids/part_ids (N, 2, L), lengths (N, 2)."""
+    def side_lengths(self, token_ids, part_ids):
         import tensorflow as tf
 
-        sides = [self.pack_side(texts[f"context_{s}"], texts[f"response_{s}"]) for s in SIDES]
-        token_ids = tf.stack([side[0] for side in sides], axis=1)
-        part_ids = tf.stack([side[1] for side in sides], axis=1)
-        lengths = tf.reduce_sum(tf.cast(part_ids > 0, tf.int32), -1)
-        return {"token_ids": token_ids, "part_ids": part_ids, "lengths": lengths}
+        return tf.reduce_sum(tf.cast(part_ids > 0, tf.int32), -1)
 
     def fingerprint(self) -> str:
         """Identifies the tokenization: layout, pieces and vocabulary."""
         digest = hashlib.sha256(repr(("decoder pair", self.pieces)).encode())
         return tokenizer_digest(self.tokenizer, digest)
-
-    def fed_sides(self, rows: np.ndarray, sides: np.ndarray) -> SideIndex:
-        return rows[:, None], sides
 
     def part_inputs(self, part_ids: np.ndarray) -> dict[str, np.ndarray]:
         return {}
